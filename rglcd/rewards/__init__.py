@@ -1,0 +1,67 @@
+"""One registry of reward models: `get_reward(name, weights=folder_or_hub_id)`, and weighted mixes.
+
+Every reward is an nn.Module: `reward(images in [0,1] (B,3,H,W), prompts: list[str]) -> (B,)` scores,
+differentiable w.r.t. the images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rglcd.models import ASSETS, ModelLoadError
+
+DEFAULT_WEIGHTS: dict[str, str] = {"emoji": str(ASSETS / "models" / "emoji-64" / "reward")}
+
+
+def _load_emoji(weights: str) -> nn.Module:
+    from rglcd.rewards.emoji import EmojiReward
+
+    return EmojiReward.from_pretrained(weights)
+
+
+LOADERS: dict[str, Callable[[str], nn.Module]] = {"emoji": _load_emoji}
+
+
+class RewardMix(nn.Module):
+    """Weighted sum of rewards: sum_i w_i R_i(images, prompts), (B,)."""
+
+    def __init__(self, rewards: dict[str, nn.Module], weights: dict[str, float]) -> None:
+        super().__init__()
+        self.rewards = nn.ModuleDict(rewards)
+        self.weights = dict(weights)
+
+    def forward(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        return sum(self.weights[k] * r(images, prompts) for k, r in self.rewards.items())
+
+
+def parse_mix(spec: str) -> dict[str, float]:
+    """'hpsv2.1=1.0,imagereward=0.1' -> {'hpsv2.1': 1.0, 'imagereward': 0.1}; a bare name weighs 1."""
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, _, w = part.partition("=")
+        try:
+            out[name.strip()] = float(w) if w else 1.0
+        except ValueError as err:
+            raise ValueError(f"bad reward weight in '{part}': expected name=number") from err
+    if not out:
+        raise ValueError("empty reward spec")
+    return out
+
+
+def get_reward(name: str, weights: str | None = None) -> nn.Module:
+    """A frozen reward model by registry name, or a weighted mix ('a=1,b=0.5'); eval mode, no parameter grads."""
+    if "," in name or "=" in name:
+        mix = parse_mix(name)
+        return RewardMix({k: get_reward(k) for k in mix}, mix)
+    if name not in LOADERS:
+        raise ModelLoadError(f"unknown reward '{name}'; known: {', '.join(sorted(LOADERS))}")
+    weights = weights or DEFAULT_WEIGHTS.get(name)
+    if weights is None:
+        raise ModelLoadError(f"reward '{name}' needs weights= (a local folder or hub id)")
+    if not Path(weights).exists() and weights.startswith((".", "/", "~")):
+        raise ModelLoadError(f"reward weights not found: {weights}")
+    return LOADERS[name](weights).eval().requires_grad_(False)

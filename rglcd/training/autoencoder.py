@@ -1,0 +1,128 @@
+"""Train the emoji-64 autoencoder: a diffusers AutoencoderTiny, 64x64x3 pixels <-> 16x16x4 latents (f=4).
+
+Why AutoencoderTiny: no normalisation layers and ReLU convolutions make it about 6x faster per step on this CPU
+than an AutoencoderKL of similar width (0.37 s vs 2.3 s per batch of 32), and StableDiffusionPipeline accepts it as
+its `vae`. Loss: L1 + MSE in pixel space; the latent scaling factor (1 / std of training latents) is written into
+the exported config, so the diffusion model sees unit-variance latents as with SD's VAE.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from diffusers import AutoencoderTiny
+from diffusers.optimization import get_scheduler
+
+from rglcd.data.emoji import augment, load_renders, to_model_range
+from rglcd.training.checkpoints import StepCounter, step_generator
+from rglcd.training.loop import run_training
+
+
+@dataclass
+class AutoencoderConfig:
+    output_dir: str = "runs/emoji-64/autoencoder"
+    export_dir: str | None = "assets/models/emoji-64/vae"
+    channels: int = 32
+    encoder_blocks: tuple[int, ...] = (1, 2, 2)
+    decoder_blocks: tuple[int, ...] = (2, 2, 1)
+    latent_channels: int = 4
+    batch_size: int = 32
+    learning_rate: float = 2e-3
+    warmup_steps: int = 100
+    max_steps: int = 4000
+    checkpoint_every: int = 250
+    eval_every: int = 250
+    seed: int = 0
+    resume: str | None = "latest"
+    limit_concepts: int | None = None  # tests: train on the first N concepts only
+
+
+def build_autoencoder(cfg: AutoencoderConfig) -> AutoencoderTiny:
+    n = len(cfg.encoder_blocks)
+    return AutoencoderTiny(
+        encoder_block_out_channels=(cfg.channels,) * n,
+        decoder_block_out_channels=(cfg.channels,) * n,
+        num_encoder_blocks=tuple(cfg.encoder_blocks),
+        num_decoder_blocks=tuple(cfg.decoder_blocks),
+        latent_channels=cfg.latent_channels,
+    )
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB of images in [-1,1] (B,3,H,W), measured on the [0,1] scale."""
+    mse = ((a.clamp(-1, 1) - b.clamp(-1, 1)) / 2).pow(2).flatten(1).mean(1)
+    return -10 * torch.log10(mse.clamp_min(1e-10))
+
+
+@torch.no_grad()
+def reconstruction_psnr(vae: AutoencoderTiny, images: torch.Tensor, batch_size: int = 64) -> float:
+    """Mean PSNR (dB) of vae reconstructions of uint8 images (N,3,H,W)."""
+    vals = []
+    for chunk in images.split(batch_size):
+        x = to_model_range(chunk)
+        vals.append(psnr(vae.decode(vae.encode(x).latents).sample, x))
+    return torch.cat(vals).mean().item()
+
+
+@torch.no_grad()
+def latent_std(vae: AutoencoderTiny, images: torch.Tensor, batch_size: int = 64) -> float:
+    """Standard deviation of the raw latents of uint8 images (N,3,H,W)."""
+    z = torch.cat([vae.encode(to_model_range(c)).latents for c in images.split(batch_size)])
+    return z.std().item()
+
+
+def train_autoencoder(cfg: AutoencoderConfig, accelerator: Accelerator | None = None) -> dict[str, float]:
+    """Train (resuming from `cfg.output_dir` when asked), export to `cfg.export_dir`, return final metrics."""
+    accelerator = accelerator or Accelerator(log_with="tensorboard", project_dir=cfg.output_dir)
+    accelerator.init_trackers("autoencoder", config={k: str(v) for k, v in asdict(cfg).items()})
+    _, train_images = load_renders("train")
+    _, held_images = load_renders("heldout")
+    if cfg.limit_concepts:
+        train_images, held_images = train_images[: cfg.limit_concepts], held_images[: cfg.limit_concepts]
+
+    torch.manual_seed(cfg.seed)
+    vae = build_autoencoder(cfg)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.learning_rate, weight_decay=0.0)
+    lr_scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps)
+    vae, optimizer, lr_scheduler = accelerator.prepare(vae, optimizer, lr_scheduler)
+    counter = StepCounter()
+    accelerator.register_for_checkpointing(counter)
+    rank = accelerator.process_index
+
+    def train_step(step: int) -> dict[str, float]:
+        g = step_generator(cfg.seed, step, rank)
+        idx = torch.randint(len(train_images), (cfg.batch_size,), generator=g)
+        x = augment(to_model_range(train_images[idx]), g).to(accelerator.device)
+        model = accelerator.unwrap_model(vae)
+        recon = model.decode(model.encode(x).latents).sample
+        loss = (recon - x).abs().mean() + (recon - x).pow(2).mean()
+        accelerator.backward(loss)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        return {"loss": loss.item(), "lr": lr_scheduler.get_last_lr()[0]}
+
+    def evaluate(step: int) -> dict[str, float]:
+        model = accelerator.unwrap_model(vae).eval()
+        out = {"psnr_heldout": reconstruction_psnr(model, held_images)}
+        model.train()
+        return out
+
+    metrics = run_training(accelerator, counter, cfg.output_dir, cfg.max_steps, train_step, evaluate,
+                           cfg.resume, cfg.checkpoint_every, cfg.eval_every)
+    model = accelerator.unwrap_model(vae).eval()
+    if accelerator.is_main_process and cfg.export_dir:
+        std = latent_std(model, train_images[:512])
+        model.register_to_config(scaling_factor=1.0 / std)
+        export = Path(cfg.export_dir)
+        model.save_pretrained(export)
+        metrics.update(latent_std=std, scaling_factor=1.0 / std, steps=counter.step)
+        (export / "metrics.json").write_text(json.dumps({k: round(v, 4) if isinstance(v, float) and math.isfinite(v)
+                                                         else v for k, v in metrics.items()}, indent=2) + "\n")
+    accelerator.end_training()
+    return metrics

@@ -1,0 +1,89 @@
+"""Resumable training state shared by every trainer: atomic accelerate checkpoints and step-seeded randomness.
+
+A checkpoint is an `accelerator.save_state` folder (models, optimizers, LR schedulers, RNG states, and every object
+registered with `accelerator.register_for_checkpointing`) written under a temporary name and renamed when complete,
+so an interrupted save never leaves a half-written `checkpoint-*` behind.
+
+Batches, noise and timesteps are drawn from a generator seeded by (seed, step): a resumed run draws exactly what
+the uninterrupted run would have drawn, so its loss curve continues the same.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+class StepCounter:
+    """The global optimisation step, saved and restored with the checkpoint."""
+
+    def __init__(self) -> None:
+        self.step = 0
+
+    def state_dict(self) -> dict:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+
+
+def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
+    """A CPU generator that depends only on (seed, step, rank)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1_009 + rank)
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints under `output_dir`, oldest step first."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := CHECKPOINT_RE.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int, total_limit: int | None = 3) -> Path:
+    """Write `output_dir/checkpoint-{step}` atomically and keep only the newest `total_limit` checkpoints."""
+    root = Path(output_dir)
+    final = root / f"checkpoint-{step}"
+    tmp = root / f".checkpoint-{step}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        if total_limit:
+            for old in list_checkpoints(root)[:-total_limit]:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def resume_checkpoint(accelerator: Accelerator, output_dir: str | Path, resume: str | None) -> Path | None:
+    """Load `resume` ('latest' or a checkpoint folder) into the accelerator's registered state.
+
+    Returns the folder loaded, or None when `resume` is None or 'latest' finds nothing (a fresh start).
+    """
+    if not resume:
+        return None
+    if resume == "latest":
+        found = list_checkpoints(output_dir)
+        if not found:
+            accelerator.print(f"no checkpoint under {output_dir}; starting from scratch")
+            return None
+        path = found[-1]
+    else:
+        path = Path(resume)
+        if not path.is_dir():
+            raise FileNotFoundError(f"checkpoint folder not found: {path}")
+    accelerator.load_state(str(path))
+    accelerator.print(f"resumed from {path}")
+    return path

@@ -1,0 +1,66 @@
+"""The one training loop every trainer runs: progress bar, scalars, periodic evaluation and atomic checkpoints.
+
+A trainer supplies `train_step(step) -> {name: float}` (one optimiser step, its randomness drawn from
+`step_generator(seed, step)`) and optionally `evaluate(step) -> {name: float}`; the loop does the rest and can be
+stopped (Ctrl-C) and resumed (`resume="latest"`) without losing more than `checkpoint_every` steps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from rglcd.training.checkpoints import StepCounter, resume_checkpoint, save_checkpoint
+
+
+def run_training(
+    accelerator: Accelerator,
+    counter: StepCounter,
+    output_dir: str | Path,
+    max_steps: int,
+    train_step: Callable[[int], dict[str, float]],
+    evaluate: Callable[[int], dict[str, float]] | None = None,
+    resume: str | None = "latest",
+    checkpoint_every: int = 500,
+    eval_every: int = 500,
+    checkpoint_limit: int = 3,
+    log_every: int = 10,
+) -> dict[str, float]:
+    """Run `train_step` from the resumed step to `max_steps`; returns the last scalars (training and evaluation).
+
+    `counter` must already be registered with `accelerator.register_for_checkpointing`.
+    """
+    resume_checkpoint(accelerator, output_dir, resume)
+    last: dict[str, float] = {}
+    start = counter.step
+    bar = tqdm(total=max_steps, initial=start, disable=not accelerator.is_local_main_process, desc="train")
+    t0 = time.time()
+    try:
+        for step in range(start, max_steps):
+            scalars = train_step(step)
+            counter.step = step + 1
+            bar.update(1)
+            if (step + 1) % log_every == 0 or step + 1 == max_steps:
+                scalars["steps_per_s"] = (step + 1 - start) / max(time.time() - t0, 1e-9)
+                accelerator.log(scalars, step=step + 1)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in scalars.items() if k != "steps_per_s"})
+            last.update(scalars)
+            if evaluate is not None and ((step + 1) % eval_every == 0 or step + 1 == max_steps):
+                metrics = evaluate(step + 1)
+                accelerator.log(metrics, step=step + 1)
+                accelerator.print(f"step {step + 1}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+                last.update(metrics)
+            if (step + 1) % checkpoint_every == 0 or step + 1 == max_steps:
+                save_checkpoint(accelerator, output_dir, step + 1, checkpoint_limit)
+    except KeyboardInterrupt:
+        accelerator.print(f"interrupted at step {counter.step}; saving a checkpoint before exiting")
+        save_checkpoint(accelerator, output_dir, counter.step, checkpoint_limit)
+        raise
+    finally:
+        bar.close()
+    last["wall_s"] = time.time() - t0
+    return last

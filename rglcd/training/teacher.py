@@ -1,0 +1,196 @@
+"""Train the emoji-64 teacher: a UNet2DConditionModel on 16x16x4 autoencoder latents, epsilon prediction.
+
+SD's noise schedule (scaled_linear, 1000 steps), 10% empty-caption dropout for classifier-free guidance, min-SNR
+loss weighting (gamma 5) and an EMA of the weights, which is what gets exported. Latents and caption token states
+are precomputed once from the family's frozen autoencoder and MiniLM text encoder, so a step is one UNet forward and
+backward. Flags are left out of the teacher's data: fewer concepts, seen more often, on a CPU budget.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from diffusers import DDPMScheduler, UNet2DConditionModel
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel, compute_snr
+
+from rglcd.data.emoji import ASSETS, cache_dir, captions, is_flag, load_renders, read_prompts, to_model_range
+from rglcd.evaluate import prompt_following, save_grid
+from rglcd.models import Family, encode_prompts, load_family
+from rglcd.training.checkpoints import StepCounter, step_generator
+from rglcd.training.loop import run_training
+
+SD_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+               "prediction_type": "epsilon", "steps_offset": 1, "clip_sample": False, "set_alpha_to_one": False,
+               "timestep_spacing": "leading"}
+
+
+@dataclass
+class TeacherConfig:
+    family: str = "emoji-64"
+    output_dir: str = "runs/emoji-64/teacher"
+    export_dir: str | None = "assets/models/emoji-64/teacher"
+    block_out_channels: tuple[int, ...] = (64, 128, 128)
+    layers_per_block: int = 1
+    attention_head_dim: int = 8
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    warmup_steps: int = 200
+    max_steps: int = 4000
+    cfg_dropout: float = 0.1
+    snr_gamma: float = 5.0
+    ema_decay: float = 0.999
+    checkpoint_every: int = 250
+    eval_every: int = 500
+    eval_steps: int = 25
+    eval_guidance: float = 5.0
+    seed: int = 0
+    resume: str | None = "latest"
+    include_flags: bool = False
+    limit_concepts: int | None = None  # tests: train on the first N concepts only
+
+
+def build_unet(cfg: TeacherConfig, sample_size: int, context_dim: int) -> UNet2DConditionModel:
+    n = len(cfg.block_out_channels)
+    return UNet2DConditionModel(
+        sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=cfg.layers_per_block,
+        block_out_channels=tuple(cfg.block_out_channels),
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
+        cross_attention_dim=context_dim, attention_head_dim=cfg.attention_head_dim,
+        norm_num_groups=min(32, cfg.block_out_channels[0]),
+    )
+
+
+@torch.no_grad()
+def encode_latents(vae: torch.nn.Module, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """uint8 images (N,3,H,W) -> scaled latents (N,C,H/f,W/f), the space the UNet works in."""
+    out = []
+    for chunk in images.split(batch_size):
+        enc = vae.encode(to_model_range(chunk))
+        z = enc.latent_dist.mode() if hasattr(enc, "latent_dist") else enc.latents
+        out.append(z * vae.config.scaling_factor)
+    return torch.cat(out)
+
+
+def teacher_data(family: Family, cfg: TeacherConfig) -> dict[str, torch.Tensor]:
+    """Cached training tensors: latents (N,4,h,w), caption states (N,T,L,D) fp16, empty-caption states (L,D)."""
+    concepts, images = load_renders("train")
+    keep = [i for i, c in enumerate(concepts) if cfg.include_flags or not is_flag(c.char)]
+    if cfg.limit_concepts:
+        keep = keep[: cfg.limit_concepts]
+    concepts, images = [concepts[i] for i in keep], images[keep]
+    vae_file = family.source("vae")
+    stamp = Path(vae_file.location) / "diffusion_pytorch_model.safetensors"
+    key = f"{len(concepts)}-{int(stamp.stat().st_mtime) if stamp.exists() else 0}"
+    path = cache_dir() / f"teacher-data-{family.name}-{key}.pt"
+    if path.is_file():
+        return torch.load(path)
+    texts = [c for con in concepts for c in captions(con.name)]
+    states = torch.cat([encode_prompts(family.tokenizer, family.text_encoder, texts[i: i + 256])
+                        for i in range(0, len(texts), 256)])
+    data = {
+        "latents": encode_latents(family.vae, images),
+        "context": states.view(len(concepts), -1, *states.shape[1:]).half(),
+        "empty": encode_prompts(family.tokenizer, family.text_encoder, [""])[0].half(),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(data, path)
+    return data
+
+
+def evaluate_teacher(family: Family, unet: UNet2DConditionModel, reward: torch.nn.Module, steps: int,
+                     guidance: float, seed: int = 0, grid_path: Path | None = None) -> dict[str, float]:
+    """Prompt following on the 16 training and 16 held-out evaluation prompts (see rglcd.evaluate)."""
+    pipe = family.pipeline("teacher", unet=unet)
+    out = {}
+    for split in ("train", "heldout"):
+        prompts = read_prompts(ASSETS / "prompts" / f"emoji-eval-{split}.txt")
+        g = torch.Generator().manual_seed(seed)
+        images = _sample(pipe, prompts, steps, guidance, g)
+        res = prompt_following(reward, images, prompts)
+        out.update({f"{split}_{k}": v for k, v in res.items()})
+        if grid_path is not None:
+            save_grid(images, grid_path.with_name(f"{grid_path.stem}-{split}.png"), nrow=8)
+    return out
+
+
+def _sample(pipe, prompts: list[str], steps: int, guidance: float, generator: torch.Generator) -> torch.Tensor:
+    return pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, generator=generator,
+                output_type="pt").images
+
+
+def train_teacher(cfg: TeacherConfig, accelerator: Accelerator | None = None) -> dict[str, float]:
+    """Train (resuming when asked), export the EMA UNet to `cfg.export_dir`, return final metrics."""
+    accelerator = accelerator or Accelerator(log_with="tensorboard", project_dir=cfg.output_dir)
+    accelerator.init_trackers("teacher", config={k: str(v) for k, v in asdict(cfg).items()})
+    family = load_family(cfg.family)
+    data = teacher_data(family, cfg)
+    latents, context, empty = data["latents"], data["context"], data["empty"]
+    n, n_templates = context.shape[:2]
+    noise_scheduler = DDPMScheduler.from_config(family.scheduler_config)
+
+    torch.manual_seed(cfg.seed)
+    unet = build_unet(cfg, latents.shape[-1], context.shape[-1])
+    ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, model_cls=UNet2DConditionModel,
+                   model_config=unet.config)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.learning_rate, weight_decay=0.01)
+    lr_scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=cfg.warmup_steps,
+                                 num_training_steps=cfg.max_steps)
+    unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+    counter = StepCounter()
+    accelerator.register_for_checkpointing(counter)
+    accelerator.register_for_checkpointing(ema)
+    rank, device = accelerator.process_index, accelerator.device
+    reward = None
+
+    def train_step(step: int) -> dict[str, float]:
+        g = step_generator(cfg.seed, step, rank)
+        idx = torch.randint(n, (cfg.batch_size,), generator=g)
+        tmpl = torch.randint(n_templates, (cfg.batch_size,), generator=g)
+        ctx = context[idx, tmpl].float()
+        drop = torch.rand(cfg.batch_size, generator=g) < cfg.cfg_dropout
+        ctx[drop] = empty.float()
+        z0 = latents[idx]
+        noise = torch.randn(z0.shape, generator=g)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=g)
+        zt = noise_scheduler.add_noise(z0, noise, t)
+        pred = unet(zt.to(device), t.to(device), ctx.to(device)).sample
+        mse = F.mse_loss(pred.float(), noise.to(device), reduction="none").mean((1, 2, 3))
+        snr = compute_snr(noise_scheduler, t)
+        weight = torch.clamp(snr, max=cfg.snr_gamma) / snr if cfg.snr_gamma > 0 else torch.ones_like(snr)
+        loss = (mse * weight.to(device)).mean()
+        accelerator.backward(loss)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.step(accelerator.unwrap_model(unet).parameters())
+        return {"loss": loss.item(), "mse": mse.mean().item(), "lr": lr_scheduler.get_last_lr()[0]}
+
+    def ema_unet() -> UNet2DConditionModel:
+        model = build_unet(cfg, latents.shape[-1], context.shape[-1])
+        ema.copy_to(model.parameters())
+        return model.eval()
+
+    def evaluate(step: int) -> dict[str, float]:
+        nonlocal reward
+        if reward is None:
+            reward = family.reward()
+        grid = Path(cfg.output_dir) / "samples" / f"step-{step}.png"
+        return evaluate_teacher(family, ema_unet(), reward, cfg.eval_steps, cfg.eval_guidance, cfg.seed, grid)
+
+    metrics = run_training(accelerator, counter, cfg.output_dir, cfg.max_steps, train_step, evaluate,
+                           cfg.resume, cfg.checkpoint_every, cfg.eval_every)
+    if accelerator.is_main_process and cfg.export_dir:
+        export = Path(cfg.export_dir)
+        ema_unet().save_pretrained(export)
+        metrics.update(steps=counter.step, params=sum(p.numel() for p in ema_unet().parameters()),
+                       concepts=n)
+        (export / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    accelerator.end_training()
+    return metrics

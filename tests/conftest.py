@@ -1,0 +1,82 @@
+"""Shared fixtures: offline hub, a private cache, and tiny families built from random weights (no hub)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+EMOJI = ROOT / "assets" / "models" / "emoji-64"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Renders and feature caches of the test session live in a temporary folder."""
+    path = tmp_path_factory.mktemp("rglcd-cache")
+    os.environ["RGLCD_CACHE"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_emoji_family(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An emoji-64-shaped family: random tiny AutoencoderTiny, the committed scheduler, MiniLM, random reward heads."""
+    from rglcd.rewards.emoji import EmojiReward
+    from rglcd.training.autoencoder import AutoencoderConfig, build_autoencoder
+
+    root = tmp_path_factory.mktemp("tiny-emoji")
+    torch.manual_seed(0)
+    vae = build_autoencoder(AutoencoderConfig(channels=8, encoder_blocks=(1, 1, 1), decoder_blocks=(1, 1, 1)))
+    vae.save_pretrained(root / "vae")
+    shutil.copytree(EMOJI / "scheduler", root / "scheduler")
+    EmojiReward(image_size=64, embed_dim=16).save_pretrained(root / "reward")
+    spec = json.loads((EMOJI / "family.json").read_text())
+    spec.update(name="tiny-emoji", members={"teacher": {"unet": "teacher", "kind": "teacher"}})
+    (root / "family.json").write_text(json.dumps(spec))
+    return root
+
+
+def _clip_tokenizer(folder: Path) -> None:
+    """A byte-level CLIPTokenizer with no merges (514 tokens), written without the hub."""
+    from transformers import CLIPTokenizer
+    from transformers.models.clip.tokenization_clip import bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())
+    vocab = {c: i for i, c in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
+    folder.mkdir(parents=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token="!").save_pretrained(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd21_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder laid out like stabilityai/stable-diffusion-2-1-base, with tiny random components of its classes."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    root = tmp_path_factory.mktemp("tiny-sd21")
+    torch.manual_seed(0)
+    UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=(2, 4), use_linear_projection=True, norm_num_groups=32,
+    ).save_pretrained(root / "unet")
+    AutoencoderKL(block_out_channels=(32, 32), down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=32,
+                  sample_size=16).save_pretrained(root / "vae")
+    CLIPTextModel(CLIPTextConfig(vocab_size=514, hidden_size=32, intermediate_size=37, num_attention_heads=4,
+                                 num_hidden_layers=2, max_position_embeddings=77, hidden_act="gelu",
+                                 bos_token_id=512, eos_token_id=513, pad_token_id=1)).save_pretrained(
+        root / "text_encoder")
+    _clip_tokenizer(root / "tokenizer")
+    DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type="v_prediction",
+                  steps_offset=1, clip_sample=False, set_alpha_to_one=False).save_pretrained(root / "scheduler")
+    return root

@@ -1,0 +1,70 @@
+"""`python -m rglcd`: generate and score on the committed emoji-64 family, and one-line errors for bad input."""
+
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from rglcd.__main__ import main
+
+GEN = ["generate", "--family", "emoji-64", "--model", "teacher", "--prompt", "red apple", "--seed", "0"]
+
+
+def run_main(argv, capsys):
+    code = main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_generate_and_score(tmp_path, capsys):
+    out = tmp_path / "apple.png"
+    code, stdout, err = run_main(GEN + ["--steps", "3", "--guidance-scale", "5", "--out", str(out)], capsys)
+    assert code == 0, err
+    assert Image.open(out).size == (64, 64)
+    code, stdout, err = run_main(["score", "--family", "emoji-64", "--prompt", "red apple", "--image", str(out)],
+                                 capsys)
+    assert code == 0, err
+    assert -100 <= float(stdout.strip()) <= 100
+
+
+def test_num_images_makes_a_grid(tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    code, _, err = run_main(GEN + ["--steps", "2", "--num-images", "3", "--out", str(out)], capsys)
+    assert code == 0, err
+    w, h = Image.open(out).size
+    assert w > 3 * 64 and h > 64
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--steps", "0"], "steps must be between 1 and 1000"),
+    (["--steps", "5000"], "steps must be between 1 and 1000"),
+    (["--guidance-scale", "-1"], "guidance scale must be between 0 and 30"),
+    (["--num-images", "0"], "number of images must be between 1 and 64"),
+    (["--prompt", "apple " * 40], "prompt is too long"),
+])
+def test_out_of_range_requests(extra, message, tmp_path, capsys):
+    code, _, err = run_main(GEN + extra + ["--out", str(tmp_path / "x.png")], capsys)
+    assert code == 2
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_unknown_family_model_and_missing_image(tmp_path, capsys):
+    code, _, err = run_main(["generate", "--family", "emoji-65", "--prompt", "x", "--out", "x.png"], capsys)
+    assert code == 2 and "unknown model family 'emoji-65'" in err
+    code, _, err = run_main(GEN + ["--model", "nope", "--out", str(tmp_path / "x.png")], capsys)
+    assert code == 2 and "has no model 'nope'" in err
+    code, _, err = run_main(["score", "--prompt", "x", "--image", str(tmp_path / "missing.png")], capsys)
+    assert code == 2 and "image not found" in err
+    (tmp_path / "bad.png").write_text("not a png")
+    code, _, err = run_main(["score", "--prompt", "x", "--image", str(tmp_path / "bad.png")], capsys)
+    assert code == 2 and "not an image file" in err
+
+
+def test_module_entry_point_prints_one_line_error():
+    proc = subprocess.run([sys.executable, "-m", "rglcd", "generate", "--family", "nope", "--prompt", "x",
+                           "--out", "x.png"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["error: unknown model family 'nope': not a preset "
+                                                "(emoji-64, sd21, sd21-base) nor a family.json"]

@@ -1,0 +1,52 @@
+"""The emoji data: deterministic concepts and renders, a held-out split that never leaks into training."""
+
+import torch
+
+from rglcd.data.emoji import (CAPTION_TEMPLATES, augment, captions, heldout_names, is_flag, is_heldout_by_hash,
+                              list_concepts, load_renders, render, split_concepts)
+
+
+def test_heldout_list_is_about_ten_percent_of_existing_concepts():
+    names = {c.name for c in list_concepts()}
+    held = heldout_names()
+    assert held <= names, f"held-out names missing from the concept list: {sorted(held - names)[:5]}"
+    assert 0.08 <= len(held) / len(names) <= 0.13
+    assert held == {n for n in names if is_heldout_by_hash(n)}
+
+
+def test_train_and_heldout_splits_are_disjoint_and_complete():
+    concepts = list_concepts()
+    train, held = split_concepts(concepts)
+    assert {c.name for c in train}.isdisjoint({c.name for c in held})
+    assert len(train) + len(held) == len(concepts)
+    train_c, train_images = load_renders("train")
+    assert not {c.name for c in train_c} & heldout_names()
+    assert train_images.shape == (len(train_c), 3, 64, 64) and train_images.dtype == torch.uint8
+
+
+def test_skin_tone_variants_are_collapsed_and_names_unique():
+    concepts = list_concepts()
+    names = [c.name for c in concepts]
+    assert len(names) == len(set(names))
+    assert not any(chr(0x1F3FB) <= ch <= chr(0x1F3FF) for c in concepts for ch in c.char)
+
+
+def test_render_is_deterministic_colour_and_centred():
+    a, b = render("\U0001F34E"), render("\U0001F34E")  # red apple
+    assert a.shape == (64, 64, 3) and (a == b).all()
+    red = (a[..., 0].astype(int) - a[..., 1].astype(int)) > 80
+    assert red.sum() > 300, "the apple should render in colour, not as a black outline"
+    assert (a[0] == 255).all(), "margin row should be white"
+
+
+def test_captions_and_flags():
+    assert captions("red apple") == [t.format("red apple") for t in CAPTION_TEMPLATES]
+    assert is_flag("\U0001F1E6\U0001F1EB") and not is_flag("\U0001F34E")
+
+
+def test_augment_keeps_shape_and_range():
+    x = torch.rand(4, 3, 64, 64) * 2 - 1
+    y = augment(x, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and y.min() >= -1 and y.max() <= 1
+    z = augment(x, torch.Generator().manual_seed(0))
+    assert torch.equal(y, z)
