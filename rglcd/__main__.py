@@ -62,7 +62,13 @@ def run_score(args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import diffusers
+    import transformers
+
     from rglcd.sampling import InputError
+
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity_error()
 
     try:
         print(run_generate(args) if args.command == "generate" else run_score(args))

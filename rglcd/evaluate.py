@@ -27,8 +27,10 @@ def prompt_following(reward: nn.Module, images: torch.Tensor, prompts: list[str]
 
 
 def image_grid(images: torch.Tensor, nrow: int = 8, pad: int = 2) -> np.ndarray:
-    """(N,3,H,W) in [0,1] -> uint8 (rows*(H+pad)+pad, nrow*(W+pad)+pad, 3) on a white background."""
+    """(N,3,H,W) in [0,1] -> uint8 (rows*(H+pad)+pad, nrow*(W+pad)+pad, 3) on white; one image is returned as-is."""
     n, _, h, w = images.shape
+    if n == 1:
+        pad = 0
     ncol = min(nrow, n)
     rows = (n + ncol - 1) // ncol
     grid = torch.ones(3, rows * (h + pad) + pad, ncol * (w + pad) + pad)

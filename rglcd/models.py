@@ -159,7 +159,7 @@ def encode_prompts(tokenizer: Any, text_encoder: torch.nn.Module, prompts: list[
 
 def count_tokens(tokenizer: Any, prompt: str) -> int:
     """Number of tokens of `prompt` including the special tokens the encoder adds."""
-    return len(tokenizer(prompt).input_ids)
+    return len(tokenizer(prompt, verbose=False).input_ids)
 
 
 @dataclass

@@ -46,7 +46,7 @@ def tiny_emoji_family(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _clip_tokenizer(folder: Path) -> None:
     """A byte-level CLIPTokenizer with no merges (514 tokens), written without the hub."""
     from transformers import CLIPTokenizer
-    from transformers.models.clip.tokenization_clip import bytes_to_unicode
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     chars = list(bytes_to_unicode().values())
     vocab = {c: i for i, c in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
@@ -69,9 +69,9 @@ def tiny_sd21_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=32, attention_head_dim=(2, 4), use_linear_projection=True, norm_num_groups=32,
     ).save_pretrained(root / "unet")
-    AutoencoderKL(block_out_channels=(32, 32), down_block_types=("DownEncoderBlock2D",) * 2,
-                  up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=32,
-                  sample_size=16).save_pretrained(root / "vae")
+    AutoencoderKL(block_out_channels=(32,) * 4, down_block_types=("DownEncoderBlock2D",) * 4,
+                  up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, norm_num_groups=32, layers_per_block=1,
+                  sample_size=64).save_pretrained(root / "vae")
     CLIPTextModel(CLIPTextConfig(vocab_size=514, hidden_size=32, intermediate_size=37, num_attention_heads=4,
                                  num_hidden_layers=2, max_position_embeddings=77, hidden_act="gelu",
                                  bos_token_id=512, eos_token_id=513, pad_token_id=1)).save_pretrained(

@@ -24,7 +24,7 @@ def test_tiny_sd21_family_loads_from_repo_layout_and_samples(tiny_sd21_repo, tmp
     for key in ("vae", "text_encoder", "tokenizer", "scheduler"):
         spec[key]["repo"] = repo
     spec["members"]["teacher"]["unet"]["repo"] = repo
-    spec.update(resolution=32, max_length=16)
+    spec.update(resolution=64, max_length=16)
     (tmp_path / "family.json").write_text(json.dumps(spec))
     family = load_family(str(tmp_path))
     assert type(family.vae).__name__ == "AutoencoderKL"
@@ -34,7 +34,7 @@ def test_tiny_sd21_family_loads_from_repo_layout_and_samples(tiny_sd21_repo, tmp
     states = encode_prompts(family.tokenizer, family.text_encoder, ["a cat", "a dog"])
     assert states.shape == (2, 16, 32)
     images = generate(family, "teacher", Request("a cat", steps=2, guidance_scale=3.0, num_images=2))
-    assert images.shape == (2, 3, 32, 32) and images.min() >= 0 and images.max() <= 1
+    assert images.shape == (2, 3, 64, 64) and images.min() >= 0 and images.max() <= 1
     again = generate(family, "teacher", Request("a cat", steps=2, guidance_scale=3.0, num_images=2))
     assert torch.equal(images, again)
 

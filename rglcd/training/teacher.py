@@ -35,22 +35,23 @@ class TeacherConfig:
     family: str = "emoji-64"
     output_dir: str = "runs/emoji-64/teacher"
     export_dir: str | None = "assets/models/emoji-64/teacher"
-    block_out_channels: tuple[int, ...] = (64, 128, 128)
+    block_out_channels: tuple[int, ...] = (32, 64, 128)
     layers_per_block: int = 1
     attention_head_dim: int = 8
     batch_size: int = 64
     learning_rate: float = 1e-3
     warmup_steps: int = 200
-    max_steps: int = 4000
+    max_steps: int = 8000
     cfg_dropout: float = 0.1
     snr_gamma: float = 5.0
     ema_decay: float = 0.999
     checkpoint_every: int = 250
-    eval_every: int = 500
+    eval_every: int = 1000
     eval_steps: int = 25
     eval_guidance: float = 5.0
     seed: int = 0
     resume: str | None = "latest"
+    stop_at: int | None = None  # end this session at this step (checkpointed); resume later
     include_flags: bool = False
     limit_concepts: int | None = None  # tests: train on the first N concepts only
 
@@ -185,8 +186,8 @@ def train_teacher(cfg: TeacherConfig, accelerator: Accelerator | None = None) ->
         return evaluate_teacher(family, ema_unet(), reward, cfg.eval_steps, cfg.eval_guidance, cfg.seed, grid)
 
     metrics = run_training(accelerator, counter, cfg.output_dir, cfg.max_steps, train_step, evaluate,
-                           cfg.resume, cfg.checkpoint_every, cfg.eval_every)
-    if accelerator.is_main_process and cfg.export_dir:
+                           cfg.resume, cfg.checkpoint_every, cfg.eval_every, stop_at=cfg.stop_at)
+    if accelerator.is_main_process and cfg.export_dir and counter.step >= cfg.max_steps:
         export = Path(cfg.export_dir)
         ema_unet().save_pretrained(export)
         metrics.update(steps=counter.step, params=sum(p.numel() for p in ema_unet().parameters()),
