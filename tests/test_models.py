@@ -63,3 +63,12 @@ def test_emoji64_family_components():
     assert len(family.tokenizer) == 30522 and family.tokenizer.model_max_length == 32
     unet = family.unet("teacher")
     assert unet.config.cross_attention_dim == 384 and unet.config.sample_size * 4 == 64
+
+
+def test_emoji64_teacher_pipeline_uses_sd_ddim_settings():
+    pipe = load_family("emoji-64").pipeline("teacher")
+    cfg = pipe.scheduler.config
+    assert type(pipe).__name__ == "StableDiffusionPipeline" and type(pipe.scheduler).__name__ == "DDIMScheduler"
+    assert (cfg.beta_schedule, cfg.prediction_type, cfg.set_alpha_to_one, cfg.steps_offset) == (
+        "scaled_linear", "epsilon", False, 1)
+    assert pipe.vae_scale_factor == 4

@@ -212,3 +212,8 @@ def is_flag(char: str) -> bool:
 def read_prompts(path: str | Path) -> list[str]:
     """One prompt per non-empty line."""
     return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def eval_prompt_sets() -> dict[str, list[str]]:
+    """The 16 training and 16 held-out evaluation prompts of emoji-64 (assets/prompts/emoji-eval-*.txt)."""
+    return {split: read_prompts(ASSETS / "prompts" / f"emoji-eval-{split}.txt") for split in ("train", "heldout")}

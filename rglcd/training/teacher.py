@@ -19,8 +19,9 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel, compute_snr
 
-from rglcd.data.emoji import ASSETS, cache_dir, captions, is_flag, load_renders, read_prompts, to_model_range
-from rglcd.evaluate import prompt_following, save_grid
+from rglcd.data.emoji import (EmojiConcept, cache_dir, captions, eval_prompt_sets, is_flag, load_renders,
+                              to_model_range)
+from rglcd.evaluate import evaluate_prompt_following
 from rglcd.models import Family, encode_prompts, load_family
 from rglcd.training.checkpoints import StepCounter, step_generator
 from rglcd.training.loop import run_training
@@ -79,13 +80,18 @@ def encode_latents(vae: torch.nn.Module, images: torch.Tensor, batch_size: int =
     return torch.cat(out)
 
 
-def teacher_data(family: Family, cfg: TeacherConfig) -> dict[str, torch.Tensor]:
-    """Cached training tensors: latents (N,4,h,w), caption states (N,T,L,D) fp16, empty-caption states (L,D)."""
+def teacher_concepts(cfg: TeacherConfig) -> tuple[list[EmojiConcept], torch.Tensor]:
+    """The teacher's training concepts and uint8 renders: the train split, without flags unless asked."""
     concepts, images = load_renders("train")
     keep = [i for i, c in enumerate(concepts) if cfg.include_flags or not is_flag(c.char)]
     if cfg.limit_concepts:
         keep = keep[: cfg.limit_concepts]
-    concepts, images = [concepts[i] for i in keep], images[keep]
+    return [concepts[i] for i in keep], images[keep]
+
+
+def teacher_data(family: Family, cfg: TeacherConfig) -> dict[str, torch.Tensor]:
+    """Cached training tensors: latents (N,4,h,w), caption states (N,T,L,D) fp16, empty-caption states (L,D)."""
+    concepts, images = teacher_concepts(cfg)
     vae_file = family.source("vae")
     stamp = Path(vae_file.location) / "diffusion_pytorch_model.safetensors"
     key = f"{len(concepts)}-{int(stamp.stat().st_mtime) if stamp.exists() else 0}"
@@ -103,27 +109,6 @@ def teacher_data(family: Family, cfg: TeacherConfig) -> dict[str, torch.Tensor]:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(data, path)
     return data
-
-
-def evaluate_teacher(family: Family, unet: UNet2DConditionModel, reward: torch.nn.Module, steps: int,
-                     guidance: float, seed: int = 0, grid_path: Path | None = None) -> dict[str, float]:
-    """Prompt following on the 16 training and 16 held-out evaluation prompts (see rglcd.evaluate)."""
-    pipe = family.pipeline("teacher", unet=unet)
-    out = {}
-    for split in ("train", "heldout"):
-        prompts = read_prompts(ASSETS / "prompts" / f"emoji-eval-{split}.txt")
-        g = torch.Generator().manual_seed(seed)
-        images = _sample(pipe, prompts, steps, guidance, g)
-        res = prompt_following(reward, images, prompts)
-        out.update({f"{split}_{k}": v for k, v in res.items()})
-        if grid_path is not None:
-            save_grid(images, grid_path.with_name(f"{grid_path.stem}-{split}.png"), nrow=8)
-    return out
-
-
-def _sample(pipe, prompts: list[str], steps: int, guidance: float, generator: torch.Generator) -> torch.Tensor:
-    return pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, generator=generator,
-                output_type="pt").images
 
 
 def train_teacher(cfg: TeacherConfig, accelerator: Accelerator | None = None) -> dict[str, float]:
@@ -183,7 +168,8 @@ def train_teacher(cfg: TeacherConfig, accelerator: Accelerator | None = None) ->
         if reward is None:
             reward = family.reward()
         grid = Path(cfg.output_dir) / "samples" / f"step-{step}.png"
-        return evaluate_teacher(family, ema_unet(), reward, cfg.eval_steps, cfg.eval_guidance, cfg.seed, grid)
+        return evaluate_prompt_following(family, "teacher", reward, eval_prompt_sets(), cfg.eval_steps,
+                                         cfg.eval_guidance, cfg.seed, grid, unet=ema_unet())
 
     metrics = run_training(accelerator, counter, cfg.output_dir, cfg.max_steps, train_step, evaluate,
                            cfg.resume, cfg.checkpoint_every, cfg.eval_every, stop_at=cfg.stop_at)

@@ -1,0 +1,51 @@
+"""Prompt following of a family member on emoji-64's 16 training and 16 held-out evaluation prompts.
+
+    python bench/prompt_following.py --model teacher --steps 50 --guidance-scale 5 --out-dir bench/results
+
+Writes `<out-dir>/<family>-<model>-prompt-following.json` and sample grids beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rglcd.data.emoji import eval_prompt_sets  # noqa: E402
+from rglcd.evaluate import evaluate_prompt_following  # noqa: E402
+from rglcd.models import load_family  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", default="emoji-64")
+    parser.add_argument("--model", default="teacher")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--guidance-scale", type=float, default=5.0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out-dir", default="bench/results")
+    args = parser.parse_args()
+    family = load_family(args.family)
+    reward = family.reward()
+    out = Path(args.out_dir)
+    stem = f"{family.name}-{args.model}"
+    per_seed = []
+    t0 = time.time()
+    for seed in args.seeds:
+        grid = out / f"{stem}-seed{seed}.png" if seed == args.seeds[0] else None
+        per_seed.append(evaluate_prompt_following(family, args.model, reward, eval_prompt_sets(), args.steps,
+                                                  args.guidance_scale, seed, grid))
+    mean = {k: sum(r[k] for r in per_seed) / len(per_seed) for k in per_seed[0]}
+    result = {"family": family.name, "model": args.model, "steps": args.steps, "guidance_scale": args.guidance_scale,
+              "seeds": args.seeds, "mean": mean, "per_seed": per_seed, "wall_s": round(time.time() - t0, 1)}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}-prompt-following.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result["mean"], indent=2))
+
+
+if __name__ == "__main__":
+    main()

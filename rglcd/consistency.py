@@ -1,0 +1,38 @@
+"""The consistency parameterisation and its distances; pure tensor functions shared by objectives and samplers.
+
+f(z_t, t) = c_skip(t) z_t + c_out(t) x0_hat(z_t, t), with x0_hat from the network output (epsilon, v or sample
+prediction) and (c_skip, c_out) from `rglcd.schedule.boundary_scalings`, so f(z_0, 0) = z_0 exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rglcd.schedule import boundary_scalings, predicted_x0
+
+
+def consistency_output(model_output: torch.Tensor, sample: torch.Tensor, timesteps: torch.Tensor,
+                       alphas_cumprod: torch.Tensor, prediction_type: str = "epsilon") -> torch.Tensor:
+    """f(z_t, t) (B,C,H,W) from the network output at z_t = `sample` and integer timesteps (B,)."""
+    c_skip, c_out = boundary_scalings(timesteps)
+    shape = (-1,) + (1,) * (sample.ndim - 1)
+    x0 = predicted_x0(model_output, timesteps, sample, alphas_cumprod, prediction_type)
+    return c_skip.view(shape).to(sample) * sample + c_out.view(shape).to(sample) * x0
+
+
+def pseudo_huber(pred: torch.Tensor, target: torch.Tensor, c: float) -> torch.Tensor:
+    """Per-sample pseudo-Huber distance sqrt(||d||^2 + c^2) - c on the flattened difference, (B,)."""
+    d2 = (pred.float() - target.float()).flatten(1).pow(2).sum(1)
+    return (d2 + c * c).sqrt() - c
+
+
+def consistency_distance(pred: torch.Tensor, target: torch.Tensor, loss_type: str = "l2",
+                         huber_c: float = 0.001) -> torch.Tensor:
+    """Per-sample distance (B,): 'l2' = mean squared error, 'huber' = elementwise pseudo-Huber mean as in the LCD
+    scripts (sqrt(d^2 + c^2) - c averaged over elements)."""
+    diff = pred.float() - target.float()
+    if loss_type == "l2":
+        return diff.pow(2).flatten(1).mean(1)
+    if loss_type == "huber":
+        return ((diff.pow(2) + huber_c ** 2).sqrt() - huber_c).flatten(1).mean(1)
+    raise ValueError(f"unknown loss_type {loss_type!r}: use l2 or huber")

@@ -1,0 +1,102 @@
+"""Noise-schedule math shared by the teachers, the distillation objectives and the samplers; pure tensor functions.
+
+Conventions follow diffusers' LCMScheduler and its consistency-distillation example scripts:
+- `alphas_cumprod` (T,) is the DDPM schedule (T = 1000 for SD); alpha_t = sqrt(alphas_cumprod[t]) and
+  sigma_t = sqrt(1 - alphas_cumprod[t]) scale data and noise: z_t = alpha_t z_0 + sigma_t eps.
+- the skipping-step DDIM grid has N points (N = 50), k = T // N apart (k = 20): 19, 39, ..., 999.
+- boundary scalings c_skip/c_out use sigma_data = 0.5 and timestep scaling 10.
+- the guidance-scale embedding takes w in LCM convention (pipeline guidance_scale - 1).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+SIGMA_DATA = 0.5
+TIMESTEP_SCALING = 10.0
+
+
+def scaled_linear_alphas_cumprod(num_train_timesteps: int = 1000, beta_start: float = 0.00085,
+                                 beta_end: float = 0.012) -> torch.Tensor:
+    """SD's `scaled_linear` schedule: betas linear in sqrt space; returns alphas_cumprod (T,) float32."""
+    betas = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, num_train_timesteps, dtype=torch.float64) ** 2
+    return torch.cumprod(1.0 - betas, dim=0).float()
+
+
+def ddim_skip_grid(num_train_timesteps: int = 1000, num_ddim_timesteps: int = 50) -> torch.Tensor:
+    """The N skipping-step DDIM timesteps, ascending: (1..N) * (T // N) - 1, int64 (N,)."""
+    step = num_train_timesteps // num_ddim_timesteps
+    return torch.arange(1, num_ddim_timesteps + 1, dtype=torch.int64) * step - 1
+
+
+def _gather(values: torch.Tensor, timesteps: torch.Tensor, ndim: int) -> torch.Tensor:
+    """values[timesteps] shaped (B, 1, ..., 1) to broadcast against a (B, ...) tensor of `ndim` dims."""
+    out = values.to(timesteps.device)[timesteps]
+    return out.reshape(out.shape[0], *([1] * (ndim - 1)))
+
+
+def alpha_sigma(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, ndim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(alpha_t, sigma_t), each (B, 1, ..., 1), for integer timesteps (B,)."""
+    a = _gather(alphas_cumprod, timesteps, ndim)
+    return a.sqrt(), (1 - a).sqrt()
+
+
+def predicted_x0(model_output: torch.Tensor, timesteps: torch.Tensor, sample: torch.Tensor,
+                 alphas_cumprod: torch.Tensor, prediction_type: str = "epsilon") -> torch.Tensor:
+    """x_0 implied by a network output at z_t = `sample` (B,C,H,W) for epsilon, v or sample prediction."""
+    alpha, sigma = alpha_sigma(alphas_cumprod, timesteps, sample.ndim)
+    if prediction_type == "epsilon":
+        return (sample - sigma * model_output) / alpha
+    if prediction_type == "v_prediction":
+        return alpha * sample - sigma * model_output
+    if prediction_type == "sample":
+        return model_output
+    raise ValueError(f"unknown prediction_type {prediction_type!r}")
+
+
+def predicted_noise(model_output: torch.Tensor, timesteps: torch.Tensor, sample: torch.Tensor,
+                    alphas_cumprod: torch.Tensor, prediction_type: str = "epsilon") -> torch.Tensor:
+    """eps implied by a network output at z_t = `sample` (B,C,H,W) for epsilon, v or sample prediction."""
+    alpha, sigma = alpha_sigma(alphas_cumprod, timesteps, sample.ndim)
+    if prediction_type == "epsilon":
+        return model_output
+    if prediction_type == "v_prediction":
+        return alpha * model_output + sigma * sample
+    if prediction_type == "sample":
+        return (sample - alpha * model_output) / sigma
+    raise ValueError(f"unknown prediction_type {prediction_type!r}")
+
+
+def ddim_solver_step(x0: torch.Tensor, eps: torch.Tensor, prev_timesteps: torch.Tensor,
+                     alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """Deterministic DDIM step to `prev_timesteps` (B,) given the x0 and eps estimates (B,C,H,W).
+
+    A negative previous timestep means "before the first grid point" and uses alphas_cumprod[0], as the LCD
+    scripts' DDIMSolver and DDIMScheduler(set_alpha_to_one=False) do.
+    """
+    a_prev = _gather(alphas_cumprod, prev_timesteps.clamp_min(0), x0.ndim)
+    return a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+
+
+def boundary_scalings(timesteps: torch.Tensor, sigma_data: float = SIGMA_DATA,
+                      timestep_scaling: float = TIMESTEP_SCALING) -> tuple[torch.Tensor, torch.Tensor]:
+    """(c_skip, c_out) (B,) of the consistency parameterisation f = c_skip z_t + c_out x0_hat (LCMScheduler's)."""
+    t = timesteps.float() * timestep_scaling
+    c_skip = sigma_data ** 2 / (t ** 2 + sigma_data ** 2)
+    c_out = t / (t ** 2 + sigma_data ** 2) ** 0.5
+    return c_skip, c_out
+
+
+def guidance_scale_embedding(w: torch.Tensor, embedding_dim: int = 256, dtype: torch.dtype = torch.float32
+                             ) -> torch.Tensor:
+    """Sinusoidal embedding (B, embedding_dim) of guidance w (B,), LCM convention, scaled by 1000."""
+    w = w.float() * 1000.0
+    half = embedding_dim // 2
+    freqs = torch.exp(torch.arange(half, dtype=dtype, device=w.device) * -(math.log(10000.0) / (half - 1)))
+    emb = w.to(dtype)[:, None] * freqs[None, :]
+    emb = torch.cat([torch.sin(emb), torch.cos(emb)], dim=1)
+    if embedding_dim % 2 == 1:
+        emb = torch.nn.functional.pad(emb, (0, 1))
+    return emb
