@@ -1,0 +1,75 @@
+"""Training objectives as small classes (EDM's `training/loss.py` style): hyper-parameters in the constructor,
+`__call__` shows how the noise level is drawn, the sample noised, the networks called and the loss formed.
+
+Networks are plain callables `net(z_t (B,C,h,w), t (B,) int, context (B,L,D), w_embedding (B,E) or None) -> output`
+so the same loss serves a full-model student (EMA target) and a LoRA student (teacher = adapters off).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from rglcd.consistency import consistency_distance, consistency_output
+from rglcd.schedule import ddim_skip_grid, ddim_solver_step, guidance_scale_embedding, predicted_noise, predicted_x0
+
+Net = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+
+@dataclass
+class LCDLoss:
+    """Latent consistency distillation (LCM paper, Alg. 1; diffusers' train_lcd_distill scripts).
+
+    Draw a grid index n and w ~ U[w_min, w_max]; noise z_0 to t_{n+k}; one teacher DDIM step with CFG (scale 1+w)
+    applied to both x0 and eps lands on t_n; the loss is d(f_student(z_{t_{n+k}}), f_target(z_{t_n})).
+    """
+
+    alphas_cumprod: torch.Tensor
+    num_ddim_timesteps: int = 50
+    w_min: float = 5.0
+    w_max: float = 15.0
+    w_embedding_dim: int = 256
+    loss_type: str = "huber"
+    huber_c: float = 0.001
+    prediction_type: str = "epsilon"
+
+    def __post_init__(self) -> None:
+        t = len(self.alphas_cumprod)
+        self.grid = ddim_skip_grid(t, self.num_ddim_timesteps)
+        self.k = t // self.num_ddim_timesteps
+
+    def draw(self, batch: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """The randomness of one step: grid indices, start/end timesteps, guidance w (LCM convention)."""
+        index = torch.randint(0, self.num_ddim_timesteps, (batch,), generator=generator)
+        start = self.grid[index]
+        w = self.w_min + (self.w_max - self.w_min) * torch.rand(batch, generator=generator)
+        return {"index": index, "start": start, "end": (start - self.k).clamp_min(0), "w": w}
+
+    def __call__(self, student: Net, teacher: Net, target: Net, latents: torch.Tensor, context: torch.Tensor,
+                 uncond_context: torch.Tensor, noise: torch.Tensor, draw: dict[str, torch.Tensor]
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Per-sample loss (B,) and {'student_x0': f_student} (the one-step prediction, for reward guidance)."""
+        ac, pt, dev = self.alphas_cumprod, self.prediction_type, latents.device
+        start, end = draw["start"].to(dev), draw["end"].to(dev)
+        w = draw["w"].to(dev)
+        w_emb = guidance_scale_embedding(w, self.w_embedding_dim).to(latents.dtype)
+        alpha, sigma = ac[start].sqrt().view(-1, 1, 1, 1).to(latents), (1 - ac[start]).sqrt().view(-1, 1, 1, 1).to(
+            latents)
+        z_start = alpha * latents + sigma * noise
+
+        f_student = consistency_output(student(z_start, start, context, w_emb), z_start, start, ac, pt)
+        with torch.no_grad():
+            cond = teacher(z_start, start, context, None)
+            uncond = teacher(z_start, start, uncond_context, None)
+            x0_c, x0_u = predicted_x0(cond, start, z_start, ac, pt), predicted_x0(uncond, start, z_start, ac, pt)
+            eps_c, eps_u = predicted_noise(cond, start, z_start, ac, pt), predicted_noise(uncond, start, z_start, ac,
+                                                                                            pt)
+            wv = w.view(-1, 1, 1, 1).to(latents)
+            x0 = x0_c + wv * (x0_c - x0_u)
+            eps = eps_c + wv * (eps_c - eps_u)
+            z_end = ddim_solver_step(x0, eps, start - self.k, ac).to(latents.dtype)
+            f_target = consistency_output(target(z_end, end, context, w_emb), z_end, end, ac, pt)
+        loss = consistency_distance(f_student, f_target, self.loss_type, self.huber_c)
+        return loss, {"student_x0": f_student}
