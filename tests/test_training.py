@@ -26,9 +26,10 @@ def test_psnr_values():
 def test_autoencoder_trains_and_exports(tmp_path):
     cfg = AutoencoderConfig(output_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "vae"), channels=8,
                             encoder_blocks=(1, 1, 1), decoder_blocks=(1, 1, 1), batch_size=4, max_steps=3,
-                            checkpoint_every=2, eval_every=3, limit_concepts=8)
+                            checkpoint_every=2, eval_every=3, limit_concepts=8, recenter_steps=2)
     metrics = train_autoencoder(cfg)
     assert "psnr_heldout" in metrics and metrics["steps"] == 3
+    assert max(abs(m) for m in metrics["removed_latent_mean"]) > 0 and metrics["residual_latent_mean"] < 1e-5
     saved = json.loads((tmp_path / "vae" / "config.json").read_text())
     assert abs(saved["scaling_factor"] - 1 / metrics["latent_std"]) < 1e-6
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["checkpoint-2", "checkpoint-3"]

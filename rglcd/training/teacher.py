@@ -42,7 +42,7 @@ class TeacherConfig:
     batch_size: int = 64
     learning_rate: float = 1e-3
     warmup_steps: int = 200
-    max_steps: int = 8000
+    max_steps: int = 6500
     cfg_dropout: float = 0.1
     snr_gamma: float = 5.0
     ema_decay: float = 0.999
