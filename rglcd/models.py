@@ -140,6 +140,20 @@ def encode_prompts(tokenizer: Any, text_encoder: torch.nn.Module, prompts: list[
         return text_encoder(ids.input_ids.to(device), attention_mask=mask)[0]
 
 
+@torch.no_grad()
+def encode_latents(vae: torch.nn.Module, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """Images in [-1,1] (N,3,H,W) -> scaled latents (N,C,H/f,W/f), the space the UNet works in.
+
+    AutoencoderKL: the posterior mode; AutoencoderTiny: its deterministic latents; both times `scaling_factor`.
+    """
+    out = []
+    for chunk in images.split(batch_size):
+        enc = vae.encode(chunk.to(next(vae.parameters()).device))
+        z = enc.latent_dist.mode() if hasattr(enc, "latent_dist") else enc.latents
+        out.append(z * vae.config.scaling_factor)
+    return torch.cat(out)
+
+
 def count_tokens(tokenizer: Any, prompt: str) -> int:
     """Number of tokens of `prompt` including the special tokens the encoder adds."""
     return len(tokenizer(prompt, verbose=False).input_ids)
@@ -224,24 +238,42 @@ class Family:
             ).requires_grad_(False)
         return self._unets[name]
 
-    def pipeline(self, name: str, unet: Any | None = None) -> Any:
-        """A diffusers pipeline for the member (StableDiffusionPipeline + DDIMScheduler for a teacher).
+    def pipeline(self, name: str, unet: Any | None = None, kind: str | None = None) -> Any:
+        """A diffusers pipeline for the member: StableDiffusionPipeline + DDIMScheduler for a teacher,
+        LatentConsistencyModelPipeline + LCMScheduler for an LCM.
 
-        `unet` replaces the member's own weights, e.g. a model in training.
+        `unet` and `kind` replace the member's own weights and kind, e.g. for a model in training.
         """
-        kind = self.member(name).get("kind", name)
+        kind = kind or self.member(name).get("kind", name)
         unet = unet if unet is not None else self.unet(name)
+        parts = dict(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=unet,
+                     safety_checker=None, feature_extractor=None, requires_safety_checker=False)
         if kind == "teacher":
             from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-            pipe = StableDiffusionPipeline(
-                vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=unet,
-                scheduler=DDIMScheduler.from_config(self.scheduler_config), safety_checker=None,
-                feature_extractor=None, requires_safety_checker=False,
-            )
-            pipe.set_progress_bar_config(disable=True)
-            return pipe.to(next(unet.parameters()).device)
-        raise ModelLoadError(f"member {name} of {self.name} has kind '{kind}', which this version cannot sample yet")
+            pipe = StableDiffusionPipeline(scheduler=DDIMScheduler.from_config(self.scheduler_config), **parts)
+        elif kind == "lcm":
+            from diffusers import LatentConsistencyModelPipeline, LCMScheduler
+
+            pipe = LatentConsistencyModelPipeline(scheduler=LCMScheduler.from_config(self.scheduler_config), **parts)
+        else:
+            raise ModelLoadError(f"member {name} of {self.name} has kind '{kind}'; known kinds: teacher, lcm")
+        pipe.set_progress_bar_config(disable=True)
+        return pipe.to(next(unet.parameters()).device)
+
+
+def register_member(family_file: Path, name: str, folder: Path, kind: str) -> None:
+    """Add or replace member `name` (a UNet folder, stored relative to the family file when inside it)."""
+    spec = json.loads(family_file.read_text())
+    folder = Path(folder).resolve()
+    try:
+        location = str(folder.relative_to(family_file.parent.resolve()))
+    except ValueError:
+        location = str(folder)
+    spec.setdefault("members", {})[name] = {"unet": location, "kind": kind}
+    tmp = family_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(spec, indent=2) + "\n")
+    tmp.replace(family_file)
 
 
 def load_family(name_or_path: str) -> Family:

@@ -53,12 +53,12 @@ def test_augment_keeps_shape_and_range():
 
 
 def test_teacher_and_reward_training_data_hold_no_heldout_concept():
-    from rglcd.training.teacher import TeacherConfig, teacher_concepts
+    from rglcd.data.emoji import training_concepts
 
     held = heldout_names()
-    concepts, images = teacher_concepts(TeacherConfig())
+    concepts, images = training_concepts()
     assert len(concepts) == len(images) > 1000
     assert not {c.name for c in concepts} & held
     assert not any(is_flag(c.char) for c in concepts)
-    with_flags, _ = teacher_concepts(TeacherConfig(include_flags=True))
+    with_flags, _ = training_concepts(include_flags=True)
     assert len(with_flags) > len(concepts) and not {c.name for c in with_flags} & held

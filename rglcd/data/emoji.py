@@ -217,3 +217,38 @@ def read_prompts(path: str | Path) -> list[str]:
 def eval_prompt_sets() -> dict[str, list[str]]:
     """The 16 training and 16 held-out evaluation prompts of emoji-64 (assets/prompts/emoji-eval-*.txt)."""
     return {split: read_prompts(ASSETS / "prompts" / f"emoji-eval-{split}.txt") for split in ("train", "heldout")}
+
+
+def training_concepts(include_flags: bool = False, limit: int | None = None) -> tuple[list[EmojiConcept], torch.Tensor]:
+    """The concepts a generator trains on and their uint8 renders: the train split, flags left out unless asked
+    (detailed, hard for tiny models: fewer concepts seen more often)."""
+    concepts, images = load_renders("train")
+    keep = [i for i, c in enumerate(concepts) if include_flags or not is_flag(c.char)]
+    if limit:
+        keep = keep[:limit]
+    return [concepts[i] for i in keep], images[keep]
+
+
+def emoji_training_tensors(family, include_flags: bool = False, limit: int | None = None) -> dict[str, torch.Tensor]:
+    """Cached tensors for teacher and student training on `family` (its VAE and text encoder):
+    latents (N,4,h,w) scaled, caption token states (N,T,L,D) fp16 (T templates), empty-caption states (L,D) fp16.
+    """
+    from rglcd.models import encode_latents, encode_prompts
+
+    concepts, images = training_concepts(include_flags, limit)
+    weights = Path(family.source("vae").location) / "diffusion_pytorch_model.safetensors"
+    digest = hashlib.sha1(weights.read_bytes()).hexdigest()[:12] if weights.is_file() else "none"
+    path = cache_dir() / f"train-tensors-{family.name}-{len(concepts)}-{int(include_flags)}-{digest}.pt"
+    if path.is_file():
+        return torch.load(path)
+    texts = [c for con in concepts for c in captions(con.name)]
+    states = torch.cat([encode_prompts(family.tokenizer, family.text_encoder, texts[i: i + 256])
+                        for i in range(0, len(texts), 256)])
+    data = {
+        "latents": encode_latents(family.vae, to_model_range(images)),
+        "context": states.view(len(concepts), -1, *states.shape[1:]).half(),
+        "empty": encode_prompts(family.tokenizer, family.text_encoder, [""])[0].half(),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(data, path)
+    return data

@@ -19,10 +19,9 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel, compute_snr
 
-from rglcd.data.emoji import (EmojiConcept, cache_dir, captions, eval_prompt_sets, is_flag, load_renders,
-                              to_model_range)
+from rglcd.data.emoji import emoji_training_tensors, eval_prompt_sets
 from rglcd.evaluate import evaluate_prompt_following
-from rglcd.models import Family, encode_prompts, load_family
+from rglcd.models import load_family
 from rglcd.training.checkpoints import StepCounter, step_generator
 from rglcd.training.loop import run_training
 
@@ -69,54 +68,12 @@ def build_unet(cfg: TeacherConfig, sample_size: int, context_dim: int) -> UNet2D
     )
 
 
-@torch.no_grad()
-def encode_latents(vae: torch.nn.Module, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """uint8 images (N,3,H,W) -> scaled latents (N,C,H/f,W/f), the space the UNet works in."""
-    out = []
-    for chunk in images.split(batch_size):
-        enc = vae.encode(to_model_range(chunk))
-        z = enc.latent_dist.mode() if hasattr(enc, "latent_dist") else enc.latents
-        out.append(z * vae.config.scaling_factor)
-    return torch.cat(out)
-
-
-def teacher_concepts(cfg: TeacherConfig) -> tuple[list[EmojiConcept], torch.Tensor]:
-    """The teacher's training concepts and uint8 renders: the train split, without flags unless asked."""
-    concepts, images = load_renders("train")
-    keep = [i for i, c in enumerate(concepts) if cfg.include_flags or not is_flag(c.char)]
-    if cfg.limit_concepts:
-        keep = keep[: cfg.limit_concepts]
-    return [concepts[i] for i in keep], images[keep]
-
-
-def teacher_data(family: Family, cfg: TeacherConfig) -> dict[str, torch.Tensor]:
-    """Cached training tensors: latents (N,4,h,w), caption states (N,T,L,D) fp16, empty-caption states (L,D)."""
-    concepts, images = teacher_concepts(cfg)
-    vae_file = family.source("vae")
-    stamp = Path(vae_file.location) / "diffusion_pytorch_model.safetensors"
-    key = f"{len(concepts)}-{int(stamp.stat().st_mtime) if stamp.exists() else 0}"
-    path = cache_dir() / f"teacher-data-{family.name}-{key}.pt"
-    if path.is_file():
-        return torch.load(path)
-    texts = [c for con in concepts for c in captions(con.name)]
-    states = torch.cat([encode_prompts(family.tokenizer, family.text_encoder, texts[i: i + 256])
-                        for i in range(0, len(texts), 256)])
-    data = {
-        "latents": encode_latents(family.vae, images),
-        "context": states.view(len(concepts), -1, *states.shape[1:]).half(),
-        "empty": encode_prompts(family.tokenizer, family.text_encoder, [""])[0].half(),
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(data, path)
-    return data
-
-
 def train_teacher(cfg: TeacherConfig, accelerator: Accelerator | None = None) -> dict[str, float]:
     """Train (resuming when asked), export the EMA UNet to `cfg.export_dir`, return final metrics."""
     accelerator = accelerator or Accelerator(log_with="tensorboard", project_dir=cfg.output_dir)
     accelerator.init_trackers("teacher", config={k: str(v) for k, v in asdict(cfg).items()})
     family = load_family(cfg.family)
-    data = teacher_data(family, cfg)
+    data = emoji_training_tensors(family, cfg.include_flags, cfg.limit_concepts)
     latents, context, empty = data["latents"], data["context"], data["empty"]
     n, n_templates = context.shape[:2]
     noise_scheduler = DDPMScheduler.from_config(family.scheduler_config)

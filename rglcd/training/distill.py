@@ -1,0 +1,144 @@
+"""Latent consistency distillation of a family's teacher into an LCM (full model, EMA target).
+
+The student is the teacher's UNet plus a guidance-embedding projection (`time_cond_proj_dim`, zero-initialised so
+the student starts as the teacher), exported as a UNet2DConditionModel folder that diffusers'
+LatentConsistencyModelPipeline loads. The loss is `rglcd.objectives.LCDLoss`; this file only wires data, networks,
+optimiser, EMA target and checkpoints. Runs under `accelerate launch` or plain python.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from diffusers import DDPMScheduler, UNet2DConditionModel
+from diffusers.optimization import get_scheduler
+
+from rglcd.data.emoji import emoji_training_tensors, eval_prompt_sets
+from rglcd.evaluate import evaluate_prompt_following
+from rglcd.models import load_family, register_member
+from rglcd.objectives import LCDLoss
+from rglcd.training.checkpoints import StepCounter, step_generator
+from rglcd.training.loop import run_training
+
+
+@dataclass
+class DistillConfig:
+    method: str = "lcd"
+    family: str = "emoji-64"
+    teacher: str = "teacher"
+    member: str = "lcm"  # the name the exported student gets in the family file
+    output_dir: str = "runs/emoji-64/lcm"
+    export_dir: str | None = "assets/models/emoji-64/lcm"
+    batch_size: int = 32
+    learning_rate: float = 2e-4
+    warmup_steps: int = 100
+    max_steps: int = 2000
+    ema_decay: float = 0.95
+    w_min: float = 2.0  # LCM convention: pipeline guidance scale - 1
+    w_max: float = 8.0
+    w_embedding_dim: int = 256
+    num_ddim_timesteps: int = 50
+    loss_type: str = "huber"
+    huber_c: float = 0.001
+    cfg_dropout: float = 0.0
+    checkpoint_every: int = 250
+    eval_every: int = 500
+    eval_steps: int = 4
+    eval_guidance: float = 5.0
+    seed: int = 0
+    resume: str | None = "latest"
+    stop_at: int | None = None
+    include_flags: bool = False
+    limit_concepts: int | None = None
+
+
+def student_from_teacher(teacher: UNet2DConditionModel, w_embedding_dim: int) -> UNet2DConditionModel:
+    """The teacher's UNet with a zero-initialised guidance projection: at start it computes exactly the teacher."""
+    student = UNet2DConditionModel.from_config(teacher.config, time_cond_proj_dim=w_embedding_dim)
+    missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("time_embedding.cond_proj") for k in missing):
+        raise RuntimeError(f"teacher and student UNets differ: missing {missing}, unexpected {unexpected}")
+    torch.nn.init.zeros_(student.time_embedding.cond_proj.weight)
+    return student
+
+
+def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) -> dict[str, float]:
+    """Distil (resuming when asked), export the student, register it in the family file; return final metrics."""
+    if cfg.method != "lcd":
+        raise ValueError(f"unknown method {cfg.method!r}; this version implements: lcd")
+    accelerator = accelerator or Accelerator(log_with="tensorboard", project_dir=cfg.output_dir)
+    accelerator.init_trackers("distill", config={k: str(v) for k, v in asdict(cfg).items()})
+    family = load_family(cfg.family)
+    data = emoji_training_tensors(family, cfg.include_flags, cfg.limit_concepts)
+    latents, context, empty = data["latents"], data["context"], data["empty"]
+    n, n_templates = context.shape[:2]
+    teacher = family.unet(cfg.teacher)
+    prediction_type = family.scheduler_config.get("prediction_type", "epsilon")
+    alphas_cumprod = DDPMScheduler.from_config(family.scheduler_config).alphas_cumprod
+    loss_fn = LCDLoss(alphas_cumprod, cfg.num_ddim_timesteps, cfg.w_min, cfg.w_max, cfg.w_embedding_dim,
+                      cfg.loss_type, cfg.huber_c, prediction_type)
+
+    student = student_from_teacher(teacher, cfg.w_embedding_dim).train()
+    target = copy.deepcopy(student).requires_grad_(False).eval()
+    optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.learning_rate, weight_decay=0.0)
+    lr_scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=cfg.warmup_steps)
+    student, optimizer, lr_scheduler = accelerator.prepare(student, optimizer, lr_scheduler)
+    counter = StepCounter()
+    accelerator.register_for_checkpointing(counter)
+    accelerator.register_for_checkpointing(target)
+    rank, device = accelerator.process_index, accelerator.device
+    teacher.to(device)
+    target.to(device)
+
+    def call(unet):
+        return lambda z, t, c, w: unet(z, t.to(device), encoder_hidden_states=c, timestep_cond=w).sample
+
+    reward = None
+
+    def train_step(step: int) -> dict[str, float]:
+        g = step_generator(cfg.seed, step, rank)
+        idx = torch.randint(n, (cfg.batch_size,), generator=g)
+        tmpl = torch.randint(n_templates, (cfg.batch_size,), generator=g)
+        ctx = context[idx, tmpl].float()
+        if cfg.cfg_dropout > 0:
+            ctx[torch.rand(cfg.batch_size, generator=g) < cfg.cfg_dropout] = empty.float()
+        uncond = empty.float().expand_as(ctx)
+        noise = torch.randn(latents[idx].shape, generator=g)
+        draw = loss_fn.draw(cfg.batch_size, g)
+        with accelerator.accumulate(student):
+            loss, _ = loss_fn(call(student), call(teacher), call(target), latents[idx].to(device), ctx.to(device),
+                              uncond.to(device), noise.to(device), draw)
+            loss = loss.mean()
+            accelerator.backward(loss)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        if accelerator.sync_gradients:
+            with torch.no_grad():
+                for p_t, p in zip(target.parameters(), accelerator.unwrap_model(student).parameters()):
+                    p_t.lerp_(p.detach(), 1 - cfg.ema_decay)
+        return {"loss": loss.item(), "lr": lr_scheduler.get_last_lr()[0]}
+
+    def evaluate(step: int) -> dict[str, float]:
+        nonlocal reward
+        reward = reward or family.reward()
+        grid = Path(cfg.output_dir) / "samples" / f"step-{step}.png"
+        return evaluate_prompt_following(family, cfg.member, reward, eval_prompt_sets(), cfg.eval_steps,
+                                         cfg.eval_guidance, cfg.seed, grid, unet=target, kind="lcm")
+
+    metrics = run_training(accelerator, counter, cfg.output_dir, cfg.max_steps, train_step, evaluate,
+                           cfg.resume, cfg.checkpoint_every, cfg.eval_every, stop_at=cfg.stop_at)
+    if accelerator.is_main_process and cfg.export_dir and counter.step >= cfg.max_steps:
+        export = Path(cfg.export_dir)
+        target.save_pretrained(export)
+        metrics.update(steps=counter.step, concepts=n)
+        (export / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        if family.root is not None:
+            register_member(family.root / "family.json", cfg.member, export, kind="lcm")
+    accelerator.end_training()
+    return metrics

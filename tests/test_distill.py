@@ -1,0 +1,69 @@
+"""LCD distillation on a tiny family: the student starts as the teacher, trains, resumes exactly, exports an LCM
+that LatentConsistencyModelPipeline samples, and is registered in the family file."""
+
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rglcd.models import load_family
+from rglcd.sampling import Request, generate
+from rglcd.training.checkpoints import list_checkpoints
+from rglcd.training.distill import DistillConfig, student_from_teacher, train_distill
+from rglcd.training.teacher import TeacherConfig, build_unet
+
+
+@pytest.fixture()
+def family_with_teacher(tiny_emoji_family, tmp_path):
+    root = tmp_path / "family"
+    shutil.copytree(tiny_emoji_family, root)
+    torch.manual_seed(0)
+    build_unet(TeacherConfig(block_out_channels=(32, 32), attention_head_dim=4), 16, 384).save_pretrained(
+        root / "teacher")
+    return root
+
+
+def test_student_starts_as_the_teacher():
+    torch.manual_seed(0)
+    teacher = build_unet(TeacherConfig(block_out_channels=(32, 32), attention_head_dim=4), 8, 384).eval()
+    student = student_from_teacher(teacher, 256).eval()
+    z, t, ctx = torch.randn(2, 4, 8, 8), torch.tensor([10, 900]), torch.randn(2, 5, 384)
+    w_emb = torch.randn(2, 256)
+    with torch.no_grad():
+        assert torch.allclose(student(z, t, ctx, timestep_cond=w_emb).sample, teacher(z, t, ctx).sample, atol=1e-5)
+    assert student.config.time_cond_proj_dim == 256
+
+
+def _cfg(root, out, **kw):
+    base = dict(family=str(root), output_dir=str(out), export_dir=str(root / "lcm"), batch_size=4, max_steps=4,
+                warmup_steps=1, checkpoint_every=2, eval_every=4, eval_steps=2, limit_concepts=16)
+    base.update(kw)
+    return DistillConfig(**base)
+
+
+def test_lcd_trains_resumes_exports_and_samples(family_with_teacher, tmp_path):
+    root = family_with_teacher
+    full = train_distill(_cfg(root, tmp_path / "full", export_dir=str(tmp_path / "full-export")))
+    assert 0 <= full["train_win_rate"] <= 1 and (tmp_path / "full" / "samples" / "step-4-heldout.png").is_file()
+    first = {"unet": str((tmp_path / "full-export").resolve()), "kind": "lcm"}
+    assert load_family(str(root)).member("lcm") == first
+    train_distill(_cfg(root, tmp_path / "cut", stop_at=2))
+    assert [p.name for p in list_checkpoints(tmp_path / "cut")] == ["checkpoint-2"]
+    assert load_family(str(root)).member("lcm") == first, "an unfinished run must not export or register"
+    resumed = train_distill(_cfg(root, tmp_path / "cut"))
+    assert resumed["loss"] == full["loss"]
+    a = load_file(str(tmp_path / "full-export" / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(root / "lcm" / "diffusion_pytorch_model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    family = load_family(str(root))
+    assert family.member("lcm") == {"unet": "lcm", "kind": "lcm"}
+    pipe = family.pipeline("lcm")
+    assert type(pipe).__name__ == "LatentConsistencyModelPipeline" and type(pipe.scheduler).__name__ == "LCMScheduler"
+    images = generate(family, "lcm", Request("red apple", steps=2, guidance_scale=4.0, num_images=2))
+    assert images.shape == (2, 3, 64, 64)
+
+
+def test_unknown_method_is_refused(family_with_teacher, tmp_path):
+    with pytest.raises(ValueError, match="unknown method 'mlcm'"):
+        train_distill(_cfg(family_with_teacher, tmp_path / "x", method="mlcm"))
