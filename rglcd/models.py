@@ -240,7 +240,8 @@ class Family:
 
     def pipeline(self, name: str, unet: Any | None = None, kind: str | None = None) -> Any:
         """A diffusers pipeline for the member: StableDiffusionPipeline + DDIMScheduler for a teacher,
-        LatentConsistencyModelPipeline + LCMScheduler for an LCM.
+        LatentConsistencyModelPipeline + LCMScheduler for an LCM with a guidance embedding, and
+        StableDiffusionPipeline + LCMScheduler for an LCM-LoRA (guidance scale 1-2 there, as in diffusers' docs).
 
         `unet` and `kind` replace the member's own weights and kind, e.g. for a model in training.
         """
@@ -248,29 +249,38 @@ class Family:
         unet = unet if unet is not None else self.unet(name)
         parts = dict(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=unet,
                      safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        from diffusers import DDIMScheduler, LatentConsistencyModelPipeline, LCMScheduler, StableDiffusionPipeline
+
         if kind == "teacher":
-            from diffusers import DDIMScheduler, StableDiffusionPipeline
-
             pipe = StableDiffusionPipeline(scheduler=DDIMScheduler.from_config(self.scheduler_config), **parts)
-        elif kind == "lcm":
-            from diffusers import LatentConsistencyModelPipeline, LCMScheduler
-
+        elif kind == "lcm" and unet.config.time_cond_proj_dim is not None:
             pipe = LatentConsistencyModelPipeline(scheduler=LCMScheduler.from_config(self.scheduler_config), **parts)
+        elif kind == "lcm":  # LCM-LoRA: no guidance embedding; the usual pipeline with an LCMScheduler
+            pipe = StableDiffusionPipeline(scheduler=LCMScheduler.from_config(self.scheduler_config), **parts)
         else:
             raise ModelLoadError(f"member {name} of {self.name} has kind '{kind}'; known kinds: teacher, lcm")
+        lora = self.member(name).get("lora") if name in self.members else None
+        if lora is not None and unet is self._unets.get(name) and not getattr(unet, "peft_config", None):
+            src = resolve_source(lora, self.root)
+            try:
+                pipe.load_lora_weights(src.location, **({"subfolder": src.subfolder} if src.subfolder else {}))
+            except Exception as err:  # noqa: BLE001 (missing file, offline hub, wrong keys: one clear message)
+                raise ModelLoadError(f"could not load LoRA weights of {self.name} {name} from {src}: {err}") from err
         pipe.set_progress_bar_config(disable=True)
         return pipe.to(next(unet.parameters()).device)
 
 
-def register_member(family_file: Path, name: str, folder: Path, kind: str) -> None:
-    """Add or replace member `name` (a UNet folder, stored relative to the family file when inside it)."""
+def register_member(family_file: Path, name: str, folder: Path, kind: str, base: Any | None = None) -> None:
+    """Add or replace member `name` in a family file: a UNet folder, or with `base` (the base UNet's entry) a LoRA
+    folder on top of it. Folders inside the family's folder are stored relative to it."""
     spec = json.loads(family_file.read_text())
     folder = Path(folder).resolve()
     try:
         location = str(folder.relative_to(family_file.parent.resolve()))
     except ValueError:
         location = str(folder)
-    spec.setdefault("members", {})[name] = {"unet": location, "kind": kind}
+    entry = {"unet": location, "kind": kind} if base is None else {"unet": base, "lora": location, "kind": kind}
+    spec.setdefault("members", {})[name] = entry
     tmp = family_file.with_suffix(".tmp")
     tmp.write_text(json.dumps(spec, indent=2) + "\n")
     tmp.replace(family_file)

@@ -67,3 +67,19 @@ def test_lcd_trains_resumes_exports_and_samples(family_with_teacher, tmp_path):
 def test_unknown_method_is_refused(family_with_teacher, tmp_path):
     with pytest.raises(ValueError, match="unknown method 'mlcm'"):
         train_distill(_cfg(family_with_teacher, tmp_path / "x", method="mlcm"))
+
+
+def test_lcd_lora_exports_diffusers_lora_that_the_family_loads(family_with_teacher, tmp_path):
+    root = family_with_teacher
+    metrics = train_distill(_cfg(root, tmp_path / "lora", export_dir=str(root / "lcm-lora"), member="lcm-lora",
+                                 lora_rank=4, max_steps=2, eval_every=2, learning_rate=1e-2))
+    assert metrics["steps"] == 2
+    assert (root / "lcm-lora" / "pytorch_lora_weights.safetensors").is_file()
+    family = load_family(str(root))
+    assert family.member("lcm-lora") == {"unet": "teacher", "lora": "lcm-lora", "kind": "lcm"}
+    pipe = family.pipeline("lcm-lora")
+    assert getattr(pipe.unet, "peft_config", None), "LoRA weights were not loaded"
+    plain = family.pipeline("teacher").unet
+    assert not getattr(plain, "peft_config", None), "the teacher must stay without adapters"
+    images = generate(family, "lcm-lora", Request("cat", steps=2, guidance_scale=1.0))
+    assert images.shape == (1, 3, 64, 64)

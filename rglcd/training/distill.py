@@ -1,8 +1,11 @@
-"""Latent consistency distillation of a family's teacher into an LCM (full model, EMA target).
+"""Latent consistency distillation of a family's teacher into an LCM: full model (EMA target) or LoRA.
 
-The student is the teacher's UNet plus a guidance-embedding projection (`time_cond_proj_dim`, zero-initialised so
-the student starts as the teacher), exported as a UNet2DConditionModel folder that diffusers'
-LatentConsistencyModelPipeline loads. The loss is `rglcd.objectives.LCDLoss`; this file only wires data, networks,
+Full model (`--lora-rank 0`): the student is the teacher's UNet plus a guidance-embedding projection
+(`time_cond_proj_dim`, zero-initialised so the student starts as the teacher), exported as a UNet2DConditionModel
+folder that diffusers' LatentConsistencyModelPipeline loads.
+LoRA (`--lora-rank r`): one UNet with peft adapters (B zero-initialised); the teacher is that UNet with adapters
+disabled, the target is the online student under no_grad (no EMA, as in LCM-LoRA); exported as diffusers LoRA
+safetensors that `pipe.load_lora_weights()` loads on top of the teacher. The loss is `rglcd.objectives.LCDLoss`; this file only wires data, networks,
 optimiser, EMA target and checkpoints. Runs under `accelerate launch` or plain python.
 """
 
@@ -55,6 +58,12 @@ class DistillConfig:
     stop_at: int | None = None
     include_flags: bool = False
     limit_concepts: int | None = None
+    lora_rank: int = 0  # 0: distil the full model; r > 0: LoRA adapters of rank r on the teacher
+    lora_alpha: float | None = None  # default: equal to the rank
+
+
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1",
+                "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj"]
 
 
 def student_from_teacher(teacher: UNet2DConditionModel, w_embedding_dim: int) -> UNet2DConditionModel:
@@ -65,6 +74,16 @@ def student_from_teacher(teacher: UNet2DConditionModel, w_embedding_dim: int) ->
         raise RuntimeError(f"teacher and student UNets differ: missing {missing}, unexpected {unexpected}")
     torch.nn.init.zeros_(student.time_embedding.cond_proj.weight)
     return student
+
+
+def save_lora(unet: UNet2DConditionModel, folder: Path) -> None:
+    """The UNet's peft adapters as diffusers LoRA safetensors (`pytorch_lora_weights.safetensors`)."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    StableDiffusionPipeline.save_lora_weights(str(folder), unet_lora_layers=layers, safe_serialization=True)
 
 
 def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) -> dict[str, float]:
@@ -83,20 +102,44 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
     loss_fn = LCDLoss(alphas_cumprod, cfg.num_ddim_timesteps, cfg.w_min, cfg.w_max, cfg.w_embedding_dim,
                       cfg.loss_type, cfg.huber_c, prediction_type)
 
-    student = student_from_teacher(teacher, cfg.w_embedding_dim).train()
-    target = copy.deepcopy(student).requires_grad_(False).eval()
-    optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.learning_rate, weight_decay=0.0)
+    lora = cfg.lora_rank > 0
+    if lora:
+        from peft import LoraConfig
+
+        student = copy.deepcopy(teacher).requires_grad_(False).train()
+        student.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or cfg.lora_rank,
+                                       init_lora_weights="gaussian", target_modules=LORA_TARGETS))
+        target = None
+    else:
+        student = student_from_teacher(teacher, cfg.w_embedding_dim).train()
+        target = copy.deepcopy(student).requires_grad_(False).eval()
+    trainable = [p for p in student.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=0.0)
     lr_scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=cfg.warmup_steps)
     student, optimizer, lr_scheduler = accelerator.prepare(student, optimizer, lr_scheduler)
     counter = StepCounter()
     accelerator.register_for_checkpointing(counter)
-    accelerator.register_for_checkpointing(target)
     rank, device = accelerator.process_index, accelerator.device
+    if target is not None:
+        accelerator.register_for_checkpointing(target)
+        target.to(device)
     teacher.to(device)
-    target.to(device)
+    online = accelerator.unwrap_model(student)
 
     def call(unet):
-        return lambda z, t, c, w: unet(z, t.to(device), encoder_hidden_states=c, timestep_cond=w).sample
+        takes_w = unet.config.time_cond_proj_dim is not None
+        return lambda z, t, c, w: unet(z, t.to(device), encoder_hidden_states=c,
+                                       timestep_cond=w if takes_w else None).sample
+
+    def adapters_off(z: torch.Tensor, t: torch.Tensor, c: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+        online.disable_adapters()
+        try:
+            return online(z, t.to(device), encoder_hidden_states=c).sample
+        finally:
+            online.enable_adapters()
+
+    teacher_net = adapters_off if lora else call(teacher)
+    target_net = call(student) if lora else call(target)
 
     reward = None
 
@@ -111,14 +154,14 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
         noise = torch.randn(latents[idx].shape, generator=g)
         draw = loss_fn.draw(cfg.batch_size, g)
         with accelerator.accumulate(student):
-            loss, _ = loss_fn(call(student), call(teacher), call(target), latents[idx].to(device), ctx.to(device),
+            loss, _ = loss_fn(call(student), teacher_net, target_net, latents[idx].to(device), ctx.to(device),
                               uncond.to(device), noise.to(device), draw)
             loss = loss.mean()
             accelerator.backward(loss)
             optimizer.step()
             lr_scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-        if accelerator.sync_gradients:
+        if target is not None and accelerator.sync_gradients:
             with torch.no_grad():
                 for p_t, p in zip(target.parameters(), accelerator.unwrap_model(student).parameters()):
                     p_t.lerp_(p.detach(), 1 - cfg.ema_decay)
@@ -129,16 +172,21 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
         reward = reward or family.reward()
         grid = Path(cfg.output_dir) / "samples" / f"step-{step}.png"
         return evaluate_prompt_following(family, cfg.member, reward, eval_prompt_sets(), cfg.eval_steps,
-                                         cfg.eval_guidance, cfg.seed, grid, unet=target, kind="lcm")
+                                         cfg.eval_guidance, cfg.seed, grid, unet=online if lora else target,
+                                         kind="lcm")
 
     metrics = run_training(accelerator, counter, cfg.output_dir, cfg.max_steps, train_step, evaluate,
                            cfg.resume, cfg.checkpoint_every, cfg.eval_every, stop_at=cfg.stop_at)
     if accelerator.is_main_process and cfg.export_dir and counter.step >= cfg.max_steps:
         export = Path(cfg.export_dir)
-        target.save_pretrained(export)
+        if lora:
+            save_lora(online, export)
+        else:
+            target.save_pretrained(export)
         metrics.update(steps=counter.step, concepts=n)
         (export / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         if family.root is not None:
-            register_member(family.root / "family.json", cfg.member, export, kind="lcm")
+            register_member(family.root / "family.json", cfg.member, export, kind="lcm",
+                            base=family.member(cfg.teacher)["unet"] if lora else None)
     accelerator.end_training()
     return metrics
