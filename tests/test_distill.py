@@ -2,6 +2,7 @@
 that LatentConsistencyModelPipeline samples, and is registered in the family file."""
 
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -77,8 +78,13 @@ def test_lcd_lora_exports_diffusers_lora_that_the_family_loads(family_with_teach
     assert (root / "lcm-lora" / "pytorch_lora_weights.safetensors").is_file()
     family = load_family(str(root))
     assert family.member("lcm-lora") == {"unet": "teacher", "lora": "lcm-lora", "kind": "lcm"}
-    pipe = family.pipeline("lcm-lora")
-    assert getattr(pipe.unet, "peft_config", None), "LoRA weights were not loaded"
+    saved = load_file(str(root / "lcm-lora" / "pytorch_lora_weights.safetensors"))
+    assert any(".attn2.to_k." in k for k in saved) and any(".conv1." in k for k in saved)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # peft warns when saved keys and adapters disagree
+        pipe = family.pipeline("lcm-lora")
+    loaded = [k for k in pipe.unet.state_dict() if "lora_" in k]
+    assert len(loaded) == len(saved), "every saved LoRA tensor must be loaded"
     plain = family.pipeline("teacher").unet
     assert not getattr(plain, "peft_config", None), "the teacher must stay without adapters"
     images = generate(family, "lcm-lora", Request("cat", steps=2, guidance_scale=1.0))

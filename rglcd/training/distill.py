@@ -79,10 +79,9 @@ def student_from_teacher(teacher: UNet2DConditionModel, w_embedding_dim: int) ->
 def save_lora(unet: UNet2DConditionModel, folder: Path) -> None:
     """The UNet's peft adapters as diffusers LoRA safetensors (`pytorch_lora_weights.safetensors`)."""
     from diffusers import StableDiffusionPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    layers = get_peft_model_state_dict(unet)
     StableDiffusionPipeline.save_lora_weights(str(folder), unet_lora_layers=layers, safe_serialization=True)
 
 
