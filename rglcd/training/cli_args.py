@@ -1,4 +1,5 @@
-"""Command-line flags from a trainer's config dataclass: every field becomes `--field-name`, plus `--threads`."""
+"""Command-line flags from a trainer's config dataclass: every field becomes `--field-name`, plus `--threads` and
+`--config recipe.yaml` (a recipe in train/configs/: its keys are field names; flags given on the command line win)."""
 
 from __future__ import annotations
 
@@ -24,17 +25,40 @@ def _parser_type(hint: Any) -> tuple[Any, dict]:
     return hint, {}
 
 
+def load_recipe(path: str, cls: type) -> dict[str, Any]:
+    """A YAML recipe as {field: value}; unknown keys are an error naming them."""
+    import yaml
+
+    try:
+        with open(path) as fh:
+            recipe = yaml.safe_load(fh) or {}
+    except FileNotFoundError as err:
+        raise SystemExit(f"error: recipe not found: {path}") from err
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(recipe) - known)
+    if unknown:
+        raise SystemExit(f"error: unknown keys in {path}: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in recipe.items()}
+
+
 def parse_config(cls: type[T], description: str | None = None, argv: list[str] | None = None) -> T:
     """Parse argv into `cls` (a dataclass); `--threads N` sets torch's CPU threads (0 keeps torch's default)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    recipe = load_recipe(known.config, cls) if known.config else {}
     parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", help="YAML recipe (train/configs/*.yaml); command-line flags override it")
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         kind, extra = _parser_type(hints[f.name])
-        parser.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default, **extra,
-                            help=f"default: {f.default}")
+        default = recipe.get(f.name, f.default)
+        parser.add_argument("--" + f.name.replace("_", "-"), type=kind, default=default, **extra,
+                            help=f"default: {default}")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ns = vars(parser.parse_args(argv))
     threads = ns.pop("threads")
+    ns.pop("config")
     if threads > 0:
         torch.set_num_threads(threads)
     for key, value in ns.items():

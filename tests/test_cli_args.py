@@ -1,0 +1,35 @@
+"""Trainer flags: dataclass fields, YAML recipes, command-line overrides, clear errors."""
+
+from pathlib import Path
+
+import pytest
+
+from rglcd.training.cli_args import parse_config
+from rglcd.training.distill import DistillConfig
+from rglcd.training.teacher import TeacherConfig
+
+CONFIGS = Path(__file__).resolve().parents[1] / "train" / "configs"
+
+
+def test_recipe_then_flags_override():
+    cfg = parse_config(DistillConfig, argv=["--config", str(CONFIGS / "emoji-64-lcd-lora.yaml"), "--max-steps", "7",
+                                            "--export-dir", "none"])
+    assert cfg.lora_rank == 16 and cfg.member == "lcm-lora" and cfg.max_steps == 7 and cfg.export_dir is None
+
+
+@pytest.mark.parametrize("recipe", sorted(CONFIGS.glob("emoji-64-*.yaml")))
+def test_every_recipe_parses(recipe):
+    cls = TeacherConfig if "teacher" in recipe.name else DistillConfig
+    cfg = parse_config(cls, argv=["--config", str(recipe)])
+    assert cfg.family == "emoji-64"
+
+
+def test_tuple_flags_and_errors(tmp_path):
+    cfg = parse_config(TeacherConfig, argv=["--block-out-channels", "16", "32", "--include-flags", "true"])
+    assert cfg.block_out_channels == (16, 32) and cfg.include_flags is True
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("max_stepz: 3\n")
+    with pytest.raises(SystemExit, match="unknown keys in .*max_stepz"):
+        parse_config(TeacherConfig, argv=["--config", str(bad)])
+    with pytest.raises(SystemExit, match="recipe not found"):
+        parse_config(TeacherConfig, argv=["--config", str(tmp_path / "missing.yaml")])
