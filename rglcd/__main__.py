@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from rglcd.models import ModelLoadError
@@ -75,6 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, ModelLoadError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:  # noqa: BLE001 (a CLI prints one line; RGLCD_DEBUG=1 shows the traceback)
+        if os.environ.get("RGLCD_DEBUG"):
+            raise
+        print(f"error: unexpected {type(err).__name__}: {err} (set RGLCD_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
     return 0
 
 

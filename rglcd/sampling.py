@@ -30,9 +30,15 @@ class Request:
     num_images: int = 1
 
 
-def check_request(family: Family, req: Request) -> None:
-    """Raise InputError when the request is out of range for the family."""
-    max_steps = int(family.scheduler_config.get("num_train_timesteps", 1000))
+LCM_MAX_STEPS = 50  # LCMScheduler samples from the 50-point skipping-step grid (original_inference_steps)
+
+
+def check_request(family: Family, member: str, req: Request) -> None:
+    """Raise InputError when the request is out of range for this member of the family."""
+    if family.member(member).get("kind", member) == "lcm":
+        max_steps = LCM_MAX_STEPS
+    else:
+        max_steps = int(family.scheduler_config.get("num_train_timesteps", 1000))
     if not 1 <= req.steps <= max_steps:
         raise InputError(f"steps must be between 1 and {max_steps}, got {req.steps}")
     if not 0.0 <= req.guidance_scale <= MAX_GUIDANCE:
@@ -50,7 +56,7 @@ def check_request(family: Family, req: Request) -> None:
 @torch.no_grad()
 def generate(family: Family, member: str, req: Request) -> torch.Tensor:
     """Images (num_images, 3, H, W) in [0,1] for `req`, reproducible from `req.seed`."""
-    check_request(family, req)
+    check_request(family, member, req)
     pipe = family.pipeline(member)
     generator = torch.Generator().manual_seed(req.seed)
     return pipe([req.prompt] * req.num_images, num_inference_steps=req.steps, guidance_scale=req.guidance_scale,

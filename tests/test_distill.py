@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from rglcd.models import load_family
-from rglcd.sampling import Request, generate
+from rglcd.sampling import InputError, Request, generate
 from rglcd.training.checkpoints import list_checkpoints
 from rglcd.training.distill import DistillConfig, student_from_teacher, train_distill
 from rglcd.training.teacher import TeacherConfig, build_unet
@@ -63,6 +63,8 @@ def test_lcd_trains_resumes_exports_and_samples(family_with_teacher, tmp_path):
     assert type(pipe).__name__ == "LatentConsistencyModelPipeline" and type(pipe.scheduler).__name__ == "LCMScheduler"
     images = generate(family, "lcm", Request("red apple", steps=2, guidance_scale=4.0, num_images=2))
     assert images.shape == (2, 3, 64, 64)
+    with pytest.raises(InputError, match="steps must be between 1 and 50"):
+        generate(family, "lcm", Request("red apple", steps=51))
 
 
 def test_unknown_method_is_refused(family_with_teacher, tmp_path):
