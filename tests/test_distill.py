@@ -91,3 +91,11 @@ def test_lcd_lora_exports_diffusers_lora_that_the_family_loads(family_with_teach
     assert not getattr(plain, "peft_config", None), "the teacher must stay without adapters"
     images = generate(family, "lcm-lora", Request("cat", steps=2, guidance_scale=1.0))
     assert images.shape == (1, 3, 64, 64)
+
+
+def test_gradient_accumulation_counts_optimiser_steps(family_with_teacher, tmp_path):
+    metrics = train_distill(_cfg(family_with_teacher, tmp_path / "acc", export_dir=None, batch_size=2,
+                                 gradient_accumulation_steps=2, max_steps=2, checkpoint_every=1, eval_every=100,
+                                 gradient_checkpointing=True))
+    assert metrics["loss"] > 0
+    assert [p.name for p in list_checkpoints(tmp_path / "acc")] == ["checkpoint-1", "checkpoint-2"]

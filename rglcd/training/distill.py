@@ -58,6 +58,10 @@ class DistillConfig:
     stop_at: int | None = None
     include_flags: bool = False
     limit_concepts: int | None = None
+    gradient_accumulation_steps: int = 1  # micro-batches per optimiser step (a step counts optimiser steps)
+    max_grad_norm: float = 1.0
+    mixed_precision: str | None = None  # "no" | "bf16" | "fp16"; None: what `accelerate launch` was given
+    gradient_checkpointing: bool = False
     lora_rank: int = 0  # 0: distil the full model; r > 0: LoRA adapters of rank r on the teacher
     lora_alpha: float | None = None  # default: equal to the rank
 
@@ -89,7 +93,9 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
     """Distil (resuming when asked), export the student, register it in the family file; return final metrics."""
     if cfg.method != "lcd":
         raise ValueError(f"unknown method {cfg.method!r}; this version implements: lcd")
-    accelerator = accelerator or Accelerator(log_with="tensorboard", project_dir=cfg.output_dir)
+    accelerator = accelerator or Accelerator(log_with="tensorboard", project_dir=cfg.output_dir,
+                                             mixed_precision=cfg.mixed_precision,
+                                             gradient_accumulation_steps=cfg.gradient_accumulation_steps)
     accelerator.init_trackers("distill", config={k: str(v) for k, v in asdict(cfg).items()})
     family = load_family(cfg.family)
     data = emoji_training_tensors(family, cfg.include_flags, cfg.limit_concepts)
@@ -112,6 +118,8 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
     else:
         student = student_from_teacher(teacher, cfg.w_embedding_dim).train()
         target = copy.deepcopy(student).requires_grad_(False).eval()
+    if cfg.gradient_checkpointing:
+        student.enable_gradient_checkpointing()
     trainable = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=0.0)
     lr_scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=cfg.warmup_steps)
@@ -142,29 +150,38 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
 
     reward = None
 
-    def train_step(step: int) -> dict[str, float]:
-        g = step_generator(cfg.seed, step, rank)
+    def micro_batch(g: torch.Generator) -> tuple[torch.Tensor, ...]:
         idx = torch.randint(n, (cfg.batch_size,), generator=g)
         tmpl = torch.randint(n_templates, (cfg.batch_size,), generator=g)
         ctx = context[idx, tmpl].float()
         if cfg.cfg_dropout > 0:
             ctx[torch.rand(cfg.batch_size, generator=g) < cfg.cfg_dropout] = empty.float()
-        uncond = empty.float().expand_as(ctx)
         noise = torch.randn(latents[idx].shape, generator=g)
-        draw = loss_fn.draw(cfg.batch_size, g)
-        with accelerator.accumulate(student):
-            loss, _ = loss_fn(call(student), teacher_net, target_net, latents[idx].to(device), ctx.to(device),
-                              uncond.to(device), noise.to(device), draw)
-            loss = loss.mean()
-            accelerator.backward(loss)
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-        if target is not None and accelerator.sync_gradients:
+        return latents[idx], ctx, empty.float().expand_as(ctx), noise
+
+    def train_step(step: int) -> dict[str, float]:
+        """One optimiser step over `gradient_accumulation_steps` micro-batches of `batch_size` per process."""
+        total = 0.0
+        for micro in range(cfg.gradient_accumulation_steps):
+            g = step_generator(cfg.seed, step * cfg.gradient_accumulation_steps + micro, rank)
+            z0, ctx, uncond, noise = (t.to(device) for t in micro_batch(g))
+            with accelerator.accumulate(student), accelerator.autocast():
+                loss, _ = loss_fn(call(student), teacher_net, target_net, z0, ctx, uncond, noise,
+                                  loss_fn.draw(cfg.batch_size, g))
+                loss = loss.mean()
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            total += loss.item() / cfg.gradient_accumulation_steps
+        if target is not None:
             with torch.no_grad():
-                for p_t, p in zip(target.parameters(), accelerator.unwrap_model(student).parameters()):
+                for p_t, p in zip(target.parameters(), online.parameters()):
                     p_t.lerp_(p.detach(), 1 - cfg.ema_decay)
-        return {"loss": loss.item(), "lr": lr_scheduler.get_last_lr()[0]}
+        return {"loss": accelerator.reduce(torch.tensor(total, device=device), "mean").item(),
+                "lr": lr_scheduler.get_last_lr()[0]}
 
     def evaluate(step: int) -> dict[str, float]:
         nonlocal reward
