@@ -1,0 +1,76 @@
+"""Webdataset shards and image folders: layouts, captions, filters and clear errors."""
+
+import io
+import json
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from rglcd.data.shards import (DataError, SampleFilter, expand_braces, iter_shard_samples, list_image_folder,
+                               list_shards, resize_center_crop)
+
+
+def png_bytes(w, h, colour):
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), colour).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_shard(path, samples):
+    with tarfile.open(path, "w") as tar:
+        for key, files in samples:
+            for ext, data in files.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+def test_brace_expansion_and_missing_shards(tmp_path):
+    assert expand_braces("d/{000..002}.tar") == ["d/000.tar", "d/001.tar", "d/002.tar"]
+    assert expand_braces("{1..2}-{8..9}") == ["1-8", "1-9", "2-8", "2-9"]
+    with pytest.raises(DataError, match="no shard matches"):
+        list_shards(str(tmp_path / "{00000..00003}.tar"))
+
+
+def test_shards_yield_images_and_captions_in_laion_layout(tmp_path):
+    write_shard(tmp_path / "00000.tar", [
+        ("a", {"jpg": png_bytes(40, 20, (255, 0, 0)), "txt": b"a red box"}),
+        ("b", {"png": png_bytes(16, 16, (0, 0, 255)), "json": json.dumps({"caption": "blue"}).encode()}),
+        ("c", {"txt": b"caption without image"}),
+    ])
+    write_shard(tmp_path / "00001.tar", [("d", {"webp": png_bytes(8, 8, (0, 255, 0)), "txt": b"tiny green"})])
+    out = list(iter_shard_samples(str(tmp_path / "{00000..00001}.tar"), resolution=16))
+    assert [c for _, c in out] == ["a red box", "blue", "tiny green"]
+    assert all(img.shape == (3, 16, 16) for img, _ in out)
+    assert out[0][0][0].mean() > 0.9 and out[0][0][2].mean() < -0.9
+    kept = list(iter_shard_samples(str(tmp_path / "*.tar"), 16, SampleFilter(min_size=16)))
+    assert [c for _, c in kept] == ["a red box", "blue"]
+    with pytest.raises(DataError, match="every one of the 4 samples"):
+        list(iter_shard_samples(str(tmp_path / "*.tar"), 16, SampleFilter(min_size=1000)))
+
+
+def test_resize_center_crop_keeps_the_centre():
+    img = np.zeros((20, 60, 3), dtype=np.uint8)
+    img[:, 20:40] = 255
+    out = resize_center_crop(img, 10)
+    assert out.shape == (3, 10, 10) and (out[:, :, 1:-1] > 0.95).all() and (out[:, :, [0, -1]] < 1).all()
+
+
+def test_image_folder_layouts(tmp_path):
+    (tmp_path / "a").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "a" / "x.png")
+    (tmp_path / "a" / "x.txt").write_text("black square\n")
+    Image.new("RGB", (8, 8)).save(tmp_path / "a" / "y.png")  # no caption: skipped
+    assert [(p.name, t) for p, t in list_image_folder(tmp_path / "a")] == [("x.png", "black square")]
+    (tmp_path / "b").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "b" / "z.jpg")
+    (tmp_path / "b" / "metadata.jsonl").write_text(json.dumps({"file_name": "z.jpg", "text": "zed"}) + "\n")
+    assert [(p.name, t) for p, t in list_image_folder(tmp_path / "b")] == [("z.jpg", "zed")]
+    with pytest.raises(DataError, match="image folder not found"):
+        list_image_folder(tmp_path / "nope")
+    (tmp_path / "c").mkdir()
+    with pytest.raises(DataError, match="no captioned image"):
+        list_image_folder(tmp_path / "c")
