@@ -252,3 +252,16 @@ def emoji_training_tensors(family, include_flags: bool = False, limit: int | Non
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(data, path)
     return data
+
+
+def sample_caption_batch(data: dict[str, torch.Tensor], batch_size: int, generator: torch.Generator,
+                         cfg_dropout: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random batch from `emoji_training_tensors`: (latents (B,4,h,w), caption states (B,L,D) float32), one random
+    caption template per sample, each caption replaced by the empty one with probability `cfg_dropout`."""
+    n, n_templates = data["context"].shape[:2]
+    idx = torch.randint(n, (batch_size,), generator=generator)
+    tmpl = torch.randint(n_templates, (batch_size,), generator=generator)
+    ctx = data["context"][idx, tmpl].float()
+    if cfg_dropout > 0:
+        ctx[torch.rand(batch_size, generator=generator) < cfg_dropout] = data["empty"].float()
+    return data["latents"][idx], ctx

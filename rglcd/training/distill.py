@@ -21,7 +21,7 @@ from accelerate import Accelerator
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 
-from rglcd.data.emoji import emoji_training_tensors, eval_prompt_sets
+from rglcd.data.emoji import emoji_training_tensors, eval_prompt_sets, sample_caption_batch
 from rglcd.evaluate import evaluate_prompt_following
 from rglcd.models import load_family, register_member
 from rglcd.objectives import LCDLoss
@@ -99,8 +99,6 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
     accelerator.init_trackers("distill", config={k: str(v) for k, v in asdict(cfg).items()})
     family = load_family(cfg.family)
     data = emoji_training_tensors(family, cfg.include_flags, cfg.limit_concepts)
-    latents, context, empty = data["latents"], data["context"], data["empty"]
-    n, n_templates = context.shape[:2]
     teacher = family.unet(cfg.teacher)
     prediction_type = family.scheduler_config.get("prediction_type", "epsilon")
     alphas_cumprod = DDPMScheduler.from_config(family.scheduler_config).alphas_cumprod
@@ -150,21 +148,15 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
 
     reward = None
 
-    def micro_batch(g: torch.Generator) -> tuple[torch.Tensor, ...]:
-        idx = torch.randint(n, (cfg.batch_size,), generator=g)
-        tmpl = torch.randint(n_templates, (cfg.batch_size,), generator=g)
-        ctx = context[idx, tmpl].float()
-        if cfg.cfg_dropout > 0:
-            ctx[torch.rand(cfg.batch_size, generator=g) < cfg.cfg_dropout] = empty.float()
-        noise = torch.randn(latents[idx].shape, generator=g)
-        return latents[idx], ctx, empty.float().expand_as(ctx), noise
-
     def train_step(step: int) -> dict[str, float]:
         """One optimiser step over `gradient_accumulation_steps` micro-batches of `batch_size` per process."""
         total = 0.0
         for micro in range(cfg.gradient_accumulation_steps):
             g = step_generator(cfg.seed, step * cfg.gradient_accumulation_steps + micro, rank)
-            z0, ctx, uncond, noise = (t.to(device) for t in micro_batch(g))
+            z0, ctx = sample_caption_batch(data, cfg.batch_size, g, cfg.cfg_dropout)
+            noise = torch.randn(z0.shape, generator=g)
+            uncond = data["empty"].float().expand_as(ctx)
+            z0, ctx, uncond, noise = z0.to(device), ctx.to(device), uncond.to(device), noise.to(device)
             with accelerator.accumulate(student), accelerator.autocast():
                 loss, _ = loss_fn(call(student), teacher_net, target_net, z0, ctx, uncond, noise,
                                   loss_fn.draw(cfg.batch_size, g))
@@ -199,7 +191,7 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
             save_lora(online, export)
         else:
             target.save_pretrained(export)
-        metrics.update(steps=counter.step, concepts=n)
+        metrics.update(steps=counter.step, concepts=len(data["latents"]))
         (export / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         if family.root is not None:
             register_member(family.root / "family.json", cfg.member, export, kind="lcm",

@@ -19,7 +19,7 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel, compute_snr
 
-from rglcd.data.emoji import emoji_training_tensors, eval_prompt_sets
+from rglcd.data.emoji import emoji_training_tensors, eval_prompt_sets, sample_caption_batch
 from rglcd.evaluate import evaluate_prompt_following
 from rglcd.models import load_family
 from rglcd.training.checkpoints import StepCounter, step_generator
@@ -74,8 +74,7 @@ def train_teacher(cfg: TeacherConfig, accelerator: Accelerator | None = None) ->
     accelerator.init_trackers("teacher", config={k: str(v) for k, v in asdict(cfg).items()})
     family = load_family(cfg.family)
     data = emoji_training_tensors(family, cfg.include_flags, cfg.limit_concepts)
-    latents, context, empty = data["latents"], data["context"], data["empty"]
-    n, n_templates = context.shape[:2]
+    latents, context = data["latents"], data["context"]
     noise_scheduler = DDPMScheduler.from_config(family.scheduler_config)
 
     torch.manual_seed(cfg.seed)
@@ -94,12 +93,7 @@ def train_teacher(cfg: TeacherConfig, accelerator: Accelerator | None = None) ->
 
     def train_step(step: int) -> dict[str, float]:
         g = step_generator(cfg.seed, step, rank)
-        idx = torch.randint(n, (cfg.batch_size,), generator=g)
-        tmpl = torch.randint(n_templates, (cfg.batch_size,), generator=g)
-        ctx = context[idx, tmpl].float()
-        drop = torch.rand(cfg.batch_size, generator=g) < cfg.cfg_dropout
-        ctx[drop] = empty.float()
-        z0 = latents[idx]
+        z0, ctx = sample_caption_batch(data, cfg.batch_size, g, cfg.cfg_dropout)
         noise = torch.randn(z0.shape, generator=g)
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=g)
         zt = noise_scheduler.add_noise(z0, noise, t)
@@ -134,7 +128,7 @@ def train_teacher(cfg: TeacherConfig, accelerator: Accelerator | None = None) ->
         export = Path(cfg.export_dir)
         ema_unet().save_pretrained(export)
         metrics.update(steps=counter.step, params=sum(p.numel() for p in ema_unet().parameters()),
-                       concepts=n)
+                       concepts=len(latents))
         (export / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     accelerator.end_training()
     return metrics
