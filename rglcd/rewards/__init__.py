@@ -14,7 +14,12 @@ from torch import nn
 
 from rglcd.models import ASSETS, ModelLoadError
 
-DEFAULT_WEIGHTS: dict[str, str] = {"emoji": str(ASSETS / "models" / "emoji-64" / "reward")}
+DEFAULT_WEIGHTS: dict[str, str] = {
+    "emoji": str(ASSETS / "models" / "emoji-64" / "reward"),
+    "hpsv2.1": "HPS_v2.1_compressed.pt",
+    "pickscore": "yuvalkirstain/PickScore_v1",
+    "clipscore": "openai/clip-vit-large-patch14",
+}
 
 
 def _load_emoji(weights: str) -> nn.Module:
@@ -23,7 +28,26 @@ def _load_emoji(weights: str) -> nn.Module:
     return EmojiReward.from_pretrained(weights)
 
 
-LOADERS: dict[str, Callable[[str], nn.Module]] = {"emoji": _load_emoji}
+def _load_hps(weights: str) -> nn.Module:
+    from rglcd.rewards.clip import load_hps
+
+    return load_hps(weights)
+
+
+def _load_pickscore(weights: str) -> nn.Module:
+    from rglcd.rewards.clip import VIT_H_14, load_hf_clip_reward
+
+    return load_hf_clip_reward(weights, "pickscore", tokenizer_from=VIT_H_14)
+
+
+def _load_clipscore(weights: str) -> nn.Module:
+    from rglcd.rewards.clip import load_hf_clip_reward
+
+    return load_hf_clip_reward(weights, "clipscore")
+
+
+LOADERS: dict[str, Callable[[str], nn.Module]] = {"emoji": _load_emoji, "hpsv2.1": _load_hps,
+                                                  "pickscore": _load_pickscore, "clipscore": _load_clipscore}
 
 
 class RewardMix(nn.Module):
