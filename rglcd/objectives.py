@@ -73,3 +73,20 @@ class LCDLoss:
             f_target = consistency_output(target(z_end, end, context, w_emb), z_end, end, ac, pt)
         loss = consistency_distance(f_student, f_target, self.loss_type, self.huber_c)
         return loss, {"student_x0": f_student}
+
+
+@dataclass
+class RewardGuidance:
+    """The reward term of RG-LCD: R(decode(f_student(z_{t_{n+k}})), prompt), differentiable through the frozen VAE.
+
+    The RG-LCD loss is `LCDLoss - scale * RewardGuidance`; `reward` takes images in [0,1] (B,3,H,W) and prompts.
+    """
+
+    reward: torch.nn.Module
+    vae: torch.nn.Module
+    scale: float = 1.0
+
+    def __call__(self, student_x0: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """Rewards (B,) of the decoded one-step predictions `student_x0` (B,C,h,w), scaled latents."""
+        decoded = self.vae.decode(student_x0 / self.vae.config.scaling_factor).sample.float()
+        return self.reward(((decoded + 1) / 2).clamp(0, 1), prompts)

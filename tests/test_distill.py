@@ -99,3 +99,21 @@ def test_gradient_accumulation_counts_optimiser_steps(family_with_teacher, tmp_p
                                  gradient_checkpointing=True))
     assert metrics["loss"] > 0
     assert [p.name for p in list_checkpoints(tmp_path / "acc")] == ["checkpoint-1", "checkpoint-2"]
+
+
+def test_rg_lcd_adds_a_reward_term_with_gradient(family_with_teacher, tmp_path):
+    metrics = train_distill(_cfg(family_with_teacher, tmp_path / "rg", method="rg-lcd", reward_scale=0.5,
+                                 export_dir=str(tmp_path / "rg-export"), member="rg-lcm", max_steps=2, eval_every=2))
+    assert "reward" in metrics and -100 <= metrics["reward"] <= 100
+    assert load_family(str(family_with_teacher)).member("rg-lcm")["kind"] == "lcm"
+
+
+def test_reward_guidance_is_differentiable_through_the_vae(tiny_emoji_family):
+    from rglcd.objectives import RewardGuidance
+
+    family = load_family(str(tiny_emoji_family))
+    x0 = torch.randn(2, 4, 16, 16, requires_grad=True)
+    rewards = RewardGuidance(family.reward(), family.vae, 1.0)(x0, ["cat", "dog"])
+    assert rewards.shape == (2,)
+    rewards.sum().backward()
+    assert x0.grad is not None and x0.grad.abs().sum() > 0

@@ -231,14 +231,15 @@ def training_concepts(include_flags: bool = False, limit: int | None = None) -> 
 
 def emoji_training_tensors(family, include_flags: bool = False, limit: int | None = None) -> dict[str, torch.Tensor]:
     """Cached tensors for teacher and student training on `family` (its VAE and text encoder):
-    latents (N,4,h,w) scaled, caption token states (N,T,L,D) fp16 (T templates), empty-caption states (L,D) fp16.
+    latents (N,4,h,w) scaled, caption token states (N,T,L,D) fp16 (T templates), empty-caption states (L,D) fp16,
+    and the caption strings (N*T, concept-major) for rewards that read text.
     """
     from rglcd.models import encode_latents, encode_prompts
 
     concepts, images = training_concepts(include_flags, limit)
     weights = Path(family.source("vae").location) / "diffusion_pytorch_model.safetensors"
     digest = hashlib.sha1(weights.read_bytes()).hexdigest()[:12] if weights.is_file() else "none"
-    path = cache_dir() / f"train-tensors-{family.name}-{len(concepts)}-{int(include_flags)}-{digest}.pt"
+    path = cache_dir() / f"train-tensors-v2-{family.name}-{len(concepts)}-{int(include_flags)}-{digest}.pt"
     if path.is_file():
         return torch.load(path)
     texts = [c for con in concepts for c in captions(con.name)]
@@ -248,20 +249,24 @@ def emoji_training_tensors(family, include_flags: bool = False, limit: int | Non
         "latents": encode_latents(family.vae, to_model_range(images)),
         "context": states.view(len(concepts), -1, *states.shape[1:]).half(),
         "empty": encode_prompts(family.tokenizer, family.text_encoder, [""])[0].half(),
+        "captions": texts,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(data, path)
     return data
 
 
-def sample_caption_batch(data: dict[str, torch.Tensor], batch_size: int, generator: torch.Generator,
-                         cfg_dropout: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """A random batch from `emoji_training_tensors`: (latents (B,4,h,w), caption states (B,L,D) float32), one random
-    caption template per sample, each caption replaced by the empty one with probability `cfg_dropout`."""
+def sample_caption_batch(data: dict, batch_size: int, generator: torch.Generator, cfg_dropout: float = 0.0
+                         ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """A random batch from `emoji_training_tensors`: (latents (B,4,h,w), caption states (B,L,D) float32, captions),
+    one random caption template per sample, each caption replaced by the empty one with probability `cfg_dropout`."""
     n, n_templates = data["context"].shape[:2]
     idx = torch.randint(n, (batch_size,), generator=generator)
     tmpl = torch.randint(n_templates, (batch_size,), generator=generator)
     ctx = data["context"][idx, tmpl].float()
+    texts = [data["captions"][i * n_templates + t] for i, t in zip(idx.tolist(), tmpl.tolist())]
     if cfg_dropout > 0:
-        ctx[torch.rand(batch_size, generator=generator) < cfg_dropout] = data["empty"].float()
-    return data["latents"][idx], ctx
+        drop = torch.rand(batch_size, generator=generator) < cfg_dropout
+        ctx[drop] = data["empty"].float()
+        texts = ["" if d else t for d, t in zip(drop.tolist(), texts)]
+    return data["latents"][idx], ctx, texts

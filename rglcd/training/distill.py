@@ -24,7 +24,7 @@ from diffusers.optimization import get_scheduler
 from rglcd.data.emoji import emoji_training_tensors, eval_prompt_sets, sample_caption_batch
 from rglcd.evaluate import evaluate_prompt_following
 from rglcd.models import load_family, register_member
-from rglcd.objectives import LCDLoss
+from rglcd.objectives import LCDLoss, RewardGuidance
 from rglcd.training.checkpoints import StepCounter, step_generator
 from rglcd.training.loop import run_training
 
@@ -62,6 +62,8 @@ class DistillConfig:
     max_grad_norm: float = 1.0
     mixed_precision: str | None = None  # "no" | "bf16" | "fp16"; None: what `accelerate launch` was given
     gradient_checkpointing: bool = False
+    reward: str | None = None  # rg-lcd: registry name or mix ("hpsv2.1=1,imagereward=0.1"); None: the family's
+    reward_scale: float = 1.0  # beta: loss = LCD - beta * R(decode(student one-step prediction))
     lora_rank: int = 0  # 0: distil the full model; r > 0: LoRA adapters of rank r on the teacher
     lora_alpha: float | None = None  # default: equal to the rank
 
@@ -91,8 +93,8 @@ def save_lora(unet: UNet2DConditionModel, folder: Path) -> None:
 
 def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) -> dict[str, float]:
     """Distil (resuming when asked), export the student, register it in the family file; return final metrics."""
-    if cfg.method != "lcd":
-        raise ValueError(f"unknown method {cfg.method!r}; this version implements: lcd")
+    if cfg.method not in ("lcd", "rg-lcd"):
+        raise ValueError(f"unknown method {cfg.method!r}; this version implements: lcd, rg-lcd")
     accelerator = accelerator or Accelerator(log_with="tensorboard", project_dir=cfg.output_dir,
                                              mixed_precision=cfg.mixed_precision,
                                              gradient_accumulation_steps=cfg.gradient_accumulation_steps)
@@ -105,6 +107,13 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
     loss_fn = LCDLoss(alphas_cumprod, cfg.num_ddim_timesteps, cfg.w_min, cfg.w_max, cfg.w_embedding_dim,
                       cfg.loss_type, cfg.huber_c, prediction_type)
 
+    guidance = None
+    if cfg.method == "rg-lcd":
+        from rglcd.rewards import get_reward
+
+        reward_model = get_reward(cfg.reward) if cfg.reward else family.reward()
+        guidance = RewardGuidance(reward_model.to(accelerator.device), family.vae.to(accelerator.device),
+                                  cfg.reward_scale)
     lora = cfg.lora_rank > 0
     if lora:
         from peft import LoraConfig
@@ -150,17 +159,21 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
 
     def train_step(step: int) -> dict[str, float]:
         """One optimiser step over `gradient_accumulation_steps` micro-batches of `batch_size` per process."""
-        total = 0.0
+        total = reward_sum = 0.0
         for micro in range(cfg.gradient_accumulation_steps):
             g = step_generator(cfg.seed, step * cfg.gradient_accumulation_steps + micro, rank)
-            z0, ctx = sample_caption_batch(data, cfg.batch_size, g, cfg.cfg_dropout)
+            z0, ctx, texts = sample_caption_batch(data, cfg.batch_size, g, cfg.cfg_dropout)
             noise = torch.randn(z0.shape, generator=g)
             uncond = data["empty"].float().expand_as(ctx)
             z0, ctx, uncond, noise = z0.to(device), ctx.to(device), uncond.to(device), noise.to(device)
             with accelerator.accumulate(student), accelerator.autocast():
-                loss, _ = loss_fn(call(student), teacher_net, target_net, z0, ctx, uncond, noise,
-                                  loss_fn.draw(cfg.batch_size, g))
+                loss, aux = loss_fn(call(student), teacher_net, target_net, z0, ctx, uncond, noise,
+                                    loss_fn.draw(cfg.batch_size, g))
                 loss = loss.mean()
+                if guidance is not None:
+                    rewards = guidance(aux["student_x0"], texts)
+                    loss = loss - cfg.reward_scale * rewards.mean()
+                    reward_sum += rewards.mean().item() / cfg.gradient_accumulation_steps
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
@@ -172,8 +185,11 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
             with torch.no_grad():
                 for p_t, p in zip(target.parameters(), online.parameters()):
                     p_t.lerp_(p.detach(), 1 - cfg.ema_decay)
-        return {"loss": accelerator.reduce(torch.tensor(total, device=device), "mean").item(),
-                "lr": lr_scheduler.get_last_lr()[0]}
+        out = {"loss": accelerator.reduce(torch.tensor(total, device=device), "mean").item(),
+               "lr": lr_scheduler.get_last_lr()[0]}
+        if guidance is not None:
+            out["reward"] = reward_sum
+        return out
 
     def evaluate(step: int) -> dict[str, float]:
         nonlocal reward

@@ -93,7 +93,7 @@ def train_teacher(cfg: TeacherConfig, accelerator: Accelerator | None = None) ->
 
     def train_step(step: int) -> dict[str, float]:
         g = step_generator(cfg.seed, step, rank)
-        z0, ctx = sample_caption_batch(data, cfg.batch_size, g, cfg.cfg_dropout)
+        z0, ctx, _ = sample_caption_batch(data, cfg.batch_size, g, cfg.cfg_dropout)
         noise = torch.randn(z0.shape, generator=g)
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=g)
         zt = noise_scheduler.add_noise(z0, noise, t)
