@@ -15,9 +15,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rglcd.data.emoji import eval_prompt_sets  # noqa: E402
-from rglcd.evaluate import evaluate_prompt_following  # noqa: E402
+from rglcd.data.emoji import eval_prompt_sets, load_renders  # noqa: E402
+from rglcd.evaluate import evaluate_prompt_following, prompt_following  # noqa: E402
 from rglcd.models import load_family  # noqa: E402
+
+
+def render_ceiling(reward) -> dict[str, float]:
+    """prompt_following of the ground-truth renders of the evaluation prompts: what a perfect generator scores."""
+    concepts, images = load_renders("all")
+    index = {c.name: i for i, c in enumerate(concepts)}
+    out = {}
+    for split, prompts in eval_prompt_sets().items():
+        x = images[[index[p] for p in prompts]].float() / 255
+        out.update({f"{split}_{k}": v for k, v in prompt_following(reward, x, prompts).items()})
+    return out
 
 
 def main() -> None:
@@ -28,10 +39,14 @@ def main() -> None:
     parser.add_argument("--guidance-scale", type=float, default=5.0)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out-dir", default="bench/results")
+    parser.add_argument("--renders", action="store_true", help="score the OpenMoji renders themselves (ceiling)")
     args = parser.parse_args()
     family = load_family(args.family)
     reward = family.reward()
     out = Path(args.out_dir)
+    if args.renders:
+        print(json.dumps(render_ceiling(reward), indent=2))
+        return
     stem = f"{family.name}-{args.model}"
     per_seed = []
     t0 = time.time()
