@@ -6,7 +6,6 @@ import tarfile
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from rglcd.data.shards import (DataError, SampleFilter, expand_braces, iter_shard_samples, list_image_folder,
