@@ -126,8 +126,9 @@ def train_teacher(cfg: TeacherConfig, accelerator: Accelerator | None = None) ->
                            cfg.resume, cfg.checkpoint_every, cfg.eval_every, stop_at=cfg.stop_at)
     if accelerator.is_main_process and cfg.export_dir and counter.step >= cfg.max_steps:
         export = Path(cfg.export_dir)
-        ema_unet().save_pretrained(export)
-        metrics.update(steps=counter.step, params=sum(p.numel() for p in ema_unet().parameters()),
+        final = ema_unet()
+        final.save_pretrained(export)
+        metrics.update(steps=counter.step, params=sum(p.numel() for p in final.parameters()),
                        concepts=len(latents))
         (export / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     accelerator.end_training()
