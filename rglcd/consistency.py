@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from rglcd.schedule import boundary_scalings, predicted_x0
+from rglcd.schedule import boundary_scalings, ddim_solver_step, predicted_noise, predicted_x0
 
 
 def consistency_output(model_output: torch.Tensor, sample: torch.Tensor, timesteps: torch.Tensor,
@@ -36,3 +36,20 @@ def consistency_distance(pred: torch.Tensor, target: torch.Tensor, loss_type: st
     if loss_type == "huber":
         return ((diff.pow(2) + huber_c ** 2).sqrt() - huber_c).flatten(1).mean(1)
     raise ValueError(f"unknown loss_type {loss_type!r}: use l2 or huber")
+
+
+def segment_output(model_output: torch.Tensor, sample: torch.Tensor, timesteps: torch.Tensor,
+                   edge_timesteps: torch.Tensor, alphas_cumprod: torch.Tensor, prediction_type: str = "epsilon"
+                   ) -> torch.Tensor:
+    """Multistep (segment) consistency output: z_t (B,C,H,W) mapped to its segment's lower edge (B,) timesteps.
+
+    A DDIM jump with the network's own x0 and eps estimates, alpha_e x0_hat + sigma_e eps_hat, so the output is
+    z_t exactly when t is the edge; an edge at timestep 0 is the clean end, where the output is
+    `consistency_output` (the LCD parameterisation), so one segment is LCD.
+    """
+    x0 = predicted_x0(model_output, timesteps, sample, alphas_cumprod, prediction_type)
+    eps = predicted_noise(model_output, timesteps, sample, alphas_cumprod, prediction_type)
+    jump = ddim_solver_step(x0, eps, edge_timesteps, alphas_cumprod)
+    clean = consistency_output(model_output, sample, timesteps, alphas_cumprod, prediction_type)
+    shape = (-1,) + (1,) * (sample.ndim - 1)
+    return torch.where((edge_timesteps == 0).view(shape).to(sample.device), clean, jump)

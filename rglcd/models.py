@@ -17,6 +17,7 @@ Members are UNet2DConditionModel folders (`save_pretrained`). Everything that is
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 import json
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -159,6 +160,22 @@ def count_tokens(tokenizer: Any, prompt: str) -> int:
     return len(tokenizer(prompt, verbose=False).input_ids)
 
 
+def _lcm_scheduler() -> Any:
+    from diffusers import LCMScheduler
+
+    return LCMScheduler
+
+
+def _mlcm_scheduler() -> Any:
+    from rglcd.scheduling_mlcm import MLCMScheduler
+
+    return MLCMScheduler
+
+
+STUDENT_SCHEDULERS: dict[str, Callable[[], Any]] = {"lcm": _lcm_scheduler, "mlcm": _mlcm_scheduler}
+"""The sampler of each kind of few-step student (one sampler per method); teachers sample with DDIM + CFG."""
+
+
 @dataclass
 class Family:
     """A loaded family description; components load lazily and are shared by all members."""
@@ -240,8 +257,9 @@ class Family:
 
     def pipeline(self, name: str, unet: Any | None = None, kind: str | None = None) -> Any:
         """A diffusers pipeline for the member: StableDiffusionPipeline + DDIMScheduler for a teacher,
-        LatentConsistencyModelPipeline + LCMScheduler for an LCM with a guidance embedding, and
-        StableDiffusionPipeline + LCMScheduler for an LCM-LoRA (guidance scale 1-2 there, as in diffusers' docs).
+        LatentConsistencyModelPipeline + the student's scheduler (`STUDENT_SCHEDULERS`: LCMScheduler for kind lcm,
+        MLCMScheduler for kind mlcm) for a student with a guidance embedding, and StableDiffusionPipeline + that
+        scheduler for a LoRA student (guidance scale 1-2 there, as in diffusers' docs).
 
         `unet` and `kind` replace the member's own weights and kind, e.g. for a model in training.
         """
@@ -249,16 +267,19 @@ class Family:
         unet = unet if unet is not None else self.unet(name)
         parts = dict(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=unet,
                      safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-        from diffusers import DDIMScheduler, LatentConsistencyModelPipeline, LCMScheduler, StableDiffusionPipeline
+        from diffusers import DDIMScheduler, LatentConsistencyModelPipeline, StableDiffusionPipeline
 
         if kind == "teacher":
             pipe = StableDiffusionPipeline(scheduler=DDIMScheduler.from_config(self.scheduler_config), **parts)
-        elif kind == "lcm" and unet.config.time_cond_proj_dim is not None:
-            pipe = LatentConsistencyModelPipeline(scheduler=LCMScheduler.from_config(self.scheduler_config), **parts)
-        elif kind == "lcm":  # LCM-LoRA: no guidance embedding; the usual pipeline with an LCMScheduler
-            pipe = StableDiffusionPipeline(scheduler=LCMScheduler.from_config(self.scheduler_config), **parts)
+        elif kind in STUDENT_SCHEDULERS:
+            scheduler = STUDENT_SCHEDULERS[kind]().from_config(self.scheduler_config)
+            # a LoRA student has no guidance embedding: the usual pipeline (guidance scale 1-2, as in diffusers' docs)
+            cls = LatentConsistencyModelPipeline if unet.config.time_cond_proj_dim is not None else \
+                StableDiffusionPipeline
+            pipe = cls(scheduler=scheduler, **parts)
         else:
-            raise ModelLoadError(f"member {name} of {self.name} has kind '{kind}'; known kinds: teacher, lcm")
+            raise ModelLoadError(f"member {name} of {self.name} has kind '{kind}'; known kinds: teacher, "
+                                 f"{', '.join(STUDENT_SCHEDULERS)}")
         lora = self.member(name).get("lora") if name in self.members else None
         if lora is not None and unet is self._unets.get(name) and not getattr(unet, "peft_config", None):
             src = resolve_source(lora, self.root)

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
-from rglcd.consistency import consistency_distance, consistency_output
-from rglcd.schedule import ddim_skip_grid, ddim_solver_step, guidance_scale_embedding, predicted_noise, predicted_x0
+from rglcd.consistency import consistency_distance, consistency_output, segment_output
+from rglcd.schedule import (ddim_skip_grid, ddim_solver_step, grid_timestep, guidance_scale_embedding, lower_edge,
+                            predicted_noise, predicted_x0, segment_edges)
 
 Net = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
@@ -47,32 +48,70 @@ class LCDLoss:
         w = self.w_min + (self.w_max - self.w_min) * torch.rand(batch, generator=generator)
         return {"index": index, "start": start, "end": (start - self.k).clamp_min(0), "w": w}
 
-    def __call__(self, student: Net, teacher: Net, target: Net, latents: torch.Tensor, context: torch.Tensor,
-                 uncond_context: torch.Tensor, noise: torch.Tensor, draw: dict[str, torch.Tensor]
-                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Per-sample loss (B,) and {'student_x0': f_student} (the one-step prediction, for reward guidance)."""
-        ac, pt, dev = self.alphas_cumprod, self.prediction_type, latents.device
-        start, end = draw["start"].to(dev), draw["end"].to(dev)
-        w = draw["w"].to(dev)
-        w_emb = guidance_scale_embedding(w, self.w_embedding_dim).to(latents.dtype)
-        alpha, sigma = ac[start].sqrt().view(-1, 1, 1, 1).to(latents), (1 - ac[start]).sqrt().view(-1, 1, 1, 1).to(
-            latents)
-        z_start = alpha * latents + sigma * noise
+    def output(self, model_output: torch.Tensor, sample: torch.Tensor, timesteps: torch.Tensor,
+               draw: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The consistency function's value f(z_t, t) (B,C,h,w) from a network output: here the clean estimate."""
+        return consistency_output(model_output, sample, timesteps, self.alphas_cumprod, self.prediction_type)
 
-        f_student = consistency_output(student(z_start, start, context, w_emb), z_start, start, ac, pt)
+    @torch.no_grad()
+    def teacher_step(self, teacher: Net, z_start: torch.Tensor, start: torch.Tensor, context: torch.Tensor,
+                     uncond_context: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """One DDIM step of the teacher with CFG scale 1+w on x0 and eps, t_{n+k} -> t_n: z_{t_n} (B,C,h,w)."""
+        ac, pt = self.alphas_cumprod, self.prediction_type
+        cond = teacher(z_start, start, context, None)
+        uncond = teacher(z_start, start, uncond_context, None)
+        x0_c, x0_u = predicted_x0(cond, start, z_start, ac, pt), predicted_x0(uncond, start, z_start, ac, pt)
+        eps_c, eps_u = predicted_noise(cond, start, z_start, ac, pt), predicted_noise(uncond, start, z_start, ac, pt)
+        wv = w.view(-1, 1, 1, 1).to(z_start)
+        return ddim_solver_step(x0_c + wv * (x0_c - x0_u), eps_c + wv * (eps_c - eps_u), start - self.k,
+                                ac).to(z_start.dtype)
+
+    def __call__(self, student: Net, teacher: Net, target: Net, latents: torch.Tensor, context: torch.Tensor,
+                 uncond_context: torch.Tensor, noise: torch.Tensor, draw: dict[str, torch.Tensor],
+                 states: tuple[torch.Tensor, torch.Tensor] | None = None
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Per-sample loss (B,) and {'student_x0': clean estimate of the student} (for reward guidance).
+
+        `states` = (z_{t_{n+k}}, z_{t_n}) taken from the teacher's own sampling trajectories replaces noising the
+        data `latents` and the teacher step (then `latents`, `noise` and `teacher` are not used).
+        """
+        ac, pt = self.alphas_cumprod, self.prediction_type
+        dev = context.device
+        start, end, w = draw["start"].to(dev), draw["end"].to(dev), draw["w"].to(dev)
+        w_emb = guidance_scale_embedding(w, self.w_embedding_dim).to(context.dtype)
+        if states is None:
+            alpha, sigma = ac[start].sqrt().view(-1, 1, 1, 1), (1 - ac[start]).sqrt().view(-1, 1, 1, 1)
+            z_start = alpha.to(latents) * latents + sigma.to(latents) * noise
+            z_end = self.teacher_step(teacher, z_start, start, context, uncond_context, w)
+        else:
+            z_start, z_end = states
+        out = student(z_start, start, context, w_emb)
+        f_student = self.output(out, z_start, start, draw)
         with torch.no_grad():
-            cond = teacher(z_start, start, context, None)
-            uncond = teacher(z_start, start, uncond_context, None)
-            x0_c, x0_u = predicted_x0(cond, start, z_start, ac, pt), predicted_x0(uncond, start, z_start, ac, pt)
-            eps_c, eps_u = predicted_noise(cond, start, z_start, ac, pt), predicted_noise(uncond, start, z_start, ac,
-                                                                                            pt)
-            wv = w.view(-1, 1, 1, 1).to(latents)
-            x0 = x0_c + wv * (x0_c - x0_u)
-            eps = eps_c + wv * (eps_c - eps_u)
-            z_end = ddim_solver_step(x0, eps, start - self.k, ac).to(latents.dtype)
-            f_target = consistency_output(target(z_end, end, context, w_emb), z_end, end, ac, pt)
+            f_target = self.output(target(z_end, end, context, w_emb), z_end, end, draw)
         loss = consistency_distance(f_student, f_target, self.loss_type, self.huber_c)
-        return loss, {"student_x0": f_student}
+        return loss, {"student_x0": consistency_output(out, z_start, start, ac, pt)}
+
+
+@dataclass
+class MLCMLoss(LCDLoss):
+    """Multistep latent consistency distillation (MLCM/TLCM): the LCD step made segment-wise.
+
+    The grid splits into `num_segments` segments (`rglcd.schedule.segment_edges`); inside one, the student maps
+    z_t to the segment's lower edge (`segment_output`), and the target maps the teacher's z_{t_n} to the same edge,
+    which is z_{t_n} itself when t_n is the edge. Edges lie on grid points, so a step never crosses one. One segment
+    is LCD exactly. `num_segments` may change during training (the progressive schedule, e.g. 8 -> 4 -> 2).
+    """
+
+    num_segments: int = 8
+
+    def output(self, model_output: torch.Tensor, sample: torch.Tensor, timesteps: torch.Tensor,
+               draw: dict[str, torch.Tensor]) -> torch.Tensor:
+        edges = segment_edges(self.num_segments, self.num_ddim_timesteps)
+        edge = grid_timestep(lower_edge(draw["index"] + 1, edges), len(self.alphas_cumprod),
+                             self.num_ddim_timesteps)
+        return segment_output(model_output, sample, timesteps, edge.to(sample.device), self.alphas_cumprod,
+                              self.prediction_type)
 
 
 @dataclass

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rglcd.models import Family, count_tokens
+from rglcd.models import STUDENT_SCHEDULERS, Family, count_tokens
 
 MAX_IMAGES = 64
 MAX_GUIDANCE = 30.0
@@ -30,12 +30,12 @@ class Request:
     num_images: int = 1
 
 
-LCM_MAX_STEPS = 50  # LCMScheduler samples from the 50-point skipping-step grid (original_inference_steps)
+LCM_MAX_STEPS = 50  # LCMScheduler and MLCMScheduler sample on the 50-point skipping-step grid (original_inference_steps)
 
 
 def check_request(family: Family, member: str, req: Request) -> None:
     """Raise InputError when the request is out of range for this member of the family."""
-    if family.member(member).get("kind", member) == "lcm":
+    if family.member(member).get("kind", member) in STUDENT_SCHEDULERS:
         max_steps = LCM_MAX_STEPS
     else:
         max_steps = int(family.scheduler_config.get("num_train_timesteps", 1000))

@@ -100,3 +100,26 @@ def guidance_scale_embedding(w: torch.Tensor, embedding_dim: int = 256, dtype: t
     if embedding_dim % 2 == 1:
         emb = torch.nn.functional.pad(emb, (0, 1))
     return emb
+
+
+def segment_edges(num_segments: int, num_ddim_timesteps: int = 50) -> torch.Tensor:
+    """Segment edges of multistep consistency (MLCM) as positions on the skipping-step grid, ascending (S+1,) int64.
+
+    Position p in 0..N names timestep `grid_timestep(p)`: p = 0 is the clean end, p = N the top grid point (999).
+    The S segments split the N grid intervals as evenly as rounding allows (S = 8, N = 50: 0, 6, 12, 19, 25, ...).
+    """
+    if not 1 <= num_segments <= num_ddim_timesteps:
+        raise ValueError(f"segments must be between 1 and {num_ddim_timesteps}, got {num_segments}")
+    edges = torch.arange(num_segments + 1, dtype=torch.float64) * num_ddim_timesteps / num_segments
+    return edges.round().to(torch.int64)
+
+
+def grid_timestep(positions: torch.Tensor, num_train_timesteps: int = 1000, num_ddim_timesteps: int = 50
+                  ) -> torch.Tensor:
+    """Timesteps of skipping-step grid positions (any shape): p * k - 1, with position 0 (clean end) at timestep 0."""
+    return (positions * (num_train_timesteps // num_ddim_timesteps) - 1).clamp_min(0)
+
+
+def lower_edge(positions: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """For grid positions p >= 1 (B,), the segment edge just below: the largest edge e < p, (B,) int64."""
+    return edges[torch.searchsorted(edges.to(positions.device), positions, right=False) - 1]

@@ -43,6 +43,19 @@ def tiny_emoji_family(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture()
+def family_with_teacher(tiny_emoji_family: Path, tmp_path: Path) -> Path:
+    """A copy of the tiny emoji family with a tiny random teacher UNet."""
+    from rglcd.training.teacher import TeacherConfig, build_unet
+
+    root = tmp_path / "family"
+    shutil.copytree(tiny_emoji_family, root)
+    torch.manual_seed(0)
+    build_unet(TeacherConfig(block_out_channels=(32, 32), attention_head_dim=4), 16, 384).save_pretrained(
+        root / "teacher")
+    return root
+
+
 def _clip_tokenizer(folder: Path) -> None:
     """A byte-level CLIPTokenizer with no merges (514 tokens), written without the hub."""
     from transformers import CLIPTokenizer

@@ -15,16 +15,6 @@ from rglcd.training.distill import DistillConfig, student_from_teacher, train_di
 from rglcd.training.teacher import TeacherConfig, build_unet
 
 
-@pytest.fixture()
-def family_with_teacher(tiny_emoji_family, tmp_path):
-    root = tmp_path / "family"
-    shutil.copytree(tiny_emoji_family, root)
-    torch.manual_seed(0)
-    build_unet(TeacherConfig(block_out_channels=(32, 32), attention_head_dim=4), 16, 384).save_pretrained(
-        root / "teacher")
-    return root
-
-
 def test_student_starts_as_the_teacher():
     torch.manual_seed(0)
     teacher = build_unet(TeacherConfig(block_out_channels=(32, 32), attention_head_dim=4), 8, 384).eval()
@@ -68,8 +58,8 @@ def test_lcd_trains_resumes_exports_and_samples(family_with_teacher, tmp_path):
 
 
 def test_unknown_method_is_refused(family_with_teacher, tmp_path):
-    with pytest.raises(ValueError, match="unknown method 'mlcm'"):
-        train_distill(_cfg(family_with_teacher, tmp_path / "x", method="mlcm"))
+    with pytest.raises(ValueError, match="unknown method 'ict2'"):
+        train_distill(_cfg(family_with_teacher, tmp_path / "x", method="ict2"))
 
 
 def test_lcd_lora_exports_diffusers_lora_that_the_family_loads(family_with_teacher, tmp_path):

@@ -21,10 +21,11 @@ from accelerate import Accelerator
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 
-from rglcd.data.emoji import emoji_training_tensors, eval_prompt_sets, sample_caption_batch
+from rglcd.data.emoji import cache_dir, emoji_training_tensors, eval_prompt_sets, sample_caption_batch
+from rglcd.data.trajectories import TrajectorySpec, teacher_trajectories, weights_digest
 from rglcd.evaluate import evaluate_prompt_following
 from rglcd.models import load_family, register_member
-from rglcd.objectives import LCDLoss, RewardGuidance
+from rglcd.objectives import LCDLoss, MLCMLoss, RewardGuidance
 from rglcd.training.checkpoints import StepCounter, step_generator
 from rglcd.training.loop import run_training
 
@@ -64,12 +65,27 @@ class DistillConfig:
     gradient_checkpointing: bool = False
     reward: str | None = None  # rg-lcd: registry name or mix ("hpsv2.1=1,imagereward=0.1"); None: the family's
     reward_scale: float = 1.0  # beta: loss = LCD - beta * R(decode(student one-step prediction))
+    segments: int = 8  # mlcm: segments of the trajectory (one segment is lcd)
+    progressive: tuple[int, ...] | None = None  # mlcm: segments per stage, equal stages, e.g. (8, 4, 2)
+    trajectory_data: int = 0  # mlcm: train on this many cached teacher trajectories (0: noised data latents)
+    trajectory_batch: int = 64  # teacher batch when writing the trajectories
     lora_rank: int = 0  # 0: distil the full model; r > 0: LoRA adapters of rank r on the teacher
     lora_alpha: float | None = None  # default: equal to the rank
 
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1",
                 "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj"]
+
+
+METHODS = ("lcd", "rg-lcd", "mlcm")
+
+
+def segments_at(cfg: DistillConfig, step: int) -> int:
+    """MLCM segments at optimiser step `step`: `progressive` split into equal stages over `max_steps`, else fixed."""
+    if not cfg.progressive:
+        return cfg.segments
+    stages = list(cfg.progressive)
+    return int(stages[min(step * len(stages) // max(cfg.max_steps, 1), len(stages) - 1)])
 
 
 def student_from_teacher(teacher: UNet2DConditionModel, w_embedding_dim: int) -> UNet2DConditionModel:
@@ -93,8 +109,8 @@ def save_lora(unet: UNet2DConditionModel, folder: Path) -> None:
 
 def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) -> dict[str, float]:
     """Distil (resuming when asked), export the student, register it in the family file; return final metrics."""
-    if cfg.method not in ("lcd", "rg-lcd"):
-        raise ValueError(f"unknown method {cfg.method!r}; this version implements: lcd, rg-lcd")
+    if cfg.method not in METHODS:
+        raise ValueError(f"unknown method {cfg.method!r}; this version implements: {', '.join(METHODS)}")
     accelerator = accelerator or Accelerator(log_with="tensorboard", project_dir=cfg.output_dir,
                                              mixed_precision=cfg.mixed_precision,
                                              gradient_accumulation_steps=cfg.gradient_accumulation_steps)
@@ -104,11 +120,12 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
     teacher = family.unet(cfg.teacher)
     prediction_type = family.scheduler_config.get("prediction_type", "epsilon")
     alphas_cumprod = DDPMScheduler.from_config(family.scheduler_config).alphas_cumprod
-    loss_fn = LCDLoss(alphas_cumprod, cfg.num_ddim_timesteps, cfg.w_min, cfg.w_max, cfg.w_embedding_dim,
-                      cfg.loss_type, cfg.huber_c, prediction_type)
+    loss_args = (alphas_cumprod, cfg.num_ddim_timesteps, cfg.w_min, cfg.w_max, cfg.w_embedding_dim, cfg.loss_type,
+                 cfg.huber_c, prediction_type)
+    loss_fn = MLCMLoss(*loss_args, num_segments=segments_at(cfg, 0)) if cfg.method == "mlcm" else LCDLoss(*loss_args)
 
     guidance = None
-    if cfg.method == "rg-lcd":
+    if cfg.method == "rg-lcd" or (cfg.method == "mlcm" and cfg.reward):
         from rglcd.rewards import get_reward
 
         reward_model = get_reward(cfg.reward) if cfg.reward else family.reward()
@@ -154,21 +171,40 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
 
     teacher_net = adapters_off if lora else call(teacher)
     target_net = call(student) if lora else call(target)
+    captions = data["captions"]
+    caption_table = data["context"].flatten(0, 1)  # (concepts * templates, L, D), the order of `captions`
+    trajectories = None
+    if cfg.trajectory_data > 0:
+        spec = TrajectorySpec(weights_digest(teacher), cfg.trajectory_data, cfg.num_ddim_timesteps, cfg.w_min,
+                              cfg.w_max, cfg.seed, len(captions))
+        trajectories = teacher_trajectories(cache_dir() / "trajectories" / family.name, spec, teacher_net,
+                                            caption_table, data["empty"], tuple(data["latents"].shape[1:]),
+                                            loss_fn.grid, loss_fn.teacher_step, cfg.trajectory_batch, accelerator)
 
     reward = None
+    kind = "mlcm" if cfg.method == "mlcm" else "lcm"
 
     def train_step(step: int) -> dict[str, float]:
         """One optimiser step over `gradient_accumulation_steps` micro-batches of `batch_size` per process."""
         total = reward_sum = 0.0
+        if isinstance(loss_fn, MLCMLoss):
+            loss_fn.num_segments = segments_at(cfg, step)
         for micro in range(cfg.gradient_accumulation_steps):
             g = step_generator(cfg.seed, step * cfg.gradient_accumulation_steps + micro, rank)
-            z0, ctx, texts = sample_caption_batch(data, cfg.batch_size, g, cfg.cfg_dropout)
-            noise = torch.randn(z0.shape, generator=g)
-            uncond = data["empty"].float().expand_as(ctx)
-            z0, ctx, uncond, noise = z0.to(device), ctx.to(device), uncond.to(device), noise.to(device)
+            draw = loss_fn.draw(cfg.batch_size, g)
+            z0 = noise = states = None
+            if trajectories is None:
+                z0, ctx, texts = sample_caption_batch(data, cfg.batch_size, g, cfg.cfg_dropout)
+                noise = torch.randn(z0.shape, generator=g)
+                z0, noise = z0.to(device), noise.to(device)
+            else:
+                z_start, z_end, prompt, draw["w"] = trajectories.batch(cfg.batch_size, draw["index"], g)
+                ctx, texts = caption_table[prompt].float(), [captions[i] for i in prompt.tolist()]
+                states = (z_start.to(device), z_end.to(device))
+            uncond = data["empty"].float().expand_as(ctx).to(device)
+            ctx = ctx.to(device)
             with accelerator.accumulate(student), accelerator.autocast():
-                loss, aux = loss_fn(call(student), teacher_net, target_net, z0, ctx, uncond, noise,
-                                    loss_fn.draw(cfg.batch_size, g))
+                loss, aux = loss_fn(call(student), teacher_net, target_net, z0, ctx, uncond, noise, draw, states)
                 loss = loss.mean()
                 if guidance is not None:
                     rewards = guidance(aux["student_x0"], texts)
@@ -189,6 +225,8 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
                "lr": lr_scheduler.get_last_lr()[0]}
         if guidance is not None:
             out["reward"] = reward_sum
+        if isinstance(loss_fn, MLCMLoss):
+            out["segments"] = loss_fn.num_segments
         return out
 
     def evaluate(step: int) -> dict[str, float]:
@@ -197,7 +235,7 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
         grid = Path(cfg.output_dir) / "samples" / f"step-{step}.png"
         return evaluate_prompt_following(family, cfg.member, reward, eval_prompt_sets(), cfg.eval_steps,
                                          cfg.eval_guidance, cfg.seed, grid, unet=online if lora else target,
-                                         kind="lcm")
+                                         kind=kind)
 
     metrics = run_training(accelerator, counter, cfg.output_dir, cfg.max_steps, train_step, evaluate,
                            cfg.resume, cfg.checkpoint_every, cfg.eval_every, stop_at=cfg.stop_at)
@@ -210,7 +248,7 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
         metrics.update(steps=counter.step, concepts=len(data["latents"]))
         (export / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         if family.root is not None:
-            register_member(family.root / "family.json", cfg.member, export, kind="lcm",
+            register_member(family.root / "family.json", cfg.member, export, kind=kind,
                             base=family.member(cfg.teacher)["unet"] if lora else None)
     accelerator.end_training()
     return metrics
