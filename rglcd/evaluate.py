@@ -1,14 +1,52 @@
-"""Evaluation metrics on generated images; pure functions of tensors and a reward model."""
+"""Evaluation of a model family across members x step counts: generate, score, tabulate, plot.
+
+    python -m rglcd.evaluate --family emoji-64 --models teacher,lcm,rg-lcm,mlcm --steps 1,2,4,8 \
+        --prompts heldout --seeds 0,1 --out results/
+
+Teachers sample at `--teacher-steps` with classifier-free guidance, students at each `--steps`. Per (model, steps):
+every reward of the family (mean own-prompt score), prompt following (own prompt vs the other prompts of the set),
+a Frechet distance to real images in EfficientNet-Lite0 ImageNet features ("FD-EffNetLite0", not FID), seconds per
+image and UNet evaluations per image (NFE), with 95% confidence intervals over prompts. Generated images and their
+features and scores are cached per (model, steps, seed) under `<out>/cache/`, so a rerun skips what is done.
+Writes `<out>/results.csv`, `results.md`, `reward-vs-steps.png`, `quality-vs-latency.png` and `samples.png`.
+"""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import csv
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
+from rglcd.metrics import FrechetReference, PooledFeatures, bootstrap_ci, normal_ci, pairwise_wins
+from rglcd.models import ModelLoadError
+
+FD_NAME = "FD-EffNetLite0"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+SEED_STRIDE = 1_000_000  # image i of seed s is drawn with torch.Generator().manual_seed(s * SEED_STRIDE + i)
+
+
+def score_matrix(reward: nn.Module, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    """(N images, N prompts) reward scores; one batched call when the reward has `score_matrix`."""
+    if hasattr(reward, "score_matrix"):
+        return reward.score_matrix(images, prompts)
+    return torch.stack([reward(images, [p] * len(images)) for p in prompts], dim=1)
 
 
 @torch.no_grad()
@@ -20,12 +58,9 @@ def prompt_following(reward: nn.Module, images: torch.Tensor, prompts: list[str]
     - `top1`: fraction of images whose own prompt scores highest of all N,
     - `reward`: mean R(x_i, p_i).
     """
-    scores = reward.score_matrix(images, prompts) if hasattr(reward, "score_matrix") else torch.stack(
-        [reward(images, [p] * len(prompts)) for p in prompts], dim=1)
-    own = scores.diagonal()
-    n = len(prompts)
-    wins = (own.unsqueeze(1) > scores).sum(1).float() / (n - 1)
-    return {"win_rate": wins.mean().item(), "top1": (wins == 1).float().mean().item(), "reward": own.mean().item()}
+    wins = pairwise_wins(score_matrix(reward, images, prompts))
+    return {"win_rate": wins["win"].mean().item(), "top1": wins["top1"].mean().item(),
+            "reward": wins["own"].mean().item()}
 
 
 def image_grid(images: torch.Tensor, nrow: int = 8, pad: int = 2) -> np.ndarray:
@@ -71,3 +106,630 @@ def evaluate_prompt_following(family: Any, member: str, reward: nn.Module, promp
             grid_path = Path(grid_path)
             save_grid(images, grid_path.with_name(f"{grid_path.stem}-{split}.png"), nrow=8)
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Generation: images, latency and NFE of one (model, steps, seed)
+
+
+class UNetCalls:
+    """Counts UNet forward calls and the samples they carried (CFG batches cond + uncond: 2 samples a call)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.samples = 0
+
+
+@contextlib.contextmanager
+def count_unet_evals(unet: nn.Module) -> Iterator[UNetCalls]:
+    """A forward pre-hook on `unet` for the duration of the block; yields the running counts."""
+    counts = UNetCalls()
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        sample = args[0] if args else kwargs["sample"]
+        counts.calls += 1
+        counts.samples += sample.shape[0]
+
+    handle = unet.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield counts
+    finally:
+        handle.remove()
+
+
+def image_generators(seed: int, start: int, count: int) -> list[torch.Generator]:
+    """One CPU generator per image, so image i of a seed is the same whatever the batch size or device."""
+    return [torch.Generator().manual_seed(seed * SEED_STRIDE + i) for i in range(start, start + count)]
+
+
+def _synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+@torch.no_grad()
+def generate_images(pipe: Any, prompts: list[str], steps: int, guidance: float, seed: int, batch_size: int = 64,
+                    desc: str = "generate") -> dict[str, Any]:
+    """Images of `prompts` from a diffusers pipeline, timed and counted.
+
+    Returns `images` uint8 (N,3,H,W), `seconds_per_image` (wall time of the pipeline calls, text encoding and VAE
+    decoding included, after one untimed warm-up call), `nfe` (UNet evaluations per image), `batch_size`.
+    """
+    device = str(pipe.device)
+    pipe(prompts[:1], num_inference_steps=1, guidance_scale=guidance, output_type="pt",
+         generator=image_generators(seed, 0, 1))
+    chunks, seconds = [], 0.0
+    with count_unet_evals(pipe.unet) as counts:
+        for start in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
+            batch = prompts[start: start + batch_size]
+            _synchronize(device)
+            t0 = time.perf_counter()
+            images = pipe(batch, num_inference_steps=steps, guidance_scale=guidance, output_type="pt",
+                          generator=image_generators(seed, start, len(batch))).images
+            _synchronize(device)
+            seconds += time.perf_counter() - t0
+            chunks.append(images.float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu())
+    return {"images": torch.cat(chunks), "seconds_per_image": seconds / len(prompts),
+            "nfe": counts.samples / len(prompts), "batch_size": batch_size}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Scoring: rewards, prompt following and features of a set of images
+
+
+def efficientnet_lite0_features() -> PooledFeatures:
+    """The frozen feature extractor of FD-EffNetLite0: ImageNet EfficientNet-Lite0, 224 px, pooled (B,1280)."""
+    from rglcd.rewards.emoji import load_efficientnet_lite0, preprocess
+
+    return PooledFeatures(load_efficientnet_lite0(), preprocess, 224, FD_NAME)
+
+
+def reward_names(family: Any, extra: tuple[str, ...] = ()) -> list[str]:
+    """Names of the rewards to report, without loading them: the family's (each component of a mix), then `extra`."""
+    from rglcd.rewards import parse_mix
+
+    spec = str(family.spec.get("reward", "")).partition("=")[0]
+    names = list(parse_mix(spec)) if "," in spec or "=" in spec else [spec]
+    return names + [n for n in extra if n not in names]
+
+
+def family_rewards(family: Any, extra: tuple[str, ...] = ()) -> tuple[nn.Module, dict[str, nn.Module]]:
+    """(the family's reward, {name: reward} for every name of `reward_names`)."""
+    from rglcd.rewards import RewardMix, get_reward
+
+    main = family.reward()
+    names = reward_names(family, extra)
+    rewards = dict(main.rewards.items()) if isinstance(main, RewardMix) else {names[0]: main}
+    rewards.update({n: get_reward(n) for n in names if n not in rewards})
+    return main, rewards
+
+
+def prompt_groups(n: int, group: int, seed: int = 0) -> list[torch.Tensor]:
+    """Index groups within which prompt following is measured: all n together when group is 0 or >= n, else a
+    fixed random partition into groups of `group` (a last group of one joins the one before)."""
+    if group <= 0 or group >= n:
+        return [torch.arange(n)]
+    parts = list(torch.randperm(n, generator=torch.Generator().manual_seed(seed)).split(group))
+    if len(parts[-1]) < 2:
+        parts[-2:] = [torch.cat(parts[-2:])]
+    return parts
+
+
+@torch.no_grad()
+def score_images(images: torch.Tensor, prompts: list[str], pf_reward: nn.Module, rewards: dict[str, nn.Module],
+                 extractor: nn.Module, batch_size: int = 64, pf_group: int = 0) -> dict[str, torch.Tensor]:
+    """Per-image metrics of uint8 images (N,3,H,W), image i made for prompts[i]: `reward_<name>` (N,) own-prompt
+    scores, `pf_win` / `pf_top1` (N,) prompt following of `pf_reward` within `prompt_groups`, `features` (N,D)."""
+    device = next(extractor.parameters()).device
+    x = images.to(device).float() / 255
+    out: dict[str, list[torch.Tensor]] = {f"reward_{n}": [] for n in rewards}
+    out["features"] = []
+    for start in range(0, len(x), batch_size):
+        xb, pb = x[start: start + batch_size], prompts[start: start + batch_size]
+        for name, reward in rewards.items():
+            out[f"reward_{name}"].append(reward(xb, pb).float().cpu())
+        out["features"].append(extractor(xb).float().cpu())
+    result = {k: torch.cat(v) for k, v in out.items()}
+    result["pf_win"], result["pf_top1"] = torch.zeros(len(x)), torch.zeros(len(x))
+    for idx in prompt_groups(len(x), pf_group):
+        wins = pairwise_wins(score_matrix(pf_reward, x[idx.to(device)], [prompts[i] for i in idx]).float().cpu())
+        result["pf_win"][idx], result["pf_top1"][idx] = wins["win"], wins["top1"]
+    return result
+
+
+def iter_image_folder(folder: Path, size: int, batch_size: int = 64) -> Iterator[torch.Tensor]:
+    """uint8 batches (B,3,size,size) of the images in `folder` (sorted, recursive): centre-cropped square, bicubic."""
+    from PIL import Image
+
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ModelLoadError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
+    for start in range(0, len(files), batch_size):
+        batch = []
+        for path in files[start: start + batch_size]:
+            img = Image.open(path).convert("RGB")
+            side = min(img.size)
+            left, top = (img.width - side) // 2, (img.height - side) // 2
+            img = img.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
+            batch.append(torch.from_numpy(np.asarray(img)).permute(2, 0, 1))
+        yield torch.stack(batch)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The harness
+
+
+@dataclass
+class EvalConfig:
+    """What `python -m rglcd.evaluate` evaluates; every field is a command-line flag."""
+
+    family: str = "emoji-64"
+    models: tuple[str, ...] = ()  # empty: every member of the family
+    steps: tuple[int, ...] = (1, 2, 4, 8)
+    teacher_steps: tuple[int, ...] = (25, 50)
+    guidance: float = 5.0  # students (the LCM guidance embedding is w = guidance - 1)
+    teacher_guidance: float = 5.0  # classifier-free guidance of teachers
+    prompts: str = "heldout"
+    prompt_source: str | None = None
+    max_prompts: int | None = None
+    seeds: tuple[int, ...] = (0, 1)
+    batch_size: int = 64
+    reference: str | None = None  # folder of real images for the Frechet distance (default: the prompt set's own)
+    rewards: tuple[str, ...] = ()  # registry rewards to report besides the family's
+    pf_group: int = 0  # prompt following within groups of this many prompts (0: all prompts of the set)
+    bootstrap: int = 200
+    skip_missing: bool = False
+    sample_prompts: int = 8
+    out: str = "results"
+    device: str = "cpu"
+    dtype: str = "fp32"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One row of the results: a member sampled at one step count and guidance scale."""
+
+    model: str
+    kind: str
+    steps: int
+    guidance: float
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} {self.steps}"
+
+
+def plan_runs(family: Any, cfg: EvalConfig) -> list[Run]:
+    """The (model, steps) grid, checked: unknown members fail (or are skipped with a warning under
+    `skip_missing`), step counts and guidance scales out of a member's range raise `InputError`."""
+    from rglcd.sampling import Request, check_request
+
+    runs = []
+    for model in cfg.models or tuple(family.members):
+        if model not in family.members and cfg.skip_missing:
+            print(f"warning: family {family.name} has no model '{model}'; skipped", file=sys.stderr)
+            continue
+        kind = family.member(model).get("kind", model)
+        teacher = kind == "teacher"
+        guidance = cfg.teacher_guidance if teacher else cfg.guidance
+        for steps in cfg.teacher_steps if teacher else cfg.steps:
+            check_request(family, model, Request("", steps, guidance))
+            runs.append(Run(model, kind, steps, guidance))
+    if not runs:
+        raise ModelLoadError(f"nothing to evaluate: none of {', '.join(cfg.models)} is in family {family.name}")
+    return runs
+
+
+def member_fingerprint(family: Any, model: str) -> str:
+    """The member's family entry plus name, size and mtime of its local weight files (a re-export changes it)."""
+    from rglcd.models import resolve_source
+
+    entry = family.member(model)
+    files = []
+    for key in ("unet", "lora"):
+        if key in entry:
+            src = resolve_source(entry[key], family.root)
+            if src.is_local:
+                files += [(p.name, p.stat().st_size, p.stat().st_mtime_ns)
+                          for p in sorted(Path(src.location, src.subfolder or "").glob("*")) if p.is_file()]
+    return json.dumps([entry, files], sort_keys=True, default=str)
+
+
+def digest(*parts: Any) -> str:
+    """A short stable hash of JSON-serialisable parts, for cache file names."""
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def cached(path: Path, compute: Any) -> dict[str, Any]:
+    """`torch.load(path)` if it exists, else `compute()` saved there atomically."""
+    if path.is_file():
+        return torch.load(path)
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(value, tmp)
+    tmp.replace(path)
+    return value
+
+
+class Evaluation:
+    """Generates and scores every (run, seed) of a config, cached under `<out>/cache`, and summarises them."""
+
+    def __init__(self, cfg: EvalConfig) -> None:
+        from rglcd.data.prompts import load_prompt_set
+        from rglcd.models import load_family
+
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.family = load_family(cfg.family)
+        self.runs = plan_runs(self.family, cfg)
+        self.prompt_set = load_prompt_set(cfg.prompts, cfg.prompt_source, cfg.max_prompts)
+        if len(self.prompt_set.prompts) < 2:
+            raise ModelLoadError(f"prompt set {cfg.prompts} has {len(self.prompt_set.prompts)} prompt(s); need 2+")
+        self.prompts_key = digest(self.prompt_set.prompts)
+        self._scorers: tuple[nn.Module, dict[str, nn.Module], nn.Module] | None = None
+
+    @property
+    def scorers(self) -> tuple[nn.Module, dict[str, nn.Module], nn.Module]:
+        """(prompt-following reward, {name: reward}, feature extractor), loaded on first use, on the device."""
+        if self._scorers is None:
+            pf_reward, rewards = family_rewards(self.family, self.cfg.rewards)
+            device = self.cfg.device
+            self._scorers = (pf_reward.to(device), {k: r.to(device) for k, r in rewards.items()},
+                             efficientnet_lite0_features().to(device))
+        return self._scorers
+
+    def generation_path(self, run: Run, seed: int) -> Path:
+        key = digest(self.family.name, member_fingerprint(self.family, run.model), run, seed, self.prompts_key,
+                     self.cfg.device, self.cfg.dtype)
+        return self.out / "cache" / run.model / f"steps{run.steps}-cfg{run.guidance:g}-seed{seed}-{key}.pt"
+
+    def generated(self, run: Run, seed: int) -> dict[str, Any]:
+        """Images, latency and NFE of (run, seed), from the cache or generated now."""
+
+        def compute() -> dict[str, Any]:
+            pipe = self.family.pipeline(run.model).to(self.cfg.device, DTYPES[self.cfg.dtype])
+            return generate_images(pipe, self.prompt_set.prompts, run.steps, run.guidance, seed, self.cfg.batch_size,
+                                   desc=f"{run.model} {run.steps} steps seed {seed}")
+
+        return cached(self.generation_path(run, seed), compute)
+
+    def scored(self, run: Run | None, seed: int) -> dict[str, torch.Tensor]:
+        """Per-image metrics of (run, seed); run None scores the prompt set's paired real images."""
+        gen_path = (self.generation_path(run, seed) if run else
+                    self.out / "cache" / f"reference-{self.prompts_key}-{self.family.resolution}.pt")
+        key = digest(reward_names(self.family, self.cfg.rewards), FD_NAME, self.cfg.pf_group, self.cfg.device)
+        path = gen_path.with_name(f"{gen_path.stem}-scores-{key}.pt")
+
+        def compute() -> dict[str, torch.Tensor]:
+            images = self.generated(run, seed)["images"] if run else self.paired_reference()
+            pf_reward, rewards, extractor = self.scorers
+            return score_images(images, self.prompt_set.prompts, pf_reward, rewards, extractor, self.cfg.batch_size,
+                                self.cfg.pf_group)
+
+        return cached(path, compute)
+
+    def paired_reference(self) -> torch.Tensor:
+        assert self.prompt_set.reference is not None
+        return self.prompt_set.reference(self.family.resolution)
+
+    def reference_features(self) -> tuple[torch.Tensor, str] | None:
+        """(reference features (M,D), description) for the Frechet distance, or None when there is no reference."""
+        if self.cfg.reference:
+            folder = Path(self.cfg.reference).expanduser()
+            if not folder.is_dir():
+                raise ModelLoadError(f"reference image folder not found: {folder}")
+            path = self.out / "cache" / f"reference-folder-{digest(str(folder.resolve()), self.family.resolution)}.pt"
+
+            def compute() -> dict[str, torch.Tensor]:
+                extractor = self.scorers[2]
+                device = next(extractor.parameters()).device
+                feats = [extractor(b.to(device).float() / 255).float().cpu()
+                         for b in tqdm(iter_image_folder(folder, self.family.resolution, self.cfg.batch_size),
+                                       desc="reference", leave=False)]
+                return {"features": torch.cat(feats)}
+
+            with torch.no_grad():
+                feats = cached(path, compute)["features"]
+            return feats, f"{len(feats)} images from {folder} (centre-cropped, {self.family.resolution} px)"
+        if self.prompt_set.reference is None:
+            return None
+        feats = self.scored(None, 0)["features"]
+        return feats, f"{len(feats)} paired real images of the prompt set ({self.family.resolution} px)"
+
+    def rows(self, reference: tuple[torch.Tensor, str] | None) -> list[dict[str, Any]]:
+        """One summary row per run (plus a `reference` row for paired real images), computing what is missing;
+        `reference` as from `reference_features`."""
+        fd_ref = FrechetReference.from_features(reference[0]) if reference is not None else None
+        jobs = [(run, seed) for run in self.runs for seed in self.cfg.seeds]
+        per_run: dict[Run, list[dict[str, Any]]] = {run: [] for run in self.runs}
+        for run, seed in tqdm(jobs, desc="evaluate"):
+            per_run[run].append({**self.generated(run, seed), **self.scored(run, seed)})
+        rows = [self.summarize(run, per_seed, fd_ref) for run, per_seed in per_run.items()]
+        if self.prompt_set.reference is not None and not self.cfg.reference:
+            rows.append(self.summarize(None, [self.scored(None, 0)], None))
+        return rows
+
+    def summarize(self, run: Run | None, per_seed: list[dict[str, Any]], fd_ref: FrechetReference | None
+                  ) -> dict[str, Any]:
+        """Means and 95% half-widths over prompts (each prompt's mean over seeds); FD with a bootstrap over prompts
+        (the reference fixed)."""
+        n = len(self.prompt_set.prompts)
+        row: dict[str, Any] = {"family": self.family.name, "prompts": self.prompt_set.name, "n_prompts": n,
+                               "seeds": len(per_seed), "n_images": n * len(per_seed),
+                               "model": run.model if run else "reference", "kind": run.kind if run else "real",
+                               "steps": run.steps if run else "", "guidance": run.guidance if run else ""}
+        if run is not None:
+            row["nfe"] = per_seed[0]["nfe"]
+            row["seconds_per_image"] = float(np.mean([s["seconds_per_image"] for s in per_seed]))
+            row["batch_size"] = per_seed[0]["batch_size"]
+        metrics = [k for k in per_seed[0] if k.startswith("reward_")] + ["pf_win", "pf_top1"]
+        for key in metrics:
+            per_prompt = torch.stack([s[key] for s in per_seed]).mean(0)
+            row[key], row[f"{key}_ci95"] = normal_ci(per_prompt)
+        if fd_ref is not None:
+            feats = torch.stack([s["features"] for s in per_seed])  # (S, N, D)
+            row["fd"], row["fd_ci95"] = bootstrap_ci(lambda idx: fd_ref.distance(feats[:, idx].flatten(0, 1)), n,
+                                                     self.cfg.bootstrap)
+        return row
+
+    def sample_rows(self) -> list[tuple[str, torch.Tensor]]:
+        """(label, uint8 images (k,3,H,W)) of the first prompts, first seed, per run (and the real images)."""
+        k = min(self.cfg.sample_prompts, len(self.prompt_set.prompts))
+        rows = [(f"{r.model}, {r.steps} step{'s' if r.steps > 1 else ''}", self.generated(r, self.cfg.seeds[0])["images"][:k]) for r in self.runs]
+        if self.prompt_set.reference is not None:
+            rows.append(("real", self.paired_reference()[:k]))
+        return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Outputs
+
+
+def percent(key: str) -> bool:
+    return key.startswith("pf_")
+
+
+def format_cell(row: dict[str, Any], key: str) -> str:
+    """'12.3 ± 0.4' (percent for prompt following), '' when the row lacks the metric."""
+    if key not in row or row[key] == "":
+        return ""
+    scale = 100 if percent(key) else 1
+    value, half = row[key] * scale, row.get(f"{key}_ci95", float("nan")) * scale
+    return f"{value:.1f}" if np.isnan(half) else f"{value:.1f} ± {half:.1f}"
+
+
+def metric_columns(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(key, header) of the metric columns present in the rows, rewards first."""
+    keys = [k for k in rows[0] if k.startswith("reward_") and not k.endswith("_ci95")]
+    cols = [(k, f"{k[len('reward_'):]} reward") for k in keys]
+    cols += [("pf_win", "prompt following win rate (%)"), ("pf_top1", "prompt following top-1 (%)")]
+    if any("fd" in r for r in rows):
+        cols.append(("fd", FD_NAME))
+    return cols
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The results as one markdown table: model, steps, guidance, NFE, s/image, then every metric ± 95% CI."""
+    cols = metric_columns(rows)
+    head = ["model", "steps", "guidance", "NFE", "s / image"] + [h for _, h in cols]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [row["model"], str(row["steps"]), f"{row['guidance']:g}" if row["guidance"] != "" else "",
+                 f"{row['nfe']:g}" if "nfe" in row else "",
+                 f"{row['seconds_per_image']:.4f}" if "seconds_per_image" in row else ""]
+        lines.append("| " + " | ".join(cells + [format_cell(row, k) for k, _ in cols]) + " |")
+    return "\n".join(lines)
+
+
+def machine_description(device: str) -> str:
+    """'2-core CPU (x86_64), torch 2.13.0+cpu, 1 thread' or the GPU name."""
+    if device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
+    threads = torch.get_num_threads()
+    return (f"{os.cpu_count()}-core CPU ({platform.machine()}), torch {torch.__version__}, "
+            f"{threads} thread{'s' if threads > 1 else ''}")
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_markdown(ev: Evaluation, rows: list[dict[str, Any]], path: Path, reference: str | None,
+                   command: str) -> None:
+    cfg, ps = ev.cfg, ev.prompt_set
+    seeds = ", ".join(map(str, cfg.seeds))
+    notes = [
+        f"# {ev.family.name}: {', '.join(dict.fromkeys(r.model for r in ev.runs))} on `{ps.name}`",
+        "",
+        f"- Command: `{command}`",
+        f"- Date: {date.today().isoformat()}; machine: {machine_description(cfg.device)}.",
+        f"- Prompts: {len(ps.prompts)} from {ps.source}; seeds {seeds} (one image per prompt and seed: "
+        f"{len(ps.prompts) * len(cfg.seeds)} images per row; image i of seed s uses seed s x {SEED_STRIDE} + i).",
+        f"- Guidance: teachers {cfg.teacher_guidance:g} (classifier-free, 2 UNet evaluations per step), students "
+        f"{cfg.guidance:g} (LCM guidance embedding w = {cfg.guidance - 1:g}). NFE: UNet evaluations per image.",
+        f"- s / image: wall time of the diffusers pipeline per image at batch {cfg.batch_size} (text encoding and "
+        f"VAE decoding included, after a warm-up call), {cfg.device} {cfg.dtype}.",
+        "- Rewards: mean own-prompt score (the family's reward; emoji: 100 x cosine). Prompt following: for each "
+        "image, the share of the other prompts " + (f"of its group of {cfg.pf_group}" if cfg.pf_group else
+                                                    f"of the set ({len(ps.prompts) - 1})")
+        + " that the family reward scores lower than its own prompt (win rate), and the share of images whose "
+          "own prompt scores highest (top-1).",
+        f"- {FD_NAME}: Frechet distance between Gaussians fitted to ImageNet EfficientNet-Lite0 pooled features "
+        f"(1280-d, 224 px) of the generated images and of {reference or 'no reference (not computed)'}; not FID "
+        "(not Inception features), and biased upward when the image count is below the feature dimension, so "
+        "compare it only between rows of one table.",
+        f"- ± : 95% confidence half-widths over prompts (normal approximation of each prompt's mean over seeds); for "
+        f"{FD_NAME} a normal bootstrap over prompts ({cfg.bootstrap} resamples, reference fixed).",
+        "",
+        markdown_table(rows),
+        "",
+    ]
+    path.write_text("\n".join(notes))
+
+
+def plot_results(rows: list[dict[str, Any]], out: Path, main_reward: str) -> list[Path]:
+    """reward-vs-steps.png (reward, prompt following, FD against steps) and quality-vs-latency.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = [r for r in rows if r["model"] != "reference"]
+    reference = next((r for r in rows if r["model"] == "reference"), None)
+    panels = [(f"reward_{main_reward}", f"{main_reward} reward"), ("pf_win", "prompt following win rate (%)")]
+    if any("fd" in r for r in models):
+        panels.append(("fd", f"{FD_NAME} (lower is better)"))
+
+    def series(key: str, x_key: str) -> Iterator[tuple[str, list, list, list, list]]:
+        for model in dict.fromkeys(r["model"] for r in models):
+            pts = sorted((r for r in models if r["model"] == model), key=lambda r: r[x_key])
+            scale = 100 if percent(key) else 1
+            yield (model, [r[x_key] for r in pts], [r[key] * scale for r in pts],
+                   [r[f"{key}_ci95"] * scale for r in pts], [r["steps"] for r in pts])
+
+    paths = []
+    for name, x_key, x_label in (("reward-vs-steps.png", "steps", "sampling steps"),
+                                 ("quality-vs-latency.png", "seconds_per_image", "seconds per image")):
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6))
+        for ax, (key, title) in zip(np.atleast_1d(axes), panels):
+            for model, xs, ys, errs, steps in series(key, x_key):
+                ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=model)
+                if x_key != "steps":
+                    for x, y, k in zip(xs, ys, steps):
+                        ax.annotate(str(k), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            if reference is not None and key in reference:
+                ax.axhline(reference[key] * (100 if percent(key) else 1), color="grey", ls="--", lw=1,
+                           label="real images")
+            ax.set_xscale("log", base=2 if x_key == "steps" else 10)
+            if x_key == "steps":
+                ax.set_xticks(sorted({r["steps"] for r in models}), [str(s) for s in sorted({r["steps"]
+                                                                                                for r in models})])
+            ax.set_xlabel(x_label + (" (labels: steps)" if x_key != "steps" else ""))
+            ax.set_title(title, fontsize=10)
+            ax.grid(alpha=0.3)
+        np.atleast_1d(axes)[0].legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=120)
+        plt.close(fig)
+        paths.append(out / name)
+    return paths
+
+
+def plot_samples(sample_rows: list[tuple[str, torch.Tensor]], prompts: list[str], path: Path) -> Path:
+    """One labelled grid: a row of images per (model, steps), a column per prompt."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = len(sample_rows[0][1])
+    grid = image_grid(torch.cat([imgs.float() / 255 for _, imgs in sample_rows]), nrow=k, pad=2)
+    cell = grid.shape[0] / len(sample_rows)
+    fig, ax = plt.subplots(figsize=(1.0 + grid.shape[1] / 80, grid.shape[0] / 80))
+    ax.imshow(grid)
+    ax.set_yticks([cell * (i + 0.5) for i in range(len(sample_rows))], [label for label, _ in sample_rows],
+                  fontsize=7)
+    ax.set_xticks([grid.shape[1] / k * (j + 0.5) for j in range(k)], prompts[:k], fontsize=6, rotation=30,
+                  ha="right")
+    ax.tick_params(length=0)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def run_evaluation(cfg: EvalConfig, command: str = "python -m rglcd.evaluate") -> list[dict[str, Any]]:
+    """Evaluate, write every output under `cfg.out`, return the summary rows."""
+    ev = Evaluation(cfg)
+    out = ev.out
+    out.mkdir(parents=True, exist_ok=True)
+    reference = ev.reference_features()
+    rows = ev.rows(reference)
+    write_csv(rows, out / "results.csv")
+    write_markdown(ev, rows, out / "results.md", reference[1] if reference else None, command)
+    plot_results(rows, out, reward_names(ev.family, cfg.rewards)[0])
+    plot_samples(ev.sample_rows(), ev.prompt_set.prompts, out / "samples.png")
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    return rows
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """'1,2,4,8' -> (1, 2, 4, 8)."""
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from err
+
+
+def name_list(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m rglcd.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = EvalConfig()
+    p.add_argument("--family", default=d.family, help="preset name, family.json or folder")
+    p.add_argument("--models", type=name_list, default=d.models, help="comma-separated members (default: all)")
+    p.add_argument("--steps", type=int_list, default=d.steps, help="student step counts (default 1,2,4,8)")
+    p.add_argument("--teacher-steps", type=int_list, default=d.teacher_steps, help="teacher steps (default 25,50)")
+    p.add_argument("--guidance", type=float, default=d.guidance, help="student guidance scale (default 5)")
+    p.add_argument("--teacher-guidance", type=float, default=d.teacher_guidance, help="teacher CFG scale (default 5)")
+    p.add_argument("--prompts", default=d.prompts,
+                   help="heldout | train | eval-heldout | eval-train | hpsv2[:style] | parti[:category] | coco | "
+                        "file:PATH")
+    p.add_argument("--prompt-source", default=None, help="local file/folder or hub:<dataset id> for benchmarks")
+    p.add_argument("--max-prompts", type=int, default=None, help="evenly spaced subset of the prompt set")
+    p.add_argument("--seeds", type=int_list, default=d.seeds, help="comma-separated seeds (default 0,1)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--reference", default=None, help="folder of real images for the Frechet distance")
+    p.add_argument("--rewards", type=name_list, default=d.rewards, help="more registry rewards to report")
+    p.add_argument("--pf-group", type=int, default=d.pf_group, help="prompt following within groups of N (0: all)")
+    p.add_argument("--bootstrap", type=int, default=d.bootstrap, help="bootstrap resamples for the FD interval")
+    p.add_argument("--skip-missing", action="store_true", help="skip models the family lacks (with a warning)")
+    p.add_argument("--sample-prompts", type=int, default=d.sample_prompts, help="columns of samples.png")
+    p.add_argument("--out", default=d.out)
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=d.dtype)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    import diffusers
+    import transformers
+
+    from rglcd.data.prompts import PromptSetError
+    from rglcd.sampling import InputError
+
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity_error()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    fields = {k: v for k, v in vars(args).items() if k != "threads"}
+    command = "python -m rglcd.evaluate " + " ".join(sys.argv[1:] if argv is None else argv)
+    try:
+        if args.batch_size < 1 or args.bootstrap < 1 or not args.seeds:
+            raise InputError("--batch-size and --bootstrap must be >= 1 and --seeds non-empty")
+        rows = run_evaluation(EvalConfig(**fields), command)
+    except (InputError, PromptSetError, ModelLoadError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # noqa: BLE001 (one line; RGLCD_DEBUG=1 shows the traceback)
+        if os.environ.get("RGLCD_DEBUG"):
+            raise
+        print(f"error: unexpected {type(err).__name__}: {err} (set RGLCD_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+    print(markdown_table(rows))
+    print(f"wrote {args.out}/results.csv, results.md, reward-vs-steps.png, quality-vs-latency.png, samples.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
