@@ -251,7 +251,7 @@ def iter_image_folder(folder: Path, size: int, batch_size: int = 64) -> Iterator
             side = min(img.size)
             left, top = (img.width - side) // 2, (img.height - side) // 2
             img = img.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
-            batch.append(torch.from_numpy(np.asarray(img)).permute(2, 0, 1))
+            batch.append(torch.from_numpy(np.array(img)).permute(2, 0, 1))
         yield torch.stack(batch)
 
 
@@ -476,7 +476,8 @@ class Evaluation:
     def sample_rows(self) -> list[tuple[str, torch.Tensor]]:
         """(label, uint8 images (k,3,H,W)) of the first prompts, first seed, per run (and the real images)."""
         k = min(self.cfg.sample_prompts, len(self.prompt_set.prompts))
-        rows = [(f"{r.model}, {r.steps} step{'s' if r.steps > 1 else ''}", self.generated(r, self.cfg.seeds[0])["images"][:k]) for r in self.runs]
+        rows = [(f"{r.model}, {r.steps} step{'s' if r.steps > 1 else ''}",
+                 self.generated(r, self.cfg.seeds[0])["images"][:k]) for r in self.runs]
         if self.prompt_set.reference is not None:
             rows.append(("real", self.paired_reference()[:k]))
         return rows

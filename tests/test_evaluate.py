@@ -29,3 +29,158 @@ def test_image_grid_layout():
     grid = image_grid(imgs, nrow=4, pad=1)
     assert grid.shape == (2 * 5 + 1, 4 * 5 + 1, 3)
     assert (grid[6:10, 1:5] == 255).all() and (grid[1:5, 1:5] == 0).all()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The evaluation harness end to end on tiny families, resuming, errors, and the prompt-set loaders
+
+import csv  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from rglcd import evaluate  # noqa: E402
+from rglcd.data.prompts import PromptSetError, load_prompt_set  # noqa: E402
+from rglcd.models import Family, register_member  # noqa: E402
+
+OUTPUTS = ("results.csv", "results.md", "reward-vs-steps.png", "quality-vs-latency.png", "samples.png")
+
+
+@pytest.fixture(scope="module")
+def eval_inputs(tiny_emoji_family, tmp_path_factory):
+    """A tiny emoji family with a teacher and an LCM student, 3 prompts in a file, a folder of 4 real images."""
+    from rglcd.training.distill import student_from_teacher
+    from rglcd.training.teacher import TeacherConfig, build_unet
+
+    tmp = tmp_path_factory.mktemp("eval")
+    root = tmp / "family"
+    shutil.copytree(tiny_emoji_family, root)
+    torch.manual_seed(0)
+    teacher = build_unet(TeacherConfig(block_out_channels=(32, 32), attention_head_dim=4), 16, 384)
+    teacher.save_pretrained(root / "teacher")
+    student_from_teacher(teacher, 256).save_pretrained(root / "lcm")
+    register_member(root / "family.json", "lcm", root / "lcm", kind="lcm")
+    (tmp / "prompts.txt").write_text("red apple\ncat\nrocket\n")
+    (tmp / "real").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (80, 96, 3), dtype=np.uint8)).save(tmp / "real" / f"{i}.png")
+    return root, tmp
+
+
+def _args(root, tmp, out, *extra):
+    return ["--family", str(root), "--models", "teacher,lcm,mlcm", "--skip-missing", "--steps", "1,2",
+            "--teacher-steps", "2", "--prompts", f"file:{tmp / 'prompts.txt'}", "--seeds", "0,1", "--batch-size", "2",
+            "--reference", str(tmp / "real"), "--bootstrap", "5", "--out", str(out), *extra]
+
+
+def test_end_to_end_writes_every_output_and_resumes(eval_inputs, tmp_path, monkeypatch, capsys):
+    root, tmp = eval_inputs
+    out = tmp_path / "results"
+    assert evaluate.main(_args(root, tmp, out)) == 0
+    assert "no model 'mlcm'; skipped" in capsys.readouterr().err
+    assert all((out / name).is_file() for name in OUTPUTS)
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [(r["model"], r["steps"]) for r in rows] == [("teacher", "2"), ("lcm", "1"), ("lcm", "2")]
+    assert [float(r["nfe"]) for r in rows] == [4.0, 1.0, 2.0]  # CFG: cond + uncond per teacher step
+    for r in rows:
+        assert r["n_images"] == "6" and float(r["seconds_per_image"]) > 0
+        assert 0 <= float(r["pf_win"]) <= 1 and float(r["fd"]) >= 0 and float(r["fd_ci95"]) >= 0
+        assert -100 <= float(r["reward_emoji"]) <= 100
+    table = (out / "results.md").read_text()
+    assert "| lcm | 2 | 5 | 2 |" in table and "FD-EffNetLite0" in table and "4 images from" in table
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a rerun must not generate or score again")
+
+    monkeypatch.setattr(Family, "pipeline", refuse)
+    monkeypatch.setattr(evaluate, "efficientnet_lite0_features", refuse)
+    monkeypatch.setattr(evaluate, "family_rewards", refuse)
+    first = (out / "results.csv").read_text()
+    assert evaluate.main(_args(root, tmp, out)) == 0
+    assert (out / "results.csv").read_text() == first
+
+
+def test_an_unknown_model_or_bad_steps_is_one_line_and_exit_2(eval_inputs, tmp_path, capsys):
+    root, tmp = eval_inputs
+    args = _args(root, tmp, tmp_path / "x")
+    args[args.index("--skip-missing")] = "--dtype=fp32"
+    assert evaluate.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: family tiny-emoji has no model 'mlcm'") and err.count("\n") == 1
+    assert evaluate.main(_args(root, tmp, tmp_path / "x", "--steps", "51")) == 2
+    assert "steps must be between 1 and 50" in capsys.readouterr().err
+    assert evaluate.main(_args(root, tmp, tmp_path / "x", "--prompts", "file:/no/such.txt")) == 2
+    assert "prompt file not found" in capsys.readouterr().err
+
+
+def test_any_family_runs_the_tiny_sd21_layout(tiny_sd21_repo, eval_inputs, tmp_path):
+    _, tmp = eval_inputs
+    part = {k: {"path": str(tiny_sd21_repo), "subfolder": k} for k in ("vae", "text_encoder", "tokenizer", "scheduler")}
+    spec = {"name": "tiny-sd21", "resolution": 64, "max_length": 77, "reward": "emoji", **part,
+            "members": {"teacher": {"unet": {"path": str(tiny_sd21_repo), "subfolder": "unet"}, "kind": "teacher"}}}
+    (tmp_path / "family.json").write_text(json.dumps(spec))
+    cfg = evaluate.EvalConfig(family=str(tmp_path / "family.json"), teacher_steps=(2,), prompts="file:"
+                              + str(tmp / "prompts.txt"), seeds=(0,), batch_size=3, reference=str(tmp / "real"),
+                              bootstrap=3, out=str(tmp_path / "out"))
+    rows = evaluate.run_evaluation(cfg)
+    assert len(rows) == 1 and rows[0]["nfe"] == 4 and "fd" in rows[0]
+    assert all((tmp_path / "out" / name).is_file() for name in OUTPUTS)
+
+
+def test_prompt_following_groups_partition_the_prompts():
+    groups = evaluate.prompt_groups(7, 3)
+    assert sorted(torch.cat(groups).tolist()) == list(range(7)) and [len(g) for g in groups] == [3, 4]
+    assert [g.tolist() for g in evaluate.prompt_groups(4, 0)] == [[0, 1, 2, 3]]
+
+
+def test_benchmark_prompt_sets_from_local_files(tmp_path):
+    bench = tmp_path / "hps"
+    bench.mkdir()
+    for style in ("anime", "concept-art", "paintings", "photo"):
+        (bench / f"{style}.json").write_text(json.dumps([f"{style} {i}" for i in range(3)]))
+    assert load_prompt_set("hpsv2:photo", str(bench)).prompts == ["photo 0", "photo 1", "photo 2"]
+    assert len(load_prompt_set("hpsv2", str(bench)).prompts) == 12
+    assert load_prompt_set("hpsv2", str(bench), limit=4).prompts == ["anime 0", "concept-art 0", "paintings 0",
+                                                                      "photo 0"]
+    with pytest.raises(PromptSetError, match="unknown HPSv2 style"):
+        load_prompt_set("hpsv2:cartoon", str(bench))
+    parti = tmp_path / "PartiPrompts.tsv"
+    parti.write_text("Prompt\tCategory\tChallenge\tNote\na cat\tAnimals\tBasic\t\na car\tVehicles\tBasic\t\n")
+    assert load_prompt_set("parti", str(parti)).prompts == ["a cat", "a car"]
+    assert load_prompt_set("parti:Animals", str(tmp_path)).prompts == ["a cat"]
+    coco = {"images": [{"id": 2}, {"id": 1}], "annotations": [
+        {"image_id": 2, "id": 9, "caption": "b later"}, {"image_id": 2, "id": 5, "caption": "b first "},
+        {"image_id": 1, "id": 7, "caption": "a"}]}
+    (tmp_path / "captions_val2014.json").write_text(json.dumps(coco))
+    assert load_prompt_set("coco", str(tmp_path)).prompts == ["a", "b first"]
+
+
+def test_prompt_sets_fail_with_one_clear_line(tmp_path):
+    with pytest.raises(PromptSetError, match="offline or not cached"):
+        load_prompt_set("hpsv2:anime")  # the hub is offline in tests
+    with pytest.raises(PromptSetError, match="needs a prompt source"):
+        load_prompt_set("coco")
+    with pytest.raises(PromptSetError, match="source not found"):
+        load_prompt_set("parti", str(tmp_path / "missing.tsv"))
+    with pytest.raises(PromptSetError, match="unknown prompt set"):
+        load_prompt_set("drawbench")
+    (tmp_path / "bad.tsv").write_text("Caption\nx\n")
+    with pytest.raises(PromptSetError, match="no prompt column"):
+        load_prompt_set(f"file:{tmp_path / 'bad.tsv'}")
+
+
+def test_emoji_prompt_sets_and_their_paired_renders(monkeypatch):
+    from rglcd.data import emoji
+
+    held = load_prompt_set("heldout")
+    assert len(held.prompts) == 217 and held.prompts == sorted(held.prompts) and "red apple" in held.prompts
+    assert load_prompt_set("eval-heldout").prompts[:2] == ["red apple", "cat"]
+    concepts = [emoji.EmojiConcept("x", n) for n in ("red heart", "red apple", "zebra")]
+    images = torch.arange(3).view(3, 1, 1, 1).expand(3, 3, 2, 2).to(torch.uint8)
+    monkeypatch.setattr(emoji, "load_renders", lambda split, size: (concepts, images))
+    refs = load_prompt_set("eval-heldout", limit=2).reference(2)
+    assert refs[:, 0, 0, 0].tolist() == [1, 0]  # evenly spaced 2 of 16: red apple, red heart
