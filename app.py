@@ -1,0 +1,36 @@
+"""The rglcd comparison demo: teacher, LCM, RG-LCM and MLCM side by side, with live rewards.
+
+    python app.py                      # the embedded emoji-64 family, offline, CPU
+    python app.py --family sd21        # the real family (GPU, hub); a Space sets RGLCD_FAMILY instead
+
+The page and its `/compare` API are built by `rglcd.demo`; models load on the first request and stay loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from rglcd.demo import Engine, build_app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", default=os.environ.get("RGLCD_FAMILY", "emoji-64"),
+                        help="preset (emoji-64, sd21, sd21-base), family.json or its folder; env RGLCD_FAMILY")
+    parser.add_argument("--host", default=None, help="address to listen on (gradio default: GRADIO_SERVER_NAME or "
+                        "127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help="port (gradio default: GRADIO_SERVER_PORT or 7860)")
+    parser.add_argument("--concurrency", type=int, default=2, help="comparisons running at the same time")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
+    args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    build_app(Engine(args.family), concurrency=args.concurrency).launch(server_name=args.host,
+                                                                        server_port=args.port)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""The comparison app: the engine without a browser, and the app on 127.0.0.1 through gradio_client.
+
+Uses the real emoji-64 weights with few steps. rg-lcm and mlcm are stand-ins (copies of the lcm entry) so four
+columns produce images whatever the training state; the missing-member test uses a family without them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from rglcd.demo import (COLUMNS, Engine, build_app, compare_page, launch_local, parse_settings,  # noqa: E402
+                        stand_in_family)
+from rglcd.sampling import InputError  # noqa: E402
+
+torch.set_num_threads(1)
+FAST = {"student_steps": 2, "teacher_steps": 3, "student_guidance": 5.0, "teacher_guidance": 5.0, "seed": "0",
+        "num_images": 1}
+LONG_PROMPT = " ".join(["red apple"] * 30)
+
+
+@pytest.fixture(scope="module")
+def four_family(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """emoji-64 with rg-lcm and mlcm standing in as copies of the lcm member."""
+    return stand_in_family("emoji-64", tmp_path_factory.mktemp("four"), {"rg-lcm": "lcm", "mlcm": "lcm"},
+                           override=True)
+
+
+@pytest.fixture(scope="module")
+def engine(four_family: Path) -> Engine:
+    return Engine(str(four_family))
+
+
+@pytest.fixture(scope="module")
+def client(engine: Engine):
+    from gradio_client import Client
+
+    app = build_app(engine, concurrency=2)
+    url = launch_local(app)
+    yield Client(url, verbose=False)
+    app.close()
+
+
+def compare(client, prompt: str, **overrides) -> tuple:
+    return client.predict(prompt, **{**FAST, **overrides}, api_name="/compare")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"prompt": ""}, "the prompt is empty"),
+    ({"prompt": "   "}, "the prompt is empty"),
+    ({"prompt": "x" * 501}, "the prompt is too long: 501 characters"),
+    ({"student_steps": 0}, "student steps must be between 1 and 8, got 0"),
+    ({"student_steps": 9}, "student steps must be between 1 and 8, got 9"),
+    ({"student_steps": 2.5}, "student steps must be a whole number"),
+    ({"teacher_steps": 0}, "teacher steps must be between 1 and 100"),
+    ({"student_guidance": 16}, "student guidance scale must be between 1 and 15, got 16"),
+    ({"teacher_guidance": 0.5}, "teacher guidance scale must be between 1 and 15, got 0.5"),
+    ({"teacher_guidance": float("nan")}, "teacher guidance scale must be a number"),
+    ({"seed": "abc"}, "seed must be a whole number between 0 and 4294967295, got 'abc'"),
+    ({"seed": "-1"}, "seed must be between 0 and 4294967295, got -1"),
+    ({"num_images": 5}, "number of images must be between 1 and 4, got 5"),
+])
+def test_parse_settings_rejects_with_a_message(overrides: dict, message: str) -> None:
+    with pytest.raises(InputError, match=message.replace("(", r"\(")):
+        parse_settings(**{"prompt": "red apple", **FAST, **overrides})
+
+
+def test_parse_settings_accepts_numbers_as_text() -> None:
+    s = parse_settings(" red apple ", "4", 25.0, "5.5", 5, " 12 ", 2.0)
+    assert (s.prompt, s.student_steps, s.teacher_steps, s.student_guidance, s.seed, s.num_images) == (
+        "red apple", 4, 25, 5.5, 12, 2)
+    assert s.request("teacher").steps == 25 and s.request("lcm").steps == 4
+
+
+def test_nfe_counts_each_cfg_half(engine: Engine) -> None:
+    settings = parse_settings("pizza", student_steps=3, teacher_steps=4, num_images=2)
+    teacher, student = engine.run("teacher", settings), engine.run("lcm", settings)
+    no_cfg = engine.run("teacher", parse_settings("pizza", teacher_steps=4, teacher_guidance=1, num_images=2))
+    assert (teacher.nfe, student.nfe, no_cfg.nfe) == (8, 3, 4)
+    assert teacher.images.shape == (2, 3, 64, 64) and len(teacher.scores["emoji"]) == 2
+    assert "8 NFE (4 steps x 2 (CFG))" in teacher.caption() and "3 NFE (3 steps)" in student.caption()
+
+
+def test_missing_member_kind_or_reward_is_unavailable(four_family: Path, tmp_path: Path) -> None:
+    spec = json.loads(four_family.read_text())
+    spec["members"] = {"teacher": spec["members"]["teacher"],
+                       "mlcm": dict(spec["members"]["lcm"], kind="not-a-kind")}
+    (tmp_path / "family.json").write_text(json.dumps(spec))
+    engine = Engine(str(tmp_path / "family.json"), rewards=("emoji", "imagereward"))
+    results = {r.column: r for r in engine.compare(parse_settings("cat", **FAST))}
+    assert [results[c].status for c in COLUMNS] == ["ok", "unavailable", "unavailable", "unavailable"]
+    assert "has no model 'rg-lcm'" in results["rg-lcm"].message and "not-a-kind" in results["mlcm"].message
+    assert results["teacher"].scores["emoji"] and "imagereward" in results["teacher"].unavailable_rewards
+    assert "**imagereward** unavailable" in results["teacher"].caption()
+    assert results["lcm"].caption().startswith("**unavailable**")
+
+
+@pytest.mark.parametrize("family, message", [
+    ("sd21", "the model family 'sd21' cannot be loaded: could not load sd21 tokenizer from the Hugging Face hub"),
+    ("/nowhere/family.json", "the model family '/nowhere/family.json' cannot be loaded: unknown model family"),
+])
+def test_family_that_cannot_load_gives_one_message(family: str, message: str) -> None:
+    outputs = list(compare_page(Engine(family), "red apple", **FAST))
+    assert len(outputs) == 1
+    assert outputs[0][-1]["error"].startswith(message) and message in outputs[0][-2]
+
+
+def test_compare_returns_four_results_with_scores(client) -> None:
+    job = client.submit("red apple", **FAST, api_name="/compare")
+    outputs = job.result()
+    galleries, captions, status, summary = outputs[:4], outputs[4:8], outputs[8], outputs[9]
+    assert status.startswith("Done")
+    assert all(len(g) == 1 and Path(g[0]["image"]).is_file() for g in galleries)
+    assert [summary["results"][c]["status"] for c in COLUMNS] == ["ok"] * 4
+    assert all(summary["results"][c]["scores"]["emoji"] for c in COLUMNS)
+    assert [summary["results"][c]["nfe"] for c in COLUMNS] == [6, 2, 2, 2]
+    assert all("emoji" in c and "NFE" in c for c in captions)
+    partial = [len(o[9].get("results", {})) for o in job.outputs()]
+    assert partial[-1] == 4 and 1 in partial, f"results did not stream in: {partial}"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"prompt": ""}, "the prompt is empty"),
+    ({"prompt": LONG_PROMPT}, "the prompt is too long: 62 tokens, the"),
+    ({"student_steps": 9}, "student steps must be between 1 and 8"),
+    ({"teacher_steps": 0}, "teacher steps must be between 1 and 100"),
+    ({"student_guidance": 30}, "student guidance scale must be between 1 and 15"),
+    ({"teacher_guidance": -1}, "teacher guidance scale must be between 1 and 15"),
+    ({"seed": "seven"}, "seed must be a whole number"),
+])
+def test_bad_input_returns_its_message(client, overrides: dict, message: str) -> None:
+    prompt = overrides.pop("prompt", "red apple")
+    outputs = compare(client, prompt, **overrides)
+    assert message in outputs[9]["error"] and message in outputs[8]
+    assert all(g == [] for g in outputs[:4])
+
+
+def test_family_that_cannot_load_through_the_api() -> None:
+    from gradio_client import Client
+
+    app = build_app(Engine("sd21"))
+    try:
+        outputs = compare(Client(launch_local(app), verbose=False), "red apple")
+    finally:
+        app.close()
+    assert "the model family 'sd21' cannot be loaded" in outputs[9]["error"]
+
+
+def test_eight_concurrent_clients(client) -> None:
+    from gradio_client import Client
+
+    def one(seed: int) -> dict:
+        return compare(Client(client.src, verbose=False), "banana", seed=str(seed))[9]
+
+    with ThreadPoolExecutor(8) as pool:
+        summaries = list(pool.map(one, range(8)))
+    assert all([s["results"][c]["status"] for c in COLUMNS] == ["ok"] * 4 for s in summaries)
+    assert len({s["results"]["lcm"]["scores"]["emoji"][0] for s in summaries}) > 1
+
+
+def test_reward_vs_steps_for_the_students(client) -> None:
+    table, status = client.predict("pizza", 5.0, "0", 1, api_name="/reward_vs_steps")
+    rows = [dict(zip(table["columns"], row)) for row in table["data"]]
+    assert sorted({r["model"] for r in rows}) == ["LCM", "MLCM", "RG-LCM"]
+    assert [r["steps"] for r in rows if r["model"] == "LCM"] == list(range(1, 9))
+    assert "Reward (emoji)" in status
+    _, bad = client.predict("", 5.0, "0", 1, api_name="/reward_vs_steps")
+    assert "the prompt is empty" in bad
