@@ -9,10 +9,14 @@ finishes), `Engine.reward_vs_steps` (rows for the students' plot), `compare_page
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import math
+import os
 import random
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -36,6 +40,7 @@ GUIDANCE = (1.0, 15.0)
 NUM_IMAGES = (1, 4)
 MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 500
+IMAGE_DIR = Path(tempfile.gettempdir()) / "rglcd-app"  # the PNGs the page shows, one file per distinct image
 # Rewards shown beside the family's own one (a family file may list its own under "app_rewards"); any that cannot
 # load (weights absent, not in the registry yet) is shown as unavailable.
 EXTRA_REWARDS: dict[str, tuple[str, ...]] = {"sd21": ("imagereward", "clipscore"),
@@ -157,14 +162,26 @@ class ColumnResult:
                      f"{self.guidance_scale:g}")
         return "  \n".join(lines)
 
-    def pil_images(self) -> list[Any]:
-        """The images as PIL RGB images (what the page and the API show)."""
+    def png_files(self, folder: Path = IMAGE_DIR) -> list[str]:
+        """The images as PNG files named by their content, each written once and atomically. (Given PIL images,
+        gradio re-encodes them to one cache path per content on every update, truncating a file that is being
+        served; files it is given by path it copies once.)"""
         from PIL import Image
 
         if self.images is None:
             return []
-        arrays = self.images.clamp(0, 1).mul(255).round().byte().permute(0, 2, 3, 1).numpy()
-        return [Image.fromarray(a) for a in arrays]
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for array in self.images.clamp(0, 1).mul(255).round().byte().permute(0, 2, 3, 1).numpy():
+            buffer = io.BytesIO()
+            Image.fromarray(array).save(buffer, format="png")
+            path = folder / f"{hashlib.sha256(buffer.getvalue()).hexdigest()[:32]}.png"
+            if not path.exists():
+                staging = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+                staging.write_bytes(buffer.getvalue())
+                os.replace(staging, path)
+            paths.append(str(path))
+        return paths
 
 
 def reward_names(family: Family) -> list[str]:
@@ -330,12 +347,12 @@ def example_prompts(family: str, per_file: int = 4) -> list[str]:
     return out or list(GENERIC_EXAMPLES)
 
 
-def page_outputs(columns: Sequence[str], results: dict[str, ColumnResult], status: str, summary: dict[str, Any],
-                 pending: str = "") -> tuple:
-    """The page's outputs in order: one image list per column, one caption per column, the status line, the JSON."""
-    images = [results[c].pil_images() if c in results else [] for c in columns]
+def page_outputs(columns: Sequence[str], results: dict[str, ColumnResult], files: dict[str, list[str]], status: str,
+                 summary: dict[str, Any], pending: str = "") -> tuple:
+    """The page's outputs in order: one list of PNG paths per column, one caption per column, the status line, the
+    JSON."""
     captions = [results[c].caption() if c in results else pending for c in columns]
-    return (*images, *captions, status, summary)
+    return (*(files.get(c, []) for c in columns), *captions, status, summary)
 
 
 def compare_page(engine: Engine, prompt: Any, student_steps: Any = 4, teacher_steps: Any = 25,
@@ -350,24 +367,26 @@ def compare_page(engine: Engine, prompt: Any, student_steps: Any = 4, teacher_st
                                   num_images)
         engine.check(settings)
     except (InputError, ModelLoadError) as err:
-        yield page_outputs(columns, {}, f"**Cannot compare:** {err}", {"error": str(err)})
+        yield page_outputs(columns, {}, {}, f"**Cannot compare:** {err}", {"error": str(err)})
         return
     except Exception as err:  # noqa: BLE001 (never a traceback in the page)
         message = f"unexpected {type(err).__name__}: {err}"
-        yield page_outputs(columns, {}, f"**Cannot compare:** {message}", {"error": message})
+        yield page_outputs(columns, {}, {}, f"**Cannot compare:** {message}", {"error": message})
         return
     results: dict[str, ColumnResult] = {}
+    files: dict[str, list[str]] = {}
     t0 = time.perf_counter()
-    yield page_outputs(columns, results, "Running...", {}, pending="running...")
+    yield page_outputs(columns, results, files, "Running...", {}, pending="running...")
     for result in engine.compare(settings):
         results[result.column] = result
+        files[result.column] = result.png_files()
         done = len(results) == len(columns)
         summary = {"family": engine.family_name, "settings": asdict(settings),
                    "results": {c: results[c].summary() for c in columns if c in results},
                    "total_seconds": round(time.perf_counter() - t0, 3)}
         status = (f"Done in {summary['total_seconds']:.2f} s." if done else f"{len(results)} of {len(columns)} "
                   "models done...")
-        yield page_outputs(columns, results, status, summary, pending="running...")
+        yield page_outputs(columns, results, files, status, summary, pending="running...")
 
 
 def reward_plot_page(engine: Engine, prompt: Any, student_guidance: Any = 5.0, seed: Any = 0,
@@ -527,7 +546,7 @@ def build_app(engine: Engine, concurrency: int = 2, max_queue: int = 64) -> Any:
             for column in engine.columns:
                 with gr.Column(min_width=180):
                     galleries.append(gr.Gallery(label=TITLES.get(column, column), columns=2, height=260,
-                                                object_fit="contain", format="png", elem_id=f"gallery-{column}"))
+                                                object_fit="contain", elem_id=f"gallery-{column}"))
                     captions.append(gr.Markdown(label=f"{column} scores", elem_id=f"caption-{column}"))
         with gr.Accordion("Scores and timings (JSON)", open=False):
             summary = gr.JSON(label="results")

@@ -1,0 +1,127 @@
+"""Latency of one comparison in the app (teacher + three students + rewards), after the models are loaded.
+
+    OMP_NUM_THREADS=1 python bench/app_latency.py --runs 5 --out bench/results/app_latency.json \
+        [--screenshot assets/samples/app-screenshot.png]
+
+Two measurements of the same request (one prompt, students at 4 steps, teacher at --teacher-steps with CFG, one
+image each): `engine`, rglcd.demo.Engine.compare called directly (sampling + rewards, per column); `api`, the
+app on 127.0.0.1 called with gradio_client's /compare (adds the queue, PNG encoding and HTTP). Members the family
+does not have yet are stand-ins, copies of the lcm entry (same UNet, same cost), and named in the result. A sweep
+of teacher step counts shows which default meets the 2 s target. --screenshot drives the app serving the family as
+it is (no stand-ins) in chromium through playwright.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import torch  # noqa: E402
+
+from rglcd.demo import (COLUMNS, Engine, Settings, build_app, capture_page, launch_local,  # noqa: E402
+                        stand_in_family)
+
+TARGET_S = 2.0
+
+
+def engine_runs(engine: Engine, settings: Settings, runs: int) -> dict:
+    """Median seconds over `runs` comparisons: total wall time, and per column sampling and reward time."""
+    totals, per_column = [], {c: {"sample": [], "reward": []} for c in COLUMNS}
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        for result in engine.compare(settings):
+            if result.status != "ok":
+                raise SystemExit(f"{result.column} is {result.status}: {result.message}")
+            per_column[result.column]["sample"].append(result.seconds)
+            per_column[result.column]["reward"].append(result.reward_seconds)
+        totals.append(time.perf_counter() - t0)
+    return {"total_s": {"median": round(statistics.median(totals), 3), "max": round(max(totals), 3),
+                        "runs": [round(t, 3) for t in totals]},
+            "columns": {c: {k: round(statistics.median(v), 3) for k, v in parts.items()}
+                        for c, parts in per_column.items()}}
+
+
+def api_runs(engine: Engine, settings: Settings, runs: int) -> dict:
+    """Median client-side seconds of `runs` /compare calls to the app on 127.0.0.1 (after one untimed call)."""
+    from gradio_client import Client
+
+    app = build_app(engine)
+    try:
+        client = Client(launch_local(app), verbose=False)
+        args = (settings.prompt, settings.student_steps, settings.teacher_steps, settings.student_guidance,
+                settings.teacher_guidance, str(settings.seed), settings.num_images)
+        client.predict(*args, api_name="/compare")
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            client.predict(*args, api_name="/compare")
+            times.append(time.perf_counter() - t0)
+    finally:
+        app.close()
+    return {"median": round(statistics.median(times), 3), "max": round(max(times), 3),
+            "runs": [round(t, 3) for t in times]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", default="emoji-64")
+    parser.add_argument("--prompt", default="red apple")
+    parser.add_argument("--student-steps", type=int, default=4)
+    parser.add_argument("--teacher-steps", type=int, default=25)
+    parser.add_argument("--sweep", type=int, nargs="*", default=[8, 12, 16, 25, 50],
+                        help="teacher step counts to time (engine, median of --runs)")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default="bench/results/app_latency.json")
+    parser.add_argument("--screenshot", default=None, help="PNG path: the app in chromium via playwright")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        family_file = stand_in_family(args.family, Path(tmp), {c: "lcm" for c in COLUMNS})
+        members = json.loads(family_file.read_text())["members"]
+        stand_ins = sorted(c for c in COLUMNS if "stand_in_for" in members[c])
+        engine = Engine(str(family_file))
+        t0 = time.perf_counter()
+        engine.warm_up()
+        load_s = time.perf_counter() - t0
+        settings = Settings(args.prompt, args.student_steps, args.teacher_steps)
+        list(engine.compare(settings))  # first call: lazy parts of the pipelines, allocator warm-up
+        result = {
+            "what": "one comparison (teacher + 3 students, 1 image each, rewards) after the models are loaded",
+            "family": args.family, "prompt": args.prompt, "student_steps": args.student_steps,
+            "teacher_steps": args.teacher_steps, "guidance": {"student": settings.student_guidance,
+                                                              "teacher": settings.teacher_guidance},
+            "stand_ins": {c: "copy of the lcm entry (member not in the family yet)" for c in stand_ins},
+            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            "load_average_1min_at_start": round(os.getloadavg()[0], 2), "runs": args.runs,
+            "load_s": round(load_s, 2),
+            "engine": engine_runs(engine, settings, args.runs),
+            "api": api_runs(engine, settings, args.runs),
+            "teacher_steps_sweep": {n: engine_runs(engine, Settings(args.prompt, args.student_steps, n),
+                                                   args.runs)["total_s"]["median"] for n in args.sweep},
+            "target_s": TARGET_S,
+        }
+    result["meets_target"] = {"engine": result["engine"]["total_s"]["median"] < TARGET_S,
+                              "api": result["api"]["median"] < TARGET_S}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    if args.screenshot:
+        app = build_app(Engine(args.family))
+        try:
+            page = capture_page(launch_local(app), args.prompt, Path(args.screenshot), plot=True)
+        finally:
+            app.close()
+        print(json.dumps(page, indent=2))
+
+
+if __name__ == "__main__":
+    main()
