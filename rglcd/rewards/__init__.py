@@ -19,6 +19,9 @@ DEFAULT_WEIGHTS: dict[str, str] = {
     "hpsv2.1": "HPS_v2.1_compressed.pt",
     "pickscore": "yuvalkirstain/PickScore_v1",
     "clipscore": "openai/clip-vit-large-patch14",
+    "imagereward": "ImageReward.pt",
+    "imagereward-clipped": "ImageReward.pt",
+    "aesthetic": "sac+logos+ava1-l14-linearMSE.pth",
 }
 
 
@@ -46,8 +49,29 @@ def _load_clipscore(weights: str) -> nn.Module:
     return load_hf_clip_reward(weights, "clipscore")
 
 
+def _load_imagereward(weights: str) -> nn.Module:
+    from rglcd.rewards.blip import load_imagereward
+
+    return load_imagereward(weights)
+
+
+def _load_imagereward_clipped(weights: str) -> nn.Module:
+    from rglcd.rewards.blip import RG_LCD_CLIP_AT, load_imagereward
+
+    return load_imagereward(weights, clip_at=RG_LCD_CLIP_AT)
+
+
+def _load_aesthetic(weights: str) -> nn.Module:
+    from rglcd.rewards.aesthetic import load_aesthetic
+
+    return load_aesthetic(weights)
+
+
 LOADERS: dict[str, Callable[[str], nn.Module]] = {"emoji": _load_emoji, "hpsv2.1": _load_hps,
-                                                  "pickscore": _load_pickscore, "clipscore": _load_clipscore}
+                                                  "pickscore": _load_pickscore, "clipscore": _load_clipscore,
+                                                  "imagereward": _load_imagereward,
+                                                  "imagereward-clipped": _load_imagereward_clipped,
+                                                  "aesthetic": _load_aesthetic}
 
 
 class RewardMix(nn.Module):

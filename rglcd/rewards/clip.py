@@ -81,6 +81,24 @@ def open_clip_to_hf(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     return out
 
 
+def checkpoint_file(weights: str, filename: str, missing: str) -> Path:
+    """`weights` if it is a file, else `weights/filename`; a ModelLoadError `missing.format(path=...)` if absent."""
+    path = Path(weights).expanduser()
+    if path.is_dir():
+        path = path / filename
+    if not path.is_file():
+        raise ModelLoadError(missing.format(path=path))
+    return path
+
+
+def load_every_tensor(model: nn.Module, state_dict: dict[str, torch.Tensor], mismatch: str) -> None:
+    """Load a converted state dict that must fill every tensor of `model` (position_ids buffers aside) and no more."""
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    missing = [k for k in missing if not k.endswith("position_ids")]
+    if missing or unexpected:
+        raise ModelLoadError(f"{mismatch}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
 def _features(out: Any) -> torch.Tensor:
     """Projected features from get_*_features: a tensor in transformers 4, an output's pooler_output in 5."""
     return out if isinstance(out, torch.Tensor) else out.pooler_output
@@ -135,20 +153,13 @@ def load_hps(weights: str, base: str = VIT_H_14) -> ClipReward:
     """HPSv2.1: the ViT-H-14 architecture and tokenizer of `base` with the weights of `HPS_v2.1_compressed.pt`."""
     from transformers import AutoTokenizer, CLIPConfig, CLIPModel
 
-    path = Path(weights)
-    if path.is_dir():
-        path = path / HPS_FILE
-    if not path.is_file():
-        raise ModelLoadError(f"HPSv2.1 weights not found at {path}: download {HPS_FILE} from the hub repo {HPS_REPO} "
-                             f"and pass its path (plus the {VIT_H_14} config/tokenizer, cached or as a folder)")
+    path = checkpoint_file(weights, HPS_FILE, f"HPSv2.1 weights not found at {{path}}: download {HPS_FILE} from the hub "
+                           f"repo {HPS_REPO} and pass its path (plus the {VIT_H_14} config/tokenizer, cached or as a folder)")
     src = resolve_source(base, None)
     config = from_pretrained(CLIPConfig, src, "HPSv2.1 architecture (CLIP ViT-H-14 config)")
     tokenizer = from_pretrained(AutoTokenizer, src, "HPSv2.1 tokenizer")
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     state = ckpt.get("state_dict", ckpt)
     model = CLIPModel(config)
-    missing, unexpected = model.load_state_dict(open_clip_to_hf(state), strict=False)
-    missing = [k for k in missing if not k.endswith("position_ids")]
-    if missing or unexpected:
-        raise ModelLoadError(f"{path} does not fit {base}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    load_every_tensor(model, open_clip_to_hf(state), f"{path} does not fit {base}")
     return ClipReward(model, tokenizer, "hps")
