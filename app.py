@@ -22,14 +22,15 @@ def main() -> None:
                         "127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="port (gradio default: GRADIO_SERVER_PORT or 7860)")
     parser.add_argument("--concurrency", type=int, default=2, help="comparisons running at the same time")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda when there is one, else cpu)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
     args = parser.parse_args()
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    build_app(Engine(args.family), concurrency=args.concurrency).launch(server_name=args.host,
-                                                                        server_port=args.port)
+    app = build_app(Engine(args.family, device=args.device), concurrency=args.concurrency)
+    app.launch(server_name=args.host, server_port=args.port)
 
 
 if __name__ == "__main__":

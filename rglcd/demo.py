@@ -192,18 +192,22 @@ def reward_names(family: Family) -> list[str]:
 
 
 class Engine:
-    """Loads a family lazily, once, and keeps it loaded; runs and scores its members for the app and the bench.
+    """Loads a family lazily, once, and keeps it loaded on `device` (default: CUDA when there is one); runs and
+    scores its members for the app and the bench.
 
-    Thread-safe: loading happens under one lock; runs of the same member are serialised (the UNet call counter is
-    per run), different members may run at the same time.
+    Thread-safe: loading happens under one lock, sampling and scoring under another (the members share a tokenizer,
+    which is not safe to call from two threads at once, and the UNet call counter counts one run), so concurrent
+    requests interleave column by column.
     """
 
-    def __init__(self, family: str, columns: Sequence[str] = COLUMNS, rewards: Sequence[str] | None = None) -> None:
+    def __init__(self, family: str, columns: Sequence[str] = COLUMNS, rewards: Sequence[str] | None = None,
+                 device: str | None = None) -> None:
         self.family_name = family
         self.columns = tuple(columns)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self._reward_names = rewards
         self._lock = threading.RLock()
-        self._run_locks = {column: threading.Lock() for column in self.columns}
+        self._compute = threading.Lock()
         self._family: Family | None = None
         self._rewards: dict[str, nn.Module | str] | None = None
 
@@ -216,8 +220,9 @@ class Engine:
             if self._family is None:
                 try:
                     family = load_family(self.family_name)
-                    for part in ("tokenizer", "text_encoder", "vae", "scheduler_config"):
-                        getattr(family, part)
+                    _ = family.tokenizer, family.scheduler_config  # load now: a missing part fails here, once
+                    family.text_encoder.to(self.device)
+                    family.vae.to(self.device)
                 except ModelLoadError as err:
                     raise ModelLoadError(f"the model family '{self.family_name}' cannot be loaded: {err}") from err
                 self._family = family
@@ -226,7 +231,8 @@ class Engine:
     def check(self, settings: Settings) -> None:
         """Raise InputError if the prompt is longer than the family's text encoder reads (loads the family)."""
         tokenizer = self.family().tokenizer
-        n, limit = count_tokens(tokenizer, settings.prompt), tokenizer.model_max_length
+        with self._compute:
+            n, limit = count_tokens(tokenizer, settings.prompt), tokenizer.model_max_length
         if n > limit:
             raise InputError(f"the prompt is too long: {n} tokens, the {self.family_name} text encoder reads at most "
                              f"{limit}")
@@ -240,7 +246,8 @@ class Engine:
                 self._rewards = {}
                 for name in self._reward_names or reward_names(family):
                     try:
-                        self._rewards[name] = family.reward() if [name] == own else _registry_reward(name)
+                        reward = family.reward() if [name] == own else _registry_reward(name)
+                        self._rewards[name] = reward.to(self.device)
                     except Exception as err:  # noqa: BLE001 (absent weights, missing package: shown as unavailable)
                         self._rewards[name] = f"{type(err).__name__}: {err}"
             return self._rewards
@@ -259,7 +266,7 @@ class Engine:
     def _load_unet(self, column: str) -> tuple[nn.Module, float]:
         with self._lock:
             t0 = time.perf_counter()
-            unet = self.family().unet(column)
+            unet = self.family().unet(column).to(self.device)
             return unet, time.perf_counter() - t0
 
     @torch.no_grad()
@@ -271,7 +278,8 @@ class Engine:
             if isinstance(reward, str):
                 unavailable[name] = reward
             else:
-                scores[name] = [round(float(s), 3) for s in reward(images, [prompt] * len(images))]
+                values = reward(images.to(self.device), [prompt] * len(images))
+                scores[name] = [round(float(v), 3) for v in values]
         return scores, unavailable, time.perf_counter() - t0
 
     def run(self, column: str, settings: Settings) -> ColumnResult:
@@ -284,11 +292,12 @@ class Engine:
             return ColumnResult(column, "unavailable", str(err))
         req = settings.request(kind)
         try:
-            with self._run_locks.setdefault(column, threading.Lock()), count_unet_evaluations(unet) as calls:
-                t0 = time.perf_counter()
-                images = generate(self.family(), column, req)
-                seconds = time.perf_counter() - t0
-            scores, unavailable, reward_seconds = self.score(images, settings.prompt)
+            with self._compute:
+                with count_unet_evaluations(unet) as calls:
+                    t0 = time.perf_counter()
+                    images = generate(self.family(), column, req)
+                    seconds = time.perf_counter() - t0
+                scores, unavailable, reward_seconds = self.score(images, settings.prompt)
         except ModelLoadError as err:
             return ColumnResult(column, "unavailable", str(err), kind)
         except InputError as err:
