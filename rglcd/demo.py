@@ -356,6 +356,12 @@ def example_prompts(family: str, per_file: int = 4) -> list[str]:
     return out or list(GENERIC_EXAMPLES)
 
 
+def user_message(err: Exception) -> str:
+    """What the page says about a failure: the message itself for bad input or a family that cannot load, the type
+    and message for anything unexpected."""
+    return str(err) if isinstance(err, (InputError, ModelLoadError)) else f"unexpected {type(err).__name__}: {err}"
+
+
 def page_outputs(columns: Sequence[str], results: dict[str, ColumnResult], files: dict[str, list[str]], status: str,
                  summary: dict[str, Any], pending: str = "") -> tuple:
     """The page's outputs in order: one list of PNG paths per column, one caption per column, the status line, the
@@ -375,11 +381,8 @@ def compare_page(engine: Engine, prompt: Any, student_steps: Any = 4, teacher_st
         settings = parse_settings(prompt, student_steps, teacher_steps, student_guidance, teacher_guidance, seed,
                                   num_images)
         engine.check(settings)
-    except (InputError, ModelLoadError) as err:
-        yield page_outputs(columns, {}, {}, f"**Cannot compare:** {err}", {"error": str(err)})
-        return
     except Exception as err:  # noqa: BLE001 (never a traceback in the page)
-        message = f"unexpected {type(err).__name__}: {err}"
+        message = user_message(err)
         yield page_outputs(columns, {}, {}, f"**Cannot compare:** {message}", {"error": message})
         return
     results: dict[str, ColumnResult] = {}
@@ -408,10 +411,8 @@ def reward_plot_page(engine: Engine, prompt: Any, student_guidance: Any = 5.0, s
         settings = parse_settings(prompt, student_guidance=student_guidance, seed=seed, num_images=num_images)
         engine.check(settings)
         rows = engine.reward_vs_steps(settings)
-    except (InputError, ModelLoadError) as err:
-        return empty, f"**Cannot plot:** {err}"
     except Exception as err:  # noqa: BLE001 (never a traceback in the page)
-        return empty, f"**Cannot plot:** unexpected {type(err).__name__}: {err}"
+        return empty, f"**Cannot plot:** {user_message(err)}"
     if not rows:
         return empty, "No student is available to plot."
     return pd.DataFrame(rows), f"Reward ({rows[0]['reward_name']}) of each student at 1-{STUDENT_STEPS[1]} steps."

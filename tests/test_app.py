@@ -93,12 +93,12 @@ def test_missing_member_kind_or_reward_is_unavailable(four_family: Path, tmp_pat
     spec["members"] = {"teacher": spec["members"]["teacher"],
                        "mlcm": dict(spec["members"]["lcm"], kind="not-a-kind")}
     (tmp_path / "family.json").write_text(json.dumps(spec))
-    engine = Engine(str(tmp_path / "family.json"), rewards=("emoji", "imagereward"))
+    engine = Engine(str(tmp_path / "family.json"), rewards=("emoji", "no-such-reward"))
     results = {r.column: r for r in engine.compare(parse_settings("cat", **FAST))}
     assert [results[c].status for c in COLUMNS] == ["ok", "unavailable", "unavailable", "unavailable"]
     assert "has no model 'rg-lcm'" in results["rg-lcm"].message and "not-a-kind" in results["mlcm"].message
-    assert results["teacher"].scores["emoji"] and "imagereward" in results["teacher"].unavailable_rewards
-    assert "**imagereward** unavailable" in results["teacher"].caption()
+    assert results["teacher"].scores["emoji"] and "no-such-reward" in results["teacher"].unavailable_rewards
+    assert "**no-such-reward** unavailable" in results["teacher"].caption()
     assert results["lcm"].caption().startswith("**unavailable**")
 
 
