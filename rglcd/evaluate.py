@@ -22,7 +22,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
@@ -294,10 +294,6 @@ class Run:
     steps: int
     guidance: float
 
-    @property
-    def label(self) -> str:
-        return f"{self.model} {self.steps}"
-
 
 def plan_runs(family: Any, cfg: EvalConfig) -> list[Run]:
     """The (model, steps) grid, checked: unknown members fail (or are skipped with a warning under
@@ -320,8 +316,21 @@ def plan_runs(family: Any, cfg: EvalConfig) -> list[Run]:
     return runs
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+HASH_LIMIT = 256 * 2**20  # larger weight files are identified by size and mtime instead of content
+
+
+def file_identity(path: Path) -> str:
+    """sha1 of a file's content, or 'size:mtime' for files over HASH_LIMIT (a hub-size UNet)."""
+    stat = path.stat()
+    if stat.st_size > HASH_LIMIT:
+        return f"{stat.st_size}:{stat.st_mtime_ns}"
+    return hashlib.sha1(path.read_bytes()).hexdigest()
+
+
 def member_fingerprint(family: Any, model: str) -> str:
-    """The member's family entry plus name, size and mtime of its local weight files (a re-export changes it)."""
+    """The member's family entry plus the identity of its local config and weight files (a re-export changes it;
+    model cards and metrics files do not)."""
     from rglcd.models import resolve_source
 
     entry = family.member(model)
@@ -330,8 +339,9 @@ def member_fingerprint(family: Any, model: str) -> str:
         if key in entry:
             src = resolve_source(entry[key], family.root)
             if src.is_local:
-                files += [(p.name, p.stat().st_size, p.stat().st_mtime_ns)
-                          for p in sorted(Path(src.location, src.subfolder or "").glob("*")) if p.is_file()]
+                folder = Path(src.location, src.subfolder or "")
+                files += [(p.name, file_identity(p)) for p in sorted(folder.glob("*"))
+                          if p.suffix in WEIGHT_SUFFIXES or p.name == "config.json"]
     return json.dumps([entry, files], sort_keys=True, default=str)
 
 
@@ -340,7 +350,7 @@ def digest(*parts: Any) -> str:
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def cached(path: Path, compute: Any) -> dict[str, Any]:
+def cached(path: Path, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """`torch.load(path)` if it exists, else `compute()` saved there atomically."""
     if path.is_file():
         return torch.load(path)

@@ -1,0 +1,111 @@
+"""Per-image sampling latency of each student at 1, 2, 4, 8 steps against the teacher at 25 and 50 steps with
+classifier-free guidance, as speed-up ratios (teacher seconds per image / student seconds per image).
+
+    python bench/sampling_latency.py --family emoji-64 --threads 1                     # the embedded family, CPU
+    python bench/sampling_latency.py --full-size sd21-768 --device cuda --dtype bf16   # random SD2.1 shapes, GPU
+    python bench/sampling_latency.py --full-size sd21-512 --device cuda --dtype bf16
+
+Each point is the median of `--repeats` timed pipeline calls of `--batch-size` images after one warm-up call
+(text encoding and VAE decoding included for families; full-size shapes take random text states, so the text
+encoder is not timed there). Writes bench/results/sampling-latency-<family or shape>-<device>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import full_size  # noqa: E402
+from report import write_report  # noqa: E402
+
+from rglcd.evaluate import count_unet_evals, image_generators  # noqa: E402
+
+
+def time_pipeline(pipe: Any, steps: int, guidance: float, batch: int, repeats: int, device: str,
+                  **inputs: Any) -> dict[str, float]:
+    """Median seconds per image over `repeats` calls of `batch` images, and UNet evaluations per image."""
+    kwargs = dict(num_inference_steps=steps, guidance_scale=guidance, output_type="pt", **inputs)
+    pipe(generator=image_generators(0, 0, batch), **kwargs)  # warm-up (allocations, kernel selection)
+    times = []
+    with count_unet_evals(pipe.unet) as counts:
+        for r in range(repeats):
+            full_size.synchronize(device)
+            t0 = time.perf_counter()
+            pipe(generator=image_generators(r + 1, 0, batch), **kwargs)
+            full_size.synchronize(device)
+            times.append((time.perf_counter() - t0) / batch)
+    return {"seconds_per_image": statistics.median(times), "runs_s_per_image": [round(t, 5) for t in times],
+            "nfe": counts.samples / (batch * repeats)}
+
+
+def family_setups(family_name: str, batch: int) -> tuple[dict[str, Any], dict[str, str], dict[str, Any]]:
+    """({member: pipeline}, {member: kind}, pipeline inputs) of a model family, prompts from the held-out set."""
+    from rglcd.data.prompts import load_prompt_set
+    from rglcd.models import load_family
+
+    family = load_family(family_name)
+    prompts = load_prompt_set("heldout", limit=batch).prompts
+    kinds = {m: family.member(m).get("kind", m) for m in family.members}
+    return {m: family.pipeline(m) for m in kinds}, kinds, {"prompt": prompts}
+
+
+def full_size_setups(shape_name: str, batch: int, device: str, dtype: torch.dtype
+                     ) -> tuple[dict[str, Any], dict[str, str], dict[str, Any]]:
+    """The same for random-weight full-size pipelines (teacher and LCM)."""
+    shape = full_size.SHAPES[shape_name]
+    pipes = full_size.build_pipelines(shape, device, dtype)
+    states = full_size.text_states(shape, batch, device, dtype)
+    return pipes, {"teacher": "teacher", "lcm": "lcm"}, {"prompt_embeds": states,
+                                                          "negative_prompt_embeds": torch.zeros_like(states)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", default="emoji-64")
+    parser.add_argument("--full-size", choices=sorted(full_size.SHAPES), default=None,
+                        help="random-weight SD2.1-shaped models instead of a family")
+    parser.add_argument("--student-steps", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--teacher-steps", type=int, nargs="+", default=[25, 50])
+    parser.add_argument("--guidance-scale", type=float, default=5.0, help="teacher CFG and student w-embedding")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=sorted(full_size.DTYPES), default="fp32")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", default=None, help="JSON path (default bench/results/sampling-latency-*.json)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = full_size.DTYPES[args.dtype]
+    with torch.no_grad():
+        if args.full_size:
+            pipes, kinds, inputs = full_size_setups(args.full_size, args.batch_size, args.device, dtype)
+        else:
+            pipes, kinds, inputs = family_setups(args.family, args.batch_size)
+            pipes = {m: p.to(args.device, dtype) for m, p in pipes.items()}
+        timings: dict[str, dict[str, dict[str, float]]] = {}
+        for member, pipe in pipes.items():
+            is_teacher = kinds[member] == "teacher"
+            member_inputs = inputs if is_teacher else {k: v for k, v in inputs.items() if k != "negative_prompt_embeds"}
+            timings[member] = {str(steps): time_pipeline(pipe, steps, args.guidance_scale, args.batch_size,
+                                                         args.repeats, args.device, **member_inputs)
+                               for steps in (args.teacher_steps if is_teacher else args.student_steps)}
+            print(member, {k: round(v["seconds_per_image"], 4) for k, v in timings[member].items()}, flush=True)
+    teachers = [m for m in timings if kinds[m] == "teacher"]
+    speedups = {f"{t} {ts} / {s} {ss}": round(tv["seconds_per_image"] / sv["seconds_per_image"], 2)
+                for t in teachers for ts, tv in timings[t].items()
+                for s in timings if s not in teachers for ss, sv in timings[s].items()}
+    write_report("sampling-latency", args, batch_size=args.batch_size, repeats=args.repeats,
+                 guidance_scale=args.guidance_scale, timings=timings, speedup=speedups)
+
+if __name__ == "__main__":
+    main()
