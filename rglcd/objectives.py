@@ -70,7 +70,8 @@ class LCDLoss:
                  uncond_context: torch.Tensor, noise: torch.Tensor, draw: dict[str, torch.Tensor],
                  states: tuple[torch.Tensor, torch.Tensor] | None = None
                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Per-sample loss (B,) and {'student_x0': clean estimate of the student} (for reward guidance).
+        """Per-sample loss (B,) and {'student_x0': the student's clean estimate (for reward guidance), 'target':
+        the target network's output (no grad)}.
 
         `states` = (z_{t_{n+k}}, z_{t_n}) taken from the teacher's own sampling trajectories replaces noising the
         data `latents` and the teacher step (then `latents`, `noise` and `teacher` are not used).
@@ -90,7 +91,7 @@ class LCDLoss:
         with torch.no_grad():
             f_target = self.output(target(z_end, end, context, w_emb), z_end, end, draw)
         loss = consistency_distance(f_student, f_target, self.loss_type, self.huber_c)
-        return loss, {"student_x0": consistency_output(out, z_start, start, ac, pt)}
+        return loss, {"student_x0": consistency_output(out, z_start, start, ac, pt), "target": f_target}
 
 
 @dataclass

@@ -107,3 +107,35 @@ def test_reward_guidance_is_differentiable_through_the_vae(tiny_emoji_family):
     assert rewards.shape == (2,)
     rewards.sum().backward()
     assert x0.grad is not None and x0.grad.abs().sum() > 0
+
+
+def test_proxy_rm_trains_checkpoints_resumes_and_exports(family_with_teacher, tmp_path):
+    from rglcd.rewards.proxy import LatentProxyReward
+
+    root = family_with_teacher
+    kw = dict(method="rg-lcd", reward_scale=0.5, proxy_rm=True, proxy_lr=1e-3)
+    full = train_distill(_cfg(root, tmp_path / "full", export_dir=str(tmp_path / "export"), **kw))
+    assert {"proxy_loss", "proxy_agreement", "expert_reward", "reward"} <= set(full)
+    train_distill(_cfg(root, tmp_path / "cut", export_dir=None, stop_at=3, **kw))
+    resumed = train_distill(_cfg(root, tmp_path / "cut", export_dir=None, **kw))
+    assert resumed["loss"] == full["loss"] and resumed["proxy_loss"] == full["proxy_loss"]
+    proxy = LatentProxyReward.from_pretrained(tmp_path / "export" / "proxy-rm")
+    assert proxy(torch.randn(2, 4, 16, 16), torch.randn(2, 5, 384)).shape == (2,)
+    warm = train_distill(_cfg(root, tmp_path / "warm", export_dir=None, max_steps=1,
+                              proxy_weights=str(tmp_path / "export" / "proxy-rm"), **kw))
+    assert warm["proxy_loss"] >= 0
+    with pytest.raises(ValueError, match="proxy-rm needs a reward"):
+        train_distill(_cfg(root, tmp_path / "bad", proxy_rm=True))
+
+
+def test_preference_loss_definitions():
+    from rglcd.rewards.proxy import preference_loss
+
+    expert = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    proxy = torch.tensor([[0.0, 0.0], [0.0, 2.0]])
+    p0 = torch.softmax(expert[0], 0)
+    kl0 = (p0 * (p0.log() - torch.log(torch.tensor([0.5, 0.5])))).sum()
+    kl = preference_loss(proxy, expert, "kl")
+    assert torch.allclose(kl[0], kl0) and torch.allclose(kl[1], torch.tensor(0.0), atol=1e-6)
+    ce = preference_loss(proxy, expert, "ce")
+    assert torch.allclose(ce, torch.tensor([0.6931472, torch.log1p(torch.exp(torch.tensor(-2.0))).item()]))

@@ -124,3 +124,37 @@ def test_scheduler_in_diffusers_pipelines(family_with_teacher):
     sd = family.pipeline("teacher", kind="mlcm")  # no guidance embedding: the LoRA-student path
     assert type(sd).__name__ == "StableDiffusionPipeline" and isinstance(sd.scheduler, MLCMScheduler)
     assert sd(["a cat"], num_inference_steps=2, guidance_scale=1, output_type="pt").images.shape[0] == 1
+
+
+def test_mlcm_trains_on_trajectories_resumes_and_exports(family_with_teacher, tmp_path, monkeypatch):
+    import rglcd.data.trajectories as traj
+    from rglcd.data.emoji import cache_dir
+    from rglcd.models import load_family
+    from rglcd.sampling import Request, generate
+    from rglcd.training.distill import DistillConfig, segments_at, train_distill
+
+    root = family_with_teacher
+    written = []
+    real = traj.sample_trajectories
+    monkeypatch.setattr(traj, "sample_trajectories", lambda *a: written.append(1) or real(*a))
+
+    def cfg(out, **kw):
+        base = dict(method="mlcm", family=str(root), output_dir=str(tmp_path / out), member="mlcm",
+                    export_dir=str(root / "mlcm"), batch_size=4, max_steps=6, warmup_steps=1, checkpoint_every=2,
+                    eval_every=6, eval_steps=2, limit_concepts=16, progressive=(4, 2, 1), trajectory_data=6,
+                    trajectory_batch=4)
+        return DistillConfig(**(base | kw))
+
+    assert [segments_at(cfg("x"), s) for s in range(6)] == [4, 4, 2, 2, 1, 1]
+    full = train_distill(cfg("full", export_dir=str(tmp_path / "full-export")))
+    assert len(written) == 2  # 6 trajectories in batches of 4
+    assert len(list((cache_dir() / "trajectories").glob("*/*/shard-*.pt"))) == 1
+    cut = train_distill(cfg("cut", stop_at=3))
+    assert cut["segments"] == 2
+    resumed = train_distill(cfg("cut"))
+    assert len(written) == 2, "the trajectory set is written once and reused"
+    assert resumed["loss"] == full["loss"] and resumed["segments"] == 1
+    family = load_family(str(root))
+    assert family.member("mlcm") == {"unet": "mlcm", "kind": "mlcm"}
+    for steps in (2, 3):
+        assert generate(family, "mlcm", Request("red apple", steps=steps, guidance_scale=3)).shape == (1, 3, 64, 64)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import set_seed
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 
@@ -26,6 +27,7 @@ from rglcd.data.trajectories import TrajectorySpec, teacher_trajectories, weight
 from rglcd.evaluate import evaluate_prompt_following
 from rglcd.models import load_family, register_member
 from rglcd.objectives import LCDLoss, MLCMLoss, RewardGuidance
+from rglcd.rewards.proxy import LatentProxyReward, preference_loss
 from rglcd.training.checkpoints import StepCounter, step_generator
 from rglcd.training.loop import run_training
 
@@ -65,6 +67,11 @@ class DistillConfig:
     gradient_checkpointing: bool = False
     reward: str | None = None  # rg-lcd: registry name or mix ("hpsv2.1=1,imagereward=0.1"); None: the family's
     reward_scale: float = 1.0  # beta: loss = LCD - beta * R(decode(student one-step prediction))
+    proxy_rm: bool = False  # maximise a latent proxy reward model trained online on the expert's preferences
+    proxy_lr: float = 1e-4
+    proxy_loss: str = "kl"  # kl | ce, over {student prediction, target prediction, data latent}
+    proxy_temperature: float = 1.0  # of the expert's preference softmax
+    proxy_weights: str | None = None  # a pretrained proxy (folder of LatentProxyReward.save_pretrained)
     segments: int = 8  # mlcm: segments of the trajectory (one segment is lcd)
     progressive: tuple[int, ...] | None = None  # mlcm: segments per stage, equal stages, e.g. (8, 4, 2)
     trajectory_data: int = 0  # mlcm: train on this many cached teacher trajectories (0: noised data latents)
@@ -115,6 +122,7 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
                                              mixed_precision=cfg.mixed_precision,
                                              gradient_accumulation_steps=cfg.gradient_accumulation_steps)
     accelerator.init_trackers("distill", config={k: str(v) for k, v in asdict(cfg).items()})
+    set_seed(cfg.seed)  # initialisations (LoRA, proxy RM) repeat across fresh runs
     family = load_family(cfg.family)
     data = emoji_training_tensors(family, cfg.include_flags, cfg.limit_concepts)
     teacher = family.unet(cfg.teacher)
@@ -148,6 +156,14 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
     optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=0.0)
     lr_scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=cfg.warmup_steps)
     student, optimizer, lr_scheduler = accelerator.prepare(student, optimizer, lr_scheduler)
+    proxy = proxy_optimizer = None
+    if cfg.proxy_rm:
+        if guidance is None:
+            raise ValueError("--proxy-rm needs a reward: --method rg-lcd, or --method mlcm with --reward")
+        proxy = LatentProxyReward.from_pretrained(cfg.proxy_weights) if cfg.proxy_weights else LatentProxyReward(
+            data["latents"].shape[1], data["context"].shape[-1])
+        proxy_optimizer = torch.optim.AdamW(proxy.parameters(), lr=cfg.proxy_lr, weight_decay=0.0)
+        proxy, proxy_optimizer = accelerator.prepare(proxy, proxy_optimizer)
     counter = StepCounter()
     accelerator.register_for_checkpointing(counter)
     rank, device = accelerator.process_index, accelerator.device
@@ -184,9 +200,30 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
     reward = None
     kind = "mlcm" if cfg.method == "mlcm" else "lcm"
 
+    def train_proxy(aux: dict[str, torch.Tensor], z0: torch.Tensor | None, ctx: torch.Tensor, texts: list[str]
+                    ) -> dict[str, float]:
+        """One proxy-RM step on the candidates {student prediction, target prediction, data latent} of each prompt:
+        the expert scores their decodes (no grad), the proxy learns its preferences (`preference_loss`)."""
+        cands = [aux["student_x0"].detach(), aux["target"].to(aux["student_x0"].dtype)] + (
+            [z0] if z0 is not None else [])
+        b, k = len(texts), len(cands)
+        flat = torch.stack(cands, 1).flatten(0, 1)
+        with torch.no_grad():
+            expert = guidance(flat, [t for t in texts for _ in range(k)]).view(b, k).float()
+        scores = proxy(flat, ctx.repeat_interleave(k, 0)).view(b, k)
+        proxy_loss = preference_loss(scores, expert, cfg.proxy_loss, cfg.proxy_temperature).mean()
+        proxy_optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(proxy_loss)
+        proxy_optimizer.step()
+        proxy_optimizer.zero_grad(set_to_none=True)
+        agree = (scores.argmax(-1) == expert.argmax(-1)).float().mean()
+        return {"proxy_loss": proxy_loss.item(), "proxy_agreement": agree.item(),
+                "expert_reward": expert[:, 0].mean().item()}
+
     def train_step(step: int) -> dict[str, float]:
         """One optimiser step over `gradient_accumulation_steps` micro-batches of `batch_size` per process."""
         total = reward_sum = 0.0
+        proxy_stats: dict[str, float] = {}
         if isinstance(loss_fn, MLCMLoss):
             loss_fn.num_segments = segments_at(cfg, step)
         for micro in range(cfg.gradient_accumulation_steps):
@@ -207,7 +244,7 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
                 loss, aux = loss_fn(call(student), teacher_net, target_net, z0, ctx, uncond, noise, draw, states)
                 loss = loss.mean()
                 if guidance is not None:
-                    rewards = guidance(aux["student_x0"], texts)
+                    rewards = guidance(aux["student_x0"], texts) if proxy is None else proxy(aux["student_x0"], ctx)
                     loss = loss - cfg.reward_scale * rewards.mean()
                     reward_sum += rewards.mean().item() / cfg.gradient_accumulation_steps
                 accelerator.backward(loss)
@@ -217,6 +254,9 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
                 lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             total += loss.item() / cfg.gradient_accumulation_steps
+            if proxy is not None:
+                for k, v in train_proxy(aux, z0, ctx, texts).items():
+                    proxy_stats[k] = proxy_stats.get(k, 0.0) + v / cfg.gradient_accumulation_steps
         if target is not None:
             with torch.no_grad():
                 for p_t, p in zip(target.parameters(), online.parameters()):
@@ -227,7 +267,7 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
             out["reward"] = reward_sum
         if isinstance(loss_fn, MLCMLoss):
             out["segments"] = loss_fn.num_segments
-        return out
+        return out | proxy_stats
 
     def evaluate(step: int) -> dict[str, float]:
         nonlocal reward
@@ -245,6 +285,8 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
             save_lora(online, export)
         else:
             target.save_pretrained(export)
+        if proxy is not None:
+            accelerator.unwrap_model(proxy).save_pretrained(export / "proxy-rm")
         metrics.update(steps=counter.step, concepts=len(data["latents"]))
         (export / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         if family.root is not None:
