@@ -102,7 +102,8 @@ def blip_score(sd: dict, pixels: torch.Tensor, ids: torch.Tensor, mask: torch.Te
     h = norm(emb, bert + "embeddings.LayerNorm", 1e-12)
     for i in range(2):
         b = f"{bert}encoder.layer.{i}."
-        for part, source, attend_to in (("attention", None, mask[:, None, None].bool()), ("crossattention", image, None)):
+        real_tokens = mask[:, None, None].bool()
+        for part, source, attend_to in (("attention", None, real_tokens), ("crossattention", image, None)):
             src = h if source is None else source
             a = attend(lin(h, f"{b}{part}.self.query"), lin(src, f"{b}{part}.self.key"),
                        lin(src, f"{b}{part}.self.value"), attend_to)

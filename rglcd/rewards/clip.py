@@ -153,8 +153,9 @@ def load_hps(weights: str, base: str = VIT_H_14) -> ClipReward:
     """HPSv2.1: the ViT-H-14 architecture and tokenizer of `base` with the weights of `HPS_v2.1_compressed.pt`."""
     from transformers import AutoTokenizer, CLIPConfig, CLIPModel
 
-    path = checkpoint_file(weights, HPS_FILE, f"HPSv2.1 weights not found at {{path}}: download {HPS_FILE} from the hub "
-                           f"repo {HPS_REPO} and pass its path (plus the {VIT_H_14} config/tokenizer, cached or as a folder)")
+    path = checkpoint_file(weights, HPS_FILE, f"HPSv2.1 weights not found at {{path}}: download {HPS_FILE} from the "
+                           f"hub repo {HPS_REPO} and pass its path (plus the {VIT_H_14} config/tokenizer, cached or "
+                           f"as a folder)")
     src = resolve_source(base, None)
     config = from_pretrained(CLIPConfig, src, "HPSv2.1 architecture (CLIP ViT-H-14 config)")
     tokenizer = from_pretrained(AutoTokenizer, src, "HPSv2.1 tokenizer")
