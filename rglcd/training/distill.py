@@ -22,7 +22,8 @@ from accelerate.utils import set_seed
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 
-from rglcd.data.emoji import cache_dir, emoji_training_tensors, eval_prompt_sets, sample_caption_batch
+from rglcd.data.batches import EncodedBatches, training_batches
+from rglcd.data.emoji import cache_dir, eval_prompt_sets
 from rglcd.data.trajectories import TrajectorySpec, teacher_trajectories, weights_digest
 from rglcd.evaluate import evaluate_prompt_following
 from rglcd.models import load_family, register_member
@@ -53,12 +54,15 @@ class DistillConfig:
     huber_c: float = 0.001
     cfg_dropout: float = 0.0
     checkpoint_every: int = 250
-    eval_every: int = 500
+    eval_every: int = 500  # 0: no validation (grids + prompt following on the emoji evaluation prompts)
     eval_steps: int = 4
     eval_guidance: float = 5.0
     seed: int = 0
     resume: str | None = "latest"
     stop_at: int | None = None
+    data: str = "emoji"  # 'emoji', a webdataset shard pattern ('shards/{00000..00099}.tar') or an image folder
+    resolution: int | None = None  # training image size for shard / folder data (default: the family's)
+    cache_latents: bool = False  # encode shard / folder data once into a cache of latents and text states
     include_flags: bool = False
     limit_concepts: int | None = None
     gradient_accumulation_steps: int = 1  # micro-batches per optimiser step (a step counts optimiser steps)
@@ -124,7 +128,8 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
     accelerator.init_trackers("distill", config={k: str(v) for k, v in asdict(cfg).items()})
     set_seed(cfg.seed)  # initialisations (LoRA, proxy RM) repeat across fresh runs
     family = load_family(cfg.family)
-    data = emoji_training_tensors(family, cfg.include_flags, cfg.limit_concepts)
+    batches = training_batches(cfg.data, family, cfg.resolution, cfg.cache_latents, cfg.include_flags,
+                               cfg.limit_concepts, accelerator.process_index, accelerator.num_processes)
     teacher = family.unet(cfg.teacher)
     prediction_type = family.scheduler_config.get("prediction_type", "epsilon")
     alphas_cumprod = DDPMScheduler.from_config(family.scheduler_config).alphas_cumprod
@@ -161,11 +166,13 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
         if guidance is None:
             raise ValueError("--proxy-rm needs a reward: --method rg-lcd, or --method mlcm with --reward")
         proxy = LatentProxyReward.from_pretrained(cfg.proxy_weights) if cfg.proxy_weights else LatentProxyReward(
-            data["latents"].shape[1], data["context"].shape[-1])
+            batches.latent_shape[0], batches.empty.shape[-1])
         proxy_optimizer = torch.optim.AdamW(proxy.parameters(), lr=cfg.proxy_lr, weight_decay=0.0)
         proxy, proxy_optimizer = accelerator.prepare(proxy, proxy_optimizer)
     counter = StepCounter()
     accelerator.register_for_checkpointing(counter)
+    if isinstance(batches, EncodedBatches):  # a stream's position resumes with the run
+        accelerator.register_for_checkpointing(batches)
     rank, device = accelerator.process_index, accelerator.device
     if target is not None:
         accelerator.register_for_checkpointing(target)
@@ -187,14 +194,16 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
 
     teacher_net = adapters_off if lora else call(teacher)
     target_net = call(student) if lora else call(target)
-    captions = data["captions"]
-    caption_table = data["context"].flatten(0, 1)  # (concepts * templates, L, D), the order of `captions`
     trajectories = None
     if cfg.trajectory_data > 0:
+        if not hasattr(batches, "captions"):
+            raise ValueError("--trajectory-data draws prompts from a caption table: use the emoji data or "
+                             "--cache-latents")
+        captions, caption_table = batches.captions, batches.caption_states  # (P,) texts and (P,L,D) states
         spec = TrajectorySpec(weights_digest(teacher), cfg.trajectory_data, cfg.num_ddim_timesteps, cfg.w_min,
                               cfg.w_max, cfg.seed, len(captions))
         trajectories = teacher_trajectories(cache_dir() / "trajectories" / family.name, spec, teacher_net,
-                                            caption_table, data["empty"], tuple(data["latents"].shape[1:]),
+                                            caption_table, batches.empty, batches.latent_shape,
                                             loss_fn.grid, loss_fn.teacher_step, cfg.trajectory_batch, accelerator)
 
     reward = None
@@ -231,14 +240,14 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
             draw = loss_fn.draw(cfg.batch_size, g)
             z0 = noise = states = None
             if trajectories is None:
-                z0, ctx, texts = sample_caption_batch(data, cfg.batch_size, g, cfg.cfg_dropout)
+                z0, ctx, texts = batches.batch(cfg.batch_size, g, cfg.cfg_dropout)
                 noise = torch.randn(z0.shape, generator=g)
                 z0, noise = z0.to(device), noise.to(device)
             else:
                 z_start, z_end, prompt, draw["w"] = trajectories.batch(cfg.batch_size, draw["index"], g)
                 ctx, texts = caption_table[prompt].float(), [captions[i] for i in prompt.tolist()]
                 states = (z_start.to(device), z_end.to(device))
-            uncond = data["empty"].float().expand_as(ctx).to(device)
+            uncond = batches.empty.float().expand_as(ctx).to(device)
             ctx = ctx.to(device)
             with accelerator.accumulate(student), accelerator.autocast():
                 loss, aux = loss_fn(call(student), teacher_net, target_net, z0, ctx, uncond, noise, draw, states)
@@ -277,8 +286,9 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
                                          cfg.eval_guidance, cfg.seed, grid, unet=online if lora else target,
                                          kind=kind)
 
-    metrics = run_training(accelerator, counter, cfg.output_dir, cfg.max_steps, train_step, evaluate,
-                           cfg.resume, cfg.checkpoint_every, cfg.eval_every, stop_at=cfg.stop_at)
+    metrics = run_training(accelerator, counter, cfg.output_dir, cfg.max_steps, train_step,
+                           evaluate if cfg.eval_every > 0 else None, cfg.resume, cfg.checkpoint_every,
+                           max(cfg.eval_every, 1), stop_at=cfg.stop_at)
     if accelerator.is_main_process and cfg.export_dir and counter.step >= cfg.max_steps:
         export = Path(cfg.export_dir)
         if lora:
@@ -287,7 +297,7 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
             target.save_pretrained(export)
         if proxy is not None:
             accelerator.unwrap_model(proxy).save_pretrained(export / "proxy-rm")
-        metrics.update(steps=counter.step, concepts=len(data["latents"]))
+        metrics.update(steps=counter.step, **({"concepts": batches.size} if hasattr(batches, "size") else {}))
         (export / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         if family.root is not None:
             register_member(family.root / "family.json", cfg.member, export, kind=kind,

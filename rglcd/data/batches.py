@@ -1,0 +1,183 @@
+"""Training batches for the distillation trainer from any data source: (latents, text states, captions).
+
+- `emoji`: the embedded family's cached tensors (`rglcd.data.emoji.emoji_training_tensors`).
+- a webdataset shard pattern (`data/{00000..00099}.tar`, CC12M / LAION layout) or an image folder with captions:
+  images and captions are encoded online with the family's VAE and text encoder, or once into a cache of latents
+  and text states (`cache=True`, for data sets that fit on disk).
+
+Every source draws its randomness from the step's generator and keeps its position in `state_dict()` (saved in
+each checkpoint), so a resumed run sees the batches the uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rglcd.data.shards import DataError, iter_shard_samples, list_image_folder, resize_center_crop
+
+Batch = tuple[torch.Tensor, torch.Tensor, list[str]]
+
+
+def drop_captions(ctx: torch.Tensor, texts: list[str], empty: torch.Tensor, p: float, generator: torch.Generator
+                  ) -> tuple[torch.Tensor, list[str]]:
+    """Replace each caption (states (B,L,D) and text) by the empty one with probability `p` (CFG dropout)."""
+    if p <= 0:
+        return ctx, texts
+    drop = torch.rand(len(texts), generator=generator) < p
+    ctx = ctx.clone()
+    ctx[drop] = empty.to(ctx)
+    return ctx, ["" if d else t for d, t in zip(drop.tolist(), texts)]
+
+
+class EmojiBatches:
+    """Random (latent, caption template) pairs of the embedded emoji set."""
+
+    def __init__(self, family: Any, include_flags: bool = False, limit: int | None = None) -> None:
+        from rglcd.data.emoji import emoji_training_tensors
+
+        self.data = emoji_training_tensors(family, include_flags, limit)
+        self.empty = self.data["empty"].float()
+        self.captions: list[str] = self.data["captions"]
+        self.caption_states = self.data["context"].flatten(0, 1)  # (concepts * templates, L, D), order of captions
+        self.latent_shape = tuple(self.data["latents"].shape[1:])
+        self.size = len(self.data["latents"])
+
+    def batch(self, batch_size: int, generator: torch.Generator, cfg_dropout: float = 0.0) -> Batch:
+        from rglcd.data.emoji import sample_caption_batch
+
+        return sample_caption_batch(self.data, batch_size, generator, cfg_dropout)
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class EncodedBatches:
+    """Images + captions of a shard pattern or image folder, encoded with the family's VAE and text encoder.
+
+    Shards stream in order (rank r of P takes samples r, r+P, ...), cycling; the number consumed is the state, and a
+    resume skips that many samples. An image folder is sampled at random. With `cache`, everything is encoded once
+    into a file under `cache_root` and then sampled at random like the emoji set.
+    """
+
+    def __init__(self, spec: str, family: Any, resolution: int, cache: bool = False,
+                 cache_root: Path | None = None, rank: int = 0, world: int = 1, encode_batch: int = 32) -> None:
+        from rglcd.models import encode_prompts
+
+        self.spec, self.family, self.resolution = spec, family, resolution
+        self.rank, self.world, self.encode_batch = rank, world, encode_batch
+        self.folder = Path(spec) if Path(spec).is_dir() else None
+        self.pairs = list_image_folder(self.folder) if self.folder else None
+        self.empty = encode_prompts(family.tokenizer, family.text_encoder, [""])[0].float()
+        self.consumed = 0
+        self._stream: Iterator[tuple[torch.Tensor, str]] | None = None
+        self.cached: dict[str, Any] | None = self._load_or_build_cache(cache_root) if cache else None
+        if self.cached is not None:  # the caption table teacher trajectories draw prompts from
+            self.captions, self.caption_states = self.cached["captions"], self.cached["context"]
+        probe = self._encode([torch.zeros(3, resolution, resolution)], [""])[0]
+        self.latent_shape = tuple(probe.shape[1:])
+
+    def _encode(self, images: list[torch.Tensor], texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        from rglcd.models import encode_latents, encode_prompts
+
+        with torch.no_grad():
+            z = encode_latents(self.family.vae, torch.stack(images), self.encode_batch).float().cpu()
+            ctx = encode_prompts(self.family.tokenizer, self.family.text_encoder, texts).float().cpu()
+        return z, ctx
+
+    def _samples(self) -> Iterator[tuple[torch.Tensor, str]]:
+        """This rank's (image in [-1,1], caption) samples, in order, once."""
+        if self.pairs is not None:
+            it = ((_read_image(p, self.resolution), t) for p, t in self.pairs)
+        else:
+            it = iter_shard_samples(self.spec, self.resolution)
+        return itertools.islice(it, self.rank, None, self.world)
+
+    def _load_or_build_cache(self, cache_root: Path | None) -> dict[str, Any]:
+        from rglcd.data.emoji import cache_dir
+
+        key = hashlib.sha1(f"{Path(self.spec).resolve()}|{self.resolution}|{self.family.name}|{self.rank}/"
+                           f"{self.world}".encode()).hexdigest()[:16]
+        path = (cache_root or cache_dir() / "latents") / f"{key}.pt"
+        if path.is_file():
+            return torch.load(path)
+        from tqdm.auto import tqdm
+
+        images, texts, zs, ctxs = [], [], [], []
+        for image, text in tqdm(self._samples(), desc="encoding latents", disable=self.rank != 0):
+            images.append(image)
+            texts.append(text)
+            if len(images) == self.encode_batch:
+                z, c = self._encode(images, texts[-len(images):])
+                zs.append(z.half()), ctxs.append(c.half())
+                images = []
+        if images:
+            z, c = self._encode(images, texts[-len(images):])
+            zs.append(z.half()), ctxs.append(c.half())
+        data = {"latents": torch.cat(zs), "context": torch.cat(ctxs), "captions": texts}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(data, path.with_suffix(".tmp"))
+        path.with_suffix(".tmp").replace(path)
+        return data
+
+    def _next(self) -> tuple[torch.Tensor, str]:
+        if self._stream is None:  # (re)start: skip what earlier steps consumed
+            self._stream = self._cycle()
+            for _ in range(self.consumed):
+                next(self._stream)
+        self.consumed += 1
+        return next(self._stream)
+
+    def _cycle(self) -> Iterator[tuple[torch.Tensor, str]]:
+        while True:
+            yield from self._samples()
+
+    def batch(self, batch_size: int, generator: torch.Generator, cfg_dropout: float = 0.0) -> Batch:
+        if self.cached is not None:
+            idx = torch.randint(len(self.cached["captions"]), (batch_size,), generator=generator)
+            z, ctx = self.cached["latents"][idx].float(), self.cached["context"][idx].float()
+            texts = [self.cached["captions"][i] for i in idx.tolist()]
+        else:
+            if self.pairs is not None:
+                idx = torch.randint(len(self.pairs), (batch_size,), generator=generator).tolist()
+                samples = [(_read_image(self.pairs[i][0], self.resolution), self.pairs[i][1]) for i in idx]
+            else:
+                samples = [self._next() for _ in range(batch_size)]
+            texts = [t for _, t in samples]
+            z, ctx = self._encode([im for im, _ in samples], texts)
+        ctx, texts = drop_captions(ctx, texts, self.empty, cfg_dropout, generator)
+        return z, ctx, texts
+
+    def state_dict(self) -> dict:
+        return {"consumed": self.consumed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.consumed, self._stream = int(state["consumed"]), None
+
+
+def _read_image(path: Path, resolution: int) -> torch.Tensor:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return resize_center_crop(np.asarray(im.convert("RGB")), resolution)
+
+
+def training_batches(spec: str, family: Any, resolution: int | None = None, cache: bool = False,
+                     include_flags: bool = False, limit: int | None = None, rank: int = 0, world: int = 1
+                     ) -> EmojiBatches | EncodedBatches:
+    """The batch source named by `spec`: 'emoji', a shard pattern (*.tar, braces) or an image folder."""
+    if spec == "emoji":
+        return EmojiBatches(family, include_flags, limit)
+    if Path(spec).is_dir() or ".tar" in spec:
+        return EncodedBatches(spec, family, resolution or family.resolution, cache, rank=rank, world=world)
+    raise DataError(f"unknown data source {spec!r}: use 'emoji', a webdataset shard pattern (e.g. "
+                    f"'shards/{{00000..00009}}.tar') or a folder of captioned images")

@@ -1,0 +1,85 @@
+"""The SD2.1 recipes in train/configs run for a few steps on a tiny random SD2.1-shaped family and webdataset shards
+built in the test (only the family, data, sizes and precision are overridden; every other setting is the recipe's)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from rglcd.data.shards import DataError
+from rglcd.models import PRESETS, load_family
+from rglcd.training.cli_args import parse_config
+from rglcd.training.distill import DistillConfig, train_distill
+from tests.test_shards import png_bytes, write_shard
+
+CONFIGS = Path(__file__).resolve().parents[1] / "train" / "configs"
+SD_RECIPES = sorted(p.name for p in CONFIGS.glob("sd21*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def tiny_sd21_family(tiny_sd21_repo, tiny_emoji_family, tmp_path_factory):
+    """The sd21 preset pointed at the tiny SD2.1-layout repo; reward: the tiny emoji reward (HPS / ImageReward
+    loading is tested in their own files)."""
+    root = tmp_path_factory.mktemp("tiny-sd21-family")
+    spec = json.loads(json.dumps(PRESETS["sd21"]))
+    for key in ("vae", "text_encoder", "tokenizer", "scheduler"):
+        spec[key]["repo"] = str(tiny_sd21_repo)
+    spec["members"] = {"teacher": {"unet": {"repo": str(tiny_sd21_repo), "subfolder": "unet"}, "kind": "teacher"}}
+    shutil.copytree(tiny_emoji_family / "reward", root / "reward")
+    spec.update(resolution=32, max_length=16, reward="emoji=reward")
+    (root / "family.json").write_text(json.dumps(spec))
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shards")
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255), (255, 0, 255)]
+    for s in range(2):
+        write_shard(root / f"{s:05d}.tar", [(f"{s}-{i}", {"jpg": png_bytes(40, 36, c), "txt": f"a box {i}".encode()})
+                                            for i, c in enumerate(colours)])
+    return str(root / "{00000..00001}.tar")
+
+
+@pytest.mark.parametrize("recipe", SD_RECIPES)
+def test_sd21_recipe_runs_a_few_steps(recipe, tiny_sd21_family, tiny_shards, tmp_path):
+    cfg = parse_config(DistillConfig, argv=[
+        "--config", str(CONFIGS / recipe), "--family", str(tiny_sd21_family), "--data", tiny_shards,
+        "--output-dir", str(tmp_path / "run"), "--export-dir", str(tmp_path / "export"), "--max-steps", "2",
+        "--batch-size", "2", "--resolution", "32", "--mixed-precision", "no", "--warmup-steps", "1"]
+        + (["--reward", "none"] if "rg-lcd" in recipe else [])
+        + (["--trajectory-data", "4", "--trajectory-batch", "4"] if "mlcm" in recipe else []))
+    recipe_values = json.loads(json.dumps(__import__("yaml").safe_load((CONFIGS / recipe).read_text())))
+    for key in ("method", "learning_rate", "ema_decay", "w_min", "w_max", "loss_type", "lora_rank", "reward_scale"):
+        if key in recipe_values:
+            assert getattr(cfg, key) == recipe_values[key], key
+    metrics = train_distill(cfg)
+    assert metrics["steps"] == 2 and torch.isfinite(torch.tensor(metrics["loss"]))
+    family = load_family(str(tiny_sd21_family))
+    member = family.member(cfg.member)
+    assert member["kind"] == ("mlcm" if cfg.method == "mlcm" else "lcm")
+    pipe = family.pipeline(cfg.member)
+    image = pipe(["a box"], num_inference_steps=2, guidance_scale=1.5 if cfg.lora_rank else 4.0,
+                 height=32, width=32, output_type="pt").images
+    assert image.shape == (1, 3, 32, 32)
+
+
+def test_shard_stream_resumes_at_its_position_and_bad_sources_are_clear(tiny_sd21_family, tiny_shards, tmp_path):
+    from rglcd.data.batches import training_batches
+
+    family = load_family(str(tiny_sd21_family))
+    a = training_batches(tiny_shards, family, 32)
+    g = torch.Generator().manual_seed(0)
+    first = [a.batch(5, g)[2] for _ in range(2)]
+    assert first[0] == [f"a box {i}" for i in range(5)] and first[1] == ["a box 5"] + [f"a box {i}" for i in range(4)]
+    b = training_batches(tiny_shards, family, 32)
+    b.load_state_dict(a.state_dict())
+    assert b.batch(3, g)[2] == a.batch(3, g)[2]
+    z, ctx, _ = b.batch(2, g)
+    assert z.shape == (2, 4, 4, 4) and ctx.shape[:2] == (2, 16)
+    with pytest.raises(DataError, match="no shard matches"):
+        training_batches(str(tmp_path / "{0..3}.tar"), family, 32).batch(1, g)
+    with pytest.raises(DataError, match="unknown data source"):
+        training_batches("laion", family, 32)
