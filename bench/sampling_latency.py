@@ -13,9 +13,7 @@ encoder is not timed there). Writes bench/results/sampling-latency-<family or sh
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,24 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import full_size  # noqa: E402
 from report import write_report  # noqa: E402
 
-from rglcd.evaluate import count_unet_evals, image_generators  # noqa: E402
-
-
-def time_pipeline(pipe: Any, steps: int, guidance: float, batch: int, repeats: int, device: str,
-                  **inputs: Any) -> dict[str, float]:
-    """Median seconds per image over `repeats` calls of `batch` images, and UNet evaluations per image."""
-    kwargs = dict(num_inference_steps=steps, guidance_scale=guidance, output_type="pt", **inputs)
-    pipe(generator=image_generators(0, 0, batch), **kwargs)  # warm-up (allocations, kernel selection)
-    times = []
-    with count_unet_evals(pipe.unet) as counts:
-        for r in range(repeats):
-            full_size.synchronize(device)
-            t0 = time.perf_counter()
-            pipe(generator=image_generators(r + 1, 0, batch), **kwargs)
-            full_size.synchronize(device)
-            times.append((time.perf_counter() - t0) / batch)
-    return {"seconds_per_image": statistics.median(times), "runs_s_per_image": [round(t, 5) for t in times],
-            "nfe": counts.samples / (batch * repeats)}
+from rglcd.evaluate import time_pipeline  # noqa: E402
 
 
 def family_setups(family_name: str, batch: int) -> tuple[dict[str, Any], dict[str, str], dict[str, Any]]:
@@ -97,7 +78,7 @@ def main() -> None:
             is_teacher = kinds[member] == "teacher"
             member_inputs = inputs if is_teacher else {k: v for k, v in inputs.items() if k != "negative_prompt_embeds"}
             timings[member] = {str(steps): time_pipeline(pipe, steps, args.guidance_scale, args.batch_size,
-                                                         args.repeats, args.device, **member_inputs)
+                                                         args.repeats, **member_inputs)
                                for steps in (args.teacher_steps if is_teacher else args.student_steps)}
             print(member, {k: round(v["seconds_per_image"], 4) for k, v in timings[member].items()}, flush=True)
     teachers = [m for m in timings if kinds[m] == "teacher"]

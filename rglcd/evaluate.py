@@ -173,6 +173,27 @@ def generate_images(pipe: Any, prompts: list[str], steps: int, guidance: float, 
             "nfe": counts.samples / len(prompts), "batch_size": batch_size}
 
 
+@torch.no_grad()
+def time_pipeline(pipe: Any, steps: int, guidance: float, batch: int, repeats: int, **inputs: Any
+                  ) -> dict[str, Any]:
+    """Latency: the median over `repeats` timed pipeline calls of `batch` images (after one untimed warm-up call) of
+    seconds per image, each call's figure, and UNet evaluations per image. `inputs`: `prompt=[...]` (batch
+    prompts) or `prompt_embeds=...`."""
+    device = str(pipe.device)
+    kwargs = dict(num_inference_steps=steps, guidance_scale=guidance, output_type="pt", **inputs)
+    pipe(generator=image_generators(0, 0, batch), **kwargs)
+    times = []
+    with count_unet_evals(pipe.unet) as counts:
+        for r in range(repeats):
+            _synchronize(device)
+            t0 = time.perf_counter()
+            pipe(generator=image_generators(r + 1, 0, batch), **kwargs)
+            _synchronize(device)
+            times.append((time.perf_counter() - t0) / batch)
+    return {"seconds_per_image": float(np.median(times)), "runs_s_per_image": [round(t, 5) for t in times],
+            "nfe": counts.samples / (batch * repeats), "batch_size": batch}
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Scoring: rewards, prompt following and features of a set of images
 
@@ -278,6 +299,8 @@ class EvalConfig:
     rewards: tuple[str, ...] = ()  # registry rewards to report besides the family's
     pf_group: int = 0  # prompt following within groups of this many prompts (0: all prompts of the set)
     bootstrap: int = 200
+    latency_batch: int = 8  # latency: median of `latency_repeats` calls of this many images
+    latency_repeats: int = 5
     skip_missing: bool = False
     sample_prompts: int = 8
     out: str = "results"
@@ -404,6 +427,20 @@ class Evaluation:
 
         return cached(self.generation_path(run, seed), compute)
 
+    def latency(self, run: Run) -> dict[str, Any]:
+        """`time_pipeline` of the run on the first `latency_batch` prompts, from the cache or measured now."""
+        cfg = self.cfg
+        prompts = self.prompt_set.prompts[:cfg.latency_batch]
+        key = digest(self.family.name, member_fingerprint(self.family, run.model), run, prompts, cfg.device,
+                     cfg.dtype, cfg.latency_repeats)
+        path = self.out / "cache" / run.model / f"steps{run.steps}-cfg{run.guidance:g}-latency-{key}.pt"
+
+        def compute() -> dict[str, Any]:
+            pipe = self.family.pipeline(run.model).to(cfg.device, DTYPES[cfg.dtype])
+            return time_pipeline(pipe, run.steps, run.guidance, len(prompts), cfg.latency_repeats, prompt=prompts)
+
+        return cached(path, compute)
+
     def scored(self, run: Run | None, seed: int) -> dict[str, torch.Tensor]:
         """Per-image metrics of (run, seed); run None scores the prompt set's paired real images."""
         gen_path = (self.generation_path(run, seed) if run else
@@ -455,13 +492,14 @@ class Evaluation:
         per_run: dict[Run, list[dict[str, Any]]] = {run: [] for run in self.runs}
         for run, seed in tqdm(jobs, desc="evaluate"):
             per_run[run].append({**self.generated(run, seed), **self.scored(run, seed)})
-        rows = [self.summarize(run, per_seed, fd_ref) for run, per_seed in per_run.items()]
+        latency = {run: self.latency(run) for run in tqdm(self.runs, desc="latency")}
+        rows = [self.summarize(run, per_seed, fd_ref, latency[run]) for run, per_seed in per_run.items()]
         if self.prompt_set.reference is not None and not self.cfg.reference:
-            rows.append(self.summarize(None, [self.scored(None, 0)], None))
+            rows.append(self.summarize(None, [self.scored(None, 0)], None, None))
         return rows
 
-    def summarize(self, run: Run | None, per_seed: list[dict[str, Any]], fd_ref: FrechetReference | None
-                  ) -> dict[str, Any]:
+    def summarize(self, run: Run | None, per_seed: list[dict[str, Any]], fd_ref: FrechetReference | None,
+                  latency: dict[str, Any] | None) -> dict[str, Any]:
         """Means and 95% half-widths over prompts (each prompt's mean over seeds); FD with a bootstrap over prompts
         (the reference fixed)."""
         n = len(self.prompt_set.prompts)
@@ -469,10 +507,12 @@ class Evaluation:
                                "seeds": len(per_seed), "n_images": n * len(per_seed),
                                "model": run.model if run else "reference", "kind": run.kind if run else "real",
                                "steps": run.steps if run else "", "guidance": run.guidance if run else ""}
-        if run is not None:
+        if run is not None and latency is not None:
             row["nfe"] = per_seed[0]["nfe"]
-            row["seconds_per_image"] = float(np.mean([s["seconds_per_image"] for s in per_seed]))
-            row["batch_size"] = per_seed[0]["batch_size"]
+            row["seconds_per_image"] = latency["seconds_per_image"]
+            row["latency_batch"] = latency["batch_size"]
+            row["generation_s_per_image"] = float(np.mean([s["seconds_per_image"] for s in per_seed]))
+            row["generation_batch"] = per_seed[0]["batch_size"]
         metrics = [k for k in per_seed[0] if k.startswith("reward_")] + ["pf_win", "pf_top1"]
         for key in metrics:
             per_prompt = torch.stack([s[key] for s in per_seed]).mean(0)
@@ -563,8 +603,10 @@ def write_markdown(ev: Evaluation, rows: list[dict[str, Any]], path: Path, refer
         f"{len(ps.prompts) * len(cfg.seeds)} images per row; image i of seed s uses seed s x {SEED_STRIDE} + i).",
         f"- Guidance: teachers {cfg.teacher_guidance:g} (classifier-free, 2 UNet evaluations per step), students "
         f"{cfg.guidance:g} (LCM guidance embedding w = {cfg.guidance - 1:g}). NFE: UNet evaluations per image.",
-        f"- s / image: wall time of the diffusers pipeline per image at batch {cfg.batch_size} (text encoding and "
-        f"VAE decoding included, after a warm-up call), {cfg.device} {cfg.dtype}.",
+        f"- s / image: latency, the median of {cfg.latency_repeats} timed diffusers pipeline calls of "
+        f"{cfg.latency_batch} images (text encoding and VAE decoding included, after a warm-up call), per image, "
+        f"{cfg.device} {cfg.dtype}; results.csv also has the mean time per image of the generation itself "
+        f"(batch {cfg.batch_size}).",
         "- Rewards: mean own-prompt score (the family's reward; emoji: 100 x cosine). Prompt following: for each "
         "image, the share of the other prompts " + (f"of its group of {cfg.pf_group}" if cfg.pf_group else
                                                     f"of the set ({len(ps.prompts) - 1})")
@@ -702,6 +744,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rewards", type=name_list, default=d.rewards, help="more registry rewards to report")
     p.add_argument("--pf-group", type=int, default=d.pf_group, help="prompt following within groups of N (0: all)")
     p.add_argument("--bootstrap", type=int, default=d.bootstrap, help="bootstrap resamples for the FD interval")
+    p.add_argument("--latency-batch", type=int, default=d.latency_batch, help="images per timed call")
+    p.add_argument("--latency-repeats", type=int, default=d.latency_repeats, help="timed calls (median)")
     p.add_argument("--skip-missing", action="store_true", help="skip models the family lacks (with a warning)")
     p.add_argument("--sample-prompts", type=int, default=d.sample_prompts, help="columns of samples.png")
     p.add_argument("--out", default=d.out)
@@ -726,8 +770,9 @@ def main(argv: list[str] | None = None) -> int:
     fields = {k: v for k, v in vars(args).items() if k != "threads"}
     command = "python -m rglcd.evaluate " + " ".join(sys.argv[1:] if argv is None else argv)
     try:
-        if args.batch_size < 1 or args.bootstrap < 1 or not args.seeds:
-            raise InputError("--batch-size and --bootstrap must be >= 1 and --seeds non-empty")
+        if min(args.batch_size, args.bootstrap, args.latency_batch, args.latency_repeats) < 1 or not args.seeds:
+            raise InputError("--batch-size, --bootstrap, --latency-batch and --latency-repeats must be >= 1 and "
+                             "--seeds non-empty")
         rows = run_evaluation(EvalConfig(**fields), command)
     except (InputError, PromptSetError, ModelLoadError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -74,7 +74,7 @@ def eval_inputs(tiny_emoji_family, tmp_path_factory):
 def _args(root, tmp, out, *extra):
     return ["--family", str(root), "--models", "teacher,lcm,mlcm", "--skip-missing", "--steps", "1,2",
             "--teacher-steps", "2", "--prompts", f"file:{tmp / 'prompts.txt'}", "--seeds", "0,1", "--batch-size", "2",
-            "--reference", str(tmp / "real"), "--bootstrap", "5", "--out", str(out), *extra]
+            "--reference", str(tmp / "real"), "--bootstrap", "5", "--latency-repeats", "1", "--out", str(out), *extra]
 
 
 def test_end_to_end_writes_every_output_and_resumes(eval_inputs, tmp_path, monkeypatch, capsys):
@@ -125,7 +125,7 @@ def test_any_family_runs_the_tiny_sd21_layout(tiny_sd21_repo, eval_inputs, tmp_p
     (tmp_path / "family.json").write_text(json.dumps(spec))
     cfg = evaluate.EvalConfig(family=str(tmp_path / "family.json"), teacher_steps=(2,), prompts="file:"
                               + str(tmp / "prompts.txt"), seeds=(0,), batch_size=3, reference=str(tmp / "real"),
-                              bootstrap=3, out=str(tmp_path / "out"))
+                              bootstrap=3, latency_repeats=1, out=str(tmp_path / "out"))
     rows = evaluate.run_evaluation(cfg)
     assert len(rows) == 1 and rows[0]["nfe"] == 4 and "fd" in rows[0]
     assert all((tmp_path / "out" / name).is_file() for name in OUTPUTS)
