@@ -485,7 +485,7 @@ class Evaluation:
         return feats, f"{len(feats)} paired real images of the prompt set ({self.family.resolution} px)"
 
     def rows(self, reference: tuple[torch.Tensor, str] | None) -> list[dict[str, Any]]:
-        """One summary row per run (plus a `reference` row for paired real images), computing what is missing;
+        """One summary row per run (plus a `real` row for the paired real images), computing what is missing;
         `reference` as from `reference_features`."""
         fd_ref = FrechetReference.from_features(reference[0]) if reference is not None else None
         jobs = [(run, seed) for run in self.runs for seed in self.cfg.seeds]
@@ -505,7 +505,7 @@ class Evaluation:
         n = len(self.prompt_set.prompts)
         row: dict[str, Any] = {"family": self.family.name, "prompts": self.prompt_set.name, "n_prompts": n,
                                "seeds": len(per_seed), "n_images": n * len(per_seed),
-                               "model": run.model if run else "reference", "kind": run.kind if run else "real",
+                               "model": run.model if run else "real", "kind": run.kind if run else "real",
                                "steps": run.steps if run else "", "guidance": run.guidance if run else ""}
         if run is not None and latency is not None:
             row["nfe"] = per_seed[0]["nfe"]
@@ -523,14 +523,17 @@ class Evaluation:
                                                      self.cfg.bootstrap)
         return row
 
-    def sample_rows(self) -> list[tuple[str, torch.Tensor]]:
-        """(label, uint8 images (k,3,H,W)) of the first prompts, first seed, per run (and the real images)."""
-        k = min(self.cfg.sample_prompts, len(self.prompt_set.prompts))
+    def sample_rows(self) -> tuple[list[tuple[str, torch.Tensor]], list[str]]:
+        """([(label, uint8 images (k,3,H,W))] per run (and the real images), their k prompts): `sample_prompts`
+        evenly spaced prompts, first seed."""
+        from rglcd.data.prompts import even_subset
+
+        idx = even_subset(list(range(len(self.prompt_set.prompts))), self.cfg.sample_prompts)
         rows = [(f"{r.model}, {r.steps} step{'s' if r.steps > 1 else ''}",
-                 self.generated(r, self.cfg.seeds[0])["images"][:k]) for r in self.runs]
+                 self.generated(r, self.cfg.seeds[0])["images"][idx]) for r in self.runs]
         if self.prompt_set.reference is not None:
-            rows.append(("real", self.paired_reference()[:k]))
-        return rows
+            rows.append(("real", self.paired_reference()[idx]))
+        return rows, [self.prompt_set.prompts[i] for i in idx]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -631,9 +634,10 @@ def plot_results(rows: list[dict[str, Any]], out: Path, main_reward: str) -> lis
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
-    models = [r for r in rows if r["model"] != "reference"]
-    reference = next((r for r in rows if r["model"] == "reference"), None)
+    models = [r for r in rows if r["kind"] != "real"]
+    reference = next((r for r in rows if r["kind"] == "real"), None)
     panels = [(f"reward_{main_reward}", f"{main_reward} reward"), ("pf_win", "prompt following win rate (%)")]
     if any("fd" in r for r in models):
         panels.append(("fd", f"{FD_NAME} (lower is better)"))
@@ -659,6 +663,8 @@ def plot_results(rows: list[dict[str, Any]], out: Path, main_reward: str) -> lis
                 ax.axhline(reference[key] * (100 if percent(key) else 1), color="grey", ls="--", lw=1,
                            label="real images")
             ax.set_xscale("log", base=2 if x_key == "steps" else 10)
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
             if x_key == "steps":
                 ax.set_xticks(sorted({r["steps"] for r in models}), [str(s) for s in sorted({r["steps"]
                                                                                                 for r in models})])
@@ -706,7 +712,7 @@ def run_evaluation(cfg: EvalConfig, command: str = "python -m rglcd.evaluate") -
     write_csv(rows, out / "results.csv")
     write_markdown(ev, rows, out / "results.md", reference[1] if reference else None, command)
     plot_results(rows, out, reward_names(ev.family, cfg.rewards)[0])
-    plot_samples(ev.sample_rows(), ev.prompt_set.prompts, out / "samples.png")
+    plot_samples(*ev.sample_rows(), out / "samples.png")
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     return rows
 

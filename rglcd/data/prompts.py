@@ -71,15 +71,16 @@ def emoji_renders(names: list[str]) -> Callable[[int], torch.Tensor]:
 
 
 def _emoji_set(split: str, limit: int | None) -> PromptSet:
+    repo = emoji.ASSETS.parent
     if split == "heldout":
         names = sorted(emoji.heldout_names())
-        where = str(emoji.HELDOUT_FILE)
+        where = str(emoji.HELDOUT_FILE.relative_to(repo))
     elif split == "train":
         names = [c.name for c in emoji.training_concepts()[0]]
         where = "rglcd.data.emoji.training_concepts() (train split, flags left out)"
     else:
         path = emoji.ASSETS / "prompts" / f"emoji-{split}.txt"
-        names, where = emoji.read_prompts(path), str(path)
+        names, where = emoji.read_prompts(path), str(path.relative_to(repo))
     names = even_subset(names, limit)
     return PromptSet(split, names, where, emoji_renders(names))
 
