@@ -58,8 +58,9 @@ class LCDLoss:
                      uncond_context: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """One DDIM step of the teacher with CFG scale 1+w on x0 and eps, t_{n+k} -> t_n: z_{t_n} (B,C,h,w)."""
         ac, pt = self.alphas_cumprod, self.prediction_type
-        cond = teacher(z_start, start, context, None)
-        uncond = teacher(z_start, start, uncond_context, None)
+        both = teacher(torch.cat([z_start, z_start]), torch.cat([start, start]),
+                       torch.cat([context, uncond_context]), None)  # cond and uncond in one batched forward
+        cond, uncond = both.chunk(2)
         x0_c, x0_u = predicted_x0(cond, start, z_start, ac, pt), predicted_x0(uncond, start, z_start, ac, pt)
         eps_c, eps_u = predicted_noise(cond, start, z_start, ac, pt), predicted_noise(uncond, start, z_start, ac, pt)
         wv = w.view(-1, 1, 1, 1).to(z_start)

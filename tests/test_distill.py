@@ -139,3 +139,13 @@ def test_preference_loss_definitions():
     assert torch.allclose(kl[0], kl0) and torch.allclose(kl[1], torch.tensor(0.0), atol=1e-6)
     ce = preference_loss(proxy, expert, "ce")
     assert torch.allclose(ce, torch.tensor([0.6931472, torch.log1p(torch.exp(torch.tensor(-2.0))).item()]))
+
+
+def test_validation_grids_reach_tensorboard(family_with_teacher, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train_distill(_cfg(family_with_teacher, tmp_path / "tb", export_dir=None, max_steps=2, eval_every=2))
+    events = EventAccumulator(str(next((tmp_path / "tb").rglob("events.out.tfevents*")).parent))
+    events.Reload()
+    assert {"samples/train", "samples/heldout"} <= set(events.Tags()["images"])
+    assert "loss" in events.Tags()["scalars"] and "heldout_win_rate" in events.Tags()["scalars"]

@@ -99,6 +99,18 @@ def segments_at(cfg: DistillConfig, step: int) -> int:
     return int(stages[min(step * len(stages) // max(cfg.max_steps, 1), len(stages) - 1)])
 
 
+def log_grids(accelerator: Accelerator, pngs: list[Path], step: int) -> None:
+    """Validation grids (PNG files named `<stem>-<set>.png`) as images `samples/<set>` to every tracker that
+    takes images (tensorboard, wandb)."""
+    import numpy as np
+    from PIL import Image
+
+    images = {f"samples/{p.stem.rsplit('-', 1)[-1]}": np.asarray(Image.open(p).convert("RGB"))[None] for p in pngs}
+    for tracker in accelerator.trackers:
+        if images and hasattr(tracker, "log_images"):
+            tracker.log_images(images, step, dataformats="NHWC")
+
+
 def student_from_teacher(teacher: UNet2DConditionModel, w_embedding_dim: int) -> UNet2DConditionModel:
     """The teacher's UNet with a zero-initialised guidance projection: at start it computes exactly the teacher."""
     student = UNet2DConditionModel.from_config(teacher.config, time_cond_proj_dim=w_embedding_dim)
@@ -282,9 +294,11 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
         nonlocal reward
         reward = reward or family.reward()
         grid = Path(cfg.output_dir) / "samples" / f"step-{step}.png"
-        return evaluate_prompt_following(family, cfg.member, reward, eval_prompt_sets(), cfg.eval_steps,
-                                         cfg.eval_guidance, cfg.seed, grid, unet=online if lora else target,
-                                         kind=kind)
+        metrics = evaluate_prompt_following(family, cfg.member, reward, eval_prompt_sets(), cfg.eval_steps,
+                                            cfg.eval_guidance, cfg.seed, grid, unet=online if lora else target,
+                                            kind=kind)
+        log_grids(accelerator, sorted(grid.parent.glob(f"{grid.stem}-*.png")), step)
+        return metrics
 
     metrics = run_training(accelerator, counter, cfg.output_dir, cfg.max_steps, train_step,
                            evaluate if cfg.eval_every > 0 else None, cfg.resume, cfg.checkpoint_every,
