@@ -33,3 +33,9 @@ def test_tuple_flags_and_errors(tmp_path):
         parse_config(TeacherConfig, argv=["--config", str(bad)])
     with pytest.raises(SystemExit, match="recipe not found"):
         parse_config(TeacherConfig, argv=["--config", str(tmp_path / "missing.yaml")])
+
+
+def test_list_settings_can_be_cleared_with_none():
+    cfg = parse_config(DistillConfig, argv=["--progressive", "8", "4", "2"])
+    assert cfg.progressive == (8, 4, 2)
+    assert parse_config(DistillConfig, argv=["--progressive", "none"]).progressive is None

@@ -17,12 +17,17 @@ def _parser_type(hint: Any) -> tuple[Any, dict]:
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     origin = typing.get_origin(hint)
     if origin is tuple:
-        return args[0], {"nargs": "+"}
+        return _or_none(args[0]), {"nargs": "+"}
     if args and origin is not tuple and len(args) == 1:
         return _parser_type(args[0])
     if hint is bool:
         return lambda s: s.lower() in ("1", "true", "yes"), {}
     return hint, {}
+
+
+def _or_none(kind: Any) -> Any:
+    """An argparse type that also reads 'none' (so `--progressive none` clears a list-valued setting)."""
+    return lambda s: None if s.lower() == "none" else kind(s)
 
 
 def load_recipe(path: str, cls: type) -> dict[str, Any]:
@@ -65,5 +70,5 @@ def parse_config(cls: type[T], description: str | None = None, argv: list[str] |
         if isinstance(value, str) and value.lower() == "none":
             ns[key] = None
         elif isinstance(value, list):
-            ns[key] = tuple(value)
+            ns[key] = None if all(v is None for v in value) else tuple(value)
     return cls(**ns)
