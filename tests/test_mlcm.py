@@ -158,3 +158,13 @@ def test_mlcm_trains_on_trajectories_resumes_and_exports(family_with_teacher, tm
     assert family.member("mlcm") == {"unet": "mlcm", "kind": "mlcm"}
     for steps in (2, 3):
         assert generate(family, "mlcm", Request("red apple", steps=steps, guidance_scale=3)).shape == (1, 3, 64, 64)
+
+
+def test_mlcm_with_the_preference_term(family_with_teacher, tmp_path):
+    from rglcd.training.distill import DistillConfig, train_distill
+
+    cfg = DistillConfig(method="mlcm", family=str(family_with_teacher), output_dir=str(tmp_path / "r"), export_dir=None,
+                        batch_size=4, max_steps=2, warmup_steps=1, eval_every=0, limit_concepts=16, segments=2,
+                        reward="family", reward_scale=0.5)
+    metrics = train_distill(cfg)
+    assert "reward" in metrics and metrics["segments"] == 2

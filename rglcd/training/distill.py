@@ -69,7 +69,8 @@ class DistillConfig:
     max_grad_norm: float = 1.0
     mixed_precision: str | None = None  # "no" | "bf16" | "fp16"; None: what `accelerate launch` was given
     gradient_checkpointing: bool = False
-    reward: str | None = None  # rg-lcd: registry name or mix ("hpsv2.1=1,imagereward=0.1"); None: the family's
+    reward: str | None = None  # registry name or mix ("hpsv2.1=1,imagereward=0.1"), or "family"; rg-lcd: None is
+    # the family's reward; mlcm: a reward adds the preference term
     reward_scale: float = 1.0  # beta: loss = LCD - beta * R(decode(student one-step prediction))
     proxy_rm: bool = False  # maximise a latent proxy reward model trained online on the expert's preferences
     proxy_lr: float = 1e-4
@@ -153,7 +154,7 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
     if cfg.method == "rg-lcd" or (cfg.method == "mlcm" and cfg.reward):
         from rglcd.rewards import get_reward
 
-        reward_model = get_reward(cfg.reward) if cfg.reward else family.reward()
+        reward_model = family.reward() if cfg.reward in (None, "family") else get_reward(cfg.reward)
         guidance = RewardGuidance(reward_model.to(accelerator.device), family.vae.to(accelerator.device),
                                   cfg.reward_scale)
     lora = cfg.lora_rank > 0
