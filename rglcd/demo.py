@@ -43,8 +43,8 @@ MAX_PROMPT_CHARS = 500
 IMAGE_DIR = Path(tempfile.gettempdir()) / "rglcd-app"  # the PNGs the page shows, one file per distinct image
 # Rewards shown beside the family's own one (a family file may list its own under "app_rewards"); any that cannot
 # load (weights absent, not in the registry yet) is shown as unavailable.
-EXTRA_REWARDS: dict[str, tuple[str, ...]] = {"sd21": ("imagereward", "clipscore"),
-                                             "sd21-base": ("imagereward", "clipscore")}
+EXTRA_REWARDS: dict[str, tuple[str, ...]] = {name: ("imagereward", "clipscore") for name in ("sd21", "sd21-base",
+                                                                                             "sdxl")}
 EXAMPLE_PROMPTS: dict[str, tuple[Path, ...]] = {
     "emoji-64": (ASSETS / "prompts" / "emoji-eval-train.txt", ASSETS / "prompts" / "emoji-eval-heldout.txt")}
 GENERIC_EXAMPLES = ("a photo of a red apple on a wooden table", "an astronaut riding a horse, digital art",
@@ -221,8 +221,9 @@ class Engine:
                 try:
                     family = load_family(self.family_name)
                     _ = family.tokenizer, family.scheduler_config  # load now: a missing part fails here, once
-                    family.text_encoder.to(self.device)
-                    family.vae.to(self.device)
+                    for part in ("text_encoder", "text_encoder_2", "vae"):
+                        if part in family.spec:
+                            getattr(family, part).to(self.device)
                 except ModelLoadError as err:
                     raise ModelLoadError(f"the model family '{self.family_name}' cannot be loaded: {err}") from err
                 self._family = family
