@@ -491,7 +491,9 @@ class Evaluation:
         jobs = [(run, seed) for run in self.runs for seed in self.cfg.seeds]
         per_run: dict[Run, list[dict[str, Any]]] = {run: [] for run in self.runs}
         for run, seed in tqdm(jobs, desc="evaluate"):
-            per_run[run].append({**self.generated(run, seed), **self.scored(run, seed)})
+            scores = self.scored(run, seed)
+            timing = {k: v for k, v in self.generated(run, seed).items() if k != "images"}  # keep no images around
+            per_run[run].append({**timing, **scores})
         latency = {run: self.latency(run) for run in tqdm(self.runs, desc="latency")}
         rows = [self.summarize(run, per_seed, fd_ref, latency[run]) for run, per_seed in per_run.items()]
         if self.prompt_set.reference is not None and not self.cfg.reference:

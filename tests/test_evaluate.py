@@ -1,8 +1,25 @@
-"""Prompt-following metric on a reward whose scores are known."""
+"""The evaluation harness: prompt following on known scores, image grids, end-to-end runs on tiny families that
+write every output and resume without generating again, one-line errors, prompt-set loaders, and the GPU
+benchmarks' code path on tiny shapes."""
 
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
 import torch
+from PIL import Image
 
+from rglcd import evaluate
+from rglcd.data.prompts import PromptSetError, load_prompt_set
 from rglcd.evaluate import image_grid, prompt_following
+from rglcd.models import Family, register_member
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
 class TableReward(torch.nn.Module):
@@ -30,21 +47,6 @@ def test_image_grid_layout():
     assert grid.shape == (2 * 5 + 1, 4 * 5 + 1, 3)
     assert (grid[6:10, 1:5] == 255).all() and (grid[1:5, 1:5] == 0).all()
 
-
-# ---------------------------------------------------------------------------------------------------------------
-# The evaluation harness end to end on tiny families, resuming, errors, and the prompt-set loaders
-
-import csv  # noqa: E402
-import json  # noqa: E402
-import shutil  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from rglcd import evaluate  # noqa: E402
-from rglcd.data.prompts import PromptSetError, load_prompt_set  # noqa: E402
-from rglcd.models import Family, register_member  # noqa: E402
 
 OUTPUTS = ("results.csv", "results.md", "reward-vs-steps.png", "quality-vs-latency.png", "samples.png")
 
@@ -184,3 +186,22 @@ def test_emoji_prompt_sets_and_their_paired_renders(monkeypatch):
     monkeypatch.setattr(emoji, "load_renders", lambda split, size: (concepts, images))
     refs = load_prompt_set("eval-heldout", limit=2).reference(2)
     assert refs[:, 0, 0, 0].tolist() == [1, 0]  # evenly spaced 2 of 16: red apple, red heart
+
+
+@pytest.mark.parametrize("script, extra", [
+    ("sampling_latency.py", ["--repeats", "1", "--student-steps", "1", "--teacher-steps", "2"]),
+    ("train_throughput.py", ["--warmup", "1", "--steps", "1", "--batch-size", "2"]),
+])
+def test_full_size_benchmarks_run_on_tiny_shapes(script, extra, tmp_path):
+    """The GPU benchmarks' code path (random SD2.1-layout models) on tiny shapes on the CPU."""
+    out = tmp_path / "result.json"
+    proc = subprocess.run([sys.executable, str(BENCH / script), "--full-size", "tiny", "--threads", "1", "--out", str(out),
+                           *extra], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["what"] == "tiny" and result["command"].startswith("python ")
+    if script == "sampling_latency.py":
+        assert result["timings"]["teacher"]["2"]["nfe"] == 4 and result["timings"]["lcm"]["1"]["nfe"] == 1
+        assert result["speedup"]["teacher 2 / lcm 1"] > 0
+    else:
+        assert result["methods"]["lcd"]["steps_per_s"] > 0 and result["methods"]["lcd"]["peak_memory_mb"] > 0
