@@ -38,12 +38,20 @@ def sd_preset(name: str, repo: str, resolution: int, members: dict[str, Any] | N
                         **(members or {})}}
 
 
+def sdxl_preset(name: str, repo: str, resolution: int) -> dict[str, Any]:
+    """`sd_preset` for an SDXL-layout repo: adds the second text encoder and tokenizer."""
+    spec = sd_preset(name, repo, resolution)
+    spec.update({key: {"repo": repo, "subfolder": key} for key in ("text_encoder_2", "tokenizer_2")})
+    return spec
+
+
 PRESETS: dict[str, dict[str, Any]] = {
     "emoji-64": {"file": str(ASSETS / "models" / "emoji-64" / "family.json")},
     "sd21": sd_preset("sd21", "stabilityai/stable-diffusion-2-1", 768, {
         "rg-lcm": {"unet": {"repo": "jiachenli-ucsb/RG-LCM-SD-2.1-768-HPSv2.1", "subfolder": "unet"}, "kind": "lcm"},
     }),
     "sd21-base": sd_preset("sd21-base", "stabilityai/stable-diffusion-2-1-base", 512),
+    "sdxl": sdxl_preset("sdxl", "stabilityai/stable-diffusion-xl-base-1.0", 1024),
 }
 
 
@@ -221,6 +229,62 @@ class Family:
         tok.model_max_length = int(self.spec.get("max_length", tok.model_max_length))
         return tok
 
+    @property
+    def is_sdxl(self) -> bool:
+        """Two text encoders and SDXL's added conditioning (pooled text embedding + size/crop time ids)."""
+        return "text_encoder_2" in self.spec
+
+    @cached_property
+    def text_encoder_2(self) -> Any:
+        from transformers import CLIPTextModelWithProjection
+
+        return from_pretrained(CLIPTextModelWithProjection, self.source("text_encoder_2"),
+                               f"{self.name} text encoder 2").eval().requires_grad_(False)
+
+    @cached_property
+    def tokenizer_2(self) -> Any:
+        from transformers import AutoTokenizer
+
+        tok = from_pretrained(AutoTokenizer, self.source("tokenizer_2"), f"{self.name} tokenizer 2")
+        tok.model_max_length = self.tokenizer.model_max_length
+        return tok
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        """The UNet's text conditioning of `prompts` as one tensor (B,L,D), the form the trainers pass around.
+
+        SD: the text encoder's last states. SDXL: the two encoders' penultimate states side by side (B,77,D1+D2),
+        plus one row holding the second encoder's pooled projection, zero-padded: (B,78,D1+D2) (`unet_inputs`
+        unpacks it). Empty prompts of SDXL are zeros, as SDXL's pipeline and LCD script use for the unconditional.
+        """
+        if not self.is_sdxl:
+            return encode_prompts(self.tokenizer, self.text_encoder, prompts)
+        states, pooled = [], None
+        for tok, enc in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
+            ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                      return_tensors="pt").input_ids.to(next(enc.parameters()).device)
+            out = enc(ids, output_hidden_states=True)
+            states.append(out.hidden_states[-2])
+            pooled = out[0]
+        ctx = torch.cat(states, dim=-1)
+        row = torch.nn.functional.pad(pooled, (0, ctx.shape[-1] - pooled.shape[-1])).unsqueeze(1)
+        ctx = torch.cat([ctx, row], dim=1)
+        empty = torch.tensor([p == "" for p in prompts], device=ctx.device).view(-1, 1, 1)
+        return torch.where(empty, torch.zeros_like(ctx), ctx)
+
+    def unet_inputs(self, unet: Any, context: torch.Tensor) -> dict[str, Any]:
+        """Keyword arguments of `unet(z, t, **kwargs)` for conditioning `context` from `encode` (B,L,D).
+
+        SDXL's time ids are the fixed (H, W, 0, 0, H, W) of the family's resolution (diffusers' LCD scripts'
+        `--use_fix_crop_and_size`)."""
+        if not self.is_sdxl:
+            return {"encoder_hidden_states": context}
+        pooled_dim = unet.add_embedding.linear_1.in_features - 6 * unet.config.addition_time_embed_dim
+        r = float(self.resolution)
+        time_ids = torch.tensor([r, r, 0.0, 0.0, r, r], device=context.device, dtype=context.dtype)
+        return {"encoder_hidden_states": context[:, :-1], "added_cond_kwargs": {
+            "text_embeds": context[:, -1, :pooled_dim], "time_ids": time_ids.expand(len(context), 6)}}
+
     @cached_property
     def scheduler_config(self) -> dict:
         from diffusers import DDPMScheduler
@@ -259,24 +323,30 @@ class Family:
         """A diffusers pipeline for the member: StableDiffusionPipeline + DDIMScheduler for a teacher,
         LatentConsistencyModelPipeline + the student's scheduler (`STUDENT_SCHEDULERS`: LCMScheduler for kind lcm,
         MLCMScheduler for kind mlcm) for a student with a guidance embedding, and StableDiffusionPipeline + that
-        scheduler for a LoRA student (guidance scale 1-2 there, as in diffusers' docs).
+        scheduler for a LoRA student (guidance scale 1-2 there, as in diffusers' docs). SDXL families use
+        StableDiffusionXLPipeline for every kind (it embeds the guidance scale when the UNet has the projection).
 
         `unet` and `kind` replace the member's own weights and kind, e.g. for a model in training.
         """
         kind = kind or self.member(name).get("kind", name)
         unet = unet if unet is not None else self.unet(name)
-        parts = dict(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=unet,
-                     safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-        from diffusers import DDIMScheduler, LatentConsistencyModelPipeline, StableDiffusionPipeline
+        from diffusers import (DDIMScheduler, LatentConsistencyModelPipeline, StableDiffusionPipeline,
+                               StableDiffusionXLPipeline)
 
+        if self.is_sdxl:  # one pipeline for all kinds: it embeds the guidance scale when the UNet takes it
+            parts = dict(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=unet,
+                         text_encoder_2=self.text_encoder_2, tokenizer_2=self.tokenizer_2)
+            sd_cls = guided_cls = StableDiffusionXLPipeline
+        else:
+            parts = dict(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=unet,
+                         safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+            sd_cls, guided_cls = StableDiffusionPipeline, LatentConsistencyModelPipeline
         if kind == "teacher":
-            pipe = StableDiffusionPipeline(scheduler=DDIMScheduler.from_config(self.scheduler_config), **parts)
+            pipe = sd_cls(scheduler=DDIMScheduler.from_config(self.scheduler_config), **parts)
         elif kind in STUDENT_SCHEDULERS:
             scheduler = STUDENT_SCHEDULERS[kind]().from_config(self.scheduler_config)
             # a LoRA student has no guidance embedding: the usual pipeline (guidance scale 1-2, as in diffusers' docs)
-            cls = LatentConsistencyModelPipeline if unet.config.time_cond_proj_dim is not None else \
-                StableDiffusionPipeline
-            pipe = cls(scheduler=scheduler, **parts)
+            pipe = (guided_cls if unet.config.time_cond_proj_dim is not None else sd_cls)(scheduler=scheduler, **parts)
         else:
             raise ModelLoadError(f"member {name} of {self.name} has kind '{kind}'; known kinds: teacher, "
                                  f"{', '.join(STUDENT_SCHEDULERS)}")

@@ -93,3 +93,30 @@ def tiny_sd21_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type="v_prediction",
                   steps_offset=1, clip_sample=False, set_alpha_to_one=False).save_pretrained(root / "scheduler")
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_repo(tiny_sd21_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder laid out like stabilityai/stable-diffusion-xl-base-1.0: tiny random UNet with SDXL's added
+    conditioning (text_time), two CLIP text encoders (the second with a projection), the tiny SD2.1 VAE."""
+    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    root = tmp_path_factory.mktemp("tiny-sdxl")
+    torch.manual_seed(0)
+    UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=64, attention_head_dim=(2, 4), use_linear_projection=True, norm_num_groups=32,
+        addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 32,
+    ).save_pretrained(root / "unet")
+    shutil.copytree(tiny_sd21_repo / "vae", root / "vae")
+    text = dict(vocab_size=514, hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+                max_position_embeddings=77, hidden_act="gelu", bos_token_id=512, eos_token_id=513, pad_token_id=1)
+    CLIPTextModel(CLIPTextConfig(**text)).save_pretrained(root / "text_encoder")
+    CLIPTextModelWithProjection(CLIPTextConfig(**text, projection_dim=32)).save_pretrained(root / "text_encoder_2")
+    for sub in ("tokenizer", "tokenizer_2"):
+        _clip_tokenizer(root / sub)
+    EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
+                           timestep_spacing="leading").save_pretrained(root / "scheduler")
+    return root

@@ -1,4 +1,4 @@
-"""The SD2.1 recipes in train/configs run for a few steps on a tiny random SD2.1-shaped family and webdataset shards
+"""The SD2.1 and SDXL recipes in train/configs run for a few steps on a tiny random SD2.1- or SDXL-shaped family and webdataset shards
 built in the test (only the family, data, sizes and precision are overridden; every other setting is the recipe's)."""
 
 import json
@@ -15,7 +15,7 @@ from rglcd.training.distill import DistillConfig, train_distill
 from tests.test_shards import png_bytes, write_shard
 
 CONFIGS = Path(__file__).resolve().parents[1] / "train" / "configs"
-SD_RECIPES = sorted(p.name for p in CONFIGS.glob("sd21*.yaml"))
+SD_RECIPES = sorted(p.name for p in CONFIGS.glob("sd*.yaml"))
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +34,19 @@ def tiny_sd21_family(tiny_sd21_repo, tiny_emoji_family, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def tiny_sdxl_family(tiny_sdxl_repo, tiny_emoji_family, tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny-sdxl-family")
+    spec = json.loads(json.dumps(PRESETS["sdxl"]))
+    for key in ("vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler"):
+        spec[key]["repo"] = str(tiny_sdxl_repo)
+    spec["members"] = {"teacher": {"unet": {"repo": str(tiny_sdxl_repo), "subfolder": "unet"}, "kind": "teacher"}}
+    shutil.copytree(tiny_emoji_family / "reward", root / "reward")
+    spec.update(resolution=32, max_length=16, reward="emoji=reward")
+    (root / "family.json").write_text(json.dumps(spec))
+    return root
+
+
+@pytest.fixture(scope="module")
 def tiny_shards(tmp_path_factory):
     root = tmp_path_factory.mktemp("shards")
     colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255), (255, 0, 255)]
@@ -44,9 +57,10 @@ def tiny_shards(tmp_path_factory):
 
 
 @pytest.mark.parametrize("recipe", SD_RECIPES)
-def test_sd21_recipe_runs_a_few_steps(recipe, tiny_sd21_family, tiny_shards, tmp_path):
+def test_sd_recipe_runs_a_few_steps(recipe, tiny_sd21_family, tiny_sdxl_family, tiny_shards, tmp_path):
+    tiny_family = tiny_sdxl_family if recipe.startswith("sdxl") else tiny_sd21_family
     cfg = parse_config(DistillConfig, argv=[
-        "--config", str(CONFIGS / recipe), "--family", str(tiny_sd21_family), "--data", tiny_shards,
+        "--config", str(CONFIGS / recipe), "--family", str(tiny_family), "--data", tiny_shards,
         "--output-dir", str(tmp_path / "run"), "--export-dir", str(tmp_path / "export"), "--max-steps", "2",
         "--batch-size", "2", "--resolution", "32", "--mixed-precision", "no", "--warmup-steps", "1"]
         + (["--reward", "none"] if "rg-lcd" in recipe else [])
@@ -57,7 +71,7 @@ def test_sd21_recipe_runs_a_few_steps(recipe, tiny_sd21_family, tiny_shards, tmp
             assert getattr(cfg, key) == recipe_values[key], key
     metrics = train_distill(cfg)
     assert metrics["steps"] == 2 and torch.isfinite(torch.tensor(metrics["loss"]))
-    family = load_family(str(tiny_sd21_family))
+    family = load_family(str(tiny_family))
     member = family.member(cfg.member)
     assert member["kind"] == ("mlcm" if cfg.method == "mlcm" else "lcm")
     pipe = family.pipeline(cfg.member)
@@ -83,3 +97,21 @@ def test_shard_stream_resumes_at_its_position_and_bad_sources_are_clear(tiny_sd2
         training_batches(str(tmp_path / "{0..3}.tar"), family, 32).batch(1, g)
     with pytest.raises(DataError, match="unknown data source"):
         training_batches("laion", family, 32)
+
+
+def test_sdxl_conditioning_matches_the_sdxl_pipeline(tiny_sdxl_family):
+    family = load_family(str(tiny_sdxl_family))
+    assert family.is_sdxl and not load_family("emoji-64").is_sdxl
+    pipe = family.pipeline("teacher")
+    assert type(pipe).__name__ == "StableDiffusionXLPipeline"
+    embeds, _, pooled, _ = pipe.encode_prompt("a red box", device="cpu", num_images_per_prompt=1,
+                                              do_classifier_free_guidance=False)
+    ctx = family.encode(["a red box", ""])
+    assert ctx.shape == (2, 17, 64)
+    assert torch.allclose(ctx[:1, :-1], embeds, atol=1e-5) and torch.allclose(ctx[0, -1, :32], pooled[0], atol=1e-5)
+    assert (ctx[1] == 0).all()
+    unet = family.unet("teacher")
+    kwargs = family.unet_inputs(unet, ctx)
+    assert kwargs["added_cond_kwargs"]["time_ids"].tolist() == [[32.0, 32.0, 0.0, 0.0, 32.0, 32.0]] * 2
+    out = unet(torch.randn(2, 4, 4, 4), torch.tensor([10, 500]), **kwargs).sample
+    assert out.shape == (2, 4, 4, 4)

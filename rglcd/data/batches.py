@@ -71,13 +71,11 @@ class EncodedBatches:
 
     def __init__(self, spec: str, family: Any, resolution: int, cache: bool = False,
                  cache_root: Path | None = None, rank: int = 0, world: int = 1, encode_batch: int = 32) -> None:
-        from rglcd.models import encode_prompts
-
         self.spec, self.family, self.resolution = spec, family, resolution
         self.rank, self.world, self.encode_batch = rank, world, encode_batch
         self.folder = Path(spec) if Path(spec).is_dir() else None
         self.pairs = list_image_folder(self.folder) if self.folder else None
-        self.empty = encode_prompts(family.tokenizer, family.text_encoder, [""])[0].float()
+        self.empty = family.encode([""])[0].float().cpu()
         self.consumed = 0
         self._stream: Iterator[tuple[torch.Tensor, str]] | None = None
         self.cached: dict[str, Any] | None = self._load_or_build_cache(cache_root) if cache else None
@@ -87,11 +85,11 @@ class EncodedBatches:
         self.latent_shape = tuple(probe.shape[1:])
 
     def _encode(self, images: list[torch.Tensor], texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        from rglcd.models import encode_latents, encode_prompts
+        from rglcd.models import encode_latents
 
         with torch.no_grad():
             z = encode_latents(self.family.vae, torch.stack(images), self.encode_batch).float().cpu()
-            ctx = encode_prompts(self.family.tokenizer, self.family.text_encoder, texts).float().cpu()
+            ctx = self.family.encode(texts).float().cpu()
         return z, ctx
 
     def _samples(self) -> Iterator[tuple[torch.Tensor, str]]:

@@ -194,14 +194,15 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
     online = accelerator.unwrap_model(student)
 
     def call(unet):
-        takes_w = unet.config.time_cond_proj_dim is not None
-        return lambda z, t, c, w: unet(z, t.to(device), encoder_hidden_states=c,
-                                       timestep_cond=w if takes_w else None).sample
+        takes_w = accelerator.unwrap_model(unet).config.time_cond_proj_dim is not None
+        base = accelerator.unwrap_model(unet)
+        return lambda z, t, c, w: unet(z, t.to(device), timestep_cond=w if takes_w else None,
+                                       **family.unet_inputs(base, c)).sample
 
     def adapters_off(z: torch.Tensor, t: torch.Tensor, c: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
         online.disable_adapters()
         try:
-            return online(z, t.to(device), encoder_hidden_states=c).sample
+            return online(z, t.to(device), **family.unet_inputs(online, c)).sample
         finally:
             online.enable_adapters()
 
