@@ -149,3 +149,39 @@ def test_validation_grids_reach_tensorboard(family_with_teacher, tmp_path):
     events.Reload()
     assert {"samples/train", "samples/heldout"} <= set(events.Tags()["images"])
     assert "loss" in events.Tags()["scalars"] and "heldout_win_rate" in events.Tags()["scalars"]
+
+
+def test_kill_9_then_resume_latest_continues_the_same_loss(family_with_teacher, tmp_path):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = family_with_teacher
+    args = ["--family", str(root), "--batch-size", "4", "--max-steps", "16", "--warmup-steps", "1",
+            "--checkpoint-every", "2", "--eval-every", "0", "--limit-concepts", "16", "--threads", "1"]
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(repo))
+
+    def run(out, export):
+        return subprocess.Popen([sys.executable, str(repo / "train" / "distill.py"), *args, "--output-dir", str(out),
+                                 "--export-dir", str(export)], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+
+    victim = run(tmp_path / "cut", tmp_path / "cut-export")
+    deadline = time.time() + 120
+    while not list_checkpoints(tmp_path / "cut") and time.time() < deadline and victim.poll() is None:
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    done = list_checkpoints(tmp_path / "cut")
+    assert done and int(done[-1].name.split("-")[1]) < 16, "the run was killed mid-way, after a checkpoint"
+    assert not (tmp_path / "cut-export").exists()
+    assert run(tmp_path / "cut", tmp_path / "cut-export").wait() == 0  # --resume latest is the default
+    assert run(tmp_path / "full", tmp_path / "full-export").wait() == 0
+    cut = json.loads((tmp_path / "cut-export" / "metrics.json").read_text())
+    full = json.loads((tmp_path / "full-export" / "metrics.json").read_text())
+    assert cut["loss"] == full["loss"] and cut["steps"] == full["steps"] == 16
