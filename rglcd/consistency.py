@@ -2,13 +2,17 @@
 
 f(z_t, t) = c_skip(t) z_t + c_out(t) x0_hat(z_t, t), with x0_hat from the network output (epsilon, v or sample
 prediction) and (c_skip, c_out) from `rglcd.schedule.boundary_scalings`, so f(z_0, 0) = z_0 exactly.
+
+Consistency models in sigma parameterisation (iCT): f(x, sigma) = c_skip(sigma) x + c_out(sigma) F with
+`rglcd.schedule.cm_scalings`, so f(x, sigma_min) = x exactly (`cm_output`).
 """
 
 from __future__ import annotations
 
 import torch
 
-from rglcd.schedule import boundary_scalings, ddim_solver_step, predicted_noise, predicted_x0
+from rglcd.schedule import (SIGMA_DATA, SIGMA_MIN, boundary_scalings, cm_scalings, ddim_solver_step, predicted_noise,
+                            predicted_x0)
 
 
 def consistency_output(model_output: torch.Tensor, sample: torch.Tensor, timesteps: torch.Tensor,
@@ -53,3 +57,16 @@ def segment_output(model_output: torch.Tensor, sample: torch.Tensor, timesteps: 
     clean = consistency_output(model_output, sample, timesteps, alphas_cumprod, prediction_type)
     shape = (-1,) + (1,) * (sample.ndim - 1)
     return torch.where((edge_timesteps == 0).view(shape).to(sample.device), clean, jump)
+
+
+def cm_output(model_output: torch.Tensor, sample: torch.Tensor, sigma: torch.Tensor, sigma_min: float = SIGMA_MIN,
+              sigma_data: float = SIGMA_DATA) -> torch.Tensor:
+    """f(x, sigma) = c_skip x + c_out F (B,C,H,W) from the raw network output F at x = `sample` and sigma (B,) or ()."""
+    c_skip, c_out, _ = cm_scalings(sigma, sigma_min, sigma_data)
+    shape = (-1,) + (1,) * (sample.ndim - 1) if sigma.ndim else ()
+    return c_skip.view(shape).to(sample) * sample + c_out.view(shape).to(sample) * model_output
+
+
+def ict_huber_c(dim: int) -> float:
+    """iCT's pseudo-Huber constant c = 0.00054 sqrt(d) for samples of d = C*H*W values (0.0173 for 1x32x32)."""
+    return 0.00054 * dim ** 0.5

@@ -2,19 +2,23 @@
 `__call__` shows how the noise level is drawn, the sample noised, the networks called and the loss formed.
 
 Networks are plain callables `net(z_t (B,C,h,w), t (B,) int, context (B,L,D), w_embedding (B,E) or None) -> output`
-so the same loss serves a full-model student (EMA target) and a LoRA student (teacher = adapters off).
+so the same loss serves a full-model student (EMA target) and a LoRA student (teacher = adapters off). `ICTLoss`
+takes a consistency function in sigma parameterisation, `net(x_sigma (B,C,H,W), sigma (B,), **cond) -> f (B,C,H,W)`
+(`rglcd.networks.CMDenoiser`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 
-from rglcd.consistency import consistency_distance, consistency_output, segment_output
-from rglcd.schedule import (ddim_skip_grid, ddim_solver_step, grid_timestep, guidance_scale_embedding, lower_edge,
-                            predicted_noise, predicted_x0, segment_edges)
+from rglcd.consistency import consistency_distance, consistency_output, ict_huber_c, pseudo_huber, segment_output
+from rglcd.schedule import (KARRAS_RHO, SIGMA_MAX, SIGMA_MIN, ddim_skip_grid, ddim_solver_step, grid_timestep,
+                            guidance_scale_embedding, ict_num_scales, karras_sigmas, lognormal_interval_probs,
+                            lower_edge, predicted_noise, predicted_x0, segment_edges)
 
 Net = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
@@ -131,3 +135,85 @@ class RewardGuidance:
         """Rewards (B,) of the decoded one-step predictions `student_x0` (B,C,h,w), scaled latents."""
         decoded = self.vae.decode(student_x0 / self.vae.config.scaling_factor).sample.float()
         return self.reward(((decoded + 1) / 2).clamp(0, 1), prompts)
+
+
+@contextlib.contextmanager
+def shared_randomness(seed: int, device: torch.device) -> Iterator[None]:
+    """Run the block on the global RNG (CPU, and `device`'s if CUDA) seeded with `seed`, restoring the RNG after.
+
+    Two forwards of one network, each in such a block with the same seed, draw the same dropout masks; the RNG the
+    rest of the program sees is untouched, and the masks depend only on the seed (so a resumed run repeats them).
+    """
+    cuda = [device] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.default_generator.manual_seed(seed)
+        for dev in cuda:
+            with torch.cuda.device(dev):
+                torch.cuda.manual_seed(seed)
+        yield
+
+
+@dataclass
+class ICTLoss:
+    """Improved consistency training (Song & Dhariwal 2023): a consistency model from data, no teacher.
+
+    At optimiser step k the Karras grid has N(k) points (the doubling curriculum `ict_num_scales`, or `fixed_scales`);
+    draw an interval i (discretised lognormal over log sigma, or uniform) and one noise z, and pull the network at
+    sigma_{i+1} towards itself at sigma_i under stop-gradient, on the same x + sigma z: loss
+    d(f(x + sigma_{i+1} z, sigma_{i+1}), sg f(x + sigma_i z, sigma_i)) / (sigma_{i+1} - sigma_i), with d the
+    pseudo-Huber distance (c = 0.00054 sqrt(dim)) or the squared L2 mean (the original CT's 'l2'). Both forwards
+    run in `shared_randomness` with the draw's dropout seed, so they use the same dropout masks.
+    """
+
+    total_steps: int
+    sigma_min: float = SIGMA_MIN
+    sigma_max: float = SIGMA_MAX
+    rho: float = KARRAS_RHO
+    p_mean: float = -1.1
+    p_std: float = 2.0
+    s0: int = 10
+    s1: int = 1280
+    loss_type: str = "huber"  # huber | l2
+    noise_sampling: str = "lognormal"  # lognormal | uniform
+    fixed_scales: int | None = None  # N for every step (no curriculum); None: the curriculum
+    huber_c: float | None = None  # None: 0.00054 sqrt(dim)
+
+    def __post_init__(self) -> None:
+        if self.loss_type not in ("huber", "l2"):
+            raise ValueError(f"unknown loss_type {self.loss_type!r}: use huber or l2")
+        if self.noise_sampling not in ("lognormal", "uniform"):
+            raise ValueError(f"unknown noise_sampling {self.noise_sampling!r}: use lognormal or uniform")
+
+    def num_scales(self, step: int) -> int:
+        """Grid points N at global optimiser step `step` (never a per-process counter)."""
+        return self.fixed_scales or ict_num_scales(step, self.total_steps, self.s0, self.s1)
+
+    def draw(self, batch: int, step: int, generator: torch.Generator) -> dict[str, torch.Tensor | int]:
+        """The randomness of one step: interval indices (B,), their sigmas (B,) float32 and weights
+        1 / (sigma_{i+1} - sigma_i) (B,), the grid size N and a dropout seed."""
+        n = self.num_scales(step)
+        sigmas = karras_sigmas(n, self.sigma_min, self.sigma_max, self.rho)
+        if self.noise_sampling == "lognormal":
+            index = torch.multinomial(lognormal_interval_probs(sigmas, self.p_mean, self.p_std), batch,
+                                      replacement=True, generator=generator)
+        else:
+            index = torch.randint(0, n - 1, (batch,), generator=generator)
+        lo, hi = sigmas[index], sigmas[index + 1]
+        seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator))
+        return {"index": index, "sigma_lo": lo.float(), "sigma_hi": hi.float(), "weight": (1 / (hi - lo)).float(),
+                "num_scales": n, "dropout_seed": seed}
+
+    def __call__(self, net: Callable[..., torch.Tensor], x0: torch.Tensor, noise: torch.Tensor,
+                 draw: dict[str, torch.Tensor | int], **cond: torch.Tensor) -> torch.Tensor:
+        """Per-sample weighted loss (B,) for clean samples `x0` and noise `noise` (B,C,H,W); `cond` goes to `net`."""
+        shape = (-1,) + (1,) * (x0.ndim - 1)
+        lo, hi = draw["sigma_lo"].to(x0.device), draw["sigma_hi"].to(x0.device)
+        with shared_randomness(draw["dropout_seed"], x0.device), torch.no_grad():
+            target = net(x0 + lo.view(shape).to(x0) * noise, lo, **cond)
+        with shared_randomness(draw["dropout_seed"], x0.device):
+            pred = net(x0 + hi.view(shape).to(x0) * noise, hi, **cond)
+        if self.loss_type == "huber":
+            distance = pseudo_huber(pred, target, self.huber_c or ict_huber_c(x0[0].numel()))
+        else:
+            distance = consistency_distance(pred, target, "l2")
+        return draw["weight"].to(distance) * distance

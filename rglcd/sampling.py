@@ -1,11 +1,13 @@
 """Sampling a family member from prompts, with the input checks every front end (CLI, app) shares.
 
-Teachers sample with diffusers' own StableDiffusionPipeline + DDIMScheduler (classifier-free guidance).
+Teachers sample with diffusers' own StableDiffusionPipeline + DDIMScheduler (classifier-free guidance);
+`consistency_sample` runs a consistency-model UNet without a text pipeline (class-conditional pixel models).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -61,3 +63,19 @@ def generate(family: Family, member: str, req: Request) -> torch.Tensor:
     generator = torch.Generator().manual_seed(req.seed)
     return pipe([req.prompt] * req.num_images, num_inference_steps=req.steps, guidance_scale=req.guidance_scale,
                 generator=generator, output_type="pt").images.float().cpu()
+
+
+@torch.no_grad()
+def consistency_sample(unet: torch.nn.Module, scheduler: Any, noise: torch.Tensor, steps: int,
+                       generator: torch.Generator | list[torch.Generator] | None = None, **cond: torch.Tensor
+                       ) -> torch.Tensor:
+    """Clean samples (B,C,H,W) of a consistency-model UNet driven by `rglcd.scheduling_cm.CMScheduler` in `steps`
+    steps from standard normal `noise` (B,C,H,W); `cond` goes to the UNet (e.g. `class_labels=`). The loop of
+    LatentConsistencyModelPipeline, without text."""
+    scheduler.set_timesteps(steps, device=noise.device)
+    sample = noise * scheduler.init_noise_sigma
+    denoised = sample
+    for t in scheduler.timesteps:
+        sample, denoised = scheduler.step(unet(sample, t, **cond).sample, t, sample, generator=generator,
+                                          return_dict=False)
+    return denoised

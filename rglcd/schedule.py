@@ -123,3 +123,59 @@ def grid_timestep(positions: torch.Tensor, num_train_timesteps: int = 1000, num_
 def lower_edge(positions: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
     """For grid positions p >= 1 (B,), the segment edge just below: the largest edge e < p, (B,) int64."""
     return edges[torch.searchsorted(edges.to(positions.device), positions, right=False) - 1]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Consistency models in sigma parameterisation (iCT, Song & Dhariwal 2023): x_sigma = x_0 + sigma z, sigma in
+# [sigma_min, sigma_max] on the Karras grid; the network sees c_in x_sigma and c_noise(sigma).
+
+SIGMA_MIN = 0.002
+SIGMA_MAX = 80.0
+KARRAS_RHO = 7.0
+
+
+def karras_sigmas(n: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX, rho: float = KARRAS_RHO
+                  ) -> torch.Tensor:
+    """The n-point Karras grid, ascending, float64 (n,), n >= 2:
+    sigma_i = (sigma_min^(1/rho) + (i-1)/(n-1) (sigma_max^(1/rho) - sigma_min^(1/rho)))^rho for i = 1..n,
+    with the endpoints exactly sigma_min and sigma_max (so f(x, sigma_1) = x holds bit for bit)."""
+    if n < 2:
+        raise ValueError(f"a Karras grid needs at least 2 points, got {n}")
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    sigmas = (lo + torch.linspace(0, 1, n, dtype=torch.float64) * (hi - lo)) ** rho
+    sigmas[0], sigmas[-1] = sigma_min, sigma_max
+    return sigmas
+
+
+def cm_scalings(sigma: torch.Tensor, sigma_min: float = SIGMA_MIN, sigma_data: float = SIGMA_DATA
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(c_skip, c_out, c_in) of sigma (any shape) for f = c_skip x + c_out F(c_in x, c_noise), keeping the sigma_min
+    offset so that c_skip = 1 and c_out = 0 at sigma_min:
+    c_skip = sd^2 / ((s - s_min)^2 + sd^2), c_out = (s - s_min) sd / sqrt(s^2 + sd^2), c_in = 1 / sqrt(s^2 + sd^2)."""
+    c_skip = sigma_data ** 2 / ((sigma - sigma_min) ** 2 + sigma_data ** 2)
+    c_out = (sigma - sigma_min) * sigma_data / (sigma ** 2 + sigma_data ** 2).sqrt()
+    c_in = 1 / (sigma ** 2 + sigma_data ** 2).sqrt()
+    return c_skip, c_out, c_in
+
+
+def cm_timestep(sigma: torch.Tensor) -> torch.Tensor:
+    """c_noise(sigma) = 1000 * 0.25 * log(sigma + 1e-44), the value a diffusers UNet gets as its (float) timestep
+    (openai/consistency_models and diffusers' CMStochasticIterativeScheduler; about -1554 at 0.002, 1095 at 80)."""
+    return 250.0 * torch.log(sigma + 1e-44)
+
+
+def ict_num_scales(step: int, total_steps: int, s0: int = 10, s1: int = 1280) -> int:
+    """The iCT doubling curriculum: grid points N(k) = min(s0 2^floor(k / K'), s1) + 1 at optimiser step k of K,
+    K' = floor(K / (log2(floor(s1 / s0)) + 1)) (K = 400k, s0 = 10, s1 = 1280: 11, 21, ..., 1281 every 50k steps).
+    A function of the global step only, so every process of a multi-GPU run uses the same N."""
+    k_prime = max(math.floor(total_steps / (math.log2(math.floor(s1 / s0)) + 1)), 1)
+    return min(s0 * 2 ** (step // k_prime), s1) + 1
+
+
+def lognormal_interval_probs(sigmas: torch.Tensor, p_mean: float = -1.1, p_std: float = 2.0) -> torch.Tensor:
+    """Probabilities (N-1,) float64 of the N-1 intervals of an ascending grid `sigmas` (N,) under log sigma ~
+    N(p_mean, p_std^2), renormalised over [sigma_1, sigma_N]:
+    p_i ∝ erf((log s_{i+1} - p_mean) / (sqrt(2) p_std)) - erf((log s_i - p_mean) / (sqrt(2) p_std))."""
+    cdf = torch.erf((sigmas.double().log() - p_mean) / (math.sqrt(2) * p_std))
+    p = cdf[1:] - cdf[:-1]
+    return p / p.sum()

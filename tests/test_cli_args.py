@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from rglcd.training.cli_args import parse_config
+from rglcd.training.cli_args import parse_config, requested_method
 from rglcd.training.distill import DistillConfig
+from rglcd.training.ict import ICTConfig
 from rglcd.training.teacher import TeacherConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "train" / "configs"
@@ -19,7 +20,8 @@ def test_recipe_then_flags_override():
 
 @pytest.mark.parametrize("recipe", sorted(CONFIGS.glob("emoji-64-*.yaml")))
 def test_every_recipe_parses(recipe):
-    cls = TeacherConfig if "teacher" in recipe.name else DistillConfig
+    method = requested_method(["--config", str(recipe)])
+    cls = TeacherConfig if "teacher" in recipe.name else ICTConfig if method == "ict" else DistillConfig
     cfg = parse_config(cls, argv=["--config", str(recipe)])
     assert cfg.family == "emoji-64"
 

@@ -72,3 +72,21 @@ def parse_config(cls: type[T], description: str | None = None, argv: list[str] |
         elif isinstance(value, list):
             ns[key] = None if all(v is None for v in value) else tuple(value)
     return cls(**ns)
+
+
+def requested_method(argv: list[str] | None = None) -> str | None:
+    """The `--method` of a command line, else the `method` key of its `--config` recipe, else None (so an entry point
+    can pick the trainer before parsing the rest)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--method")
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    if known.method or not known.config:
+        return known.method
+    import yaml
+
+    try:
+        with open(known.config) as fh:
+            return (yaml.safe_load(fh) or {}).get("method")
+    except FileNotFoundError:
+        return None  # parse_config reports the missing recipe
