@@ -7,8 +7,8 @@
 Family mode runs `rglcd.training.distill.train_distill` for `--warmup + --steps` steps into a temporary folder
 (no export, no evaluation) once per method, each in its own process so that its peak memory is its own (CPU:
 peak resident set size; GPU: torch.cuda.max_memory_allocated). Methods: lcd, lcd-lora (rank 16), rg-lcd (the
-family reward, beta 0.001), and mlcm / ict where this version of the trainer has them (else reported as not
-supported). Full-size mode times one LCD step (teacher CFG DDIM step, student forward and backward, AdamW, EMA
+family reward, beta 0.001), mlcm, and ict (`rglcd.training.ict.train_ict`: the teacher's architecture trained from
+the family's data, no teacher; the sampler kind `cm` must be registered). Full-size mode times one LCD step (teacher CFG DDIM step, student forward and backward, AdamW, EMA
 target) of random-weight SD2.1-shaped UNets with random latents and text states.
 Writes bench/results/train-throughput-<family or shape>-<device>.json.
 """
@@ -56,11 +56,12 @@ MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 def distill_worker(method: str, family: str, batch_size: int, warmup: int, steps: int, device: str,
                    dtype: str) -> dict[str, Any]:
     """Train `method` for warmup + steps steps with per-step timing; one process per call (see peak_memory_mb)."""
-    from rglcd.training import distill
+    from rglcd.training import distill, ict
 
+    trainer = ict if method == "ict" else distill
     times: list[float] = []
     memory: dict[str, float] = {}
-    original = distill.run_training
+    original = trainer.run_training
 
     def timed_run_training(accelerator, counter, output_dir, max_steps, train_step, evaluate=None, *rest, **kw):
         memory["before_training_mb"] = full_size.peak_memory_mb(device)
@@ -74,14 +75,16 @@ def distill_worker(method: str, family: str, batch_size: int, warmup: int, steps
 
         return original(accelerator, counter, output_dir, max_steps, step, None, *rest, **kw)
 
-    distill.run_training = timed_run_training
+    trainer.run_training = timed_run_training
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = distill.DistillConfig(family=family, output_dir=tmp, export_dir=None, batch_size=batch_size,
-                                    max_steps=warmup + steps, warmup_steps=1, checkpoint_every=10**9,
-                                    eval_every=10**9, resume=None, mixed_precision=MIXED_PRECISION[dtype],
-                                    **METHODS[method])
+        common = dict(family=family, output_dir=tmp, export_dir=None, batch_size=batch_size, max_steps=warmup + steps,
+                      checkpoint_every=10**9, eval_every=10**9, resume=None, mixed_precision=MIXED_PRECISION[dtype],
+                      **METHODS[method])
         try:
-            distill.train_distill(cfg)
+            if method == "ict":
+                ict.train_ict(ict.ICTConfig(**common))
+            else:
+                distill.train_distill(distill.DistillConfig(warmup_steps=1, **common))
         except ValueError as err:
             if "unknown method" not in str(err):
                 raise
