@@ -1,6 +1,7 @@
 """Train the small Fashion-MNIST classifier whose features the iCT ablation's Frechet distance uses
-(`rglcd.networks.FashionClassifier`): Adam, cross-entropy, random horizontal flips; a few CPU-minutes, about
-90% test accuracy. Exported with `save_pretrained`, with its test accuracy in `metrics.json`.
+(`rglcd.networks.FashionClassifier`, 0.36M parameters): Adam, cross-entropy, random horizontal flips; 2,000
+steps of batch 128 take about 10 minutes on one loaded CPU core (0.3 s a step). Exported with `save_pretrained`,
+with its test accuracy in `metrics.json` (30 steps already reach 67%).
 """
 
 from __future__ import annotations
