@@ -180,7 +180,14 @@ def _mlcm_scheduler() -> Any:
     return MLCMScheduler
 
 
-STUDENT_SCHEDULERS: dict[str, Callable[[], Any]] = {"lcm": _lcm_scheduler, "mlcm": _mlcm_scheduler}
+def _cm_scheduler() -> Any:
+    from rglcd.scheduling_cm import CMScheduler
+
+    return CMScheduler
+
+
+STUDENT_SCHEDULERS: dict[str, Callable[[], Any]] = {"lcm": _lcm_scheduler, "mlcm": _mlcm_scheduler,
+                                                    "cm": _cm_scheduler}
 """The sampler of each kind of few-step student (one sampler per method); teachers sample with DDIM + CFG."""
 
 
@@ -322,7 +329,7 @@ class Family:
     def pipeline(self, name: str, unet: Any | None = None, kind: str | None = None) -> Any:
         """A diffusers pipeline for the member: StableDiffusionPipeline + DDIMScheduler for a teacher,
         LatentConsistencyModelPipeline + the student's scheduler (`STUDENT_SCHEDULERS`: LCMScheduler for kind lcm,
-        MLCMScheduler for kind mlcm) for a student with a guidance embedding, and StableDiffusionPipeline + that
+        MLCMScheduler for kind mlcm, CMScheduler for kind cm (iCT)) for a student with a guidance embedding, and StableDiffusionPipeline + that
         scheduler for a LoRA student (guidance scale 1-2 there, as in diffusers' docs). SDXL families use
         StableDiffusionXLPipeline for every kind (it embeds the guidance scale when the UNet has the projection).
 
