@@ -142,3 +142,17 @@ class PooledFeatures(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone.extract_features(self.preprocess(images, self.image_size)).mean((2, 3))
+
+
+def high_frequency_energy(images: torch.Tensor, cutoff: float = 0.25) -> torch.Tensor:
+    """Share (N,) of each image's spectral energy (mean over channels removed) at radial frequencies above
+    `cutoff` cycles per pixel (Nyquist is 0.5): a reward-hacking symptom (high-frequency adversarial patterns).
+
+    images: (N,C,H,W) in [0,1].
+    """
+    x = images.float() - images.float().mean((-2, -1), keepdim=True)
+    power = torch.fft.fft2(x).abs().pow(2).sum(1)  # (N,H,W)
+    fy = torch.fft.fftfreq(x.shape[-2]).view(-1, 1)
+    fx = torch.fft.fftfreq(x.shape[-1]).view(1, -1)
+    high = ((fx ** 2 + fy ** 2).sqrt() > cutoff).to(power)
+    return (power * high).sum((-2, -1)) / power.sum((-2, -1)).clamp_min(1e-12)

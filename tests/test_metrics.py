@@ -70,3 +70,17 @@ def test_pooled_features_average_the_last_feature_map():
     # image 0, channel 0: 2 x mean of [[0, 1], [3, 4]] = 4.
     out = feats(images)
     assert out.shape == (2, 3) and out[0, 0].item() == pytest.approx(4.0)
+
+
+def test_high_frequency_energy_of_known_patterns():
+    from rglcd.metrics import high_frequency_energy
+
+    h = w = 16
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    checker = ((xx + yy) % 2).float().expand(1, 3, h, w)  # all energy at (0.5, 0.5): radius 0.707
+    slow = (0.5 + 0.5 * torch.cos(2 * torch.pi * xx / 16)).float().expand(1, 3, h, w)  # radius 1/16
+    mix = 0.5 * checker + 0.5 * slow
+    e = high_frequency_energy(torch.cat([checker, slow, mix]), cutoff=0.25)
+    assert torch.allclose(e[:2], torch.tensor([1.0, 0.0]), atol=1e-6)
+    # mix: checker part +-0.25 -> power (0.25 HW)^2 at one frequency; cosine part 0.25 cos -> (0.125 HW)^2 at two
+    assert torch.allclose(e[2], torch.tensor(0.0625 / (0.0625 + 2 * 0.015625)), atol=1e-6)
