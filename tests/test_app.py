@@ -173,3 +173,11 @@ def test_reward_vs_steps_for_the_students(client) -> None:
     assert "Reward (emoji)" in status
     _, bad = client.predict("", 5.0, "0", 1, api_name="/reward_vs_steps")
     assert "the prompt is empty" in bad
+
+
+def test_every_member_of_the_embedded_family_runs() -> None:
+    engine = Engine("emoji-64")
+    members = set(engine.family().members)
+    results = {r.column: r for r in engine.compare(parse_settings("pizza", **FAST))}
+    assert all(results[c].status == ("ok" if c in members else "unavailable") for c in COLUMNS), {
+        c: results[c].message for c in COLUMNS}
