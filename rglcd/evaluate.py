@@ -301,6 +301,7 @@ class EvalConfig:
     bootstrap: int = 200
     latency_batch: int = 8  # latency: median of `latency_repeats` calls of this many images
     latency_repeats: int = 5
+    baseline: str | None = None  # "model:steps" for paired differences; default: the teacher at its most steps
     skip_missing: bool = False
     sample_prompts: int = 8
     out: str = "results"
@@ -383,6 +384,27 @@ def cached(path: Path, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     torch.save(value, tmp)
     tmp.replace(path)
     return value
+
+
+def per_prompt_metrics(scores: dict[str, Any]) -> list[str]:
+    """The per-image metrics compared between runs: every reward and the prompt-following win rate."""
+    return [k for k in scores if k.startswith("reward_")] + ["pf_win"]
+
+
+def per_prompt_mean(per_seed: list[dict[str, Any]], key: str) -> torch.Tensor:
+    """(N,) each prompt's mean of metric `key` over the seeds."""
+    return torch.stack([s[key] for s in per_seed]).mean(0)
+
+
+def paired_differences(per_seed: list[dict[str, Any]], base_seeds: list[dict[str, Any]], base: str
+                       ) -> dict[str, Any]:
+    """`<metric>_vs_base` and its 95% half-width: the mean over prompts of (run - baseline) per-prompt means, on
+    the same prompts and seeds, so prompt difficulty cancels out (much narrower than the two rows' intervals)."""
+    out: dict[str, Any] = {"baseline": base}
+    for key in per_prompt_metrics(per_seed[0]):
+        diff = per_prompt_mean(per_seed, key) - per_prompt_mean(base_seeds, key)
+        out[f"{key}_vs_base"], out[f"{key}_vs_base_ci95"] = normal_ci(diff)
+    return out
 
 
 class Evaluation:
@@ -496,9 +518,28 @@ class Evaluation:
             per_run[run].append({**timing, **scores})
         latency = {run: self.latency(run) for run in tqdm(self.runs, desc="latency")}
         rows = [self.summarize(run, per_seed, fd_ref, latency[run]) for run, per_seed in per_run.items()]
+        base = self.baseline_run()
+        if base is not None:
+            for row, (run, per_seed) in zip(rows, per_run.items()):
+                if run != base:
+                    row.update(paired_differences(per_seed, per_run[base], f"{base.model} {base.steps}"))
         if self.prompt_set.reference is not None and not self.cfg.reference:
             rows.append(self.summarize(None, [self.scored(None, 0)], None, None))
         return rows
+
+    def baseline_run(self) -> Run | None:
+        """The run every other run is compared with prompt by prompt: `cfg.baseline` ("model:steps"), else the
+        teacher at its largest step count, else None."""
+        from rglcd.sampling import InputError
+
+        if self.cfg.baseline:
+            model, _, steps = self.cfg.baseline.partition(":")
+            match = [r for r in self.runs if r.model == model and str(r.steps) == steps]
+            if not match:
+                raise InputError(f"baseline {self.cfg.baseline} is not among the evaluated runs (model:steps)")
+            return match[0]
+        teachers = [r for r in self.runs if r.kind == "teacher"]
+        return max(teachers, key=lambda r: r.steps) if teachers else None
 
     def summarize(self, run: Run | None, per_seed: list[dict[str, Any]], fd_ref: FrechetReference | None,
                   latency: dict[str, Any] | None) -> dict[str, Any]:
@@ -515,10 +556,8 @@ class Evaluation:
             row["latency_batch"] = latency["batch_size"]
             row["generation_s_per_image"] = float(np.mean([s["seconds_per_image"] for s in per_seed]))
             row["generation_batch"] = per_seed[0]["batch_size"]
-        metrics = [k for k in per_seed[0] if k.startswith("reward_")] + ["pf_win", "pf_top1"]
-        for key in metrics:
-            per_prompt = torch.stack([s[key] for s in per_seed]).mean(0)
-            row[key], row[f"{key}_ci95"] = normal_ci(per_prompt)
+        for key in per_prompt_metrics(per_seed[0]) + ["pf_top1"]:
+            row[key], row[f"{key}_ci95"] = normal_ci(per_prompt_mean(per_seed, key))
         if fd_ref is not None:
             feats = torch.stack([s["features"] for s in per_seed])  # (S, N, D)
             row["fd"], row["fd_ci95"] = bootstrap_ci(lambda idx: fd_ref.distance(feats[:, idx].flatten(0, 1)), n,
@@ -546,18 +585,18 @@ def percent(key: str) -> bool:
     return key.startswith("pf_")
 
 
-def format_cell(row: dict[str, Any], key: str) -> str:
-    """'12.3 ± 0.4' (percent for prompt following), '' when the row lacks the metric."""
+def format_cell(row: dict[str, Any], key: str, sign: str = "") -> str:
+    """'12.3 ± 0.4' (percent for prompt following; sign="+" writes '+1.2'), '' when the row lacks the metric."""
     if key not in row or row[key] == "":
         return ""
     scale = 100 if percent(key) else 1
     value, half = row[key] * scale, row.get(f"{key}_ci95", float("nan")) * scale
-    return f"{value:.1f}" if np.isnan(half) else f"{value:.1f} ± {half:.1f}"
+    return f"{value:{sign}.1f}" if np.isnan(half) else f"{value:{sign}.1f} ± {half:.1f}"
 
 
 def metric_columns(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
     """(key, header) of the metric columns present in the rows, rewards first."""
-    keys = [k for k in rows[0] if k.startswith("reward_") and not k.endswith("_ci95")]
+    keys = [k for k in rows[0] if k.startswith("reward_") and not k.endswith(("_ci95", "_vs_base"))]
     cols = [(k, f"{k[len('reward_'):]} reward") for k in keys]
     cols += [("pf_win", "prompt following win rate (%)"), ("pf_top1", "prompt following top-1 (%)")]
     if any("fd" in r for r in rows):
@@ -575,6 +614,20 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
                  f"{row['nfe']:g}" if "nfe" in row else "",
                  f"{row['seconds_per_image']:.4f}" if "seconds_per_image" in row else ""]
         lines.append("| " + " | ".join(cells + [format_cell(row, k) for k, _ in cols]) + " |")
+    return "\n".join(lines)
+
+
+def paired_table(rows: list[dict[str, Any]]) -> str:
+    """Paired differences against the baseline run (rows that have them), '' when there are none."""
+    paired = [r for r in rows if "baseline" in r]
+    if not paired:
+        return ""
+    keys = [k[:-len("_vs_base")] for k in paired[0] if k.endswith("_vs_base")]
+    head = ["model", "steps"] + [f"{h} - {paired[0]['baseline']}" for k, h in metric_columns(rows) if k in keys]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in paired:
+        cells = [row["model"], str(row["steps"])] + [format_cell(row, f"{k}_vs_base", "+") for k in keys]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -627,6 +680,12 @@ def write_markdown(ev: Evaluation, rows: list[dict[str, Any]], path: Path, refer
         markdown_table(rows),
         "",
     ]
+    paired = paired_table(rows)
+    if paired:
+        base = next(r["baseline"] for r in rows if "baseline" in r)
+        notes += [f"Paired differences against {base}: each prompt's mean over "
+                  "seeds minus the baseline's on the same prompt, averaged over prompts, with 95% half-widths of "
+                  "those differences.", "", paired, ""]
     path.write_text("\n".join(notes))
 
 
@@ -754,6 +813,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=d.bootstrap, help="bootstrap resamples for the FD interval")
     p.add_argument("--latency-batch", type=int, default=d.latency_batch, help="images per timed call")
     p.add_argument("--latency-repeats", type=int, default=d.latency_repeats, help="timed calls (median)")
+    p.add_argument("--baseline", default=None, help="model:steps for paired differences (default: teacher, most "
+                                                     "steps)")
     p.add_argument("--skip-missing", action="store_true", help="skip models the family lacks (with a warning)")
     p.add_argument("--sample-prompts", type=int, default=d.sample_prompts, help="columns of samples.png")
     p.add_argument("--out", default=d.out)

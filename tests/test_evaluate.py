@@ -92,6 +92,7 @@ def test_end_to_end_writes_every_output_and_resumes(eval_inputs, tmp_path, monke
         assert r["n_images"] == "6" and float(r["seconds_per_image"]) > 0
         assert 0 <= float(r["pf_win"]) <= 1 and float(r["fd"]) >= 0 and float(r["fd_ci95"]) >= 0
         assert -100 <= float(r["reward_emoji"]) <= 100
+    assert rows[1]["baseline"] == "teacher 2" and rows[1]["pf_win_vs_base"] and rows[0]["baseline"] == ""
     table = (out / "results.md").read_text()
     assert "| lcm | 2 | 5 | 2 |" in table and "FD-EffNetLite0" in table and "4 images from" in table
 
@@ -131,6 +132,17 @@ def test_any_family_runs_the_tiny_sd21_layout(tiny_sd21_repo, eval_inputs, tmp_p
     rows = evaluate.run_evaluation(cfg)
     assert len(rows) == 1 and rows[0]["nfe"] == 4 and "fd" in rows[0]
     assert all((tmp_path / "out" / name).is_file() for name in OUTPUTS)
+
+
+def test_paired_differences_by_hand():
+    # two prompts, two seeds: run per-prompt means (2, 4), baseline (1, 1) -> differences (1, 3): mean 2, sd sqrt 2.
+    run = [{"reward_r": torch.tensor([1.0, 3.0]), "pf_win": torch.tensor([0.5, 0.5])},
+           {"reward_r": torch.tensor([3.0, 5.0]), "pf_win": torch.tensor([0.5, 0.5])}]
+    base = [{"reward_r": torch.tensor([1.0, 1.0]), "pf_win": torch.tensor([0.0, 1.0])}] * 2
+    out = evaluate.paired_differences(run, base, "teacher 50")
+    assert out["baseline"] == "teacher 50" and out["reward_r_vs_base"] == pytest.approx(2.0)
+    assert out["reward_r_vs_base_ci95"] == pytest.approx(1.959964 * 2 ** 0.5 / 2 ** 0.5, rel=1e-5)
+    assert out["pf_win_vs_base"] == pytest.approx(0.0)
 
 
 def test_prompt_following_groups_partition_the_prompts():
