@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from rglcd.__main__ import main
+from rglcd.models import PRESETS
 
 GEN = ["generate", "--family", "emoji-64", "--model", "teacher", "--prompt", "red apple", "--seed", "0"]
 
@@ -66,5 +67,7 @@ def test_module_entry_point_prints_one_line_error():
     proc = subprocess.run([sys.executable, "-m", "rglcd", "generate", "--family", "nope", "--prompt", "x",
                            "--out", "x.png"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == ["error: unknown model family 'nope': not a preset "
-                                                "(emoji-64, sd21, sd21-base) nor a family.json"]
+    presets = ", ".join(PRESETS)
+    assert proc.stderr.strip().splitlines() == [f"error: unknown model family 'nope': not a preset "
+                                                f"({presets}) nor a family.json"]
+    assert "emoji-64" in presets and "sdxl" in presets
