@@ -115,3 +115,23 @@ def test_sdxl_conditioning_matches_the_sdxl_pipeline(tiny_sdxl_family):
     assert kwargs["added_cond_kwargs"]["time_ids"].tolist() == [[32.0, 32.0, 0.0, 0.0, 32.0, 32.0]] * 2
     out = unet(torch.randn(2, 4, 4, 4), torch.tensor([10, 500]), **kwargs).sample
     assert out.shape == (2, 4, 4, 4)
+
+
+def test_lcd_trains_from_a_hugging_face_dataset(tiny_sd21_family, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from PIL import Image
+
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]
+    ds = datasets.Dataset.from_dict({"image": [Image.new("RGB", (40, 36), c) for c in colours],
+                                     "text": [f"a box {i}" for i in range(4)]},
+                                    features=datasets.Features({"image": datasets.Image(),
+                                                                "text": datasets.Value("string")}))
+    ds.save_to_disk(tmp_path / "hfset")
+    cfg = parse_config(DistillConfig, argv=[
+        "--config", str(CONFIGS / "sd21-lcd.yaml"), "--family", str(tiny_sd21_family),
+        "--data", f"hf:{tmp_path / 'hfset'}", "--output-dir", str(tmp_path / "run"),
+        "--export-dir", str(tmp_path / "export"), "--max-steps", "2", "--batch-size", "2", "--resolution", "32",
+        "--mixed-precision", "no", "--warmup-steps", "1", "--member", "lcm-hf"])
+    metrics = train_distill(cfg)
+    assert metrics["steps"] == 2 and torch.isfinite(torch.tensor(metrics["loss"]))
+    assert load_family(str(tiny_sd21_family)).member("lcm-hf")["kind"] == "lcm"

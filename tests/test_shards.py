@@ -5,6 +5,7 @@ import json
 import tarfile
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -73,3 +74,44 @@ def test_image_folder_layouts(tmp_path):
     (tmp_path / "c").mkdir()
     with pytest.raises(DataError, match="no captioned image"):
         list_image_folder(tmp_path / "c")
+
+
+def test_hf_dataset_table_reads_saved_sets_and_explains_bad_ones(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from rglcd.data.shards import HFDatasetTable
+
+    images = [Image.new("RGB", (40, 20), (255, 0, 0)), Image.new("RGB", (16, 16), (0, 0, 255)),
+              Image.new("RGB", (16, 16))]
+    ds = datasets.Dataset.from_dict({"image": images, "caption": ["a red box", "blue", ""], "id": [1, 2, 3]},
+                                    features=datasets.Features({"image": datasets.Image(),
+                                                                "caption": datasets.Value("string"),
+                                                                "id": datasets.Value("int64")}))
+    datasets.DatasetDict({"train": ds, "test": ds.select([1])}).save_to_disk(tmp_path / "set")
+    table = HFDatasetTable(f"hf:{tmp_path / 'set'}", 8)
+    assert len(table) == 2  # the empty caption is skipped
+    x, text = table[0]
+    assert text == "a red box" and x.shape == (3, 8, 8) and torch.allclose(x[0], torch.ones(8, 8), atol=1e-2)
+    assert x[1:].max() < -0.99
+    assert [HFDatasetTable(f"hf:{tmp_path / 'set'}@test", 8)[0][1]] == ["blue"]
+    with pytest.raises(DataError, match="no split 'valid'"):
+        HFDatasetTable(f"hf:{tmp_path / 'set'}@valid", 8)
+    ds.remove_columns("image").save_to_disk(tmp_path / "noimage")
+    with pytest.raises(DataError, match="no image column"):
+        HFDatasetTable(f"hf:{tmp_path / 'noimage'}", 8)
+    with pytest.raises(DataError, match="neither a local folder nor a hub id"):
+        HFDatasetTable("hf:nope", 8)
+
+
+def test_hf_hub_id_offline_names_the_set_and_the_way_out():
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("datasets")
+    code = ("from rglcd.data.shards import HFDatasetTable\n"
+            "try:\n    HFDatasetTable('hf:owner/captions@train', 8)\n"
+            "except Exception as e:\n    print(type(e).__name__, e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"}).stdout
+    assert out.startswith("DataError could not load the data set 'owner/captions' split 'train'")
+    assert "save_to_disk(DIR)) and pass --data hf:DIR" in out

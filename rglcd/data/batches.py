@@ -1,7 +1,8 @@
 """Training batches for the distillation trainer from any data source: (latents, text states, captions).
 
 - `emoji`: the embedded family's cached tensors (`rglcd.data.emoji.emoji_training_tensors`).
-- a webdataset shard pattern (`data/{00000..00099}.tar`, CC12M / LAION layout) or an image folder with captions:
+- a webdataset shard pattern (`data/{00000..00099}.tar`, CC12M / LAION layout), an image folder with captions, or a
+  Hugging Face `datasets` set (`hf:` + a save_to_disk folder, local data folder or hub id, optional `@split`):
   images and captions are encoded online with the family's VAE and text encoder, or once into a cache of latents
   and text states (`cache=True`, for data sets that fit on disk).
 
@@ -17,10 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from rglcd.data.shards import DataError, iter_shard_samples, list_image_folder, resize_center_crop
+from rglcd.data.shards import DataError, HFDatasetTable, ImageFolderTable, iter_shard_samples
 
 Batch = tuple[torch.Tensor, torch.Tensor, list[str]]
 
@@ -62,10 +62,10 @@ class EmojiBatches:
 
 
 class EncodedBatches:
-    """Images + captions of a shard pattern or image folder, encoded with the family's VAE and text encoder.
+    """Images + captions of a shard pattern, image folder or HF data set, encoded with the family's VAE and text encoder.
 
     Shards stream in order (rank r of P takes samples r, r+P, ...), cycling; the number consumed is the state, and a
-    resume skips that many samples. An image folder is sampled at random. With `cache`, everything is encoded once
+    resume skips that many samples. An image folder or HF data set (random access) is sampled at random. With `cache`, everything is encoded once
     into a file under `cache_root` and then sampled at random like the emoji set.
     """
 
@@ -73,8 +73,9 @@ class EncodedBatches:
                  cache_root: Path | None = None, rank: int = 0, world: int = 1, encode_batch: int = 32) -> None:
         self.spec, self.family, self.resolution = spec, family, resolution
         self.rank, self.world, self.encode_batch = rank, world, encode_batch
-        self.folder = Path(spec) if Path(spec).is_dir() else None
-        self.pairs = list_image_folder(self.folder) if self.folder else None
+        self.table: ImageFolderTable | HFDatasetTable | None = (
+            HFDatasetTable(spec, resolution) if spec.startswith("hf:")
+            else ImageFolderTable(spec, resolution) if Path(spec).is_dir() else None)
         self.empty = family.encode([""])[0].float().cpu()
         self.consumed = 0
         self._stream: Iterator[tuple[torch.Tensor, str]] | None = None
@@ -94,8 +95,8 @@ class EncodedBatches:
 
     def _samples(self) -> Iterator[tuple[torch.Tensor, str]]:
         """This rank's (image in [-1,1], caption) samples, in order, once."""
-        if self.pairs is not None:
-            it = ((_read_image(p, self.resolution), t) for p, t in self.pairs)
+        if self.table is not None:
+            it = (self.table[i] for i in range(len(self.table)))
         else:
             it = iter_shard_samples(self.spec, self.resolution)
         return itertools.islice(it, self.rank, None, self.world)
@@ -145,9 +146,9 @@ class EncodedBatches:
             z, ctx = self.cached["latents"][idx].float(), self.cached["context"][idx].float()
             texts = [self.cached["captions"][i] for i in idx.tolist()]
         else:
-            if self.pairs is not None:
-                idx = torch.randint(len(self.pairs), (batch_size,), generator=generator).tolist()
-                samples = [(_read_image(self.pairs[i][0], self.resolution), self.pairs[i][1]) for i in idx]
+            if self.table is not None:
+                idx = torch.randint(len(self.table), (batch_size,), generator=generator).tolist()
+                samples = [self.table[i] for i in idx]
             else:
                 samples = [self._next() for _ in range(batch_size)]
             texts = [t for _, t in samples]
@@ -162,20 +163,13 @@ class EncodedBatches:
         self.consumed, self._stream = int(state["consumed"]), None
 
 
-def _read_image(path: Path, resolution: int) -> torch.Tensor:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return resize_center_crop(np.asarray(im.convert("RGB")), resolution)
-
-
 def training_batches(spec: str, family: Any, resolution: int | None = None, cache: bool = False,
                      include_flags: bool = False, limit: int | None = None, rank: int = 0, world: int = 1
                      ) -> EmojiBatches | EncodedBatches:
-    """The batch source named by `spec`: 'emoji', a shard pattern (*.tar, braces) or an image folder."""
+    """The batch source named by `spec`: 'emoji', a shard pattern (*.tar, braces), an image folder or 'hf:...'."""
     if spec == "emoji":
         return EmojiBatches(family, include_flags, limit)
-    if Path(spec).is_dir() or ".tar" in spec:
+    if spec.startswith("hf:") or Path(spec).is_dir() or ".tar" in spec:
         return EncodedBatches(spec, family, resolution or family.resolution, cache, rank=rank, world=world)
     raise DataError(f"unknown data source {spec!r}: use 'emoji', a webdataset shard pattern (e.g. "
-                    f"'shards/{{00000..00009}}.tar') or a folder of captioned images")
+                    f"'shards/{{00000..00009}}.tar'), a folder of captioned images or hf:<data set folder or hub id>[@split]")

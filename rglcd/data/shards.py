@@ -148,3 +148,76 @@ def list_image_folder(folder: str | Path) -> list[tuple[Path, str]]:
     if not pairs:
         raise DataError(f"no captioned image in {root} (metadata.jsonl with file_name/text, or image + .txt)")
     return pairs
+
+
+class ImageFolderTable:
+    """Random access to an image folder: `table[i]` -> (image (3,R,R) in [-1,1], caption)."""
+
+    def __init__(self, folder: str | Path, resolution: int) -> None:
+        self.pairs, self.resolution = list_image_folder(folder), resolution
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
+        from PIL import Image
+
+        path, text = self.pairs[i]
+        with Image.open(path) as im:
+            return resize_center_crop(np.asarray(im.convert("RGB")), self.resolution), text
+
+
+class HFDatasetTable:
+    """Random access to a Hugging Face `datasets` image-caption set: `table[i]` -> (image (3,R,R) in [-1,1], caption).
+
+    `source` is `hf:` + a `save_to_disk` folder, a local data folder (parquet / imagefolder) or a hub id, with an
+    optional `@split` (default `train`). The image column is the first `Image` feature; the caption column the first
+    of caption/text/prompt, else the first string column. Rows with an empty caption are skipped.
+    """
+
+    def __init__(self, source: str, resolution: int) -> None:
+        try:
+            import datasets
+        except ImportError as err:
+            raise DataError("--data hf:... needs the `datasets` package (pip install datasets)") from err
+        name, _, split = source.removeprefix("hf:").partition("@")
+        self.resolution = resolution
+        self.ds = self._open(datasets, name, split or "train")
+        features = self.ds.features
+        self.image_key = next((k for k, f in features.items() if isinstance(f, datasets.Image)), None)
+        strings = [k for k, f in features.items() if getattr(f, "dtype", None) in ("string", "large_string")]
+        self.text_key = next((k for k in CAPTION_KEYS if k in strings), strings[0] if strings else None)
+        if self.image_key is None or self.text_key is None:
+            raise DataError(f"data set {name!r} has no image column and caption column (columns: "
+                            f"{', '.join(features)}); need an Image feature and a caption/text/prompt string")
+        self.rows = [i for i, t in enumerate(self.ds[self.text_key]) if isinstance(t, str) and t.strip()]
+        if not self.rows:
+            raise DataError(f"every one of the {len(self.ds)} rows of {name!r} has an empty {self.text_key!r}")
+
+    @staticmethod
+    def _open(datasets: object, name: str, split: str) -> object:
+        path = Path(name)
+        if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
+            ds = datasets.load_from_disk(str(path))
+            if isinstance(ds, datasets.DatasetDict):
+                if split not in ds:
+                    raise DataError(f"data set {name!r} has no split {split!r} (splits: {', '.join(ds)})")
+                ds = ds[split]
+            return ds
+        if not path.exists() and "/" not in name:
+            raise DataError(f"data set not found: {name!r} is neither a local folder nor a hub id (owner/name)")
+        try:
+            return datasets.load_dataset(name, split=split)
+        except Exception as err:  # noqa: BLE001 (offline hub, missing split, unreadable files: one clear message)
+            raise DataError(
+                f"could not load the data set {name!r} split {split!r} ({type(err).__name__}: {err}). Offline, "
+                f"save it where the hub is reachable (datasets.load_dataset({name!r}, split={split!r})"
+                f".save_to_disk(DIR)) and pass --data hf:DIR") from None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
+        row = self.ds[self.rows[i]]
+        image = np.asarray(row[self.image_key].convert("RGB"))
+        return resize_center_crop(image, self.resolution), row[self.text_key].strip()
