@@ -151,6 +151,36 @@ def test_validation_grids_reach_tensorboard(family_with_teacher, tmp_path):
     assert "loss" in events.Tags()["scalars"] and "heldout_win_rate" in events.Tags()["scalars"]
 
 
+def test_report_to_none_writes_no_events_and_bad_trackers_are_clear(family_with_teacher, tmp_path):
+    import importlib.util
+
+    from rglcd.training.tracking import log_grids, make_accelerator
+
+    train_distill(_cfg(family_with_teacher, tmp_path / "quiet", export_dir=None, max_steps=1, eval_every=0,
+                       report_to="none"))
+    assert (tmp_path / "quiet").is_dir() and not list((tmp_path / "quiet").rglob("events.out.tfevents*"))
+    with pytest.raises(ValueError, match="unknown --report-to 'mlflowz'"):
+        make_accelerator("mlflowz", str(tmp_path))
+    if importlib.util.find_spec("wandb") is None:
+        with pytest.raises(ValueError, match="pip install wandb"):
+            make_accelerator("wandb", str(tmp_path))
+
+    class Tracker:  # what accelerate's WandBTracker receives: no tensorboard-only keyword arguments
+        name = "wandb"
+
+        def log_images(self, values, step, **kwargs):
+            self.seen = (sorted(values), values["samples/heldout"].shape, step, kwargs)
+
+    from PIL import Image
+
+    Image.new("RGB", (6, 4)).save(tmp_path / "step-2-heldout.png")
+    tracker = Tracker()
+    accelerator = make_accelerator("none", str(tmp_path))
+    accelerator.trackers = [tracker]
+    log_grids(accelerator, [tmp_path / "step-2-heldout.png"], 2)
+    assert tracker.seen == (["samples/heldout"], (1, 4, 6, 3), 2, {})
+
+
 def test_kill_9_then_resume_latest_continues_the_same_loss(family_with_teacher, tmp_path):
     import json
     import os

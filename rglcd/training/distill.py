@@ -31,6 +31,7 @@ from rglcd.objectives import LCDLoss, MLCMLoss, RewardGuidance
 from rglcd.rewards.proxy import LatentProxyReward, preference_loss
 from rglcd.training.checkpoints import StepCounter, step_generator
 from rglcd.training.loop import run_training
+from rglcd.training.tracking import log_grids, make_accelerator
 
 
 @dataclass
@@ -68,6 +69,7 @@ class DistillConfig:
     gradient_accumulation_steps: int = 1  # micro-batches per optimiser step (a step counts optimiser steps)
     max_grad_norm: float = 1.0
     mixed_precision: str | None = None  # "no" | "bf16" | "fp16"; None: what `accelerate launch` was given
+    report_to: str = "tensorboard"  # tensorboard | wandb | all | none
     gradient_checkpointing: bool = False
     reward: str | None = None  # registry name or mix ("hpsv2.1=1,imagereward=0.1"), or "family"; rg-lcd: None is
     # the family's reward; mlcm: a reward adds the preference term
@@ -100,18 +102,6 @@ def segments_at(cfg: DistillConfig, step: int) -> int:
     return int(stages[min(step * len(stages) // max(cfg.max_steps, 1), len(stages) - 1)])
 
 
-def log_grids(accelerator: Accelerator, pngs: list[Path], step: int) -> None:
-    """Validation grids (PNG files named `<stem>-<set>.png`) as images `samples/<set>` to every tracker that
-    takes images (tensorboard, wandb)."""
-    import numpy as np
-    from PIL import Image
-
-    images = {f"samples/{p.stem.rsplit('-', 1)[-1]}": np.asarray(Image.open(p).convert("RGB"))[None] for p in pngs}
-    for tracker in accelerator.trackers:
-        if images and hasattr(tracker, "log_images"):
-            tracker.log_images(images, step, dataformats="NHWC")
-
-
 def student_from_teacher(teacher: UNet2DConditionModel, w_embedding_dim: int) -> UNet2DConditionModel:
     """The teacher's UNet with a zero-initialised guidance projection: at start it computes exactly the teacher."""
     student = UNet2DConditionModel.from_config(teacher.config, time_cond_proj_dim=w_embedding_dim)
@@ -135,9 +125,8 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
     """Distil (resuming when asked), export the student, register it in the family file; return final metrics."""
     if cfg.method not in METHODS:
         raise ValueError(f"unknown method {cfg.method!r}; this version implements: {', '.join(METHODS)}")
-    accelerator = accelerator or Accelerator(log_with="tensorboard", project_dir=cfg.output_dir,
-                                             mixed_precision=cfg.mixed_precision,
-                                             gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+    accelerator = accelerator or make_accelerator(cfg.report_to, cfg.output_dir, mixed_precision=cfg.mixed_precision,
+                                                  gradient_accumulation_steps=cfg.gradient_accumulation_steps)
     accelerator.init_trackers("distill", config={k: str(v) for k, v in asdict(cfg).items()})
     set_seed(cfg.seed)  # initialisations (LoRA, proxy RM) repeat across fresh runs
     family = load_family(cfg.family)

@@ -31,6 +31,7 @@ from rglcd.objectives import ICTLoss
 from rglcd.scheduling_cm import CMScheduler
 from rglcd.training.checkpoints import StepCounter, step_generator
 from rglcd.training.loop import run_training
+from rglcd.training.tracking import log_grids, make_accelerator
 
 
 @dataclass
@@ -65,6 +66,7 @@ class ICTConfig:
     cfg_dropout: float = 0.1  # latent data: empty caption with this probability (guidance at sampling)
     max_grad_norm: float = 0.0  # 0: no clipping (iCT clips nothing)
     mixed_precision: str | None = None
+    report_to: str = "tensorboard"  # tensorboard | wandb | all | none
     checkpoint_every: int = 250
     eval_every: int = 1000  # 0: no evaluation
     eval_steps: tuple[int, ...] = (1, 2)
@@ -92,8 +94,7 @@ def train_ict(cfg: ICTConfig, accelerator: Accelerator | None = None) -> dict[st
     if cfg.method != "ict":
         raise ValueError(f"train_ict runs --method ict, got {cfg.method!r}")
     loss_fn = ict_loss(cfg)
-    accelerator = accelerator or Accelerator(log_with="tensorboard", project_dir=cfg.output_dir,
-                                             mixed_precision=cfg.mixed_precision)
+    accelerator = accelerator or make_accelerator(cfg.report_to, cfg.output_dir, mixed_precision=cfg.mixed_precision)
     accelerator.init_trackers("ict", config={k: str(v) for k, v in asdict(cfg).items()})
     set_seed(cfg.seed)  # the same initialisation on every process and every fresh run
     rank, device = accelerator.process_index, accelerator.device
@@ -182,7 +183,6 @@ def train_ict(cfg: ICTConfig, accelerator: Accelerator | None = None) -> dict[st
             return out
         from rglcd.data.emoji import eval_prompt_sets
         from rglcd.evaluate import evaluate_prompt_following
-        from rglcd.training.distill import log_grids
 
         reward = reward or family.reward()
         for n in cfg.eval_steps:

@@ -1,0 +1,41 @@
+"""Experiment tracking for the trainers: one Accelerator factory with the chosen trackers, and validation grids.
+
+`report_to` is "tensorboard" (default; event files under the run's output folder), "wandb" (needs `pip install
+wandb`, online or `WANDB_MODE=offline`), "all" (every tracker accelerate finds installed) or "none".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from accelerate import Accelerator
+
+REPORT_TO = ("tensorboard", "wandb", "all", "none")
+
+
+def make_accelerator(report_to: str, output_dir: str, **kwargs: Any) -> Accelerator:
+    """An Accelerator logging to `report_to` with its project folder at `output_dir`; clear errors for a bad
+    or uninstalled tracker."""
+    if report_to not in REPORT_TO:
+        raise ValueError(f"unknown --report-to {report_to!r}: use one of {', '.join(REPORT_TO)}")
+    if report_to == "wandb":
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise ValueError("--report-to wandb needs the wandb package (pip install wandb)") from None
+    log_with = None if report_to == "none" else report_to
+    return Accelerator(log_with=log_with, project_dir=output_dir, **kwargs)
+
+
+def log_grids(accelerator: Accelerator, pngs: list[Path], step: int) -> None:
+    """Validation grids (PNG files named `<stem>-<set>.png`) as images `samples/<set>` to every tracker that
+    takes images (tensorboard: NHWC arrays; wandb: one image each)."""
+    import numpy as np
+    from PIL import Image
+
+    images = {f"samples/{p.stem.rsplit('-', 1)[-1]}": np.asarray(Image.open(p).convert("RGB"))[None] for p in pngs}
+    for tracker in accelerator.trackers:
+        if images and hasattr(tracker, "log_images"):
+            kwargs = {"dataformats": "NHWC"} if tracker.name == "tensorboard" else {}
+            tracker.log_images(images, step, **kwargs)
