@@ -368,6 +368,19 @@ class Family:
         return pipe.to(next(unet.parameters()).device)
 
 
+def save_unet(unet: Any, folder: Path, dtype: str = "fp32") -> None:
+    """`unet.save_pretrained(folder)`, with the weights file stored in half precision when `dtype` is "fp16" (half
+    the size; `from_pretrained` loads it back into the model's fp32 parameters). The model itself is unchanged."""
+    if dtype not in ("fp32", "fp16"):
+        raise ValueError(f"unknown export dtype {dtype!r}: use fp32 or fp16")
+    unet.save_pretrained(folder)
+    if dtype == "fp16":
+        from safetensors.torch import save_file
+
+        weights = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in unet.state_dict().items()}
+        save_file(weights, str(Path(folder) / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
+
+
 def register_member(family_file: Path, name: str, folder: Path, kind: str, base: Any | None = None) -> None:
     """Add or replace member `name` in a family file: a UNet folder, or with `base` (the base UNet's entry) a LoRA
     folder on top of it. Folders inside the family's folder are stored relative to it."""

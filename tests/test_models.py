@@ -72,3 +72,24 @@ def test_emoji64_teacher_pipeline_uses_sd_ddim_settings():
     assert (cfg.beta_schedule, cfg.prediction_type, cfg.set_alpha_to_one, cfg.steps_offset) == (
         "scaled_linear", "epsilon", False, 1)
     assert pipe.vae_scale_factor == 4
+
+
+def test_save_unet_in_fp16_halves_the_file_and_loads_back_in_fp32(tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    from rglcd.models import save_unet
+
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16),
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), layers_per_block=1,
+                                cross_attention_dim=8, attention_head_dim=2, norm_num_groups=4)
+    save_unet(unet, tmp_path / "fp32")
+    save_unet(unet, tmp_path / "fp16", "fp16")
+    size = {d: (tmp_path / d / "diffusion_pytorch_model.safetensors").stat().st_size for d in ("fp32", "fp16")}
+    assert size["fp16"] < 0.55 * size["fp32"]
+    back = UNet2DConditionModel.from_pretrained(tmp_path / "fp16")
+    for (name, p), q in zip(unet.state_dict().items(), back.state_dict().values()):
+        assert q.dtype == torch.float32 and torch.equal(q, p.half().float()), name
+    assert next(unet.parameters()).dtype == torch.float32
+    with pytest.raises(ValueError, match="unknown export dtype 'int8'"):
+        save_unet(unet, tmp_path / "x", "int8")

@@ -26,7 +26,7 @@ from rglcd.data.batches import EncodedBatches, training_batches
 from rglcd.data.emoji import cache_dir, eval_prompt_sets
 from rglcd.data.trajectories import TrajectorySpec, teacher_trajectories, weights_digest
 from rglcd.evaluate import evaluate_prompt_following
-from rglcd.models import load_family, register_member
+from rglcd.models import load_family, register_member, save_unet
 from rglcd.objectives import LCDLoss, MLCMLoss, RewardGuidance
 from rglcd.rewards.proxy import LatentProxyReward, preference_loss
 from rglcd.training.checkpoints import StepCounter, step_generator
@@ -70,6 +70,7 @@ class DistillConfig:
     max_grad_norm: float = 1.0
     mixed_precision: str | None = None  # "no" | "bf16" | "fp16"; None: what `accelerate launch` was given
     report_to: str = "tensorboard"  # tensorboard | wandb | all | none
+    export_dtype: str = "fp32"  # fp32 | fp16: the exported weights file (fp16 halves it; loading upcasts)
     gradient_checkpointing: bool = False
     reward: str | None = None  # registry name or mix ("hpsv2.1=1,imagereward=0.1"), or "family"; rg-lcd: None is
     # the family's reward; mlcm: a reward adds the preference term
@@ -299,7 +300,7 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
         if lora:
             save_lora(online, export)
         else:
-            target.save_pretrained(export)
+            save_unet(target, export, cfg.export_dtype)
         if proxy is not None:
             accelerator.unwrap_model(proxy).save_pretrained(export / "proxy-rm")
         metrics.update(steps=counter.step, **({"concepts": batches.size} if hasattr(batches, "size") else {}))

@@ -26,6 +26,7 @@ from accelerate.utils import set_seed
 from diffusers import UNet2DConditionModel
 from diffusers.training_utils import EMAModel
 
+from rglcd.models import save_unet
 from rglcd.networks import CMDenoiser, build_class_unet
 from rglcd.objectives import ICTLoss
 from rglcd.scheduling_cm import CMScheduler
@@ -67,6 +68,7 @@ class ICTConfig:
     max_grad_norm: float = 0.0  # 0: no clipping (iCT clips nothing)
     mixed_precision: str | None = None
     report_to: str = "tensorboard"  # tensorboard | wandb | all | none
+    export_dtype: str = "fp32"  # fp32 | fp16: the exported weights file (fp16 halves it; loading upcasts)
     checkpoint_every: int = 250
     eval_every: int = 1000  # 0: no evaluation
     eval_steps: tuple[int, ...] = (1, 2)
@@ -199,7 +201,7 @@ def train_ict(cfg: ICTConfig, accelerator: Accelerator | None = None) -> dict[st
     if accelerator.is_main_process and cfg.export_dir and counter.step >= cfg.max_steps:
         export = Path(cfg.export_dir)
         final = ema_unet()
-        final.save_pretrained(export)
+        save_unet(final, export, cfg.export_dtype)
         sampler.save_pretrained(export)
         metrics.update(steps=counter.step, params=sum(p.numel() for p in final.parameters()))
         (export / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
