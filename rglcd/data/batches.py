@@ -62,11 +62,12 @@ class EmojiBatches:
 
 
 class EncodedBatches:
-    """Images + captions of a shard pattern, image folder or HF data set, encoded with the family's VAE and text encoder.
+    """Images + captions of a shard pattern, image folder or HF data set, encoded with the family's VAE and text
+    encoder.
 
     Shards stream in order (rank r of P takes samples r, r+P, ...), cycling; the number consumed is the state, and a
-    resume skips that many samples. An image folder or HF data set (random access) is sampled at random. With `cache`, everything is encoded once
-    into a file under `cache_root` and then sampled at random like the emoji set.
+    resume skips that many samples. An image folder or HF data set (random access) is sampled at random. With
+    `cache`, everything is encoded once into a file under `cache_root` and then sampled at random like the emoji set.
     """
 
     def __init__(self, spec: str, family: Any, resolution: int, cache: bool = False,
@@ -172,4 +173,5 @@ def training_batches(spec: str, family: Any, resolution: int | None = None, cach
     if spec.startswith("hf:") or Path(spec).is_dir() or ".tar" in spec:
         return EncodedBatches(spec, family, resolution or family.resolution, cache, rank=rank, world=world)
     raise DataError(f"unknown data source {spec!r}: use 'emoji', a webdataset shard pattern (e.g. "
-                    f"'shards/{{00000..00009}}.tar'), a folder of captioned images or hf:<data set folder or hub id>[@split]")
+                    f"'shards/{{00000..00009}}.tar'), a folder of captioned images or "
+                    f"hf:<data set folder or hub id>[@split]")
