@@ -93,3 +93,21 @@ def test_save_unet_in_fp16_halves_the_file_and_loads_back_in_fp32(tmp_path):
     assert next(unet.parameters()).dtype == torch.float32
     with pytest.raises(ValueError, match="unknown export dtype 'int8'"):
         save_unet(unet, tmp_path / "x", "int8")
+
+
+def test_every_shipped_emoji64_member_samples_and_students_are_stored_in_fp16():
+    from safetensors import safe_open
+
+    family = load_family("emoji-64")
+    assert set(family.members) >= {"teacher", "lcm", "rg-lcm", "mlcm", "ict"}
+    for name in family.members:
+        folder = family.root / family.member(name)["unet"]
+        with safe_open(str(folder / "diffusion_pytorch_model.safetensors"), "pt") as f:
+            dtype = f.get_tensor(next(iter(f.keys()))).dtype
+        assert dtype == (torch.float32 if name == "teacher" else torch.float16), name
+        assert next(family.unet(name).parameters()).dtype == torch.float32
+        pipe = family.pipeline(name)
+        steps = 2 if name == "teacher" else 1
+        image = pipe(["red apple"], num_inference_steps=steps, guidance_scale=1.0, output_type="pt",
+                     generator=torch.Generator().manual_seed(0)).images
+        assert image.shape == (1, 3, 64, 64) and torch.isfinite(image).all(), name
