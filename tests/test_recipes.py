@@ -18,32 +18,30 @@ CONFIGS = Path(__file__).resolve().parents[1] / "train" / "configs"
 SD_RECIPES = sorted(p.name for p in CONFIGS.glob("sd*.yaml"))
 
 
-@pytest.fixture(scope="module")
-def tiny_sd21_family(tiny_sd21_repo, tiny_emoji_family, tmp_path_factory):
-    """The sd21 preset pointed at the tiny SD2.1-layout repo; reward: the tiny emoji reward (HPS / ImageReward
-    loading is tested in their own files)."""
-    root = tmp_path_factory.mktemp("tiny-sd21-family")
-    spec = json.loads(json.dumps(PRESETS["sd21"]))
-    for key in ("vae", "text_encoder", "tokenizer", "scheduler"):
-        spec[key]["repo"] = str(tiny_sd21_repo)
-    spec["members"] = {"teacher": {"unet": {"repo": str(tiny_sd21_repo), "subfolder": "unet"}, "kind": "teacher"}}
+def _tiny_family(root, preset, repo, components, tiny_emoji_family):
+    """The `preset` family pointed at a tiny repo of the same layout, at 32 px; reward: the tiny emoji reward
+    (HPS / ImageReward loading is tested in their own files)."""
+    spec = json.loads(json.dumps(PRESETS[preset]))
+    for key in components:
+        spec[key]["repo"] = str(repo)
+    spec["members"] = {"teacher": {"unet": {"repo": str(repo), "subfolder": "unet"}, "kind": "teacher"}}
     shutil.copytree(tiny_emoji_family / "reward", root / "reward")
     spec.update(resolution=32, max_length=16, reward="emoji=reward")
     (root / "family.json").write_text(json.dumps(spec))
     return root
+
+
+@pytest.fixture(scope="module")
+def tiny_sd21_family(tiny_sd21_repo, tiny_emoji_family, tmp_path_factory):
+    return _tiny_family(tmp_path_factory.mktemp("tiny-sd21-family"), "sd21", tiny_sd21_repo,
+                        ("vae", "text_encoder", "tokenizer", "scheduler"), tiny_emoji_family)
 
 
 @pytest.fixture(scope="module")
 def tiny_sdxl_family(tiny_sdxl_repo, tiny_emoji_family, tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny-sdxl-family")
-    spec = json.loads(json.dumps(PRESETS["sdxl"]))
-    for key in ("vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler"):
-        spec[key]["repo"] = str(tiny_sdxl_repo)
-    spec["members"] = {"teacher": {"unet": {"repo": str(tiny_sdxl_repo), "subfolder": "unet"}, "kind": "teacher"}}
-    shutil.copytree(tiny_emoji_family / "reward", root / "reward")
-    spec.update(resolution=32, max_length=16, reward="emoji=reward")
-    (root / "family.json").write_text(json.dumps(spec))
-    return root
+    return _tiny_family(tmp_path_factory.mktemp("tiny-sdxl-family"), "sdxl", tiny_sdxl_repo,
+                        ("vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler"),
+                        tiny_emoji_family)
 
 
 @pytest.fixture(scope="module")
