@@ -1,7 +1,10 @@
-"""`python -m rglcd`: generate and score on the committed emoji-64 family, and one-line errors for bad input."""
+"""`python -m rglcd`: generate and score on the committed emoji-64 family, and one-line errors for bad input (also
+from the train/ entry points)."""
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -71,3 +74,29 @@ def test_module_entry_point_prints_one_line_error():
     assert proc.stderr.strip().splitlines() == [f"error: unknown model family 'nope': not a preset "
                                                 f"({presets}) nor a family.json"]
     assert "emoji-64" in presets and "sdxl" in presets
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--family", "nope"], "error: unknown model family 'nope'"),
+    (["--report-to", "mlflowz"], "error: unknown --report-to 'mlflowz'"),
+])
+def test_train_entry_point_prints_one_line_error(extra, message, tmp_path):
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(root / "train" / "distill.py"), "--config",
+                           str(root / "train" / "configs" / "emoji-64-lcd.yaml"), "--output-dir", str(tmp_path / "run"),
+                           *extra], capture_output=True, text=True, timeout=300, cwd=root,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(message)
+
+
+def test_report_to_none_from_the_command_line_means_no_tracker(tmp_path):
+    from rglcd.training.cli_args import parse_config
+    from rglcd.training.distill import DistillConfig
+    from rglcd.training.tracking import make_accelerator
+
+    cfg = parse_config(DistillConfig, argv=["--report-to", "none"])
+    assert cfg.report_to is None  # the parser reads 'none' as None, which make_accelerator takes as no tracker
+    assert make_accelerator(cfg.report_to, str(tmp_path)).log_with == []

@@ -3,8 +3,8 @@
 Needs the family's autoencoder (train/autoencoder.py) and reward (train/reward.py, for the evaluation) first.
 """
 
-from rglcd.training.cli_args import parse_config
+from rglcd.training.cli_args import run_trainer
 from rglcd.training.teacher import TeacherConfig, train_teacher
 
 if __name__ == "__main__":
-    train_teacher(parse_config(TeacherConfig, __doc__))
+    raise SystemExit(run_trainer(train_teacher, TeacherConfig, __doc__))

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import os
+import sys
 import typing
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import torch
@@ -90,3 +94,23 @@ def requested_method(argv: list[str] | None = None) -> str | None:
             return (yaml.safe_load(fh) or {}).get("method")
     except FileNotFoundError:
         return None  # parse_config reports the missing recipe
+
+
+def run_trainer(train: Callable[[T], Any], cls: type[T], description: str | None = None,
+                argv: list[str] | None = None, print_result: bool = False) -> int:
+    """An entry point's body: parse argv into `cls`, run `train` on it, return the exit status. Bad input found while
+    setting up (an unknown family or tracker, a missing file, data that matches nothing: ValueError, ModelLoadError,
+    OSError) prints one `error:` line and returns 2; RGLCD_DEBUG=1 re-raises it with its traceback."""
+    from rglcd.models import ModelLoadError
+
+    cfg = parse_config(cls, description, argv)
+    try:
+        result = train(cfg)
+    except (ValueError, ModelLoadError, OSError) as err:
+        if os.environ.get("RGLCD_DEBUG"):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if print_result:
+        print(json.dumps(result, indent=2))
+    return 0

@@ -14,9 +14,10 @@ from accelerate import Accelerator
 REPORT_TO = ("tensorboard", "wandb", "all", "none")
 
 
-def make_accelerator(report_to: str, output_dir: str, **kwargs: Any) -> Accelerator:
-    """An Accelerator logging to `report_to` with its project folder at `output_dir`; clear errors for a bad
-    or uninstalled tracker."""
+def make_accelerator(report_to: str | None, output_dir: str, **kwargs: Any) -> Accelerator:
+    """An Accelerator logging to `report_to` (None: as "none", which the command line reads as None) with its project
+    folder at `output_dir`; clear errors for a bad or uninstalled tracker."""
+    report_to = report_to or "none"
     if report_to not in REPORT_TO:
         raise ValueError(f"unknown --report-to {report_to!r}: use one of {', '.join(REPORT_TO)}")
     if report_to == "wandb":
