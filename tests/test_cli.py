@@ -81,7 +81,6 @@ def test_module_entry_point_prints_one_line_error():
     (["--report-to", "mlflowz"], "error: unknown --report-to 'mlflowz'"),
 ])
 def test_train_entry_point_prints_one_line_error(extra, message, tmp_path):
-
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, str(root / "train" / "distill.py"), "--config",
                            str(root / "train" / "configs" / "emoji-64-lcd.yaml"), "--output-dir", str(tmp_path / "run"),

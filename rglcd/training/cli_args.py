@@ -98,9 +98,10 @@ def requested_method(argv: list[str] | None = None) -> str | None:
 
 def run_trainer(train: Callable[[T], Any], cls: type[T], description: str | None = None,
                 argv: list[str] | None = None, print_result: bool = False) -> int:
-    """An entry point's body: parse argv into `cls`, run `train` on it, return the exit status. Bad input found while
-    setting up (an unknown family or tracker, a missing file, data that matches nothing: ValueError, ModelLoadError,
-    OSError) prints one `error:` line and returns 2; RGLCD_DEBUG=1 re-raises it with its traceback."""
+    """An entry point's body: parse argv into `cls`, run `train` on it, return the exit status. A ValueError,
+    ModelLoadError or OSError (how the trainers report bad input: an unknown family or tracker, a missing file, data
+    that matches nothing; also a full disk mid-run, after the last checkpoint) prints one `error:` line and returns 2;
+    RGLCD_DEBUG=1 re-raises it with its traceback."""
     from rglcd.models import ModelLoadError
 
     cfg = parse_config(cls, description, argv)
