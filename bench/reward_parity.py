@@ -20,7 +20,7 @@ laion/CLIP-ViT-H-14-laion2B-s32B-b79K config and tokenizer:
     pip install -r requirements.txt   # with that machine's torch instead of the pin
     pip install --no-deps image-reward==1.5 clip-anytorch open-clip-torch timm==0.6.13 fairscale==0.4.13
     pip install transformers==4.46.3 datasets ftfy regex   # its BLIP code fails to import on 4.56
-    PYTHONPATH=. python bench/reward_parity.py --device cuda [--only imagereward aesthetic hpsv2.1] [--tol 1e-3]
+    python bench/reward_parity.py --device cuda [--only imagereward aesthetic hpsv2.1] [--tol 1e-3]
 
 Exit status 1 if a model check's relative difference exceeds --tol, 2 if a package is missing.
 

@@ -99,3 +99,18 @@ def test_report_to_none_from_the_command_line_means_no_tracker(tmp_path):
     cfg = parse_config(DistillConfig, argv=["--report-to", "none"])
     assert cfg.report_to is None  # the parser reads 'none' as None, which make_accelerator takes as no tracker
     assert make_accelerator(cfg.report_to, str(tmp_path)).log_with == []
+
+
+def test_installed_package_runs_entry_points_from_any_directory(tmp_path):
+    """requirements.txt installs rglcd editable (pyproject.toml): `python train/distill.py` and the `rglcd` script work
+    from another directory without PYTHONPATH."""
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, str(root / "train" / "distill.py"), "--help"], capture_output=True,
+                          text=True, timeout=300, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "--reward-scale" in proc.stdout
+    script = Path(sys.executable).with_name("rglcd")
+    proc = subprocess.run([str(script), "generate", "--family", "nope", "--prompt", "apple", "--out", "a.png"], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path, env=env)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: unknown model family 'nope'"), proc.stderr
