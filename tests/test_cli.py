@@ -111,6 +111,6 @@ def test_installed_package_runs_entry_points_from_any_directory(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "--reward-scale" in proc.stdout
     script = Path(sys.executable).with_name("rglcd")
-    proc = subprocess.run([str(script), "generate", "--family", "nope", "--prompt", "apple", "--out", "a.png"], capture_output=True, text=True, timeout=300,
-                          cwd=tmp_path, env=env)
+    proc = subprocess.run([str(script), "generate", "--family", "nope", "--prompt", "apple", "--out", "a.png"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     assert proc.returncode == 2 and proc.stderr.startswith("error: unknown model family 'nope'"), proc.stderr
