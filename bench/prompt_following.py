@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from rglcd.data.emoji import eval_prompt_sets, load_renders  # noqa: E402
-from rglcd.evaluate import evaluate_prompt_following, prompt_following  # noqa: E402
-from rglcd.models import load_family  # noqa: E402
+from rglcd.data.emoji import eval_prompt_sets, load_renders
+from rglcd.evaluate import evaluate_prompt_following, prompt_following
+from rglcd.models import load_family
 
 
 def render_ceiling(reward) -> dict[str, float]:

@@ -22,11 +22,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from rglcd.data.prompts import load_prompt_set  # noqa: E402
-from rglcd.metrics import high_frequency_energy, normal_ci  # noqa: E402
-from rglcd.models import load_family  # noqa: E402
+from rglcd.data.prompts import load_prompt_set
+from rglcd.metrics import high_frequency_energy, normal_ci
+from rglcd.models import load_family
 
 
 def main() -> None:

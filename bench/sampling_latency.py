@@ -13,19 +13,14 @@ encoder is not timed there). Writes bench/results/sampling-latency-<family or sh
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import full_size
+from report import write_report
 
-import full_size  # noqa: E402
-from report import write_report  # noqa: E402
-
-from rglcd.evaluate import time_pipeline  # noqa: E402
+from rglcd.evaluate import time_pipeline
 
 
 def family_setups(family_name: str, batch: int) -> tuple[dict[str, Any], dict[str, str], dict[str, Any]]:

@@ -28,11 +28,8 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import full_size  # noqa: E402
-from report import write_report  # noqa: E402
+import full_size
+from report import write_report
 
 METHODS: dict[str, dict[str, Any]] = {
     "lcd": {"method": "lcd"},

@@ -33,12 +33,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from rglcd.metrics import FrechetReference, PooledFeatures, bootstrap_ci, normal_ci, pairwise_wins
+from rglcd.metrics import (FrechetReference, PooledFeatures, bootstrap_ci, high_frequency_energy, normal_ci,
+                           pairwise_wins)
 from rglcd.models import ModelLoadError
 
 FD_NAME = "FD-EffNetLite0"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+SCORES_VERSION = 2  # bump when score_images gains a metric, so cached scores are recomputed
 SEED_STRIDE = 1_000_000  # image i of seed s is drawn with torch.Generator().manual_seed(s * SEED_STRIDE + i)
 
 
@@ -240,7 +242,8 @@ def prompt_groups(n: int, group: int, seed: int = 0) -> list[torch.Tensor]:
 def score_images(images: torch.Tensor, prompts: list[str], pf_reward: nn.Module, rewards: dict[str, nn.Module],
                  extractor: nn.Module, batch_size: int = 64, pf_group: int = 0) -> dict[str, torch.Tensor]:
     """Per-image metrics of uint8 images (N,3,H,W), image i made for prompts[i]: `reward_<name>` (N,) own-prompt
-    scores, `pf_win` / `pf_top1` (N,) prompt following of `pf_reward` within `prompt_groups`, `features` (N,D)."""
+    scores, `pf_win` / `pf_top1` (N,) prompt following of `pf_reward` within `prompt_groups`, `hf_share` (N,) the
+    share of spectral energy above 0.25 cycles/pixel (a reward-hacking symptom), `features` (N,D)."""
     device = next(extractor.parameters()).device
     x = images.to(device).float() / 255
     out: dict[str, list[torch.Tensor]] = {f"reward_{n}": [] for n in rewards}
@@ -251,6 +254,7 @@ def score_images(images: torch.Tensor, prompts: list[str], pf_reward: nn.Module,
             out[f"reward_{name}"].append(reward(xb, pb).float().cpu())
         out["features"].append(extractor(xb).float().cpu())
     result = {k: torch.cat(v) for k, v in out.items()}
+    result["hf_share"] = high_frequency_energy(images.float() / 255)
     result["pf_win"], result["pf_top1"] = torch.zeros(len(x)), torch.zeros(len(x))
     for idx in prompt_groups(len(x), pf_group):
         wins = pairwise_wins(score_matrix(pf_reward, x[idx.to(device)], [prompts[i] for i in idx]).float().cpu())
@@ -387,8 +391,9 @@ def cached(path: Path, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 
 
 def per_prompt_metrics(scores: dict[str, Any]) -> list[str]:
-    """The per-image metrics compared between runs: every reward and the prompt-following win rate."""
-    return [k for k in scores if k.startswith("reward_")] + ["pf_win"]
+    """The per-image metrics compared between runs: every reward, the prompt-following win rate and (when scored)
+    the high-frequency share."""
+    return [k for k in scores if k.startswith("reward_")] + ["pf_win"] + [k for k in ("hf_share",) if k in scores]
 
 
 def per_prompt_mean(per_seed: list[dict[str, Any]], key: str) -> torch.Tensor:
@@ -467,7 +472,8 @@ class Evaluation:
         """Per-image metrics of (run, seed); run None scores the prompt set's paired real images."""
         gen_path = (self.generation_path(run, seed) if run else
                     self.out / "cache" / f"reference-{self.prompts_key}-{self.family.resolution}.pt")
-        key = digest(reward_names(self.family, self.cfg.rewards), FD_NAME, self.cfg.pf_group, self.cfg.device)
+        key = digest(reward_names(self.family, self.cfg.rewards), FD_NAME, self.cfg.pf_group, self.cfg.device,
+                     SCORES_VERSION)
         path = gen_path.with_name(f"{gen_path.stem}-scores-{key}.pt")
 
         def compute() -> dict[str, torch.Tensor]:
@@ -582,16 +588,17 @@ class Evaluation:
 
 
 def percent(key: str) -> bool:
-    return key.startswith("pf_")
+    return key.startswith(("pf_", "hf_"))
 
 
 def format_cell(row: dict[str, Any], key: str, sign: str = "") -> str:
-    """'12.3 ± 0.4' (percent for prompt following; sign="+" writes '+1.2'), '' when the row lacks the metric."""
+    """'12.3 ± 0.4' (percent for prompt following and high-frequency share, the latter to 2 decimals; sign="+"
+    writes '+1.2'), '' when the row lacks the metric."""
     if key not in row or row[key] == "":
         return ""
-    scale = 100 if percent(key) else 1
+    scale, digits = (100 if percent(key) else 1), (2 if key.startswith("hf_") else 1)
     value, half = row[key] * scale, row.get(f"{key}_ci95", float("nan")) * scale
-    return f"{value:{sign}.1f}" if np.isnan(half) else f"{value:{sign}.1f} ± {half:.1f}"
+    return f"{value:{sign}.{digits}f}" if np.isnan(half) else f"{value:{sign}.{digits}f} ± {half:.{digits}f}"
 
 
 def metric_columns(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
@@ -599,6 +606,8 @@ def metric_columns(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
     keys = [k for k in rows[0] if k.startswith("reward_") and not k.endswith(("_ci95", "_vs_base"))]
     cols = [(k, f"{k[len('reward_'):]} reward") for k in keys]
     cols += [("pf_win", "prompt following win rate (%)"), ("pf_top1", "prompt following top-1 (%)")]
+    if any("hf_share" in r for r in rows):
+        cols.append(("hf_share", "high-frequency share (%)"))
     if any("fd" in r for r in rows):
         cols.append(("fd", FD_NAME))
     return cols
@@ -670,6 +679,8 @@ def write_markdown(ev: Evaluation, rows: list[dict[str, Any]], path: Path, refer
                                                     f"of the set ({len(ps.prompts) - 1})")
         + " that the family reward scores lower than its own prompt (win rate), and the share of images whose "
           "own prompt scores highest (top-1).",
+        "- High-frequency share: the share of each image's spectral energy (channel means removed) above 0.25 "
+        "cycles/pixel (`rglcd.metrics.high_frequency_energy`), a reward-hacking symptom: adversarial patterns raise it.",
         f"- {FD_NAME}: Frechet distance between Gaussians fitted to ImageNet EfficientNet-Lite0 pooled features "
         f"(1280-d, 224 px) of the generated images and of {reference or 'no reference (not computed)'}; not FID "
         "(not Inception features), and biased upward when the image count is below the feature dimension, so "

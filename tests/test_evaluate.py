@@ -91,10 +91,13 @@ def test_end_to_end_writes_every_output_and_resumes(eval_inputs, tmp_path, monke
     for r in rows:
         assert r["n_images"] == "6" and float(r["seconds_per_image"]) > 0
         assert 0 <= float(r["pf_win"]) <= 1 and float(r["fd"]) >= 0 and float(r["fd_ci95"]) >= 0
-        assert -100 <= float(r["reward_emoji"]) <= 100
+        assert -100 <= float(r["reward_emoji"]) <= 100 and 0 < float(r["hf_share"]) < 1
     assert rows[1]["baseline"] == "teacher 2" and rows[1]["pf_win_vs_base"] and rows[0]["baseline"] == ""
+    assert float(rows[1]["hf_share_vs_base"]) == pytest.approx(float(rows[1]["hf_share"]) - float(rows[0]["hf_share"]),
+                                                               abs=1e-6)
     table = (out / "results.md").read_text()
     assert "| lcm | 2 | 5 | 2 |" in table and "FD-EffNetLite0" in table and "4 images from" in table
+    assert f"{100 * float(rows[0]['hf_share']):.2f} ± " in table and "high-frequency share (%)" in table
 
     def refuse(*args, **kwargs):
         raise AssertionError("a rerun must not generate or score again")
