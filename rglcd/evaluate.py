@@ -427,6 +427,7 @@ class Evaluation:
         if len(self.prompt_set.prompts) < 2:
             raise ModelLoadError(f"prompt set {cfg.prompts} has {len(self.prompt_set.prompts)} prompt(s); need 2+")
         self.prompts_key = digest(self.prompt_set.prompts)
+        self.baseline = self.baseline_run()  # checked before any generation
         self._scorers: tuple[nn.Module, dict[str, nn.Module], nn.Module] | None = None
 
     @property
@@ -524,7 +525,7 @@ class Evaluation:
             per_run[run].append({**timing, **scores})
         latency = {run: self.latency(run) for run in tqdm(self.runs, desc="latency")}
         rows = [self.summarize(run, per_seed, fd_ref, latency[run]) for run, per_seed in per_run.items()]
-        base = self.baseline_run()
+        base = self.baseline
         if base is not None:
             for row, (run, per_seed) in zip(rows, per_run.items()):
                 if run != base:
@@ -534,16 +535,17 @@ class Evaluation:
         return rows
 
     def baseline_run(self) -> Run | None:
-        """The run every other run is compared with prompt by prompt: `cfg.baseline` ("model:steps"), else the
-        teacher at its largest step count, else None."""
+        """The run every other run is compared with prompt by prompt: `cfg.baseline` ("model:steps", or "model": its
+        largest step count), else the teacher at its largest step count, else None."""
         from rglcd.sampling import InputError
 
         if self.cfg.baseline:
             model, _, steps = self.cfg.baseline.partition(":")
-            match = [r for r in self.runs if r.model == model and str(r.steps) == steps]
+            match = [r for r in self.runs if r.model == model and (not steps or str(r.steps) == steps)]
             if not match:
-                raise InputError(f"baseline {self.cfg.baseline} is not among the evaluated runs (model:steps)")
-            return match[0]
+                runs = ", ".join(f"{r.model}:{r.steps}" for r in self.runs)
+                raise InputError(f"baseline {self.cfg.baseline} is not among the evaluated runs ({runs})")
+            return max(match, key=lambda r: r.steps)
         teachers = [r for r in self.runs if r.kind == "teacher"]
         return max(teachers, key=lambda r: r.steps) if teachers else None
 
@@ -824,8 +826,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=d.bootstrap, help="bootstrap resamples for the FD interval")
     p.add_argument("--latency-batch", type=int, default=d.latency_batch, help="images per timed call")
     p.add_argument("--latency-repeats", type=int, default=d.latency_repeats, help="timed calls (median)")
-    p.add_argument("--baseline", default=None, help="model:steps for paired differences (default: teacher, most "
-                                                     "steps)")
+    p.add_argument("--baseline", default=None, help="model:steps (or model: its most steps) for paired differences "
+                                                     "(default: the teacher, most steps)")
     p.add_argument("--skip-missing", action="store_true", help="skip models the family lacks (with a warning)")
     p.add_argument("--sample-prompts", type=int, default=d.sample_prompts, help="columns of samples.png")
     p.add_argument("--out", default=d.out)

@@ -123,6 +123,22 @@ def test_an_unknown_model_or_bad_steps_is_one_line_and_exit_2(eval_inputs, tmp_p
     assert "prompt file not found" in capsys.readouterr().err
 
 
+def test_the_baseline_is_checked_before_generating_and_model_alone_takes_its_most_steps(eval_inputs, tmp_path,
+                                                                                       monkeypatch, capsys):
+    root, tmp = eval_inputs
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a bad baseline must fail before any generation")
+
+    monkeypatch.setattr(Family, "pipeline", refuse)
+    assert evaluate.main(_args(root, tmp, tmp_path / "x", "--baseline", "lcm:4")) == 2
+    assert "baseline lcm:4 is not among the evaluated runs (teacher:2, lcm:1, lcm:2)" in capsys.readouterr().err
+    cfg = evaluate.EvalConfig(family=str(root), models=("teacher", "lcm"), steps=(1, 2), teacher_steps=(2,),
+                              prompts="file:" + str(tmp / "prompts.txt"), baseline="lcm", out=str(tmp_path / "y"))
+    base = evaluate.Evaluation(cfg).baseline
+    assert (base.model, base.steps) == ("lcm", 2)
+
+
 def test_any_family_runs_the_tiny_sd21_layout(tiny_sd21_repo, eval_inputs, tmp_path):
     _, tmp = eval_inputs
     part = {k: {"path": str(tiny_sd21_repo), "subfolder": k} for k in ("vae", "text_encoder", "tokenizer", "scheduler")}
