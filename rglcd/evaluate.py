@@ -247,14 +247,14 @@ def score_images(images: torch.Tensor, prompts: list[str], pf_reward: nn.Module,
     device = next(extractor.parameters()).device
     x = images.to(device).float() / 255
     out: dict[str, list[torch.Tensor]] = {f"reward_{n}": [] for n in rewards}
-    out["features"] = []
+    out["features"], out["hf_share"] = [], []
     for start in range(0, len(x), batch_size):
         xb, pb = x[start: start + batch_size], prompts[start: start + batch_size]
         for name, reward in rewards.items():
             out[f"reward_{name}"].append(reward(xb, pb).float().cpu())
         out["features"].append(extractor(xb).float().cpu())
+        out["hf_share"].append(high_frequency_energy(xb).float().cpu())
     result = {k: torch.cat(v) for k, v in out.items()}
-    result["hf_share"] = high_frequency_energy(images.float() / 255)
     result["pf_win"], result["pf_top1"] = torch.zeros(len(x)), torch.zeros(len(x))
     for idx in prompt_groups(len(x), pf_group):
         wins = pairwise_wins(score_matrix(pf_reward, x[idx.to(device)], [prompts[i] for i in idx]).float().cpu())
