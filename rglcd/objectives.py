@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -135,6 +136,27 @@ class RewardGuidance:
         """Rewards (B,) of the decoded one-step predictions `student_x0` (B,C,h,w), scaled latents."""
         decoded = self.vae.decode(student_x0 / self.vae.config.scaling_factor).sample.float()
         return self.reward(((decoded + 1) / 2).clamp(0, 1), prompts)
+
+
+@torch.no_grad()
+def sampler_state(student: Net, scheduler: Any, noise: torch.Tensor, context: torch.Tensor,
+                  w_embedding: torch.Tensor | None, steps: int, stop: int,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the student's own `steps`-step sampler stands after its first `stop` steps (0 <= stop < steps), from
+    standard normal `noise` (B,C,h,w): (z_t (B,C,h,w), t (B,) int). `scheduler` is the student's diffusers sampler
+    (LCMScheduler for an LCM: each step is f(z_t, t) re-noised to the next timestep, `generator` drawing the noise).
+
+    RG-LCD's on-policy reward states (`reward_states="sampler"`): the reward then scores f(z_t, t) on the states
+    few-step sampling visits, instead of on noised data latents.
+    """
+    if not 0 <= stop < steps:
+        raise ValueError(f"stop must be in [0, {steps}), got {stop}")
+    scheduler.set_timesteps(steps, device=noise.device)
+    z = noise * scheduler.init_noise_sigma
+    for t in scheduler.timesteps[:stop]:
+        out = student(z, t.expand(len(z)), context, w_embedding)
+        z = scheduler.step(out, t, z, generator=generator, return_dict=False)[0]
+    return z, scheduler.timesteps[stop].expand(len(z)).to(noise.device)
 
 
 @contextlib.contextmanager

@@ -98,6 +98,59 @@ def test_rg_lcd_adds_a_reward_term_with_gradient(family_with_teacher, tmp_path):
     assert load_family(str(family_with_teacher)).member("rg-lcm")["kind"] == "lcm"
 
 
+def test_rg_lcd_on_sampler_states_trains_and_resumes(family_with_teacher, tmp_path):
+    root = family_with_teacher
+    kw = dict(method="rg-lcd", reward_scale=0.5, reward_states="sampler", reward_sampler_steps=3, export_dir=None,
+              eval_every=0, max_steps=3)
+    full = train_distill(_cfg(root, tmp_path / "full", **kw))
+    data = train_distill(_cfg(root, tmp_path / "data", **(kw | {"reward_states": "data"})))
+    assert -100 <= full["reward"] <= 100 and full["loss"] != data["loss"]
+    train_distill(_cfg(root, tmp_path / "cut", stop_at=1, **kw))
+    assert train_distill(_cfg(root, tmp_path / "cut", **kw))["loss"] == full["loss"]
+    with pytest.raises(ValueError, match="reward-states sampler needs a reward"):
+        train_distill(_cfg(root, tmp_path / "bad", reward_states="sampler"))
+    with pytest.raises(ValueError, match="must be data or sampler"):
+        train_distill(_cfg(root, tmp_path / "bad", **(kw | {"reward_states": "trajectory"})))
+    with pytest.raises(ValueError, match="reward-sampler-steps must be in"):
+        train_distill(_cfg(root, tmp_path / "bad", **(kw | {"reward_sampler_steps": 0})))
+
+
+def test_sampler_state_is_where_the_lcm_pipeline_stands(family_with_teacher):
+    """The last step of the 4-step LatentConsistencyModelPipeline is f at sampler_state(stop=3)."""
+    from diffusers import LCMScheduler
+
+    from rglcd.consistency import consistency_output
+    from rglcd.objectives import sampler_state
+    from rglcd.schedule import guidance_scale_embedding
+
+    family = load_family(str(family_with_teacher))
+    torch.manual_seed(1)
+    student = student_from_teacher(family.unet("teacher"), 256).eval()
+    torch.nn.init.normal_(student.time_embedding.cond_proj.weight, std=0.02)  # the guidance embedding matters
+    pipe = family.pipeline("teacher", unet=student, kind="lcm")
+    ctx = torch.randn(2, 6, 384)
+    with torch.no_grad():
+        reference = pipe(prompt_embeds=ctx, num_inference_steps=4, guidance_scale=6.0, output_type="latent",
+                         generator=torch.Generator().manual_seed(3)).images
+
+    def net(z, t, c, w):
+        return student(z, t, c, timestep_cond=w).sample
+
+    g = torch.Generator().manual_seed(3)
+    noise = torch.randn(reference.shape, generator=g)
+    w_emb = guidance_scale_embedding(torch.full((2,), 5.0), 256)
+    scheduler = LCMScheduler.from_config(family.scheduler_config)
+    z, t = sampler_state(net, scheduler, noise, ctx, w_emb, 4, 3, generator=g)
+    assert t.tolist() == [scheduler.timesteps[3].item()] * 2
+    with torch.no_grad():
+        x0 = consistency_output(net(z, t, ctx, w_emb), z, t, scheduler.alphas_cumprod, "epsilon")
+    assert torch.allclose(x0, reference, atol=1e-5)
+    start, t0 = sampler_state(net, scheduler, noise, ctx, w_emb, 4, 0)
+    assert torch.equal(start, noise) and t0.tolist() == [scheduler.timesteps[0].item()] * 2
+    with pytest.raises(ValueError, match="stop must be in"):
+        sampler_state(net, scheduler, noise, ctx, w_emb, 4, 4)
+
+
 def test_reward_guidance_is_differentiable_through_the_vae(tiny_emoji_family):
     from rglcd.objectives import RewardGuidance
 

@@ -26,9 +26,11 @@ from rglcd.data.batches import EncodedBatches, training_batches
 from rglcd.data.emoji import cache_dir, eval_prompt_sets
 from rglcd.data.trajectories import TrajectorySpec, teacher_trajectories, weights_digest
 from rglcd.evaluate import evaluate_prompt_following
-from rglcd.models import load_family, register_member, save_unet
-from rglcd.objectives import LCDLoss, MLCMLoss, RewardGuidance
+from rglcd.consistency import consistency_output
+from rglcd.models import STUDENT_SCHEDULERS, load_family, register_member, save_unet
+from rglcd.objectives import LCDLoss, MLCMLoss, RewardGuidance, sampler_state
 from rglcd.rewards.proxy import LatentProxyReward, preference_loss
+from rglcd.schedule import guidance_scale_embedding
 from rglcd.training.checkpoints import StepCounter, step_generator
 from rglcd.training.loop import run_training
 from rglcd.training.tracking import log_grids, make_accelerator
@@ -75,6 +77,9 @@ class DistillConfig:
     reward: str | None = None  # registry name or mix ("hpsv2.1=1,imagereward=0.1"), or "family"; rg-lcd: None is
     # the family's reward; mlcm: a reward adds the preference term
     reward_scale: float = 1.0  # beta: loss = LCD - beta * R(decode(student one-step prediction))
+    reward_states: str = "data"  # data: f on the LCD batch's noised data latents (the paper) | sampler: on the
+    # states the student's own few-step sampler visits (`rglcd.objectives.sampler_state`)
+    reward_sampler_steps: int = 4  # sampler: the sampler's step count; each micro-batch stops after 0..steps-1 of them
     proxy_rm: bool = False  # maximise a latent proxy reward model trained online on the expert's preferences
     proxy_lr: float = 1e-4
     proxy_loss: str = "kl"  # kl | ce, over {student prediction, target prediction, data latent}
@@ -147,6 +152,17 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
         reward_model = family.reward() if cfg.reward in (None, "family") else get_reward(cfg.reward)
         guidance = RewardGuidance(reward_model.to(accelerator.device), family.vae.to(accelerator.device),
                                   cfg.reward_scale)
+    reward_scheduler = None
+    if cfg.reward_states not in ("data", "sampler"):
+        raise ValueError(f"--reward-states must be data or sampler, got {cfg.reward_states!r}")
+    if cfg.reward_states == "sampler":
+        if guidance is None:
+            raise ValueError("--reward-states sampler needs a reward: --method rg-lcd, or --method mlcm with --reward")
+        if not 1 <= cfg.reward_sampler_steps <= cfg.num_ddim_timesteps:
+            raise ValueError(f"--reward-sampler-steps must be in [1, {cfg.num_ddim_timesteps}], "
+                             f"got {cfg.reward_sampler_steps}")
+        reward_scheduler = STUDENT_SCHEDULERS["mlcm" if cfg.method == "mlcm" else "lcm"]().from_config(
+            family.scheduler_config)
     lora = cfg.lora_rank > 0
     if lora:
         from peft import LoraConfig
@@ -233,6 +249,14 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
         return {"proxy_loss": proxy_loss.item(), "proxy_agreement": agree.item(),
                 "expert_reward": expert[:, 0].mean().item()}
 
+    def sampler_x0(ctx: torch.Tensor, w: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """The student's clean estimate (B,C,h,w), with grad, at a state its own sampler visits (`sampler_state`)."""
+        stop = int(torch.randint(0, cfg.reward_sampler_steps, (), generator=g))
+        noise = torch.randn((len(ctx), *batches.latent_shape), generator=g).to(device)
+        w_emb = guidance_scale_embedding(w.to(device), cfg.w_embedding_dim).to(ctx.dtype)
+        z, t = sampler_state(call(student), reward_scheduler, noise, ctx, w_emb, cfg.reward_sampler_steps, stop, g)
+        return consistency_output(call(student)(z, t, ctx, w_emb), z, t, alphas_cumprod.to(device), prediction_type)
+
     def train_step(step: int) -> dict[str, float]:
         """One optimiser step over `gradient_accumulation_steps` micro-batches of `batch_size` per process."""
         total = reward_sum = 0.0
@@ -257,7 +281,8 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
                 loss, aux = loss_fn(call(student), teacher_net, target_net, z0, ctx, uncond, noise, draw, states)
                 loss = loss.mean()
                 if guidance is not None:
-                    rewards = guidance(aux["student_x0"], texts) if proxy is None else proxy(aux["student_x0"], ctx)
+                    x0 = aux["student_x0"] if reward_scheduler is None else sampler_x0(ctx, draw["w"], g)
+                    rewards = guidance(x0, texts) if proxy is None else proxy(x0, ctx)
                     loss = loss - cfg.reward_scale * rewards.mean()
                     reward_sum += rewards.mean().item() / cfg.gradient_accumulation_steps
                 accelerator.backward(loss)
