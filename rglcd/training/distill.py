@@ -22,11 +22,11 @@ from accelerate.utils import set_seed
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 
+from rglcd.consistency import consistency_output
 from rglcd.data.batches import EncodedBatches, training_batches
 from rglcd.data.emoji import cache_dir, eval_prompt_sets
 from rglcd.data.trajectories import TrajectorySpec, teacher_trajectories, weights_digest
 from rglcd.evaluate import evaluate_prompt_following
-from rglcd.consistency import consistency_output
 from rglcd.models import STUDENT_SCHEDULERS, load_family, register_member, save_unet
 from rglcd.objectives import LCDLoss, MLCMLoss, RewardGuidance, sampler_state
 from rglcd.rewards.proxy import LatentProxyReward, preference_loss
