@@ -50,7 +50,7 @@ def test_pack_run_unpack_rehearsal_on_cpu(tmp_path, monkeypatch):
     assert out.returncode == 0, out.stderr[-2000:]
     report = json.loads((tmp_path / "out" / "run.json").read_text())
     assert report["teacher_steps"] == 3 and report["students_rc"] == {"lcm": 0}
-    assert all(p.stat().st_size <= devicepack.PART_BYTES for p in (tmp_path / "out").glob("members.tar.part*"))
+    assert all(p.stat().st_size <= devicepack.PART_BYTES for p in (tmp_path / "out").glob("members.tar.gz.part*"))
     family = load_family(str(devicepack.unpack(tmp_path / "out", tmp_path / "family")))
     assert family.members == ["teacher", "lcm"]
     image = family.pipeline("lcm")(["red apple"], num_inference_steps=2, output_type="pt").images
@@ -62,4 +62,4 @@ def test_unpack_refuses_assets_and_missing_parts(tmp_path):
     out = subprocess.run(cmd + ["assets/models/emoji-64-new"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 2 and "never under assets/" in out.stderr
     out = subprocess.run(cmd + [str(tmp_path / "fam")], cwd=ROOT, capture_output=True, text=True)
-    assert out.returncode == 2 and "no members.tar.part*" in out.stderr
+    assert out.returncode == 2 and "no members.tar.gz.part*" in out.stderr

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--work", default="/tmp/rglcd-devicepack", help="scratch folder (checkpoints, tensors, logs)")
     r.add_argument("--device", default="cuda", help="cuda (the GPU machine) or cpu (a rehearsal here)")
     u = sub.add_parser("unpack", help="join the tar parts into a family folder")
-    u.add_argument("parts", help="folder holding members.tar.part*")
+    u.add_argument("parts", help="folder holding members.tar.gz.part*")
     u.add_argument("--dest", default="runs/emoji-64-gpu", help="the family folder to write (never under assets/)")
     args = parser.parse_args(argv)
     try:
