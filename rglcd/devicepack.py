@@ -133,17 +133,20 @@ def run(pack_dir: Path, out: Path, work: Path, device: str = "cuda") -> dict[str
     torch.save(encode_inputs(pack_dir, device), tensors)
     report["encode_s"] = time.time() - t0
 
-    os.environ["ACCELERATE_MIXED_PRECISION"] = plan["teacher_precision"]
-    teacher = dict(plan["teacher"], family=str(family_dir), data=f"tensors:{tensors}", eval_every=0,
-                   resume=None)
-    probe = train_teacher(TeacherConfig(**dict(teacher, max_steps=plan["probe_steps"], export_dir=None,
-                                               output_dir=str(work / "probe"))))
-    steps = teacher_steps(probe["steps_per_s"], plan["teacher_seconds"], teacher.pop("max_steps"))
-    report["teacher_probe_steps_per_s"], report["teacher_steps"] = probe["steps_per_s"], steps
-    t1 = time.time()
-    metrics = train_teacher(TeacherConfig(**dict(teacher, max_steps=steps, output_dir=str(work / "teacher"),
-                                                 export_dir=str(family_dir / "teacher"))))
-    report["teacher_s"], report["teacher_metrics"] = time.time() - t1, metrics
+    if (family_dir / "teacher" / "config.json").is_file():  # a pack that brings its teacher: students only
+        report["teacher_steps"] = "from the pack"
+    else:
+        os.environ["ACCELERATE_MIXED_PRECISION"] = plan["teacher_precision"]
+        teacher = dict(plan["teacher"], family=str(family_dir), data=f"tensors:{tensors}", eval_every=0,
+                       resume=None)
+        probe = train_teacher(TeacherConfig(**dict(teacher, max_steps=plan["probe_steps"], export_dir=None,
+                                                   output_dir=str(work / "probe"))))
+        steps = teacher_steps(probe["steps_per_s"], plan["teacher_seconds"], teacher.pop("max_steps"))
+        report["teacher_probe_steps_per_s"], report["teacher_steps"] = probe["steps_per_s"], steps
+        t1 = time.time()
+        metrics = train_teacher(TeacherConfig(**dict(teacher, max_steps=steps, output_dir=str(work / "teacher"),
+                                                     export_dir=str(family_dir / "teacher"))))
+        report["teacher_s"], report["teacher_metrics"] = time.time() - t1, metrics
     spec = json.loads((family_dir / "family.json").read_text())
     spec["members"]["teacher"] = {"unet": "teacher", "kind": "teacher"}
     (family_dir / "family.json").write_text(json.dumps(spec, indent=2) + "\n")

@@ -89,6 +89,7 @@ def train_teacher(cfg: TeacherConfig, accelerator: Accelerator | None = None) ->
     unet = build_unet(cfg, latents.shape[-1], context.shape[-1])
     ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, model_cls=UNet2DConditionModel,
                    model_config=unet.config)
+    ema.to(accelerator.device)  # its shadow weights live where the training UNet will
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.learning_rate, weight_decay=0.01)
     lr_scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=cfg.warmup_steps,
                                  num_training_steps=cfg.max_steps)
