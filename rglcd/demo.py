@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 import os
 import random
 import socket
@@ -28,18 +27,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from rglcd.models import ASSETS, Family, ModelLoadError, count_tokens, load_family
-from rglcd.sampling import InputError, Request, generate
+from rglcd.inputs import GUIDANCE, MAX_SEED, InputError, Request, check_prompt_tokens, number, prompt_text
+from rglcd.models import ASSETS, Family, ModelLoadError, load_family, relocated_spec
+from rglcd.sampling import generate
 
 TEACHER = "teacher"
 COLUMNS: tuple[str, ...] = (TEACHER, "lcm", "rg-lcm", "mlcm")
 TITLES = {TEACHER: "Teacher (DDIM + CFG)", "lcm": "LCM", "rg-lcm": "RG-LCM", "mlcm": "MLCM"}
-STUDENT_STEPS = (1, 8)
+STUDENT_STEPS = (1, 8)  # the app's caps (a shared server); the CLI takes what the samplers accept (rglcd.inputs)
 TEACHER_STEPS = (1, 100)
-GUIDANCE = (1.0, 15.0)
 NUM_IMAGES = (1, 4)
-MAX_SEED = 2**32 - 1
-MAX_PROMPT_CHARS = 500
 IMAGE_DIR = Path(tempfile.gettempdir()) / "rglcd-app"  # the PNGs the page shows, one file per distinct image
 # Rewards shown beside the family's own one (a family file may list its own under "app_rewards"); any that cannot
 # load (weights absent, not in the registry yet) is shown as unavailable.
@@ -72,37 +69,18 @@ class Settings:
         return Request(self.prompt, self.student_steps, self.student_guidance, self.seed, self.num_images)
 
 
-def _number(value: Any, name: str, bounds: tuple[float, float], whole: bool) -> float:
-    """`value` (number or numeric text) as a float within `bounds`, else InputError naming `name` and the range."""
-    lo, hi = (f"{b:.0f}" if whole else f"{b:g}" for b in bounds)
-    what = "a whole number" if whole else "a number"
-    try:
-        number = float(str(value).strip()) if isinstance(value, str) else float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be {what} between {lo} and {hi}, got {value!r}") from None
-    if not math.isfinite(number) or (whole and number != int(number)):
-        raise InputError(f"{name} must be {what} between {lo} and {hi}, got {value!r}")
-    if not bounds[0] <= number <= bounds[1]:
-        raise InputError(f"{name} must be between {lo} and {hi}, got {number:g}")
-    return number
-
-
 def parse_settings(prompt: Any, student_steps: Any = 4, teacher_steps: Any = 25, student_guidance: Any = 5.0,
                    teacher_guidance: Any = 5.0, seed: Any = 0, num_images: Any = 1) -> Settings:
-    """Check raw values from the page or the API; raise InputError with a message a user can act on."""
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise InputError("the prompt is empty: describe the image, e.g. 'red apple'")
-    prompt = prompt.strip()
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise InputError(f"the prompt is too long: {len(prompt)} characters, at most {MAX_PROMPT_CHARS}")
+    """Check raw values from the page or the API (`rglcd.inputs`, with the app's tighter step and image caps);
+    raise InputError with a message a user can act on."""
     return Settings(
-        prompt=prompt,
-        student_steps=int(_number(student_steps, "student steps", STUDENT_STEPS, whole=True)),
-        teacher_steps=int(_number(teacher_steps, "teacher steps", TEACHER_STEPS, whole=True)),
-        student_guidance=_number(student_guidance, "student guidance scale", GUIDANCE, whole=False),
-        teacher_guidance=_number(teacher_guidance, "teacher guidance scale", GUIDANCE, whole=False),
-        seed=int(_number(seed, "seed", (0, MAX_SEED), whole=True)),
-        num_images=int(_number(num_images, "number of images", NUM_IMAGES, whole=True)),
+        prompt=prompt_text(prompt),
+        student_steps=number(student_steps, "student steps", STUDENT_STEPS, whole=True),
+        teacher_steps=number(teacher_steps, "teacher steps", TEACHER_STEPS, whole=True),
+        student_guidance=number(student_guidance, "student guidance scale", GUIDANCE, whole=False),
+        teacher_guidance=number(teacher_guidance, "teacher guidance scale", GUIDANCE, whole=False),
+        seed=number(seed, "seed", (0, MAX_SEED), whole=True),
+        num_images=number(num_images, "number of images", NUM_IMAGES, whole=True),
     )
 
 
@@ -231,12 +209,9 @@ class Engine:
 
     def check(self, settings: Settings) -> None:
         """Raise InputError if the prompt is longer than the family's text encoder reads (loads the family)."""
-        tokenizer = self.family().tokenizer
+        family = self.family()
         with self._compute:
-            n, limit = count_tokens(tokenizer, settings.prompt), tokenizer.model_max_length
-        if n > limit:
-            raise InputError(f"the prompt is too long: {n} tokens, the {self.family_name} text encoder reads at most "
-                             f"{limit}")
+            check_prompt_tokens(family, settings.prompt)
 
     def rewards(self) -> dict[str, nn.Module | str]:
         """Reward name -> loaded reward model, or the reason it is unavailable; loaded once."""
@@ -420,32 +395,18 @@ def reward_plot_page(engine: Engine, prompt: Any, student_guidance: Any = 5.0, s
 
 
 def stand_in_family(family: str, out_dir: Path, stand_ins: dict[str, str], override: bool = False) -> Path:
-    """Write a copy of a local family file into `out_dir` with every path made absolute, where each column in
-    `stand_ins` that the family lacks (every one of them with `override`) is a copy of another member's entry
-    (e.g. {"rg-lcm": "lcm"}): four columns before every student is trained, for tests and benches. Returns the new
-    family.json; stand-ins are marked with "stand_in_for" and "copied_from"."""
+    """Write a copy of a local family file into `out_dir` (its paths still naming the same folders), where each
+    column in `stand_ins` that the family lacks (every one of them with `override`) is a copy of another member's
+    entry (e.g. {"rg-lcm": "lcm"}): four columns before every student is trained, for tests and benches. Returns the
+    new family.json; stand-ins are marked with "stand_in_for" and "copied_from"."""
     source = load_family(family)
     if source.root is None:
         raise ModelLoadError(f"family '{family}' is not a local family file")
-    spec = json.loads(json.dumps(source.spec))
-
-    def absolute(entry: Any) -> Any:
-        if isinstance(entry, str) and (source.root / entry).exists():
-            return str((source.root / entry).resolve())
-        if isinstance(entry, dict):
-            return {k: absolute(v) if k in ("unet", "lora", "path") else v for k, v in entry.items()}
-        return entry
-
-    for key in ("vae", "text_encoder", "tokenizer", "scheduler"):
-        spec[key] = absolute(spec[key])
-    name, _, weights = str(spec.get("reward", "")).partition("=")
-    if weights:
-        spec["reward"] = f"{name}={absolute(weights)}"
-    members = {k: absolute(v) for k, v in spec.get("members", {}).items()}
+    spec = relocated_spec(source, out_dir)
+    members = spec["members"]
     for column, donor in stand_ins.items():
         if override or column not in members:
             members[column] = dict(members[donor], stand_in_for=column, copied_from=donor)
-    spec["members"] = members
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "family.json"
     path.write_text(json.dumps(spec, indent=2) + "\n")

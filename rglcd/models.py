@@ -17,8 +17,9 @@ Members are UNet2DConditionModel folders (`save_pretrained`). Everything that is
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 import json
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -395,6 +396,37 @@ def register_member(family_file: Path, name: str, folder: Path, kind: str, base:
     tmp = family_file.with_suffix(".tmp")
     tmp.write_text(json.dumps(spec, indent=2) + "\n")
     tmp.replace(family_file)
+
+
+def relocated_spec(family: Family, folder: Path) -> dict[str, Any]:
+    """A copy of `family.spec` for a family file written in `folder`: every local component and member path is
+    rewritten relative to `folder` (absolute where no relative path exists), so it still names the same files; hub
+    ids and `pypi:` entries are kept. For a preset (no family file) the spec itself."""
+    spec = json.loads(json.dumps(family.spec))
+    root = family.root
+    if root is None:
+        return spec
+    folder = Path(folder).resolve()
+
+    def moved(entry: Any) -> Any:
+        if isinstance(entry, str) and entry != MINILM and (root / entry).exists():
+            target = (root / entry).resolve()
+            try:
+                return os.path.relpath(target, folder)
+            except ValueError:  # another drive (Windows)
+                return str(target)
+        if isinstance(entry, dict):
+            return {k: moved(v) if k in ("unet", "lora", "path") else v for k, v in entry.items()}
+        return entry
+
+    for key in ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"):
+        if key in spec:
+            spec[key] = moved(spec[key])
+    name, _, weights = str(spec.get("reward", "")).partition("=")
+    if weights:
+        spec["reward"] = f"{name}={moved(weights)}"
+    spec["members"] = {k: moved(v) for k, v in spec.get("members", {}).items()}
+    return spec
 
 
 def load_family(name_or_path: str) -> Family:
