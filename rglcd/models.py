@@ -400,8 +400,8 @@ def register_member(family_file: Path, name: str, folder: Path, kind: str, base:
 
 def relocated_spec(family: Family, folder: Path) -> dict[str, Any]:
     """A copy of `family.spec` for a family file written in `folder`: every local component and member path is
-    rewritten relative to `folder` (absolute where no relative path exists), so it still names the same files; hub
-    ids and `pypi:` entries are kept. For a preset (no family file) the spec itself."""
+    rewritten to name the same files from there: relative when both lie in one tree (e.g. the repository's runs/
+    and assets/), else absolute; hub ids and `pypi:` entries are kept. For a preset (no family file) the spec."""
     spec = json.loads(json.dumps(family.spec))
     root = family.root
     if root is None:
@@ -412,9 +412,10 @@ def relocated_spec(family: Family, folder: Path) -> dict[str, Any]:
         if isinstance(entry, str) and entry != MINILM and (root / entry).exists():
             target = (root / entry).resolve()
             try:
-                return os.path.relpath(target, folder)
+                shared = Path(os.path.commonpath([target, folder]))
             except ValueError:  # another drive (Windows)
                 return str(target)
+            return str(target) if shared == Path(shared.anchor) else os.path.relpath(target, folder)
         if isinstance(entry, dict):
             return {k: moved(v) if k in ("unet", "lora", "path") else v for k, v in entry.items()}
         return entry
