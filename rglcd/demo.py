@@ -48,9 +48,12 @@ EXTRA_REWARDS: dict[str, tuple[str, ...]] = {name: ("imagereward", "clipscore") 
 TRAINED = "Trained concepts"
 UNSEEN = "Unseen concepts (harder)"
 # Example prompts by group, the first of the first group being the page's default. emoji-64: concepts the family was
-# trained on first (tests check none is held out), then held-out ones, which no model of the family has seen.
+# trained on first (tests check none is held out), then held-out ones, which no model of the family has seen. The
+# default, banana, is one where all four columns draw the concept at seed 0 (emoji reward 40 / 50 / 55 / 36 for
+# teacher / LCM / RG-LCM / MLCM at the page's defaults); single seeds vary a lot (green apple's LCM: -6 at seed 0,
+# 39 at seed 1), which the reward-vs-steps plot averages over.
 EXAMPLE_PROMPTS: dict[str, dict[str, tuple[str, ...] | Path]] = {"emoji-64": {
-    TRAINED: ("green apple", "rocket", "pizza", "hamburger", "rainbow", "octopus", "snowman", "ghost"),
+    TRAINED: ("banana", "green apple", "rocket", "pizza", "sun", "fire", "octopus", "snowman"),
     UNSEEN: ASSETS / "prompts" / "emoji-eval-heldout.txt"}}
 GENERIC_EXAMPLES = ("a photo of a red apple on a wooden table", "an astronaut riding a horse, digital art",
                     "a watercolor painting of a lighthouse at dawn")
