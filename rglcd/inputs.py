@@ -135,10 +135,15 @@ def output_image_path(value: str) -> Path:
     return path
 
 
+def exit_usage(message: str) -> NoReturn:
+    """Print `error: message` on stderr and exit with status 2 (a command line that cannot run)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 class OneLineParser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors (unknown flag, missing or malformed value) are one `error:` line on
     stderr and exit status 2, instead of the whole usage text."""
 
     def error(self, message: str) -> NoReturn:
-        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
-        raise SystemExit(2)
+        exit_usage(f"{message} (see {self.prog} --help)")

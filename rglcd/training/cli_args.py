@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 
 import torch
 
-from rglcd.inputs import InputError, OneLineParser, shown
+from rglcd.inputs import InputError, OneLineParser, exit_usage, shown
+from rglcd.logs import quiet_libraries
 
 T = TypeVar("T")
 
@@ -85,7 +86,7 @@ def parse_config(cls: type[T], description: str | None = None, argv: list[str] |
     try:
         recipe = load_recipe(known.config, cls) if known.config else {}
     except InputError as err:
-        pre.error(str(err))
+        exit_usage(str(err))
     parser = OneLineParser(description=description)
     parser.add_argument("--config", help="YAML recipe (train/configs/*.yaml); command-line flags override it")
     hints = typing.get_type_hints(cls)
@@ -95,9 +96,11 @@ def parse_config(cls: type[T], description: str | None = None, argv: list[str] |
         parser.add_argument("--" + f.name.replace("_", "-"), type=kind, default=default, **extra,
                             help=f"default: {default}")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--verbose", action="store_true", help="show the libraries' loading bars and warnings")
     ns = vars(parser.parse_args(argv))
     threads = ns.pop("threads")
     ns.pop("config")
+    quiet_libraries(ns.pop("verbose"))
     if threads > 0:
         torch.set_num_threads(threads)
     for key, value in ns.items():
