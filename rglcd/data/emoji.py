@@ -166,7 +166,7 @@ def load_renders(split: str = "all", size: int = IMAGE_SIZE) -> tuple[list[Emoji
     path = cache_dir() / f"emoji-renders-{size}.pt"
     concepts = list_concepts()
     if path.is_file():
-        blob = torch.load(path)
+        blob = torch.load(path, weights_only=True)
         if blob["names"] != [c.name for c in concepts]:
             blob = None
     else:
@@ -241,7 +241,7 @@ def emoji_training_tensors(family, include_flags: bool = False, limit: int | Non
     digest = hashlib.sha1(weights.read_bytes()).hexdigest()[:12] if weights.is_file() else "none"
     path = cache_dir() / f"train-tensors-v2-{family.name}-{len(concepts)}-{int(include_flags)}-{digest}.pt"
     if path.is_file():
-        return torch.load(path)
+        return torch.load(path, weights_only=True)
     texts = [c for con in concepts for c in captions(con.name)]
     states = torch.cat([encode_prompts(family.tokenizer, family.text_encoder, texts[i: i + 256])
                         for i in range(0, len(texts), 256)])

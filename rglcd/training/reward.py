@@ -75,7 +75,7 @@ def cached_features(model: EmojiReward, split: str, cfg: RewardConfig) -> tuple:
         concepts, images = concepts[: cfg.limit_concepts], images[: cfg.limit_concepts]
     path = cache_dir() / f"reward-features-{split}-{cfg.image_size}-{cfg.views}-{len(concepts)}.pt"
     if path.is_file():
-        blob = torch.load(path)
+        blob = torch.load(path, weights_only=True)
     else:
         texts = [c for con in concepts for c in captions(con.name)]
         img, txt = tower_features(model, image_views(images, cfg.views, cfg.seed), texts)
