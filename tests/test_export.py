@@ -91,3 +91,19 @@ def test_distill_with_defaults_leaves_assets_byte_identical(tmp_path: Path) -> N
     family = load_family(str(tmp_path / "runs" / "emoji-64"))
     assert family.member("lcm") == {"unet": "lcm", "kind": "lcm"}
     assert Path(family.source("vae").location).resolve() == (ROOT / "assets/models/emoji-64/vae").resolve()
+
+
+def test_copy_family_command(tmp_path: Path, capsys) -> None:
+    from rglcd.training.export import main
+
+    folder = tmp_path / "runs" / "emoji-64" / "ablations"
+    assert main(["emoji-64", str(folder)]) == 0
+    family = load_family(str(folder))
+    assert family.members == load_family("emoji-64").members
+    assert Path(family.source("vae").location).resolve() == (ROOT / "assets/models/emoji-64/vae").resolve()
+    for argv, message in ([["emoji-64", str(folder)], "family.json exists already"],
+                          [["emoji-64", str(ROOT / "assets" / "x")], "is inside assets/"],
+                          [["nope", str(tmp_path / "n")], "unknown model family 'nope'"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2 and message in capsys.readouterr().err

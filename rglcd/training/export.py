@@ -3,8 +3,9 @@
 By default a trained member of a family is exported to `runs/<family>/<member>` and registered in
 `runs/<family>/family.json`, a copy of the shipped family file made on first use whose entries (VAE, text encoder,
 scheduler, reward, the other members) still name the shipped folders; `--family runs/<family>` then loads the
-shipped family with the new member in place. A family file outside `assets/` (e.g. `runs/emoji-64/ablations`) is
-registered into directly, and its members export beside it. `--replace-shipped` exports into the shipped family's
+shipped family with the new member in place. A family file outside `assets/` (e.g. `runs/emoji-64/ablations`, made
+by `python -m rglcd.training.export emoji-64 runs/emoji-64/ablations`) is registered into directly, and its members
+export beside it. `--replace-shipped` exports into the shipped family's
 own folder and registers there: the way the shipped models were made.
 """
 
@@ -13,7 +14,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rglcd.models import ASSETS, Family, relocated_spec
+from rglcd.inputs import OneLineParser, exit_usage
+from rglcd.models import ASSETS, Family, ModelLoadError, load_family, relocated_spec
 
 AUTO = "auto"  # export_dir default: <the family file's folder>/<member>
 RUNS = Path("runs")
@@ -42,10 +44,38 @@ def registry_file(family: Family, replace_shipped: bool = False, runs: Path = RU
     if family.root is not None and (replace_shipped or not is_shipped(family.root)):
         return family.root / "family.json"
     path = runs / family.name / "family.json"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(relocated_spec(family, path.parent), indent=2) + "\n")
+    return path if path.is_file() else copy_family(family, path.parent)
+
+
+def copy_family(family: Family, folder: Path) -> Path:
+    """Write `folder/family.json`: the family's spec with every local path rewritten to name the same files from
+    `folder` (`rglcd.models.relocated_spec`). Returns the file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "family.json"
+    path.write_text(json.dumps(relocated_spec(family, folder), indent=2) + "\n")
     return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m rglcd.training.export FAMILY FOLDER`: a copy of a family's file in FOLDER (a family of your own to
+    train members into, e.g. runs/emoji-64/ablations); refuses a folder under assets/ or one that has a family.json."""
+    parser = OneLineParser(prog="python -m rglcd.training.export", description=main.__doc__)
+    parser.add_argument("family", help="preset name, family.json or its folder")
+    parser.add_argument("folder", help="where the new family.json goes")
+    args = parser.parse_args(argv)
+    folder = Path(args.folder)
+    try:
+        refuse_shipped(folder, replace_shipped=False)
+        if (folder / "family.json").exists():
+            raise ValueError(f"{folder / 'family.json'} exists already")
+        print(copy_family(load_family(args.family), folder))
+    except (ValueError, ModelLoadError, OSError) as err:
+        exit_usage(str(err))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
 
 
 def export_plan(export_dir: str | None, family: Family | None, member: str, replace_shipped: bool = False,
