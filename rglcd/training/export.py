@@ -1,17 +1,18 @@
 """Where a trainer writes what it makes: never into the shipped `assets/` unless asked with `--replace-shipped`.
 
-By default a trained member of a family is exported to `runs/<family>/<member>` and registered in
-`runs/<family>/family.json`, a copy of the shipped family file made on first use whose entries (VAE, text encoder,
-scheduler, reward, the other members) still name the shipped folders; `--family runs/<family>` then loads the
-shipped family with the new member in place. A family file outside `assets/` (e.g. `runs/emoji-64/ablations`, made
-by `python -m rglcd.training.export emoji-64 runs/emoji-64/ablations`) is registered into directly, and its members
-export beside it. `--replace-shipped` exports into the shipped family's
-own folder and registers there: the way the shipped models were made.
+By default a trained member of a family is exported to `runs/<family>/<member>` (relative to the current folder,
+like the checkpoints) and registered in `runs/<family>/family.json`, a copy of the shipped family file made on first
+use whose entries (VAE, text encoder, scheduler, reward, the other members) still name the shipped folders;
+`--family runs/<family>` then loads the shipped family with the new member in place. A family file outside
+`assets/` (e.g. `runs/emoji-64/ablations`, made by `python -m rglcd.training.export emoji-64 runs/emoji-64/ablations`)
+is registered into directly, and its members export beside it. `--replace-shipped` exports into the shipped
+family's own folder and registers there: the way the shipped models were made.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from rglcd.inputs import OneLineParser, exit_usage
@@ -52,7 +53,9 @@ def copy_family(family: Family, folder: Path) -> Path:
     `folder` (`rglcd.models.relocated_spec`). Returns the file."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "family.json"
-    path.write_text(json.dumps(relocated_spec(family, folder), indent=2) + "\n")
+    tmp = folder / f".family.json.{os.getpid()}"  # every process of a multi-process run may write it: atomically
+    tmp.write_text(json.dumps(relocated_spec(family, folder), indent=2) + "\n")
+    tmp.replace(path)
     return path
 
 
