@@ -124,7 +124,7 @@ def output_image_path(value: str) -> Path:
     existing parent a writable folder (missing folders are created when writing)."""
     path = Path(value).expanduser()
     if path.is_dir() or value.endswith(("/", os.sep)):
-        raise InputError(f"--out {shown(value, 60)} is a folder: give a file name such as outputs/apple.png")
+        raise InputError(f"--out {shown(value, 60)} is a folder: give a file name such as outputs/banana.png")
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise InputError(f"--out {shown(value, 60)} needs an image extension ({', '.join(IMAGE_SUFFIXES)})")
     parent = path.resolve().parent

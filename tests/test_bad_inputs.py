@@ -57,7 +57,7 @@ def _exit_code(argv: list[str]) -> int:
 
 
 @pytest.mark.parametrize("out, message", [
-    ("{tmp}", "is a folder: give a file name such as outputs/apple.png"),
+    ("{tmp}", "is a folder: give a file name such as outputs/banana.png"),
     ("{tmp}/sub/", "is a folder"),
     ("{tmp}/apple", "needs an image extension (.png, .jpg, .jpeg, .webp)"),
     ("{tmp}/apple.txt", "needs an image extension"),
