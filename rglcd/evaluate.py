@@ -381,7 +381,7 @@ def digest(*parts: Any) -> str:
 def cached(path: Path, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """`torch.load(path)` if it exists, else `compute()` saved there atomically."""
     if path.is_file():
-        return torch.load(path)
+        return torch.load(path, weights_only=True)
     value = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

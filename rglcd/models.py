@@ -406,6 +406,38 @@ def register_member(family_file: Path, name: str, folder: Path, kind: str, base:
     tmp.replace(family_file)
 
 
+def relocated_spec(family: Family, folder: Path) -> dict[str, Any]:
+    """A copy of `family.spec` for a family file written in `folder`: every local component and member path is
+    rewritten to name the same files from there: relative when both lie in one tree (e.g. the repository's runs/
+    and assets/), else absolute; hub ids and `pypi:` entries are kept. For a preset (no family file) the spec."""
+    spec = json.loads(json.dumps(family.spec))
+    root = family.root
+    if root is None:
+        return spec
+    folder = Path(folder).resolve()
+
+    def moved(entry: Any) -> Any:
+        if isinstance(entry, str) and entry != MINILM and (root / entry).exists():
+            target = (root / entry).resolve()
+            try:
+                shared = Path(os.path.commonpath([target, folder]))
+            except ValueError:  # another drive (Windows)
+                return str(target)
+            return str(target) if shared == Path(shared.anchor) else os.path.relpath(target, folder)
+        if isinstance(entry, dict):
+            return {k: moved(v) if k in ("unet", "lora", "path") else v for k, v in entry.items()}
+        return entry
+
+    for key in ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"):
+        if key in spec:
+            spec[key] = moved(spec[key])
+    name, _, weights = str(spec.get("reward", "")).partition("=")
+    if weights:
+        spec["reward"] = f"{name}={moved(weights)}"
+    spec["members"] = {k: moved(v) for k, v in spec.get("members", {}).items()}
+    return spec
+
+
 def load_family(name_or_path: str) -> Family:
     """Load a family by preset name (`emoji-64`, `sd21`, ...), a family.json path, or a folder holding one."""
     spec: dict[str, Any] | None = PRESETS.get(name_or_path)
