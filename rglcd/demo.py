@@ -33,7 +33,7 @@ from rglcd.sampling import InputError, Request, generate
 
 TEACHER = "teacher"
 COLUMNS: tuple[str, ...] = (TEACHER, "lcm", "rg-lcm", "mlcm")
-TITLES = {TEACHER: "Teacher (DDIM + CFG)", "lcm": "LCM", "rg-lcm": "RG-LCM", "mlcm": "MLCM"}
+TITLES = {TEACHER: "Teacher (DDIM + CFG)", "lcm": "LCM", "rg-lcm": "RG-LCM", "mlcm": "MLCM", "lcm-lora": "LCM-LoRA"}
 STUDENT_STEPS = (1, 8)
 TEACHER_STEPS = (1, 100)
 GUIDANCE = (1.0, 15.0)
@@ -200,10 +200,10 @@ class Engine:
     requests interleave column by column.
     """
 
-    def __init__(self, family: str, columns: Sequence[str] = COLUMNS, rewards: Sequence[str] | None = None,
+    def __init__(self, family: str, columns: Sequence[str] | None = None, rewards: Sequence[str] | None = None,
                  device: str | None = None) -> None:
         self.family_name = family
-        self.columns = tuple(columns)
+        self.columns = tuple(columns or family_columns(family))
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self._reward_names = rewards
         self._lock = threading.RLock()
@@ -339,6 +339,15 @@ class Engine:
                 self._load_unet(column)
             except ModelLoadError:
                 continue
+
+
+def family_columns(family: str) -> tuple[str, ...]:
+    """The columns a family asks for (its spec's "columns", e.g. sdxl's teacher, lcm, lcm-lora, mlcm), else COLUMNS;
+    reads the family description only, no weights."""
+    try:
+        return tuple(load_family(family).spec.get("columns", COLUMNS))
+    except ModelLoadError:
+        return COLUMNS
 
 
 def _registry_reward(name: str) -> nn.Module:

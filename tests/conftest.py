@@ -120,3 +120,24 @@ def tiny_sdxl_repo(tiny_sd21_repo: Path, tmp_path_factory: pytest.TempPathFactor
     EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
                            timestep_spacing="leading").save_pretrained(root / "scheduler")
     return root
+
+
+@pytest.fixture(scope="session")
+def rehearsal_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A hub cache holding every repository the real presets name, in its real layout, with tiny random weights
+    (tests/hub_layouts.py says where each layout comes from)."""
+    from tests.hub_layouts import write_rehearsal_cache
+
+    root = tmp_path_factory.mktemp("hub-rehearsal")
+    write_rehearsal_cache(root / "hub", root / "staging")
+    return root / "hub"
+
+
+@pytest.fixture()
+def real_hub(rehearsal_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The rehearsal cache as the process's hub cache (HF_HUB_OFFLINE=1 stays set): hub ids load from it."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(rehearsal_cache))
+    monkeypatch.setenv("HF_HUB_CACHE", str(rehearsal_cache))
+    return rehearsal_cache
