@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from rglcd.models import RG_LCM_SD21, SD21, SD21_BASE, SDXL, TLCM_REVISION
+from rglcd.rewards.clip import HPS_FILE, HPS_REPO, VIT_H_14
 
 LCM_SDXL = "latent-consistency/lcm-sdxl"
 LCM_LORA_SDXL = "latent-consistency/lcm-lora-sdxl"
@@ -242,11 +243,32 @@ def tlcm_layout(folder: Path) -> None:
     (sub / "lora_model_adapter_config.json").write_text(json.dumps(config, default=str, indent=2))
 
 
+def hps_layout(folder: Path) -> None:
+    """xswu/HPSv2: HPS_v2.1_compressed.pt at the root, a torch checkpoint {"state_dict": open_clip ViT-H-14 weights}
+    (the file and key the hpsv2 package's `hf_hub_download(HPS_REPO, ...)` and loader use). Tiny CLIP here."""
+    from tests.test_clip_rewards import tiny_clip, to_open_clip_layout
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": to_open_clip_layout(tiny_clip())}, folder / HPS_FILE)
+
+
+def vit_h_14_layout(folder: Path) -> None:
+    """laion/CLIP-ViT-H-14-laion2B-s32B-b79K, the parts HPSv2.1 takes (architecture and tokenizer): config.json
+    (CLIPConfig) and the CLIP tokenizer files at the root (the repository's listing)."""
+    from tests.test_clip_rewards import tiny_clip
+
+    tiny_clip().config.save_pretrained(folder)
+    clip_tokenizer(folder / "tokenizer")
+    for path in (folder / "tokenizer").iterdir():
+        path.rename(folder / path.name)
+    (folder / "tokenizer").rmdir()
+
+
 def write_rehearsal_cache(cache: Path, staging: Path) -> dict[str, Path]:
     """Every repository the presets name, in `cache`; returns repo id -> snapshot folder."""
     layouts = {SD21: lambda f: sd21_layout(f, v_prediction=True), SD21_BASE: lambda f: sd21_layout(f, False),
                RG_LCM_SD21: rg_lcm_layout, SDXL: sdxl_layout, LCM_SDXL: lcm_sdxl_layout,
-               LCM_LORA_SDXL: lcm_lora_sdxl_layout}
+               LCM_LORA_SDXL: lcm_lora_sdxl_layout, HPS_REPO: hps_layout, VIT_H_14: vit_h_14_layout}
     snapshots = {}
     for repo, write in layouts.items():
         folder = staging / repo

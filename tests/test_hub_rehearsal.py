@@ -157,3 +157,27 @@ def test_compare_answers_on_the_real_families(preset, expected, real_hub):
         else:
             assert results[column]["nfe"] == (4 if column == "teacher" or "lora" in column or column == "mlcm"
                                               and preset == "sdxl" else 2)
+
+
+def test_evaluate_sd21_at_4_steps_on_a_few_prompts(real_hub, tmp_path, capsys):
+    import csv
+
+    import numpy as np
+    from PIL import Image
+
+    from rglcd import evaluate
+
+    (tmp_path / "prompts.txt").write_text("a red box\na cat on a mat\na rocket at night\n")
+    (tmp_path / "real").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "real" / f"{i}.png")
+    out = tmp_path / "results"
+    assert evaluate.main(["--family", "sd21", "--steps", "4", "--teacher-steps", "2", "--prompts",
+                          f"file:{tmp_path / 'prompts.txt'}", "--seeds", "0", "--batch-size", "3", "--reference",
+                          str(tmp_path / "real"), "--bootstrap", "5", "--latency-repeats", "1", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "'lcm' is not published: train it with" in err and "'mlcm' is not published" in err
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [(r["model"], r["steps"], r["nfe"]) for r in rows] == [("teacher", "2", "4.0"), ("rg-lcm", "4", "4.0")]
+    assert all(r["n_images"] == "3" and r["reward_hpsv2.1"] for r in rows)
