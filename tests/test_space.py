@@ -46,6 +46,13 @@ def test_the_card_and_requirements_fit_a_space(space):
     assert "RGLCD_FAMILY" in (space / "app.py").read_text()
 
 
+def test_the_repository_card_matches_the_export(space):
+    repository = front_matter(Path(__file__).resolve().parents[1])
+    exported = front_matter(space)
+    assert {k: repository[k] for k in ("sdk", "sdk_version", "python_version")} == {
+        k: exported[k] for k in ("sdk", "sdk_version", "python_version")}
+
+
 def test_a_real_family_card_lists_its_hub_models(tmp_path, capsys):
     assert main(["export", str(tmp_path / "sdxl"), "--family", "sdxl"]) == 0
     card = front_matter(tmp_path / "sdxl")
