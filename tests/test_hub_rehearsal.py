@@ -15,8 +15,6 @@ import torch  # noqa: E402
 from rglcd.models import PRESETS, WITHDRAWN_SD21, ModelLoadError, load_family, resolve_source  # noqa: E402
 
 torch.set_num_threads(1)
-# diffusers 0.42's load_lora_weights passes huggingface_hub a deprecated argument when it reads a hub id
-pytestmark = pytest.mark.filterwarnings("ignore:The `local_dir_use_symlinks` argument:UserWarning")
 HUB_PRESETS = sorted(name for name, spec in PRESETS.items() if "file" not in spec)
 FAST = {"student_steps": 2, "teacher_steps": 2, "student_guidance": 2.0, "teacher_guidance": 2.0, "seed": "0",
         "num_images": 1}
