@@ -86,6 +86,15 @@ def test_the_fp16_variant_and_the_pinned_revision_are_what_loads(real_hub):
     assert family.member("mlcm")["lora"]["revision"] == "2512d8cbf4f2c1f44089c0168e0cc77b6613811d"
 
 
+@pytest.mark.parametrize("member", ["lcm-lora", "mlcm"])
+def test_lora_scale_is_the_files_alpha_over_rank(member, real_hub):
+    from peft.tuners.lora import LoraLayer
+
+    pipe = load_family("sdxl").pipeline(member)
+    scales = {s for layer in pipe.unet.modules() if isinstance(layer, LoraLayer) for s in layer.scaling.values()}
+    assert scales == {8 / 4}  # tests/hub_layouts.py: rank 4, alpha 8 (kohya `.alpha` keys; peft config lora_alpha)
+
+
 def mutated(preset: str, path: tuple, value) -> dict:
     spec = copy.deepcopy(PRESETS[preset])
     node = spec
@@ -107,6 +116,8 @@ def mutated(preset: str, path: tuple, value) -> dict:
     ("sdxl", "mlcm", ("members", "mlcm", "lora", "revision"), None, "OPPOer/TLCM"),
     ("sdxl", "mlcm", ("members", "mlcm", "lora", "config_name"), "adapter_config.json", "adapter_config.json"),
     ("sdxl", "mlcm", ("members", "mlcm", "lora", "subfolder"), "SDXL_lora", "SDXL_lora"),
+    # without its peft config, diffusers' load_lora_weights finds no `unet.` keys in a peft file and only logs it
+    ("sdxl", "mlcm", ("members", "mlcm", "lora", "config_name"), None, "matched no layer of the UNet"),
 ])
 def test_a_wrong_layout_in_a_preset_fails(preset, member, path, value, message, real_hub, monkeypatch):
     monkeypatch.setitem(PRESETS, preset, mutated(preset, path, value))
