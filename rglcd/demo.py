@@ -201,10 +201,11 @@ class Engine:
     """
 
     def __init__(self, family: str, columns: Sequence[str] | None = None, rewards: Sequence[str] | None = None,
-                 device: str | None = None) -> None:
+                 device: str | None = None, dtype: torch.dtype | None = None) -> None:
         self.family_name = family
         self.columns = tuple(columns or family_columns(family))
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.dtype = dtype  # the family's weights (e.g. torch.float16 on a GPU Space); rewards stay as they load
         self._reward_names = rewards
         self._lock = threading.RLock()
         self._compute = threading.Lock()
@@ -219,7 +220,7 @@ class Engine:
         with self._lock:
             if self._family is None:
                 try:
-                    family = load_family(self.family_name)
+                    family = load_family(self.family_name, dtype=self.dtype)
                     _ = family.tokenizer, family.scheduler_config  # load now: a missing part fails here, once
                     for part in ("text_encoder", "text_encoder_2", "vae"):
                         if part in family.spec:

@@ -318,7 +318,12 @@ class Family:
     name: str
     spec: dict[str, Any]
     root: Path | None = None
+    dtype: torch.dtype | None = None  # weights' dtype (e.g. torch.float16 on a GPU); None: as stored, upcast to fp32
     _unets: dict[str, Any] = field(default_factory=dict)
+
+    def _dtype(self, library: str) -> dict[str, torch.dtype]:
+        """`from_pretrained`'s dtype argument: diffusers calls it torch_dtype, transformers 5 dtype."""
+        return {} if self.dtype is None else {"torch_dtype" if library == "diffusers" else "dtype": self.dtype}
 
     @property
     def members(self) -> list[str]:
@@ -337,13 +342,15 @@ class Family:
     def vae(self) -> Any:
         from diffusers import AutoModel
 
-        return from_pretrained(AutoModel, self.source("vae"), f"{self.name} vae").eval().requires_grad_(False)
+        return from_pretrained(AutoModel, self.source("vae"), f"{self.name} vae", **self._dtype("diffusers")).eval(
+        ).requires_grad_(False)
 
     @cached_property
     def text_encoder(self) -> Any:
         from transformers import AutoModel
 
-        return from_pretrained(AutoModel, self.source("text_encoder"), f"{self.name} text encoder").eval(
+        return from_pretrained(AutoModel, self.source("text_encoder"), f"{self.name} text encoder",
+                               **self._dtype("transformers")).eval(
         ).requires_grad_(False)
 
     @cached_property
@@ -367,7 +374,8 @@ class Family:
         from transformers import CLIPTextModelWithProjection
 
         return from_pretrained(CLIPTextModelWithProjection, self.source("text_encoder_2"),
-                               f"{self.name} text encoder 2").eval().requires_grad_(False)
+                               f"{self.name} text encoder 2", **self._dtype("transformers")).eval(
+        ).requires_grad_(False)
 
     @cached_property
     def tokenizer_2(self) -> Any:
@@ -452,7 +460,8 @@ class Family:
                                      f"{{\"{name}\": {{\"unet\": \"<export folder>\", \"kind\": "
                                      f"\"{entry.get('kind', name)}\"}}}}}})")
             src = resolve_source(entry["unet"], self.root)
-            self._unets[name] = from_pretrained(UNet2DConditionModel, src, f"{self.name} {name} unet").eval(
+            self._unets[name] = from_pretrained(UNet2DConditionModel, src, f"{self.name} {name} unet",
+                                                **self._dtype("diffusers")).eval(
             ).requires_grad_(False)
         return self._unets[name]
 
@@ -535,8 +544,9 @@ def extend_preset(spec: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def load_family(name_or_path: str) -> Family:
-    """Load a family by preset name (`emoji-64`, `sd21`, ...), a family.json path, or a folder holding one."""
+def load_family(name_or_path: str, dtype: torch.dtype | None = None) -> Family:
+    """Load a family by preset name (`emoji-64`, `sd21`, ...), a family.json path, or a folder holding one; its
+    weights load in `dtype` when given (e.g. torch.float16 on a GPU)."""
     spec: dict[str, Any] | None = PRESETS.get(name_or_path)
     file: Path | None = None
     if spec is not None and "file" in spec:
@@ -554,4 +564,4 @@ def load_family(name_or_path: str) -> Family:
     assert spec is not None
     if "extends" in spec:
         spec = extend_preset(spec)
-    return Family(name=spec.get("name", name_or_path), spec=spec, root=file.parent if file else None)
+    return Family(name=spec.get("name", name_or_path), spec=spec, root=file.parent if file else None, dtype=dtype)

@@ -86,6 +86,18 @@ def test_the_fp16_variant_and_the_pinned_revision_are_what_loads(real_hub):
     assert family.member("mlcm")["lora"]["revision"] == "2512d8cbf4f2c1f44089c0168e0cc77b6613811d"
 
 
+# diffusers' SDXL pipeline upcasts an fp16 VAE for decoding through its own deprecated `upcast_vae`
+@pytest.mark.filterwarnings("ignore:`upcast_vae` is deprecated:FutureWarning")
+def test_a_family_loads_in_fp16_for_a_gpu(real_hub):
+    from rglcd.sampling import Request, generate
+
+    family = load_family("sdxl", dtype=torch.float16)
+    for name in ("lcm", "mlcm"):
+        images = generate(family, name, Request("a red box", steps=2, guidance_scale=1.0))
+        assert family.unet(name).dtype == torch.float16 and torch.isfinite(images).all()
+    assert {family.vae.dtype, family.text_encoder.dtype, family.text_encoder_2.dtype} == {torch.float16}
+
+
 @pytest.mark.parametrize("member", ["lcm-lora", "mlcm"])
 def test_lora_scale_is_the_files_alpha_over_rank(member, real_hub):
     from peft.tuners.lora import LoraLayer

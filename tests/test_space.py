@@ -82,6 +82,18 @@ def test_zero_gpu_wraps_the_gpu_work_and_loads_at_import(monkeypatch):
     assert engine.compare.wrapped.__name__ == "compare" and engine.reward_vs_steps.wrapped.__name__ == "reward_vs_steps"
 
 
+def test_the_space_engine_is_fp16_on_cuda_only(monkeypatch):
+    import torch
+
+    from rglcd.space import space_engine
+
+    assert space_engine("emoji-64").dtype is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    engine = space_engine("sdxl")
+    assert engine.dtype == torch.float16 and engine.device.type == "cuda"
+    assert engine.columns == ("teacher", "lcm", "lcm-lora", "mlcm")
+
+
 def test_the_exported_folder_serves_compare_on_the_cpu(space):
     from gradio_client import Client
 
