@@ -327,7 +327,7 @@ class Family:
     name: str
     spec: dict[str, Any]
     root: Path | None = None
-    dtype: torch.dtype | None = None  # weights' dtype (e.g. torch.float16 on a GPU); None: as stored, upcast to fp32
+    dtype: torch.dtype | None = None  # weights' dtype (e.g. torch.float16 on a GPU); None: fp32
     _unets: dict[str, Any] = field(default_factory=dict)
 
     def _dtype(self, library: str) -> dict[str, torch.dtype]:
@@ -464,10 +464,10 @@ class Family:
 
             entry = self.member(name)
             if "unet" not in entry:
-                raise ModelLoadError(f"{self.name} {name}: not published: train it with {entry['train']} (then "
-                                     f"point the family at the export: {{\"extends\": \"{self.name}\", \"members\": "
-                                     f"{{\"{name}\": {{\"unet\": \"<export folder>\", \"kind\": "
-                                     f"\"{entry.get('kind', name)}\"}}}}}})")
+                family_file = {"extends": self.name, "members": {name: {"unet": "<export folder>",
+                                                                        "kind": entry.get("kind", name)}}}
+                raise ModelLoadError(f"{self.name} {name}: not published: train it with {entry['train']}; then "
+                                     f"point a family file at the export: {json.dumps(family_file)}")
             src = resolve_source(entry["unet"], self.root)
             self._unets[name] = from_pretrained(UNet2DConditionModel, src, f"{self.name} {name} unet",
                                                 **self._dtype("diffusers")).eval(
