@@ -164,7 +164,7 @@ def hub_error(what: str, source: Source, err: Exception) -> ModelLoadError:
     return ModelLoadError(
         f"could not load {what} from the Hugging Face hub id '{source}': it is not cached and the hub is "
         f"unreachable (offline?), or the repository has no such file. Download it where the hub is reachable "
-        f"(huggingface-cli download {source.location}{revision}) and point the family at the local folder.")
+        f"(hf download {source.location}{revision} --local-dir <folder>) and point the family at that folder.")
 
 
 def from_pretrained(cls: Any, source: Source, what: str, **kwargs: Any) -> Any:
