@@ -35,7 +35,7 @@ from rglcd.sampling import generate
 
 TEACHER = "teacher"
 COLUMNS: tuple[str, ...] = (TEACHER, "lcm", "rg-lcm", "mlcm")
-TITLES = {TEACHER: "Teacher (DDIM + CFG)", "lcm": "LCM", "rg-lcm": "RG-LCM", "mlcm": "MLCM"}
+TITLES = {TEACHER: "Teacher (DDIM + CFG)", "lcm": "LCM", "rg-lcm": "RG-LCM", "mlcm": "MLCM", "lcm-lora": "LCM-LoRA"}
 STUDENT_STEPS = (1, 8)  # the app's caps (a shared server); the CLI takes what the samplers accept (rglcd.inputs)
 TEACHER_STEPS = (1, 100)
 NUM_IMAGES = (1, 4)
@@ -212,11 +212,12 @@ class Engine:
     requests interleave column by column.
     """
 
-    def __init__(self, family: str, columns: Sequence[str] = COLUMNS, rewards: Sequence[str] | None = None,
-                 device: str | None = None) -> None:
+    def __init__(self, family: str, columns: Sequence[str] | None = None, rewards: Sequence[str] | None = None,
+                 device: str | None = None, dtype: torch.dtype | None = None) -> None:
         self.family_name = family
-        self.columns = tuple(columns)
+        self.columns = tuple(columns or family_columns(family))
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.dtype = dtype  # the family's weights (e.g. torch.float16 on a GPU Space); rewards stay as they load
         self._reward_names = rewards
         self._lock = threading.RLock()
         self._compute = threading.Lock()
@@ -232,7 +233,7 @@ class Engine:
         with self._lock:
             if self._family is None:
                 try:
-                    family = load_family(self.family_name)
+                    family = load_family(self.family_name, dtype=self.dtype)
                     _ = family.tokenizer, family.scheduler_config  # load now: a missing part fails here, once
                     for part in ("text_encoder", "text_encoder_2", "vae"):
                         if part in family.spec:
@@ -352,6 +353,15 @@ class Engine:
             except ModelLoadError:
                 continue
         self.warm = True
+
+
+def family_columns(family: str) -> tuple[str, ...]:
+    """The columns a family asks for (its spec's "columns", e.g. sdxl's teacher, lcm, lcm-lora, mlcm), else COLUMNS;
+    reads the family description only, no weights."""
+    try:
+        return tuple(load_family(family).spec.get("columns", COLUMNS))
+    except ModelLoadError:
+        return COLUMNS
 
 
 def _registry_reward(name: str) -> nn.Module:
