@@ -86,7 +86,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "mlcm": {"unet": {"repo": SDXL, "subfolder": "unet"}, "kind": "mlcm",
                  "lora": {"repo": "OPPOer/TLCM", "subfolder": "SDXL_LoRA", "revision": TLCM_REVISION,
                           "weight_name": "adapter_model.safetensors",
-                          "config_name": "lora_model_adapter_config.json"}},
+                          "config_name": "lora_model_adapter_config.json"},
+                 "scheduler": {"sampler": "tlcm"}},  # TLCM's released LoRA: its own x0 + fresh-noise sampler
     }), "columns": ["teacher", "lcm", "lcm-lora", "mlcm"]},
 }
 
@@ -474,14 +475,16 @@ class Family:
             ).requires_grad_(False)
         return self._unets[name]
 
-    def pipeline(self, name: str, unet: Any | None = None, kind: str | None = None) -> Any:
+    def pipeline(self, name: str, unet: Any | None = None, kind: str | None = None,
+                 scheduler_options: dict[str, Any] | None = None) -> Any:
         """A diffusers pipeline for the member: StableDiffusionPipeline + DDIMScheduler for a teacher,
         LatentConsistencyModelPipeline + the student's scheduler (`STUDENT_SCHEDULERS`: LCMScheduler for kind lcm,
         MLCMScheduler for kind mlcm, CMScheduler for kind cm (iCT)) for a student with a guidance embedding, and StableDiffusionPipeline + that
         scheduler for a LoRA student (guidance scale 1-2 there, as in diffusers' docs). SDXL families use
         StableDiffusionXLPipeline for every kind (it embeds the guidance scale when the UNet has the projection).
 
-        `unet` and `kind` replace the member's own weights and kind, e.g. for a model in training.
+        `unet` and `kind` replace the member's own weights and kind, e.g. for a model in training;
+        `scheduler_options` its entry's sampler settings (`"scheduler"`, see `register_member`).
         """
         kind = kind or self.member(name).get("kind", name)
         unet = unet if unet is not None else self.unet(name)
@@ -499,7 +502,9 @@ class Family:
         if kind == "teacher":
             pipe = sd_cls(scheduler=DDIMScheduler.from_config(self.scheduler_config), **parts)
         elif kind in STUDENT_SCHEDULERS:
-            scheduler = STUDENT_SCHEDULERS[kind]().from_config(self.scheduler_config)
+            options = self.member(name).get("scheduler", {}) if name in self.members else {}
+            options = options if scheduler_options is None else scheduler_options
+            scheduler = STUDENT_SCHEDULERS[kind]().from_config({**self.scheduler_config, **options})
             # a LoRA student has no guidance embedding: the usual pipeline (guidance scale 1-2, as in diffusers' docs)
             pipe = (guided_cls if unet.config.time_cond_proj_dim is not None else sd_cls)(scheduler=scheduler, **parts)
         else:
@@ -525,9 +530,11 @@ def save_unet(unet: Any, folder: Path, dtype: str = "fp32") -> None:
         save_file(weights, str(Path(folder) / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
 
 
-def register_member(family_file: Path, name: str, folder: Path, kind: str, base: Any | None = None) -> None:
+def register_member(family_file: Path, name: str, folder: Path, kind: str, base: Any | None = None,
+                    scheduler: dict[str, Any] | None = None) -> None:
     """Add or replace member `name` in a family file: a UNet folder, or with `base` (the base UNet's entry) a LoRA
-    folder on top of it. Folders inside the family's folder are stored relative to it."""
+    folder on top of it. Folders inside the family's folder are stored relative to it. `scheduler`: settings of
+    the member's sampler over the family's scheduler config (e.g. MLCM's edge rounding), stored in its entry."""
     spec = json.loads(family_file.read_text())
     folder = Path(folder).resolve()
     try:
@@ -535,6 +542,8 @@ def register_member(family_file: Path, name: str, folder: Path, kind: str, base:
     except ValueError:
         location = str(folder)
     entry = {"unet": location, "kind": kind} if base is None else {"unet": base, "lora": location, "kind": kind}
+    if scheduler:
+        entry["scheduler"] = dict(scheduler)
     spec.setdefault("members", {})[name] = entry
     tmp = family_file.with_suffix(".tmp")
     tmp.write_text(json.dumps(spec, indent=2) + "\n")
