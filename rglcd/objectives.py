@@ -148,6 +148,10 @@ class RewardGuidance:
         """Rewards (B,) of the decoded one-step predictions `student_x0` (B,C,h,w), scaled latents."""
         return training_score(self.reward, self.decode(student_x0), prompts)
 
+    def total(self, distill_loss: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
+        """The RG-LCD loss (): mean distillation loss (B,) - scale x mean reward (B,) (expert's or proxy's)."""
+        return distill_loss.mean() - self.scale * rewards.mean()
+
 
 @dataclass
 class ProxyPreference:

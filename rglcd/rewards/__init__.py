@@ -91,8 +91,14 @@ class RewardMix(nn.Module):
 
     def __init__(self, rewards: dict[str, nn.Module], weights: dict[str, float]) -> None:
         super().__init__()
-        self.rewards = nn.ModuleDict(rewards)
+        self.names = list(rewards)  # registry names such as "hpsv2.1", which an nn.ModuleDict key cannot be
+        self.members = nn.ModuleList(rewards.values())
         self.weights = dict(weights)
+
+    @property
+    def rewards(self) -> dict[str, nn.Module]:
+        """The members by registry name."""
+        return dict(zip(self.names, self.members))
 
     def forward(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         return sum(self.weights[k] * r(images, prompts) for k, r in self.rewards.items())

@@ -294,11 +294,12 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
             ctx = ctx.to(device)
             with accelerator.accumulate(student), accelerator.autocast():
                 loss, aux = loss_fn(call(student), teacher_net, target_net, z0, ctx, uncond, noise, draw, states)
-                loss = loss.mean()
                 if guidance is not None:
                     x0 = aux["student_x0"] if reward_scheduler is None else sampler_x0(ctx, draw["w"], g)
                     rewards = guidance(x0, texts) if proxy is None else proxy_objective.student_reward(proxy, x0, ctx)
-                    loss = loss - cfg.reward_scale * rewards.mean()
+                    loss = guidance.total(loss, rewards)
+                else:
+                    loss = loss.mean()
                     reward_sum += rewards.mean().item() / cfg.gradient_accumulation_steps
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm > 0:
