@@ -298,9 +298,9 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
                     x0 = aux["student_x0"] if reward_scheduler is None else sampler_x0(ctx, draw["w"], g)
                     rewards = guidance(x0, texts) if proxy is None else proxy_objective.student_reward(proxy, x0, ctx)
                     loss = guidance.total(loss, rewards)
+                    reward_sum += rewards.mean().item() / cfg.gradient_accumulation_steps
                 else:
                     loss = loss.mean()
-                    reward_sum += rewards.mean().item() / cfg.gradient_accumulation_steps
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
