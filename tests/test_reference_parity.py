@@ -173,6 +173,27 @@ def test_proxy_update_and_student_proxy_term_match_reference(clip_rewards):
         assert torch.allclose(p, q, atol=1e-6)
 
 
+def test_the_first_proxy_is_kept_as_batch_softmax(clip_rewards):
+    """`--proxy-variant batch-softmax`: the logit on scaled latents for the student; the whole batch, one
+    three-way KL against the expert's training scores for the proxy (no reference: what the first runs used)."""
+    hps, vae = clip_rewards["hps"], tiny_vae()
+    torch.manual_seed(2)
+    proxy = LatentProxyReward(4, 16, width=8, embed_dim=8)
+    g = torch.Generator().manual_seed(3)
+    cands = [torch.randn(6, 4, 8, 8, generator=g) for _ in range(3)]
+    ctx = torch.randn(6, 5, 16, generator=g)
+    objective = ProxyPreference(RewardGuidance(hps, vae), "batch-softmax", "kl", temperature=0.5)
+    assert torch.allclose(objective.student_reward(proxy, cands[0], ctx), proxy(cands[0], ctx))
+    loss, scores, expert = objective(proxy, cands, ctx, PROMPTS, torch.Generator())
+    flat = torch.stack(cands, 1).flatten(0, 1)
+    with torch.no_grad():
+        images = (vae.decode(flat / vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
+        want_expert = reference_cos(hps, images, [p for p in PROMPTS for _ in range(3)]).view(6, 3)
+    want = preference_loss(proxy(flat, ctx.repeat_interleave(3, 0)).view(6, 3), want_expert, "kl", 0.5).mean()
+    assert scores.shape == (6, 3) and torch.allclose(expert, want_expert, atol=1e-6)
+    assert torch.allclose(loss, want, atol=1e-6)
+
+
 def test_pairwise_cross_entropy_lets_the_data_latent_win():
     """Lines 1444-1449 (`--latent_rm_loss_type cross_entropy`): the pair's expert argmax as label, except that the
     data latent wins each pair it is in. (Line 1445 takes the argmax over the wrong axis; the pair's argmax, line
