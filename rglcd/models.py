@@ -271,15 +271,23 @@ def encode_prompts(tokenizer: Any, text_encoder: torch.nn.Module, prompts: list[
 
 
 @torch.no_grad()
-def encode_latents(vae: torch.nn.Module, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+def encode_latents(vae: torch.nn.Module, images: torch.Tensor, batch_size: int = 64,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
     """Images in [-1,1] (N,3,H,W) -> scaled latents (N,C,H/f,W/f), the space the UNet works in.
 
-    AutoencoderKL: the posterior mode; AutoencoderTiny: its deterministic latents; both times `scaling_factor`.
+    AutoencoderKL: the posterior mode, or with `generator` a draw from the posterior (as diffusers' LCD script
+    does each step); AutoencoderTiny: its deterministic latents (no posterior to draw from: ValueError with a
+    generator); all times `scaling_factor`.
     """
     out = []
     for chunk in images.split(batch_size):
         enc = vae.encode(chunk.to(next(vae.parameters()).device))
-        z = enc.latent_dist.mode() if hasattr(enc, "latent_dist") else enc.latents
+        if generator is not None and not hasattr(enc, "latent_dist"):
+            raise ValueError(f"{type(vae).__name__} has no posterior to sample: its latents are deterministic")
+        if generator is not None:
+            z = enc.latent_dist.sample(generator)
+        else:
+            z = enc.latent_dist.mode() if hasattr(enc, "latent_dist") else enc.latents
         out.append(z * vae.config.scaling_factor)
     return torch.cat(out)
 

@@ -342,3 +342,21 @@ def test_lcd_reference_options():
     assert rand.time_embedding.cond_proj.weight.abs().max() > 0
     with pytest.raises(ValueError, match="cond-proj-init"):
         student_from_teacher(teacher, 16, "ones")
+
+
+def test_posterior_sampled_data_latents_match_the_lcd_script():
+    """diffusers' train_lcm_distill_sd_wds.py encodes each step's images with `vae.encode(pixel_values)
+    .latent_dist.sample()` times scaling_factor; restated through the posterior (mean, logvar clamped to
+    [-30, 20], std = exp(logvar / 2)); ours with a generator draws the same, without one it is the mode."""
+    from rglcd.models import encode_latents
+
+    vae = tiny_vae()
+    images = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(9)) * 2 - 1
+    ours = encode_latents(vae, images, generator=torch.Generator().manual_seed(10))
+    with torch.no_grad():
+        moments = vae.quant_conv(vae.encoder(images))
+        mean, logvar = torch.chunk(moments, 2, dim=1)
+        std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
+        ref = (mean + std * torch.randn(mean.shape, generator=torch.Generator().manual_seed(10))) * 0.5
+    assert torch.allclose(ours, ref, atol=1e-6)
+    assert torch.allclose(encode_latents(vae, images), mean * 0.5, atol=1e-6) and not torch.allclose(ours, mean * 0.5)

@@ -101,6 +101,8 @@ class DistillConfig:
     cond_proj_init: str = "zero"  # full-model student's guidance projection: zero (starts as the teacher) | random
     # (diffusers' LCD script: the layer's default init)
     weight_decay: float = 0.0  # the student's AdamW (diffusers' LCD script: 1e-2; RG-LCD's script: 0)
+    data_latents: str = "mode"  # AutoencoderKL data latents: posterior mode | sample (a fresh draw each step, as
+    # diffusers' LCD script; streamed shard / folder data only, not --cache-latents or the emoji set)
 
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1",
@@ -154,6 +156,13 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
     set_seed(cfg.seed)  # initialisations (LoRA, proxy RM) repeat across fresh runs
     batches = training_batches(cfg.data, family, cfg.resolution, cfg.cache_latents, cfg.include_flags,
                                cfg.limit_concepts, accelerator.process_index, accelerator.num_processes)
+    if cfg.data_latents not in ("mode", "sample"):
+        raise ValueError(f"--data-latents must be mode or sample, got {cfg.data_latents!r}")
+    if cfg.data_latents == "sample":
+        if not isinstance(batches, EncodedBatches) or batches.cached is not None:
+            raise ValueError("--data-latents sample draws from the VAE posterior as images stream in: use shard, "
+                             "folder or hf: data without --cache-latents")
+        batches.sample_posterior = True
     teacher = family.unet(cfg.teacher)
     prediction_type = family.scheduler_config.get("prediction_type", "epsilon")
     alphas_cumprod = DDPMScheduler.from_config(family.scheduler_config).alphas_cumprod.to(accelerator.device)
