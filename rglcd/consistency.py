@@ -42,18 +42,26 @@ def consistency_distance(pred: torch.Tensor, target: torch.Tensor, loss_type: st
     raise ValueError(f"unknown loss_type {loss_type!r}: use l2 or huber")
 
 
+CLEAN_ENDS = ("ddim", "lcm")
+
+
 def segment_output(model_output: torch.Tensor, sample: torch.Tensor, timesteps: torch.Tensor,
-                   edge_timesteps: torch.Tensor, alphas_cumprod: torch.Tensor, prediction_type: str = "epsilon"
-                   ) -> torch.Tensor:
+                   edge_timesteps: torch.Tensor, alphas_cumprod: torch.Tensor, prediction_type: str = "epsilon",
+                   clean_end: str = "ddim") -> torch.Tensor:
     """Multistep (segment) consistency output: z_t (B,C,H,W) mapped to its segment's lower edge (B,) timesteps.
 
     A DDIM jump with the network's own x0 and eps estimates, alpha_e x0_hat + sigma_e eps_hat, so the output is
-    z_t exactly when t is the edge; an edge at timestep 0 is the clean end, where the output is
-    `consistency_output` (the LCD parameterisation), so one segment is LCD.
+    z_t exactly when t is the edge. The lowest segment (edge timestep 0): "ddim" is the same jump, to
+    alphas_cumprod[0] (phased consistency distillation's); "lcm" is `consistency_output` (the LCD
+    parameterisation, so one segment is LCD; the shipped emoji-64 `mlcm` was trained with it).
     """
+    if clean_end not in CLEAN_ENDS:
+        raise ValueError(f"unknown clean end {clean_end!r}: use {' or '.join(CLEAN_ENDS)}")
     x0 = predicted_x0(model_output, timesteps, sample, alphas_cumprod, prediction_type)
     eps = predicted_noise(model_output, timesteps, sample, alphas_cumprod, prediction_type)
     jump = ddim_solver_step(x0, eps, edge_timesteps, alphas_cumprod)
+    if clean_end == "ddim":
+        return jump
     clean = consistency_output(model_output, sample, timesteps, alphas_cumprod, prediction_type)
     shape = (-1,) + (1,) * (sample.ndim - 1)
     return torch.where((edge_timesteps == 0).view(shape).to(sample.device), clean, jump)

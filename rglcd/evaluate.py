@@ -92,13 +92,15 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8) -> Path:
 @torch.no_grad()
 def evaluate_prompt_following(family: Any, member: str, reward: nn.Module, prompt_sets: dict[str, list[str]],
                               steps: int, guidance: float, seed: int = 0, grid_path: str | Path | None = None,
-                              unet: Any | None = None, kind: str | None = None) -> dict[str, float]:
+                              unet: Any | None = None, kind: str | None = None,
+                              scheduler_options: dict[str, Any] | None = None) -> dict[str, float]:
     """`prompt_following` of a family member on each named prompt set (e.g. 16 training, 16 held-out prompts).
 
     One image per prompt, seed `seed`; keys `{set}_{win_rate,top1,reward}`. With `grid_path`, writes
-    `<stem>-<set>.png` beside it. `unet` (and `kind`) override the member's weights (a model in training).
+    `<stem>-<set>.png` beside it. `unet` (and `kind`, `scheduler_options`) override the member's weights (a model
+    in training).
     """
-    pipe = family.pipeline(member, unet=unet, kind=kind)
+    pipe = family.pipeline(member, unet=unet, kind=kind, scheduler_options=scheduler_options)
     out: dict[str, float] = {}
     for split, prompts in prompt_sets.items():
         images = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, output_type="pt",

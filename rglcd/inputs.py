@@ -90,9 +90,14 @@ def prompt_text(value: Any) -> str:
 
 
 def step_limit(kind: str, scheduler_config: dict[str, Any]) -> int:
-    """Most sampling steps a member of `kind` takes (students: 50; teacher: num_train_timesteps - steps_offset)."""
+    """Most sampling steps a member of `kind` takes (students: 50, MLCM's TLCM sampler 8; teacher:
+    num_train_timesteps - steps_offset). `scheduler_config` includes the member's own sampler settings."""
     from rglcd.models import STUDENT_SCHEDULERS
 
+    if kind == "mlcm" and scheduler_config.get("sampler") == "tlcm":
+        from rglcd.scheduling_mlcm import TLCM_STEPS
+
+        return max(TLCM_STEPS)
     if kind in STUDENT_SCHEDULERS:
         return STUDENT_MAX_STEPS
     return int(scheduler_config.get("num_train_timesteps", 1000)) - int(scheduler_config.get("steps_offset", 0))
@@ -111,8 +116,10 @@ def check_prompt_tokens(family: Family, prompt: str) -> None:
 def check_request(family: Family, member: str, req: Request, max_images: int = MAX_IMAGES) -> None:
     """InputError when `req` is out of range for this member of the family (kind-dependent steps, guidance, images,
     seed, prompt tokens). An empty prompt is allowed here (unconditional samples); front ends refuse it."""
-    kind = str(family.member(member).get("kind", member))
-    number(req.steps, f"steps ({kind})", (1, step_limit(kind, family.scheduler_config)), whole=True)
+    entry = family.member(member)
+    kind = str(entry.get("kind", member))
+    limit = step_limit(kind, {**family.scheduler_config, **entry.get("scheduler", {})})
+    number(req.steps, f"steps ({kind})", (1, limit), whole=True)
     number(req.guidance_scale, "guidance scale", GUIDANCE, whole=False)
     number(req.num_images, "number of images", (1, max_images), whole=True)
     number(req.seed, "seed", (0, MAX_SEED), whole=True)

@@ -86,7 +86,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "mlcm": {"unet": {"repo": SDXL, "subfolder": "unet"}, "kind": "mlcm",
                  "lora": {"repo": "OPPOer/TLCM", "subfolder": "SDXL_LoRA", "revision": TLCM_REVISION,
                           "weight_name": "adapter_model.safetensors",
-                          "config_name": "lora_model_adapter_config.json"}},
+                          "config_name": "lora_model_adapter_config.json"},
+                 "scheduler": {"sampler": "tlcm"}},  # TLCM's released LoRA: its own x0 + fresh-noise sampler
     }), "columns": ["teacher", "lcm", "lcm-lora", "mlcm"]},
 }
 
@@ -270,15 +271,23 @@ def encode_prompts(tokenizer: Any, text_encoder: torch.nn.Module, prompts: list[
 
 
 @torch.no_grad()
-def encode_latents(vae: torch.nn.Module, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+def encode_latents(vae: torch.nn.Module, images: torch.Tensor, batch_size: int = 64,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
     """Images in [-1,1] (N,3,H,W) -> scaled latents (N,C,H/f,W/f), the space the UNet works in.
 
-    AutoencoderKL: the posterior mode; AutoencoderTiny: its deterministic latents; both times `scaling_factor`.
+    AutoencoderKL: the posterior mode, or with `generator` a draw from the posterior (as diffusers' LCD script
+    does each step); AutoencoderTiny: its deterministic latents (no posterior to draw from: ValueError with a
+    generator); all times `scaling_factor`.
     """
     out = []
     for chunk in images.split(batch_size):
         enc = vae.encode(chunk.to(next(vae.parameters()).device))
-        z = enc.latent_dist.mode() if hasattr(enc, "latent_dist") else enc.latents
+        if generator is not None and not hasattr(enc, "latent_dist"):
+            raise ValueError(f"{type(vae).__name__} has no posterior to sample: its latents are deterministic")
+        if generator is not None:
+            z = enc.latent_dist.sample(generator)
+        else:
+            z = enc.latent_dist.mode() if hasattr(enc, "latent_dist") else enc.latents
         out.append(z * vae.config.scaling_factor)
     return torch.cat(out)
 
@@ -474,14 +483,16 @@ class Family:
             ).requires_grad_(False)
         return self._unets[name]
 
-    def pipeline(self, name: str, unet: Any | None = None, kind: str | None = None) -> Any:
+    def pipeline(self, name: str, unet: Any | None = None, kind: str | None = None,
+                 scheduler_options: dict[str, Any] | None = None) -> Any:
         """A diffusers pipeline for the member: StableDiffusionPipeline + DDIMScheduler for a teacher,
         LatentConsistencyModelPipeline + the student's scheduler (`STUDENT_SCHEDULERS`: LCMScheduler for kind lcm,
         MLCMScheduler for kind mlcm, CMScheduler for kind cm (iCT)) for a student with a guidance embedding, and StableDiffusionPipeline + that
         scheduler for a LoRA student (guidance scale 1-2 there, as in diffusers' docs). SDXL families use
         StableDiffusionXLPipeline for every kind (it embeds the guidance scale when the UNet has the projection).
 
-        `unet` and `kind` replace the member's own weights and kind, e.g. for a model in training.
+        `unet` and `kind` replace the member's own weights and kind, e.g. for a model in training;
+        `scheduler_options` its entry's sampler settings (`"scheduler"`, see `register_member`).
         """
         kind = kind or self.member(name).get("kind", name)
         unet = unet if unet is not None else self.unet(name)
@@ -499,7 +510,9 @@ class Family:
         if kind == "teacher":
             pipe = sd_cls(scheduler=DDIMScheduler.from_config(self.scheduler_config), **parts)
         elif kind in STUDENT_SCHEDULERS:
-            scheduler = STUDENT_SCHEDULERS[kind]().from_config(self.scheduler_config)
+            options = self.member(name).get("scheduler", {}) if name in self.members else {}
+            options = options if scheduler_options is None else scheduler_options
+            scheduler = STUDENT_SCHEDULERS[kind]().from_config({**self.scheduler_config, **options})
             # a LoRA student has no guidance embedding: the usual pipeline (guidance scale 1-2, as in diffusers' docs)
             pipe = (guided_cls if unet.config.time_cond_proj_dim is not None else sd_cls)(scheduler=scheduler, **parts)
         else:
@@ -525,9 +538,11 @@ def save_unet(unet: Any, folder: Path, dtype: str = "fp32") -> None:
         save_file(weights, str(Path(folder) / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
 
 
-def register_member(family_file: Path, name: str, folder: Path, kind: str, base: Any | None = None) -> None:
+def register_member(family_file: Path, name: str, folder: Path, kind: str, base: Any | None = None,
+                    scheduler: dict[str, Any] | None = None) -> None:
     """Add or replace member `name` in a family file: a UNet folder, or with `base` (the base UNet's entry) a LoRA
-    folder on top of it. Folders inside the family's folder are stored relative to it."""
+    folder on top of it. Folders inside the family's folder are stored relative to it. `scheduler`: settings of
+    the member's sampler over the family's scheduler config (e.g. MLCM's edge rounding), stored in its entry."""
     spec = json.loads(family_file.read_text())
     folder = Path(folder).resolve()
     try:
@@ -535,6 +550,8 @@ def register_member(family_file: Path, name: str, folder: Path, kind: str, base:
     except ValueError:
         location = str(folder)
     entry = {"unet": location, "kind": kind} if base is None else {"unet": base, "lora": location, "kind": kind}
+    if scheduler:
+        entry["scheduler"] = dict(scheduler)
     spec.setdefault("members", {})[name] = entry
     tmp = family_file.with_suffix(".tmp")
     tmp.write_text(json.dumps(spec, indent=2) + "\n")

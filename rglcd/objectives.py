@@ -17,6 +17,8 @@ from typing import Any
 import torch
 
 from rglcd.consistency import consistency_distance, consistency_output, ict_huber_c, pseudo_huber, segment_output
+from rglcd.rewards import training_score
+from rglcd.rewards.proxy import PROXY_VARIANTS, expert_logits, preference_loss
 from rglcd.schedule import (KARRAS_RHO, SIGMA_MAX, SIGMA_MIN, ddim_skip_grid, ddim_solver_step, grid_timestep,
                             guidance_scale_embedding, ict_num_scales, karras_sigmas, lognormal_interval_probs,
                             lower_edge, predicted_noise, predicted_x0, segment_edges)
@@ -106,36 +108,103 @@ class MLCMLoss(LCDLoss):
 
     The grid splits into `num_segments` segments (`rglcd.schedule.segment_edges`); inside one, the student maps
     z_t to the segment's lower edge (`segment_output`), and the target maps the teacher's z_{t_n} to the same edge,
-    which is z_{t_n} itself when t_n is the edge. Edges lie on grid points, so a step never crosses one. One segment
-    is LCD exactly. `num_segments` may change during training (the progressive schedule, e.g. 8 -> 4 -> 2).
+    which is z_{t_n} itself when t_n is the edge. Edges lie on grid points, so a step never crosses one. With the
+    defaults (`edge_rounding` "floor", `clean_end` "ddim") this is phased consistency distillation's target; with
+    "round" and "lcm" it is this package's first MLCM (one segment is then LCD exactly). `num_segments` may change
+    during training (the progressive schedule, e.g. 8 -> 4 -> 2).
     """
 
     num_segments: int = 8
+    edge_rounding: str = "floor"  # floor (PCM) | round
+    clean_end: str = "ddim"  # ddim (PCM: DDIM jump to alphas_cumprod[0]) | lcm (LCD boundary scalings)
 
     def output(self, model_output: torch.Tensor, sample: torch.Tensor, timesteps: torch.Tensor,
                draw: dict[str, torch.Tensor]) -> torch.Tensor:
-        edges = segment_edges(self.num_segments, self.num_ddim_timesteps)
+        edges = segment_edges(self.num_segments, self.num_ddim_timesteps, self.edge_rounding)
         edge = grid_timestep(lower_edge(draw["index"] + 1, edges), len(self.alphas_cumprod),
                              self.num_ddim_timesteps)
         return segment_output(model_output, sample, timesteps, edge.to(sample.device), self.alphas_cumprod,
-                              self.prediction_type)
+                              self.prediction_type, self.clean_end)
 
 
 @dataclass
 class RewardGuidance:
     """The reward term of RG-LCD: R(decode(f_student(z_{t_{n+k}})), prompt), differentiable through the frozen VAE.
 
-    The RG-LCD loss is `LCDLoss - scale * RewardGuidance`; `reward` takes images in [0,1] (B,3,H,W) and prompts.
+    The RG-LCD loss is `LCDLoss - scale * RewardGuidance`; `reward` takes images in [0,1] (B,3,H,W) and prompts,
+    and is scored on its training scale (`rglcd.rewards.training_score`: the RG-LCD reference's reward values).
     """
 
     reward: torch.nn.Module
     vae: torch.nn.Module
     scale: float = 1.0
 
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Images in [0,1] (B,3,H,W) of scaled latents (B,C,h,w)."""
+        decoded = self.vae.decode(latents / self.vae.config.scaling_factor).sample.float()
+        return ((decoded + 1) / 2).clamp(0, 1)
+
     def __call__(self, student_x0: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         """Rewards (B,) of the decoded one-step predictions `student_x0` (B,C,h,w), scaled latents."""
-        decoded = self.vae.decode(student_x0 / self.vae.config.scaling_factor).sample.float()
-        return self.reward(((decoded + 1) / 2).clamp(0, 1), prompts)
+        return training_score(self.reward, self.decode(student_x0), prompts)
+
+    def total(self, distill_loss: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
+        """The RG-LCD loss (): mean distillation loss (B,) - scale x mean reward (B,) (expert's or proxy's)."""
+        return distill_loss.mean() - self.scale * rewards.mean()
+
+
+@dataclass
+class ProxyPreference:
+    """The latent proxy RM of RG-LCD (paper Algorithm 4): the student's proxy reward and the proxy's update.
+
+    `rglcd.rewards.proxy` describes the two variants. "reference": the student maximises the proxy's cosine on
+    unscaled latents (latents / the VAE's scaling_factor); the proxy learns, on `batch` prompts drawn from the
+    batch, the expert's pairwise preferences among {student prediction, target prediction, data latent} from the
+    expert's logits (`expert_logits`), summing the pairs' two-way KL ("kl") or cross-entropy ("ce").
+    "batch-softmax": the proxy's logit on scaled latents, the whole batch, one K-way `loss` against the expert's
+    training score at `temperature`.
+    """
+
+    guidance: RewardGuidance
+    variant: str = "reference"  # reference | batch-softmax
+    loss: str = "kl"  # kl | ce
+    temperature: float = 1.0
+    batch: int = 16
+
+    def __post_init__(self) -> None:
+        if self.variant not in PROXY_VARIANTS:
+            raise ValueError(f"unknown proxy variant {self.variant!r}: use {' or '.join(PROXY_VARIANTS)}")
+
+    def latents(self, z: torch.Tensor) -> torch.Tensor:
+        """What the proxy sees of scaled latents (B,C,h,w): unscaled ones for the reference, else as they are."""
+        return z / self.guidance.vae.config.scaling_factor if self.variant == "reference" else z
+
+    def student_reward(self, proxy: torch.nn.Module, x0: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """The proxy reward (B,) of the student's clean estimates `x0` (scaled latents), with grad w.r.t. x0."""
+        proxy = getattr(proxy, "module", proxy)  # an accelerate/DDP wrapper: the model itself
+        z = self.latents(x0)
+        return proxy.cosine(z, context) if self.variant == "reference" else proxy(z, context)
+
+    def __call__(self, proxy: torch.nn.Module, candidates: list[torch.Tensor], context: torch.Tensor,
+                 prompts: list[str], generator: torch.Generator
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss (), proxy logits (b,K), expert scores (b,K)) of K candidates (each (B,C,h,w), scaled latents,
+        no grad) for B prompts; the expert scores their decodes under no grad."""
+        if self.variant == "reference":
+            keep = torch.randperm(len(prompts), generator=generator)[:self.batch].tolist()
+            candidates, context = [c[keep] for c in candidates], context[keep]
+            prompts = [prompts[i] for i in keep]
+        b, k = len(prompts), len(candidates)
+        flat = torch.stack(candidates, 1).flatten(0, 1)
+        flat_prompts = [p for p in prompts for _ in range(k)]
+        with torch.no_grad():
+            images = self.guidance.decode(flat)
+            expert = (expert_logits(self.guidance.reward, images, flat_prompts, getattr(proxy, "module", proxy))
+                      if self.variant == "reference" else training_score(self.guidance.reward, images, flat_prompts))
+        scores = proxy(self.latents(flat), context.repeat_interleave(k, 0)).view(b, k)
+        expert = expert.view(b, k).float()
+        kind = f"pairwise-{self.loss}" if self.variant == "reference" else self.loss
+        return preference_loss(scores, expert, kind, self.temperature).mean(), scores, expert
 
 
 @torch.no_grad()

@@ -102,16 +102,23 @@ def guidance_scale_embedding(w: torch.Tensor, embedding_dim: int = 256, dtype: t
     return emb
 
 
-def segment_edges(num_segments: int, num_ddim_timesteps: int = 50) -> torch.Tensor:
+EDGE_ROUNDINGS = ("floor", "round")
+
+
+def segment_edges(num_segments: int, num_ddim_timesteps: int = 50, rounding: str = "floor") -> torch.Tensor:
     """Segment edges of multistep consistency (MLCM) as positions on the skipping-step grid, ascending (S+1,) int64.
 
     Position p in 0..N names timestep `grid_timestep(p)`: p = 0 is the clean end, p = N the top grid point (999).
-    The S segments split the N grid intervals as evenly as rounding allows (S = 8, N = 50: 0, 6, 12, 19, 25, ...).
+    Edge i is i N / S rounded down ("floor", as phased consistency distillation's `ddim_style_multiphase_pred`:
+    S = 4, N = 50: 0, 12, 25, 37, 50) or to the nearest, half to even ("round", this package's first MLCM, which
+    the shipped emoji-64 `mlcm` was trained with: 0, 12, 25, 38, 50).
     """
     if not 1 <= num_segments <= num_ddim_timesteps:
         raise ValueError(f"segments must be between 1 and {num_ddim_timesteps}, got {num_segments}")
+    if rounding not in EDGE_ROUNDINGS:
+        raise ValueError(f"unknown edge rounding {rounding!r}: use {' or '.join(EDGE_ROUNDINGS)}")
     edges = torch.arange(num_segments + 1, dtype=torch.float64) * num_ddim_timesteps / num_segments
-    return edges.round().to(torch.int64)
+    return (edges.floor() if rounding == "floor" else edges.round()).to(torch.int64)
 
 
 def grid_timestep(positions: torch.Tensor, num_train_timesteps: int = 1000, num_ddim_timesteps: int = 50

@@ -174,9 +174,12 @@ def test_proxy_rm_trains_checkpoints_resumes_and_exports(family_with_teacher, tm
     assert resumed["loss"] == full["loss"] and resumed["proxy_loss"] == full["proxy_loss"]
     proxy = LatentProxyReward.from_pretrained(tmp_path / "export" / "proxy-rm")
     assert proxy(torch.randn(2, 4, 16, 16), torch.randn(2, 5, 384)).shape == (2,)
-    warm = train_distill(_cfg(root, tmp_path / "warm", export_dir=None, max_steps=1,
-                              proxy_weights=str(tmp_path / "export" / "proxy-rm"), **kw))
+    warm = train_distill(_cfg(root, tmp_path / "warm", export_dir=None, max_steps=1,  # the first proxy, kept
+                              proxy_weights=str(tmp_path / "export" / "proxy-rm"), proxy_variant="batch-softmax",
+                              **kw))
     assert warm["proxy_loss"] >= 0
+    with pytest.raises(ValueError, match="unknown proxy variant"):
+        train_distill(_cfg(root, tmp_path / "bad-variant", export_dir=None, proxy_variant="listwise", **kw))
     with pytest.raises(ValueError, match="proxy-rm needs a reward"):
         train_distill(_cfg(root, tmp_path / "bad", proxy_rm=True))
 

@@ -105,6 +105,13 @@ def test_lora_scale_is_the_files_alpha_over_rank(member, real_hub):
     pipe = load_family("sdxl").pipeline(member)
     scales = {s for layer in pipe.unet.modules() if isinstance(layer, LoraLayer) for s in layer.scaling.values()}
     assert scales == {8 / 4}  # tests/hub_layouts.py: rank 4, alpha 8 (kohya `.alpha` keys; peft config lora_alpha)
+    if member == "mlcm":  # TLCM's released LoRA samples with TLCM's own sampler, which has step lists for 1-8 steps
+        from rglcd.inputs import InputError, Request, check_request
+
+        assert pipe.scheduler.config.sampler == "tlcm"
+        check_request(load_family("sdxl"), member, Request("a cat", steps=8))
+        with pytest.raises(InputError, match="steps"):
+            check_request(load_family("sdxl"), member, Request("a cat", steps=9))
 
 
 def mutated(preset: str, path: tuple, value) -> dict:

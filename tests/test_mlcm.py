@@ -22,17 +22,23 @@ def batch(n=6, seed=0):
 def test_segment_edges_and_lower_edge():
     assert segment_edges(1).tolist() == [0, 50]
     assert segment_edges(2).tolist() == [0, 25, 50]
-    assert segment_edges(8).tolist() == [0, 6, 12, 19, 25, 31, 38, 44, 50]
-    edges = segment_edges(4)  # 0, 12, 25, 38, 50
+    assert segment_edges(8).tolist() == [0, 6, 12, 18, 25, 31, 37, 43, 50]  # floor, as PCM
+    assert segment_edges(8, rounding="round").tolist() == [0, 6, 12, 19, 25, 31, 38, 44, 50]
+    assert segment_edges(4).tolist() == [0, 12, 25, 37, 50]
+    edges = segment_edges(4, rounding="round")  # 0, 12, 25, 38, 50
     assert lower_edge(torch.tensor([1, 12, 13, 25, 26, 50]), edges).tolist() == [0, 0, 12, 12, 25, 38]
     assert grid_timestep(torch.tensor([0, 1, 25, 50])).tolist() == [0, 19, 499, 999]
     with pytest.raises(ValueError):
         segment_edges(51)
+    with pytest.raises(ValueError):
+        segment_edges(4, rounding="ceil")
 
 
 def test_one_segment_is_lcd():
+    """With the first MLCM's settings (round edges, LCD boundary scalings at the clean end)."""
     latents, ctx, uctx, noise, g = batch()
-    lcd, mlcm = LCDLoss(SCHED.alphas_cumprod), MLCMLoss(SCHED.alphas_cumprod, num_segments=1)
+    lcd = LCDLoss(SCHED.alphas_cumprod)
+    mlcm = MLCMLoss(SCHED.alphas_cumprod, num_segments=1, edge_rounding="round", clean_end="lcm")
     draw = lcd.draw(6, g)
     draw["index"][0], draw["start"][0], draw["end"][0] = 0, 19, 0
     nets = fake_net(0.3), fake_net(0.5), fake_net(0.4)
@@ -52,7 +58,11 @@ def test_segment_target_at_an_edge_is_the_teacher_state():
     t = torch.tensor([499, 239, 759])
     out = fake_net(0.7)(z, t, torch.zeros(3, 2, 4), None)
     assert torch.allclose(segment_output(out, z, t, t, ac), z, atol=1e-5)
-    assert torch.allclose(segment_output(out, z, t, torch.zeros_like(t), ac), consistency_output(out, z, t, ac))
+    zero = torch.zeros_like(t)
+    assert torch.allclose(segment_output(out, z, t, zero, ac, clean_end="lcm"), consistency_output(out, z, t, ac))
+    x0 = (z - (1 - ac[t]).sqrt().view(-1, 1, 1, 1) * out) / ac[t].sqrt().view(-1, 1, 1, 1)
+    ddim = ac[0].sqrt() * x0 + (1 - ac[0]).sqrt() * out
+    assert torch.allclose(segment_output(out, z, t, zero, ac), ddim, atol=1e-5)
 
 
 def test_loss_with_trajectory_states_skips_the_teacher():
@@ -78,7 +88,18 @@ def test_loss_with_trajectory_states_skips_the_teacher():
                                             (4, [999, 759, 499, 239]), (6, [999, 839, 659, 499, 339, 159]),
                                             (8, [999, 879, 759, 619, 499, 379, 239, 119])])
 def test_scheduler_timesteps(steps, expected):
-    s = MLCMScheduler()
+    s = MLCMScheduler()  # the defaults: round edges, as the shipped emoji-64 mlcm was trained
+    s.set_timesteps(steps)
+    assert s.timesteps.tolist() == expected
+
+
+@pytest.mark.parametrize("sampler,edges,steps,expected", [
+    ("deterministic", "floor", 4, [999, 739, 499, 239]), ("deterministic", "floor", 8, [999, 859, 739, 619, 499,
+                                                                                         359, 239, 119]),
+    ("tlcm", "round", 4, [999, 749, 499, 124]), ("tlcm", "round", 2, [999, 499]),
+    ("tlcm", "round", 8, [999, 874, 749, 624, 499, 374, 249, 124])])
+def test_scheduler_timesteps_floor_edges_and_tlcm(sampler, edges, steps, expected):
+    s = MLCMScheduler(edge_rounding=edges, sampler=sampler)
     s.set_timesteps(steps)
     assert s.timesteps.tolist() == expected
 
@@ -155,7 +176,10 @@ def test_mlcm_trains_on_trajectories_resumes_and_exports(family_with_teacher, tm
     assert len(written) == 2, "the trajectory set is written once and reused"
     assert resumed["loss"] == full["loss"] and resumed["segments"] == 1
     family = load_family(str(root))
-    assert family.member("mlcm") == {"unet": "mlcm", "kind": "mlcm"}
+    assert family.member("mlcm") == {"unet": "mlcm", "kind": "mlcm",
+                                     "scheduler": {"edge_rounding": "floor", "clean_end": "ddim"}}
+    sampler = family.pipeline("mlcm").scheduler.config
+    assert (sampler.edge_rounding, sampler.clean_end, sampler.sampler) == ("floor", "ddim", "deterministic")
     for steps in (2, 3):
         assert generate(family, "mlcm", Request("red apple", steps=steps, guidance_scale=3)).shape == (1, 3, 64, 64)
 

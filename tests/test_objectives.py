@@ -14,8 +14,9 @@ def fake_net(scale):
     return net
 
 
-def reference_step(student, teacher, target, latents, ctx, uctx, noise, index, w, sched):
-    """The diffusers script's LCD step, restated (DDIMSolver, scalings_for_boundary_conditions, guidance embedding)."""
+def reference_outputs(student, teacher, target, latents, ctx, uctx, noise, index, w, sched):
+    """The diffusers script's LCD step, restated (DDIMSolver, scalings_for_boundary_conditions, guidance embedding):
+    the online prediction `model_pred` and the target, each (B,C,H,W). RG-LCD's script has the same lines."""
     ac = sched.alphas_cumprod
     ddim_t = (np.arange(1, 51) * 20).round().astype(np.int64) - 1
     ac_prev = np.asarray([ac[0]] + ac[ddim_t[:-1]].tolist())
@@ -48,6 +49,12 @@ def reference_step(student, teacher, target, latents, ctx, uctx, noise, index, w
     a_prev = torch.from_numpy(ac_prev)[index].view(-1, 1, 1, 1).float()
     x_prev = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
     tgt = cs.view(-1, 1, 1, 1) * x_prev + co.view(-1, 1, 1, 1) * x0_of(target(x_prev, t, ctx, we), t, x_prev)
+    return pred, tgt
+
+
+def reference_step(student, teacher, target, latents, ctx, uctx, noise, index, w, sched):
+    """The reference's per-sample huber loss (its batch mean is the script's loss)."""
+    pred, tgt = reference_outputs(student, teacher, target, latents, ctx, uctx, noise, index, w, sched)
     return (torch.sqrt((pred - tgt) ** 2 + 0.001 ** 2) - 0.001).flatten(1).mean(1)
 
 

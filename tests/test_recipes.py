@@ -138,3 +138,18 @@ def test_lcd_trains_from_a_hugging_face_dataset(tiny_sd21_family, tmp_path):
     metrics = train_distill(cfg)
     assert metrics["steps"] == 2 and torch.isfinite(torch.tensor(metrics["loss"]))
     assert load_family(str(tiny_sd21_family)).member("lcm-hf")["kind"] == "lcm"
+
+
+def test_posterior_sampled_data_latents_train_on_streamed_shards_only(tiny_sd21_family, tiny_shards, tmp_path):
+    """`--data-latents sample` (diffusers' LCD script): a fresh posterior draw per step from the step's generator,
+    so a run repeats; refused where latents are cached."""
+    base = ["--config", str(CONFIGS / "sd21-lcd.yaml"), "--family", str(tiny_sd21_family), "--data", tiny_shards,
+            "--export-dir", "none", "--max-steps", "2", "--batch-size", "2", "--resolution", "32",
+            "--mixed-precision", "no", "--warmup-steps", "1", "--data-latents", "sample"]
+    runs = [train_distill(parse_config(DistillConfig, argv=base + ["--output-dir", str(tmp_path / r)]))
+            for r in ("a", "b")]
+    assert runs[0]["loss"] == runs[1]["loss"] and torch.isfinite(torch.tensor(runs[0]["loss"]))
+    mode = train_distill(parse_config(DistillConfig, argv=base[:-1] + ["mode", "--output-dir", str(tmp_path / "m")]))
+    assert mode["loss"] != runs[0]["loss"]
+    with pytest.raises(ValueError, match="without --cache-latents"):
+        train_distill(parse_config(DistillConfig, argv=base + ["--cache-latents", "--output-dir", str(tmp_path / "c")]))

@@ -81,6 +81,7 @@ class EncodedBatches:
             else ImageFolderTable(spec, resolution) if Path(spec).is_dir() else None)
         self.empty = family.encode([""])[0].float().cpu()
         self.consumed = 0
+        self.sample_posterior = False  # draw each batch's latents from the VAE posterior (the step's generator)
         self._stream: Iterator[tuple[torch.Tensor, str]] | None = None
         self.cached: dict[str, Any] | None = self._load_or_build_cache(cache_root) if cache else None
         if self.cached is not None:  # the caption table teacher trajectories draw prompts from
@@ -88,11 +89,12 @@ class EncodedBatches:
         probe = self._encode([torch.zeros(3, resolution, resolution)], [""])[0]
         self.latent_shape = tuple(probe.shape[1:])
 
-    def _encode(self, images: list[torch.Tensor], texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encode(self, images: list[torch.Tensor], texts: list[str], generator: torch.Generator | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         from rglcd.models import encode_latents
 
         with torch.no_grad():
-            z = encode_latents(self.family.vae, torch.stack(images), self.encode_batch).float().cpu()
+            z = encode_latents(self.family.vae, torch.stack(images), self.encode_batch, generator).float().cpu()
             ctx = self.family.encode(texts).float().cpu()
         return z, ctx
 
@@ -155,7 +157,7 @@ class EncodedBatches:
             else:
                 samples = [self._next() for _ in range(batch_size)]
             texts = [t for _, t in samples]
-            z, ctx = self._encode([im for im, _ in samples], texts)
+            z, ctx = self._encode([im for im, _ in samples], texts, generator if self.sample_posterior else None)
         ctx, texts = drop_captions(ctx, texts, self.empty, cfg_dropout, generator)
         return z, ctx, texts
 

@@ -2,6 +2,18 @@
 
 Every reward is an nn.Module: `reward(images in [0,1] (B,3,H,W), prompts: list[str]) -> (B,)` scores,
 differentiable w.r.t. the images.
+
+Two scales, one convention (the only place it is stated; the README repeats it):
+- display scale, what `reward(images, prompts)` returns and what evaluations, the demo and the README report:
+  hpsv2.1 100 x cos, pickscore exp(logit_scale) x cos, clipscore 100 x max(cos, 0), imagereward r,
+  imagereward-clipped min(r - 2, 0), aesthetic the predictor's 1..10 score, emoji 100 x cos;
+- training scale, what the RG-LCD objective maximises (`training_score`): the display score times the reward's
+  `training_scale` (1 when it has none), chosen so that it is the RG-LCD reference's training reward
+  (Ji4chenLi/rg-lcd `reward_fn.py`, `return_logits=False`): hpsv2.1, pickscore plain cos; clipscore max(cos, 0);
+  imagereward(-clipped) and aesthetic unchanged. So a recipe's `reward_scale` is the paper's beta, and a mix's
+  weights ("hpsv2.1=1,imagereward-clipped=0.1") weigh the training scores as the reference's weighted reward does.
+  emoji has no reference: its training scale is its display scale (100 x cos), the scale the shipped emoji-64
+  RG-LCM recipe's beta 3e-3 was chosen on.
 """
 
 from __future__ import annotations
@@ -79,11 +91,25 @@ class RewardMix(nn.Module):
 
     def __init__(self, rewards: dict[str, nn.Module], weights: dict[str, float]) -> None:
         super().__init__()
-        self.rewards = nn.ModuleDict(rewards)
+        self.names = list(rewards)  # registry names such as "hpsv2.1", which an nn.ModuleDict key cannot be
+        self.members = nn.ModuleList(rewards.values())
         self.weights = dict(weights)
+
+    @property
+    def rewards(self) -> dict[str, nn.Module]:
+        """The members by registry name."""
+        return dict(zip(self.names, self.members))
 
     def forward(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         return sum(self.weights[k] * r(images, prompts) for k, r in self.rewards.items())
+
+
+def training_score(reward: nn.Module, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    """The reward (B,) on the training scale (module docstring): display score x `training_scale`, per member of
+    a mix, each weighted."""
+    if isinstance(reward, RewardMix):
+        return sum(reward.weights[k] * training_score(r, images, prompts) for k, r in reward.rewards.items())
+    return getattr(reward, "training_scale", 1.0) * reward(images, prompts)
 
 
 def parse_mix(spec: str) -> dict[str, float]:

@@ -6,6 +6,8 @@ mean/std), so scores are differentiable w.r.t. the images. Score definitions:
   converted to CLIPModel keys by `open_clip_to_hf`.
 - PickScore (`pickscore`): logit_scale.exp() x cos(image, text), yuvalkirstain/PickScore_v1 (already CLIPModel).
 - CLIPScore (`clipscore`): 100 x max(cos(image, text), 0), openai/clip-vit-large-patch14.
+These are display scores; `ClipReward.training_scale` turns each into the RG-LCD reference's training reward
+(plain cos; `rglcd.rewards` states the convention).
 """
 
 from __future__ import annotations
@@ -130,6 +132,13 @@ class ClipReward(nn.Module):
         if self.score == "pickscore":
             return self.model.logit_scale.exp() * cos
         return 100 * cos.clamp_min(0)
+
+    @property
+    def training_scale(self) -> float:
+        """Display score x this = the training reward: cos (hps, pickscore), max(cos, 0) (clipscore)."""
+        if self.score == "pickscore":
+            return float(1 / self.model.logit_scale.exp())
+        return 0.01
 
     def score_matrix(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         return self.scale(self.embed_images(images) @ self.embed_texts(prompts).T)

@@ -28,8 +28,8 @@ from rglcd.data.emoji import cache_dir, eval_prompt_sets
 from rglcd.data.trajectories import TrajectorySpec, teacher_trajectories, weights_digest
 from rglcd.evaluate import evaluate_prompt_following
 from rglcd.models import STUDENT_SCHEDULERS, load_family, register_member, save_unet
-from rglcd.objectives import LCDLoss, MLCMLoss, RewardGuidance, sampler_state
-from rglcd.rewards.proxy import LatentProxyReward, preference_loss
+from rglcd.objectives import LCDLoss, MLCMLoss, ProxyPreference, RewardGuidance, sampler_state
+from rglcd.rewards.proxy import LatentProxyReward
 from rglcd.schedule import guidance_scale_embedding
 from rglcd.training.checkpoints import StepCounter, step_generator
 from rglcd.training.export import export_plan
@@ -93,6 +93,16 @@ class DistillConfig:
     trajectory_batch: int = 64  # teacher batch when writing the trajectories
     lora_rank: int = 0  # 0: distil the full model; r > 0: LoRA adapters of rank r on the teacher
     lora_alpha: float | None = None  # default: equal to the rank
+    # Reference-fidelity options (README "Where we differ from the references"); read in train_distill only.
+    mlcm_edges: str = "floor"  # mlcm: segment edges rounded down as PCM ("round": the shipped emoji-64 mlcm's)
+    mlcm_clean_end: str = "ddim"  # mlcm: lowest segment a DDIM jump to alphas_cumprod[0] as PCM ("lcm": LCD's)
+    proxy_variant: str = "reference"  # reference (RG-LCD Alg. 4 and code) | batch-softmax (`rglcd.rewards.proxy`)
+    proxy_batch: int = 16  # reference proxy: candidates' prompts per proxy update, drawn from the batch
+    cond_proj_init: str = "zero"  # full-model student's guidance projection: zero (starts as the teacher) | random
+    # (diffusers' LCD script: the layer's default init)
+    weight_decay: float = 0.0  # the student's AdamW (diffusers' LCD script: 1e-2; RG-LCD's script: 0)
+    data_latents: str = "mode"  # AutoencoderKL data latents: posterior mode | sample (a fresh draw each step, as
+    # diffusers' LCD script; streamed shard / folder data only, not --cache-latents or the emoji set)
 
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1",
@@ -110,13 +120,18 @@ def segments_at(cfg: DistillConfig, step: int) -> int:
     return int(stages[min(step * len(stages) // max(cfg.max_steps, 1), len(stages) - 1)])
 
 
-def student_from_teacher(teacher: UNet2DConditionModel, w_embedding_dim: int) -> UNet2DConditionModel:
-    """The teacher's UNet with a zero-initialised guidance projection: at start it computes exactly the teacher."""
+def student_from_teacher(teacher: UNet2DConditionModel, w_embedding_dim: int, cond_proj_init: str = "zero"
+                         ) -> UNet2DConditionModel:
+    """The teacher's UNet plus a guidance projection `time_embedding.cond_proj`: zero-initialised ("zero": at start
+    it computes exactly the teacher) or left at its layer's default init ("random", as diffusers' LCD script)."""
+    if cond_proj_init not in ("zero", "random"):
+        raise ValueError(f"--cond-proj-init must be zero or random, got {cond_proj_init!r}")
     student = UNet2DConditionModel.from_config(teacher.config, time_cond_proj_dim=w_embedding_dim)
     missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
     if unexpected or any(not k.startswith("time_embedding.cond_proj") for k in missing):
         raise RuntimeError(f"teacher and student UNets differ: missing {missing}, unexpected {unexpected}")
-    torch.nn.init.zeros_(student.time_embedding.cond_proj.weight)
+    if cond_proj_init == "zero":
+        torch.nn.init.zeros_(student.time_embedding.cond_proj.weight)
     return student
 
 
@@ -141,12 +156,21 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
     set_seed(cfg.seed)  # initialisations (LoRA, proxy RM) repeat across fresh runs
     batches = training_batches(cfg.data, family, cfg.resolution, cfg.cache_latents, cfg.include_flags,
                                cfg.limit_concepts, accelerator.process_index, accelerator.num_processes)
+    if cfg.data_latents not in ("mode", "sample"):
+        raise ValueError(f"--data-latents must be mode or sample, got {cfg.data_latents!r}")
+    if cfg.data_latents == "sample":
+        if not isinstance(batches, EncodedBatches) or batches.cached is not None:
+            raise ValueError("--data-latents sample draws from the VAE posterior as images stream in: use shard, "
+                             "folder or hf: data without --cache-latents")
+        batches.sample_posterior = True
     teacher = family.unet(cfg.teacher)
     prediction_type = family.scheduler_config.get("prediction_type", "epsilon")
     alphas_cumprod = DDPMScheduler.from_config(family.scheduler_config).alphas_cumprod.to(accelerator.device)
     loss_args = (alphas_cumprod, cfg.num_ddim_timesteps, cfg.w_min, cfg.w_max, cfg.w_embedding_dim, cfg.loss_type,
                  cfg.huber_c, prediction_type)
-    loss_fn = MLCMLoss(*loss_args, num_segments=segments_at(cfg, 0)) if cfg.method == "mlcm" else LCDLoss(*loss_args)
+    mlcm_options = {"edge_rounding": cfg.mlcm_edges, "clean_end": cfg.mlcm_clean_end}  # the sampler's too
+    loss_fn = (MLCMLoss(*loss_args, num_segments=segments_at(cfg, 0), **mlcm_options) if cfg.method == "mlcm"
+               else LCDLoss(*loss_args))
 
     guidance = None
     if cfg.method == "rg-lcd" or (cfg.method == "mlcm" and cfg.reward):
@@ -165,7 +189,7 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
             raise ValueError(f"--reward-sampler-steps must be in [1, {cfg.num_ddim_timesteps}], "
                              f"got {cfg.reward_sampler_steps}")
         reward_scheduler = STUDENT_SCHEDULERS["mlcm" if cfg.method == "mlcm" else "lcm"]().from_config(
-            family.scheduler_config)
+            {**family.scheduler_config, **(mlcm_options if cfg.method == "mlcm" else {})})
     lora = cfg.lora_rank > 0
     if lora:
         from peft import LoraConfig
@@ -175,12 +199,12 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
                                        init_lora_weights="gaussian", target_modules=LORA_TARGETS))
         target = None
     else:
-        student = student_from_teacher(teacher, cfg.w_embedding_dim).train()
+        student = student_from_teacher(teacher, cfg.w_embedding_dim, cfg.cond_proj_init).train()
         target = copy.deepcopy(student).requires_grad_(False).eval()
     if cfg.gradient_checkpointing:
         student.enable_gradient_checkpointing()
     trainable = [p for p in student.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     lr_scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=cfg.warmup_steps)
     student, optimizer, lr_scheduler = accelerator.prepare(student, optimizer, lr_scheduler)
     proxy = proxy_optimizer = None
@@ -231,19 +255,16 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
 
     reward = None
     kind = "mlcm" if cfg.method == "mlcm" else "lcm"
+    proxy_objective = ProxyPreference(guidance, cfg.proxy_variant, cfg.proxy_loss, cfg.proxy_temperature,
+                                      cfg.proxy_batch) if proxy is not None else None
 
-    def train_proxy(aux: dict[str, torch.Tensor], z0: torch.Tensor | None, ctx: torch.Tensor, texts: list[str]
-                    ) -> dict[str, float]:
-        """One proxy-RM step on the candidates {student prediction, target prediction, data latent} of each prompt:
-        the expert scores their decodes (no grad), the proxy learns its preferences (`preference_loss`)."""
+    def train_proxy(aux: dict[str, torch.Tensor], z0: torch.Tensor | None, ctx: torch.Tensor, texts: list[str],
+                    g: torch.Generator) -> dict[str, float]:
+        """One proxy-RM step on the candidates {student prediction, target prediction, data latent} of each prompt
+        (`ProxyPreference`: the expert scores their decodes, the proxy learns its preferences)."""
         cands = [aux["student_x0"].detach(), aux["target"].to(aux["student_x0"].dtype)] + (
             [z0] if z0 is not None else [])
-        b, k = len(texts), len(cands)
-        flat = torch.stack(cands, 1).flatten(0, 1)
-        with torch.no_grad():
-            expert = guidance(flat, [t for t in texts for _ in range(k)]).view(b, k).float()
-        scores = proxy(flat, ctx.repeat_interleave(k, 0)).view(b, k)
-        proxy_loss = preference_loss(scores, expert, cfg.proxy_loss, cfg.proxy_temperature).mean()
+        proxy_loss, scores, expert = proxy_objective(proxy, cands, ctx, texts, g)
         proxy_optimizer.zero_grad(set_to_none=True)
         accelerator.backward(proxy_loss)
         proxy_optimizer.step()
@@ -282,12 +303,13 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
             ctx = ctx.to(device)
             with accelerator.accumulate(student), accelerator.autocast():
                 loss, aux = loss_fn(call(student), teacher_net, target_net, z0, ctx, uncond, noise, draw, states)
-                loss = loss.mean()
                 if guidance is not None:
                     x0 = aux["student_x0"] if reward_scheduler is None else sampler_x0(ctx, draw["w"], g)
-                    rewards = guidance(x0, texts) if proxy is None else proxy(x0, ctx)
-                    loss = loss - cfg.reward_scale * rewards.mean()
+                    rewards = guidance(x0, texts) if proxy is None else proxy_objective.student_reward(proxy, x0, ctx)
+                    loss = guidance.total(loss, rewards)
                     reward_sum += rewards.mean().item() / cfg.gradient_accumulation_steps
+                else:
+                    loss = loss.mean()
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
@@ -296,7 +318,7 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
                 optimizer.zero_grad(set_to_none=True)
             total += loss.item() / cfg.gradient_accumulation_steps
             if proxy is not None:
-                for k, v in train_proxy(aux, z0, ctx, texts).items():
+                for k, v in train_proxy(aux, z0, ctx, texts, g).items():
                     proxy_stats[k] = proxy_stats.get(k, 0.0) + v / cfg.gradient_accumulation_steps
         if target is not None:
             with torch.no_grad():
@@ -316,7 +338,7 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
         grid = Path(cfg.output_dir) / "samples" / f"step-{step}.png"
         metrics = evaluate_prompt_following(family, cfg.member, reward, eval_prompt_sets(), cfg.eval_steps,
                                             cfg.eval_guidance, cfg.seed, grid, unet=online if lora else target,
-                                            kind=kind)
+                                            kind=kind, scheduler_options=mlcm_options if kind == "mlcm" else None)
         log_grids(accelerator, sorted(grid.parent.glob(f"{grid.stem}-*.png")), step)
         return metrics
 
@@ -333,6 +355,7 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
         metrics.update(steps=counter.step, **({"concepts": batches.size} if hasattr(batches, "size") else {}))
         (export / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         register_member(registry, cfg.member, export, kind=kind,
-                        base=load_family(str(registry)).member(cfg.teacher)["unet"] if lora else None)
+                        base=load_family(str(registry)).member(cfg.teacher)["unet"] if lora else None,
+                        scheduler=mlcm_options if kind == "mlcm" else None)
     accelerator.end_training()
     return metrics
