@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import gc
-import statistics
 import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -31,9 +29,9 @@ import torch
 import full_size
 import train_vs_reference as tvr
 from report import write_report
+from train_throughput import our_step, step_function, time_steps
 
 from rglcd.evaluate import time_pipeline
-from rglcd.objectives import MLCMLoss, RewardGuidance
 
 PARTS = ("reference", "steps", "sampling", "compile")
 VIT_H_14 = dict(  # open_clip ViT-H-14 (HPSv2.1's backbone) as transformers' CLIPConfig
@@ -59,6 +57,14 @@ class RandomTokens:
         return BatchEncoding({"input_ids": torch.randint(0, 49408, (len(prompts), max_length), generator=g)})
 
 
+def clip_reward_and_vae(shape_name: str, device: str, dtype: torch.dtype) -> tuple[Any, Any]:
+    """(`clip_reward`, the shape's random SD VAE), frozen, in `dtype`: what RG-LCD's reward term runs."""
+    with torch.device(device):
+        vae = full_size.build_vae(full_size.SHAPES[shape_name]).requires_grad_(False)
+    torch.nn.Module.to(vae, dtype)  # ModelMixin.to only adds a warning
+    return clip_reward(shape_name, device, dtype), vae
+
+
 def clip_reward(shape_name: str, device: str, dtype: torch.dtype) -> Any:
     """A frozen random-weight CLIP reward (HPS score: 100 x cosine) of ViT-H-14 shape (tiny for `tiny`)."""
     from transformers import CLIPConfig, CLIPModel
@@ -81,52 +87,11 @@ def source_bytes(setup: tvr.Setup) -> int:
     return sum(p.numel() * p.element_size() for p in setup.teacher.parameters())
 
 
-def peak_mb(device: str, exclude: int) -> int:
-    if device.startswith("cuda"):
-        return round((torch.cuda.max_memory_allocated() - exclude) / 2**20)
-    return round(full_size.peak_memory_mb(device))
-
-
-def time_steps(step: Callable[[int], Any], warmup: int, steps: int, device: str, exclude: int) -> dict[str, Any]:
-    """Median of `steps` timed calls of `step(i)` after `warmup` untimed ones; peak memory over the timed ones."""
-    times = []
-    for i in range(warmup + steps):
-        if i == warmup:
-            full_size.reset_peak_memory(device)
-        full_size.synchronize(device)
-        t0 = time.perf_counter()
-        step(i)
-        full_size.synchronize(device)
-        times.append(time.perf_counter() - t0)
-    med = statistics.median(times[warmup:] or times)
-    return {"median_step_s": round(med, 4), "steps_per_s": round(1 / med, 3), "step_s": [round(t, 4) for t in times],
-            "peak_memory_mb": peak_mb(device, exclude)}
-
-
-def our_step(setup: tvr.Setup, method: str, accelerator: Any, shape_name: str, device: str, dtype: torch.dtype,
-             **options: Any) -> tvr.OurStep:
-    """Our step for `method` (lcd, lcd-lora, rg-lcd, mlcm) on `setup`'s teacher."""
-    loss_fn = setup.loss()
-    reward = None
-    if method == "mlcm":
-        loss_fn = MLCMLoss(loss_fn.alphas_cumprod, w_min=2.0, w_max=8.0, w_embedding_dim=tvr.W_EMBEDDING_DIM,
-                           prediction_type=setup.prediction_type, num_segments=4)
-    if method == "rg-lcd":
-        with torch.device(device):
-            vae = full_size.build_vae(full_size.SHAPES[shape_name]).requires_grad_(False)
-        torch.nn.Module.to(vae, dtype)  # ModelMixin.to only adds a warning
-        guidance = RewardGuidance(clip_reward(shape_name, device, dtype), vae, 1.0)
-        reward = lambda x0, micro: guidance(x0, micro.texts)  # noqa: E731
-    with torch.device(device):
-        return tvr.OurStep(setup, tvr.LORA_RANK if method == "lcd-lora" else 0, accelerator, loss_fn=loss_fn,
-                           reward=reward, reward_scale=1e-3, **options)
-
-
 def train_steps(args: argparse.Namespace, setup: tvr.Setup, dtype: torch.dtype) -> dict[str, Any]:
     """Our step per method x gradient checkpointing x batch (one build per method and checkpointing)."""
     results: dict[str, Any] = {}
     exclude = source_bytes(setup)
-    loss_fn = setup.loss()
+    reward = lambda: clip_reward_and_vae(args.full_size, args.device, dtype)  # noqa: E731
     for method in args.methods:
         for checkpointing in (False, True):
             accelerator = tvr.make_accelerator(args.device, args.dtype)
@@ -135,15 +100,9 @@ def train_steps(args: argparse.Namespace, setup: tvr.Setup, dtype: torch.dtype) 
                 name = f"{method} batch {batch}" + (" checkpointing" if checkpointing else "")
                 config = {"method": method, "batch_size": batch, "gradient_checkpointing": checkpointing}
                 try:
-                    side = side or our_step(setup, method, accelerator, args.full_size, args.device, dtype,
-                                            gradient_checkpointing=checkpointing)
-
-                    def step(i: int) -> None:
-                        micro = tvr.step_inputs(setup, loss_fn, batch, i, args.device)
-                        micro.texts = ["a photo of a cat"] * batch
-                        side(micro)
-
-                    results[name] = config | time_steps(step, args.warmup, args.steps, args.device, exclude)
+                    side = side or our_step(setup, method, accelerator, reward, gradient_checkpointing=checkpointing)
+                    results[name] = config | time_steps(step_function(side, setup, batch, args.device), args.warmup,
+                                                        args.steps, args.device, exclude)
                 except Exception as err:  # noqa: BLE001 - e.g. out of memory: record it, go on
                     results[name] = config | {"error": f"{type(err).__name__}: {str(err)[:300]}"}
                     free(args.device)
@@ -157,14 +116,12 @@ def train_steps(args: argparse.Namespace, setup: tvr.Setup, dtype: torch.dtype) 
 def compiled_lcd(args: argparse.Namespace, setup: tvr.Setup, dtype: torch.dtype) -> dict[str, Any]:
     """LCD with compiled UNets: first step (compilation) and median step, against the same step eager."""
     out: dict[str, Any] = {}
-    loss_fn = setup.loss()
-    batch = args.batch_size
     for compiled in (False, True):
         accelerator = tvr.make_accelerator(args.device, args.dtype)
         try:
-            side = our_step(setup, "lcd", accelerator, args.full_size, args.device, dtype, compile=compiled)
-            stats = time_steps(lambda i: side(tvr.step_inputs(setup, loss_fn, batch, i, args.device)), 1, args.steps,
-                               args.device, source_bytes(setup))
+            side = our_step(setup, "lcd", accelerator, compile=compiled)
+            stats = time_steps(step_function(side, setup, args.batch_size, args.device), 1, args.steps, args.device,
+                               source_bytes(setup))
             out["compiled" if compiled else "eager"] = {"first_step_s": stats["step_s"][0], **stats}
             del side
         except Exception as err:  # noqa: BLE001

@@ -59,6 +59,7 @@ class DistillConfig:
     huber_c: float = 0.001
     cfg_dropout: float = 0.0
     checkpoint_every: int = 250
+    log_every: int = 10  # steps between logged scalars (each read back from the device once)
     eval_every: int = 500  # 0: no validation (grids + prompt following on the emoji evaluation prompts)
     eval_steps: int = 4
     eval_guidance: float = 5.0
@@ -470,7 +471,7 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
 
     metrics = run_training(accelerator, counter, cfg.output_dir, cfg.max_steps, train_step,
                            evaluate if cfg.eval_every > 0 else None, cfg.resume, cfg.checkpoint_every,
-                           max(cfg.eval_every, 1), stop_at=cfg.stop_at)
+                           max(cfg.eval_every, 1), log_every=cfg.log_every, stop_at=cfg.stop_at)
     if accelerator.is_main_process and cfg.export_dir and counter.step >= cfg.max_steps:
         export = Path(cfg.export_dir)
         if lora:
