@@ -182,7 +182,7 @@ def main() -> None:
     setup = tvr.build_setup(args.full_size, args.device)
     compare_args = argparse.Namespace(**vars(args) | dict(
         steps=args.reference_steps, warmup=2, memory_steps=2, channels_last=False, compile=False,
-        gradient_checkpointing=False, frozen_autocast=None, family="emoji-64"))
+        gradient_checkpointing=False, teacher_autocast=None, family="emoji-64"))
     if "reference" in args.parts:
         vs = {}
         for variant, rank in (("lcd", 0), ("lcd-lora", tvr.LORA_RANK)):

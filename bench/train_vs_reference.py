@@ -291,7 +291,7 @@ class OurStep:
 
     def __init__(self, setup: Setup, lora_rank: int, accelerator: Any, lr: float = 1e-6,
                  gradient_checkpointing: bool = False, channels_last: bool = False, compile: bool = False,
-                 frozen_autocast: str | None = None, loss_fn: LCDLoss | None = None,
+                 teacher_autocast: str | None = None, loss_fn: LCDLoss | None = None,
                  reward: Callable[[torch.Tensor, MicroBatch], torch.Tensor] | None = None, reward_scale: float = 1.0) -> None:
         from diffusers.optimization import get_scheduler
 
@@ -318,8 +318,8 @@ class OurStep:
         target_net = call(student) if lora else call(target)
         self.student, self.target = student, target
         self.parts = DistillStep(accelerator, loss_fn or setup.loss(), student, call(student),
-                                 autocast_call(teacher_net, device, frozen_autocast),
-                                 autocast_call(target_net, device, frozen_autocast), optimizer, lr_scheduler,
+                                 autocast_call(teacher_net, device, teacher_autocast),
+                                 target_net, optimizer, lr_scheduler,
                                  trainable, target, 0.95, 1.0, reward=reward, reward_scale=reward_scale)
 
     def modules(self) -> list[Any]:
@@ -420,7 +420,7 @@ def memory_in_subprocesses(args: argparse.Namespace, lora_rank: int) -> dict[str
             cmd += ["--threads", str(args.threads)] if args.threads else []
             cmd += ["--channels-last"] if args.channels_last else []
             cmd += ["--gradient-checkpointing"] if args.gradient_checkpointing else []
-            cmd += ["--frozen-autocast", args.frozen_autocast] if args.frozen_autocast else []
+            cmd += ["--teacher-autocast", args.teacher_autocast] if args.teacher_autocast else []
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 raise RuntimeError(f"memory worker {kind} failed:\n{proc.stderr[-2000:]}")
@@ -439,7 +439,7 @@ def compare(args: argparse.Namespace, lora_rank: int, setup: Setup | None = None
     """One variant (LCD full or LoRA): interleaved timing, then memory (CPU: in subprocesses). `exclude`: bytes on
     the device that belong to neither side (default: the setup's source teacher)."""
     options = {"channels_last": args.channels_last, "compile": args.compile,
-               "gradient_checkpointing": args.gradient_checkpointing, "frozen_autocast": args.frozen_autocast}
+               "gradient_checkpointing": args.gradient_checkpointing, "teacher_autocast": args.teacher_autocast}
     accelerator = make_accelerator(args.device, args.dtype)
     setup = setup or build_setup(args.full_size or args.family, args.device)
     if exclude is None:
@@ -471,8 +471,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--channels-last", action="store_true", help="ours: NHWC UNets")
     p.add_argument("--compile", action="store_true", help="ours: torch.compile the UNets (first step = compile)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="ours: checkpoint the student")
-    p.add_argument("--frozen-autocast", choices=["bf16", "fp16"], default=None,
-                   help="ours: teacher and target forwards under autocast to this dtype (DistillConfig.frozen_autocast)")
+    p.add_argument("--teacher-autocast", choices=["bf16", "fp16"], default=None,
+                   help="ours: the teacher's forwards under autocast to this dtype (DistillConfig.teacher_autocast)")
     p.add_argument("--out", default=None, help="JSON path (default bench/results/train-vs-reference-*.json)")
     p.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--lora-rank-worker", type=int, default=0, help=argparse.SUPPRESS)
@@ -490,7 +490,7 @@ def main() -> None:
     warnings.filterwarnings("ignore", message=".*In CPU autocast, but the target dtype is not supported.*")
     if args.memory_worker:
         options = {"channels_last": args.channels_last, "compile": False,
-                   "gradient_checkpointing": args.gradient_checkpointing, "frozen_autocast": args.frozen_autocast}
+                   "gradient_checkpointing": args.gradient_checkpointing, "teacher_autocast": args.teacher_autocast}
         result = memory_worker(args.memory_worker, args.full_size or args.family, args.lora_rank_worker,
                                args.batch_size, args.memory_steps, args.device, args.dtype, options)
         Path(args.worker_out).write_text(json.dumps(result))
@@ -503,7 +503,7 @@ def main() -> None:
                  threads=torch.get_num_threads(), reference="diffusers 58eb52c0 examples/consistency_distillation/"
                  "train_lcm_distill_sd_wds.py (+ _lora_ for lcd-lora)", options={
                      "channels_last": args.channels_last, "compile": args.compile,
-                     "gradient_checkpointing": args.gradient_checkpointing, "frozen_autocast": args.frozen_autocast},
+                     "gradient_checkpointing": args.gradient_checkpointing, "teacher_autocast": args.teacher_autocast},
                  variants=results)
 
 

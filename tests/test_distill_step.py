@@ -11,8 +11,8 @@ from diffusers import DDPMScheduler
 from diffusers.optimization import get_scheduler
 
 from rglcd.objectives import LCDLoss
-from rglcd.training.distill import (DistillStep, MicroBatch, adapters_off_call, distill_step, student_and_target,
-                                    unet_call)
+from rglcd.training.distill import (DistillStep, MicroBatch, adapters_off_call, autocast_call, distill_step,
+                                    student_and_target, unet_call)
 from rglcd.training.teacher import TeacherConfig, build_unet
 
 
@@ -88,3 +88,16 @@ def test_distill_step_is_the_inline_step_bit_for_bit(lora_rank):
     start = _models(lora_rank)[1]
     moved = [n for (n, a), b in zip(student.named_parameters(), start.parameters()) if not torch.equal(a, b)]
     assert moved and all(("lora_" in n) == lora for n in moved), "the step must train exactly the trainable weights"
+
+
+def test_teacher_autocast_runs_a_net_in_bf16_and_returns_float32():
+    teacher = _models(0)[0]
+    net = unet_call(teacher, lambda u, c: {"encoder_hidden_states": c}, "cpu")
+    z, t, c = torch.randn(2, 4, 8, 8), torch.tensor([10, 900]), torch.randn(2, 5, 32)
+    with torch.no_grad():
+        exact, half = net(z, t, c, None), autocast_call(net, "cpu", "bf16")(z, t, c, None)
+    assert autocast_call(net, "cpu", None) is net
+    assert half.dtype == torch.float32 and not torch.equal(half, exact)
+    assert (half - exact).abs().max() < 0.05 * exact.abs().max()
+    with pytest.raises(ValueError, match="--teacher-autocast must be bf16 or fp16"):
+        autocast_call(net, "cpu", "fp8")
