@@ -16,8 +16,8 @@ timed (random latents and text states for both).
 
 Steps alternate (ours first on even steps, the reference first on odd ones) so that load from other processes
 falls on both alike. Peak memory: on a GPU, torch.cuda.max_memory_allocated during each side's steps minus the
-resident tensors (weights, gradients, optimiser state) of the other side; on a CPU, the peak resident set size of a
-fresh process that builds only that side and runs `--memory-steps` steps (one process per side).
+resident tensors (weights, gradients, optimiser state) of the other side; on a CPU, the peak resident set size
+during `--memory-steps` steps of a fresh process that builds only that side (one process per side; Linux).
 Writes bench/results/train-vs-reference-<family or shape>-<device>.json (or --out).
 """
 
@@ -27,10 +27,12 @@ import argparse
 import contextlib
 import copy
 import json
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -395,17 +397,45 @@ def time_interleaved(setup: Setup, lora_rank: int, accelerator: Any, batch: int,
     return out
 
 
+class ResidentPeak:
+    """The peak resident set size (MiB) of this process while the block runs, sampled every millisecond from
+    /proc/self/statm by a thread (ru_maxrss cannot tell: its peak may come from loading, before the steps)."""
+
+    def __enter__(self) -> "ResidentPeak":
+        self.page = os.sysconf("SC_PAGE_SIZE")
+        self.start_mb = self.peak_mb = self._rss_mb()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _rss_mb(self) -> float:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * self.page / 2**20
+
+    def _watch(self) -> None:
+        while not self._done.wait(0.001):
+            self.peak_mb = max(self.peak_mb, self._rss_mb())
+
+    def __exit__(self, *exc: Any) -> None:
+        self._done.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, self._rss_mb())
+
+
 def memory_worker(kind: str, what: str, lora_rank: int, batch: int, steps: int, device: str, dtype: str,
-                  options: dict[str, bool]) -> dict[str, float]:
-    """Peak resident set size (MiB) of this process after building one side and running `steps` steps."""
+                  options: dict[str, Any]) -> dict[str, float]:
+    """Peak resident set size (MiB) while one side, built alone in this process, runs `steps` steps."""
     accelerator = make_accelerator(device, dtype)
     setup = build_setup(what, device)
     side = make_side(kind, setup, lora_rank, accelerator, options)
     loss_fn = setup.loss()
-    before = full_size.peak_memory_mb(device)
-    for step in range(steps):
-        side(step_inputs(setup, loss_fn, batch, step, device))
-    return {"peak_memory_mb": round(full_size.peak_memory_mb(device)), "before_steps_mb": round(before)}
+    inputs = [step_inputs(setup, loss_fn, batch, step, device) for step in range(steps)]
+    with ResidentPeak() as rss:
+        for micro in inputs:
+            side(micro)
+    return {"peak_memory_mb": round(rss.peak_mb), "before_steps_mb": round(rss.start_mb),
+            "step_peak_over_before_mb": round(rss.peak_mb - rss.start_mb)}
 
 
 def memory_in_subprocesses(args: argparse.Namespace, lora_rank: int) -> dict[str, dict[str, float]]:
