@@ -66,9 +66,10 @@ class Setup:
     prediction_type: str
 
     def loss(self) -> LCDLoss:
+        """The LCD loss with its noise schedule on the teacher's device, as the trainer builds it."""
         from diffusers import DDPMScheduler
 
-        alphas = DDPMScheduler.from_config(self.scheduler_config).alphas_cumprod
+        alphas = DDPMScheduler.from_config(self.scheduler_config).alphas_cumprod.to(self.teacher.device)
         return LCDLoss(alphas, w_min=2.0, w_max=8.0, w_embedding_dim=W_EMBEDDING_DIM,
                        prediction_type=self.prediction_type)
 
@@ -353,7 +354,7 @@ def resident_bytes(side: Any) -> int:
 
 
 def make_side(kind: str, setup: Setup, lora_rank: int, accelerator: Any, options: dict[str, bool]) -> Any:
-    loss_fn = setup.loss()  # schedule tensors on the CPU, as the trainer has them
+    loss_fn = setup.loss()
     with torch.device(accelerator.device):  # new weights (the student's guidance projection) start on the device
         if kind == "reference":
             return ReferenceStep(setup, lora_rank, accelerator)
