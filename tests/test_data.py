@@ -62,3 +62,26 @@ def test_teacher_and_reward_training_data_hold_no_heldout_concept():
     assert not any(is_flag(c.char) for c in concepts)
     with_flags, _ = training_concepts(include_flags=True)
     assert len(with_flags) > len(concepts) and not {c.name for c in with_flags} & held
+
+
+def test_heldout_halves_are_committed_disjoint_and_cover_the_heldout_list():
+    from rglcd.data.emoji import heldout_half, heldout_half_by_hash
+
+    val, test = heldout_half("val"), heldout_half("test")
+    assert set(val).isdisjoint(test) and set(val) | set(test) == heldout_names()
+    assert abs(len(val) - len(test)) <= 1
+    assert heldout_half_by_hash(sorted(heldout_names())) == {"val": val, "test": test}
+
+
+def test_evaluation_phrasings_are_never_training_phrasings():
+    from rglcd.data.emoji import EVAL_PHRASINGS, phrased_prompts
+    from rglcd.data.prompts import load_prompt_set
+
+    assert set(EVAL_PHRASINGS["val"]).isdisjoint(CAPTION_TEMPLATES)
+    assert set(EVAL_PHRASINGS["test"]).isdisjoint(CAPTION_TEMPLATES)
+    assert set(EVAL_PHRASINGS["val"]).isdisjoint(EVAL_PHRASINGS["test"])
+    assert phrased_prompts(["cat", "dog"], "val") == ["cat clipart", "a small image of dog"]
+    free, plain = load_prompt_set("heldout-test-free"), load_prompt_set("heldout-test")
+    assert len(free.prompts) == len(plain.prompts) == 108
+    assert free.prompts[1] == EVAL_PHRASINGS["test"][1].format(plain.prompts[1])
+    assert torch.equal(free.reference(8), plain.reference(8))

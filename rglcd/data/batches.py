@@ -37,12 +37,14 @@ def drop_captions(ctx: torch.Tensor, texts: list[str], empty: torch.Tensor, p: f
 
 
 class EmojiBatches:
-    """Random (latent, caption template) pairs of the embedded emoji set."""
+    """Random (latent, caption phrasing) pairs of the embedded emoji set, or of a training-tensor file
+    (`tensors:PATH`, the same layout, e.g. made on another machine by `rglcd.devicepack`)."""
 
-    def __init__(self, family: Any, include_flags: bool = False, limit: int | None = None) -> None:
+    def __init__(self, family: Any, include_flags: bool = False, limit: int | None = None,
+                 data: dict | None = None) -> None:
         from rglcd.data.emoji import emoji_training_tensors
 
-        self.data = emoji_training_tensors(family, include_flags, limit)
+        self.data = data if data is not None else emoji_training_tensors(family, include_flags, limit)
         self.empty = self.data["empty"].float()
         self.captions: list[str] = self.data["captions"]
         self.caption_states = self.data["context"].flatten(0, 1)  # (concepts * templates, L, D), order of captions
@@ -170,8 +172,15 @@ def training_batches(spec: str, family: Any, resolution: int | None = None, cach
     """The batch source named by `spec`: 'emoji', a shard pattern (*.tar, braces), an image folder or 'hf:...'."""
     if spec == "emoji":
         return EmojiBatches(family, include_flags, limit)
+    if spec.startswith("tensors:"):
+        from rglcd.data.emoji import load_training_tensors
+
+        try:
+            return EmojiBatches(family, data=load_training_tensors(spec[len("tensors:"):]))
+        except FileNotFoundError as err:
+            raise DataError(str(err)) from err
     if spec.startswith("hf:") or Path(spec).is_dir() or ".tar" in spec:
         return EncodedBatches(spec, family, resolution or family.resolution, cache, rank=rank, world=world)
-    raise DataError(f"unknown data source {spec!r}: use 'emoji', a webdataset shard pattern (e.g. "
+    raise DataError(f"unknown data source {spec!r}: use 'emoji', tensors:<training-tensor file>, a webdataset shard pattern (e.g. "
                     f"'shards/{{00000..00009}}.tar'), a folder of captioned images or "
                     f"hf:<data set folder or hub id>[@split]")

@@ -21,7 +21,19 @@ import torch
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 HELDOUT_FILE = ASSETS / "prompts" / "emoji-heldout.txt"
-CAPTION_TEMPLATES: tuple[str, ...] = ("{}", "{} emoji", "an emoji of {}", "a {} icon")
+HELDOUT_HALVES = ("val", "test")
+# Training phrasings: every trainer draws one per sample (the first four are the original templates). Users type
+# free text, so students are distilled on more than a name and a suffix.
+CAPTION_TEMPLATES: tuple[str, ...] = (
+    "{}", "{} emoji", "an emoji of {}", "a {} icon", "a picture of {}", "{} symbol", "a flat illustration of {}",
+    "the {} emoji", "cartoon of {}", "an icon showing {}", "{}, emoji style", "a simple drawing of {}")
+# Evaluation-only phrasings, never used in training: the validation half of the held-out concepts is phrased with
+# the "val" set, the test half with the "test" set (`phrased_prompts`), so neither a choice nor a training run sees
+# the phrasings a report is made on.
+EVAL_PHRASINGS: dict[str, tuple[str, ...]] = {
+    "val": ("{} clipart", "a small image of {}", "an emoji that shows {}", "{} pictogram"),
+    "test": ("a graphic of {}", "{} sticker", "show me {}", "a colourful {} sign"),
+}
 SKIN_TONES = {chr(c) for c in range(0x1F3FB, 0x1F400)}
 FULLY_QUALIFIED = 2  # emoji.STATUS["fully_qualified"]
 IMAGE_SIZE = 64
@@ -66,6 +78,26 @@ def heldout_names(path: Path = HELDOUT_FILE) -> set[str]:
     if not path.is_file():
         raise FileNotFoundError(f"held-out concept list not found: {path}")
     return {line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")}
+
+
+def heldout_half_by_hash(names: list[str]) -> dict[str, list[str]]:
+    """The rule that made the committed validation/test halves: order the held-out names by sha1(name + ':val-test')
+    and deal them alternately to val and test (sizes differ by at most one)."""
+    order = sorted(names, key=lambda n: hashlib.sha1(f"{n}:val-test".encode()).hexdigest())
+    return {"val": sorted(order[0::2]), "test": sorted(order[1::2])}
+
+
+def heldout_half(half: str) -> list[str]:
+    """The committed held-out names of one half, 'val' (every choice) or 'test' (reports only), sorted."""
+    if half not in HELDOUT_HALVES:
+        raise ValueError(f"unknown held-out half {half!r}: use val or test")
+    return sorted(heldout_names(ASSETS / "prompts" / f"emoji-heldout-{half}.txt"))
+
+
+def phrased_prompts(names: list[str], half: str) -> list[str]:
+    """Each name under one of the half's evaluation-only phrasings (name i takes phrasing i mod 4)."""
+    phrasings = EVAL_PHRASINGS[half]
+    return [phrasings[i % len(phrasings)].format(n) for i, n in enumerate(names)]
 
 
 def split_concepts(concepts: list[EmojiConcept], heldout: set[str] | None = None) -> tuple[list, list]:
@@ -231,28 +263,55 @@ def training_concepts(include_flags: bool = False, limit: int | None = None) -> 
 
 def emoji_training_tensors(family, include_flags: bool = False, limit: int | None = None) -> dict[str, torch.Tensor]:
     """Cached tensors for teacher and student training on `family` (its VAE and text encoder):
-    latents (N,4,h,w) scaled, caption token states (N,T,L,D) fp16 (T templates), empty-caption states (L,D) fp16,
+    latents (N,4,h,w) scaled, caption token states (N,T,L,D) fp16 (T phrasings), empty-caption states (L,D) fp16,
     and the caption strings (N*T, concept-major) for rewards that read text.
     """
-    from rglcd.models import encode_latents, encode_prompts
+    from rglcd.models import encode_latents
 
     concepts, images = training_concepts(include_flags, limit)
     weights = Path(family.source("vae").location) / "diffusion_pytorch_model.safetensors"
     digest = hashlib.sha1(weights.read_bytes()).hexdigest()[:12] if weights.is_file() else "none"
-    path = cache_dir() / f"train-tensors-v2-{family.name}-{len(concepts)}-{int(include_flags)}-{digest}.pt"
+    phrasings = hashlib.sha1("|".join(CAPTION_TEMPLATES).encode()).hexdigest()[:8]
+    path = cache_dir() / (f"train-tensors-v3-{family.name}-{len(concepts)}-{int(include_flags)}-{digest}-"
+                          f"{phrasings}.pt")
     if path.is_file():
-        return torch.load(path)
+        return load_training_tensors(path)
     texts = [c for con in concepts for c in captions(con.name)]
-    states = torch.cat([encode_prompts(family.tokenizer, family.text_encoder, texts[i: i + 256])
-                        for i in range(0, len(texts), 256)])
-    data = {
-        "latents": encode_latents(family.vae, to_model_range(images)),
-        "context": states.view(len(concepts), -1, *states.shape[1:]).half(),
-        "empty": encode_prompts(family.tokenizer, family.text_encoder, [""])[0].half(),
-        "captions": texts,
-    }
+    data = encode_training_tensors(encode_latents(family.vae, to_model_range(images)), texts, family.tokenizer,
+                                   family.text_encoder)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(data, path)
+    torch.save(data, path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").replace(path)
+    return data
+
+
+def encode_training_tensors(latents: torch.Tensor, texts: list[str], tokenizer, text_encoder,
+                            batch_size: int = 256) -> dict:
+    """The training-tensor dict of `emoji_training_tensors` from latents (N,C,h,w) and N*T captions (concept-major,
+    T per concept), encoded on the text encoder's device: {latents, context (N,T,L,D) fp16, empty (L,D) fp16,
+    captions}."""
+    from rglcd.models import encode_prompts
+
+    if len(texts) % len(latents):
+        raise ValueError(f"{len(texts)} captions for {len(latents)} latents: need the same count per latent")
+    states = torch.cat([encode_prompts(tokenizer, text_encoder, texts[i: i + batch_size]).cpu()
+                        for i in range(0, len(texts), batch_size)])
+    return {"latents": latents.cpu(), "context": states.view(len(latents), -1, *states.shape[1:]).half(),
+            "empty": encode_prompts(tokenizer, text_encoder, [""])[0].cpu().half(), "captions": list(texts)}
+
+
+TRAINING_TENSOR_KEYS = ("latents", "context", "empty", "captions")
+
+
+def load_training_tensors(path: str | Path) -> dict:
+    """A training-tensor file written by `emoji_training_tensors` or `rglcd.devicepack` (data `tensors:PATH`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"training tensors not found: {path}")
+    data = torch.load(path, weights_only=True)
+    missing = [k for k in TRAINING_TENSOR_KEYS if k not in data] if isinstance(data, dict) else TRAINING_TENSOR_KEYS
+    if missing:
+        raise ValueError(f"{path} is not a training-tensor file (missing {', '.join(missing)})")
     return data
 
 

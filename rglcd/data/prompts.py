@@ -2,6 +2,10 @@
 loaders for the benchmarks of the papers, from local files or hub data sets.
 
     load_prompt_set("heldout")                 217 held-out emoji concepts (never trained on) + their renders
+    load_prompt_set("heldout-val")             their validation half (109): every choice is made here
+    load_prompt_set("heldout-test")            their test half (108): reported once per shipped model, never chosen on
+    load_prompt_set("heldout-val-free")        the validation half under evaluation-only phrasings ("cat clipart");
+                                               also heldout-test-free (other phrasings): free text, as users type
     load_prompt_set("train", limit=256)        training concepts (flags left out), an evenly spaced subset
     load_prompt_set("eval-heldout")            the 16 held-out prompts of the emoji-64 model cards (also eval-train)
     load_prompt_set("hpsv2:photo")             HPSv2 benchmark prompts: anime, concept-art, paintings, photo, or all
@@ -70,8 +74,20 @@ def emoji_renders(names: list[str]) -> Callable[[int], torch.Tensor]:
     return reference
 
 
+EMOJI_SETS: tuple[str, ...] = ("heldout", "heldout-val", "heldout-test", "heldout-val-free", "heldout-test-free",
+                               "train", "eval-heldout", "eval-train")
+
+
 def _emoji_set(split: str, limit: int | None) -> PromptSet:
     repo = emoji.ASSETS.parent
+    if split.startswith(("heldout-val", "heldout-test")):
+        half = split.split("-")[1]
+        names = even_subset(emoji.heldout_half(half), limit)
+        where = f"assets/prompts/emoji-heldout-{half}.txt"
+        if split.endswith("-free"):
+            return PromptSet(split, emoji.phrased_prompts(names, half), f"{where}, phrased with "
+                             f"rglcd.data.emoji.EVAL_PHRASINGS['{half}']", emoji_renders(names))
+        return PromptSet(split, names, where, emoji_renders(names))
     if split == "heldout":
         names = sorted(emoji.heldout_names())
         where = str(emoji.HELDOUT_FILE.relative_to(repo))
@@ -198,7 +214,7 @@ def hpsv2_prompts(style: str, source: str | None) -> dict[str, list[str]]:
 def load_prompt_set(spec: str, source: str | None = None, limit: int | None = None) -> PromptSet:
     """A named prompt set (see the module docstring for the names); `limit` keeps an evenly spaced subset."""
     name, _, variant = spec.partition(":")
-    if spec in ("heldout", "train", "eval-heldout", "eval-train"):
+    if spec in EMOJI_SETS:
         return _emoji_set(spec, limit)
     if name == "hpsv2":
         sets = hpsv2_prompts(variant or "all", source)
@@ -219,5 +235,5 @@ def load_prompt_set(spec: str, source: str | None = None, limit: int | None = No
     if name == "file" or Path(spec).suffix.lower() in TABLE_SUFFIXES:
         path = Path(variant if name == "file" else spec).expanduser()
         return PromptSet(path.stem, even_subset(read_prompt_table(path), limit), str(path))
-    raise PromptSetError(f"unknown prompt set '{spec}': use heldout, train, eval-heldout, eval-train, "
+    raise PromptSetError(f"unknown prompt set '{spec}': use {', '.join(EMOJI_SETS)}, "
                          f"hpsv2[:style], parti[:category], coco, or file:PATH")

@@ -59,7 +59,8 @@ def sample_trajectories(teacher, noise: torch.Tensor, context: torch.Tensor, unc
     states = [noise]
     z = noise
     for t in grid.flip(0).tolist():
-        z = teacher_step(teacher, z, torch.full((z.shape[0],), t, dtype=torch.int64), context, uncond_context, w)
+        z = teacher_step(teacher, z, torch.full((z.shape[0],), t, dtype=torch.int64, device=z.device), context,
+                         uncond_context, w)
         states.append(z)
     return torch.stack(states[::-1], dim=1)
 

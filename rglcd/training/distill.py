@@ -322,7 +322,7 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
                                cfg.limit_concepts, accelerator.process_index, accelerator.num_processes)
     teacher = family.unet(cfg.teacher)
     prediction_type = family.scheduler_config.get("prediction_type", "epsilon")
-    alphas_cumprod = DDPMScheduler.from_config(family.scheduler_config).alphas_cumprod
+    alphas_cumprod = DDPMScheduler.from_config(family.scheduler_config).alphas_cumprod.to(accelerator.device)
     loss_args = (alphas_cumprod, cfg.num_ddim_timesteps, cfg.w_min, cfg.w_max, cfg.w_embedding_dim, cfg.loss_type,
                  cfg.huber_c, prediction_type)
     loss_fn = MLCMLoss(*loss_args, num_segments=segments_at(cfg, 0)) if cfg.method == "mlcm" else LCDLoss(*loss_args)

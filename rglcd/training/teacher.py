@@ -19,9 +19,9 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel, compute_snr
 
-from rglcd.data.emoji import emoji_training_tensors, eval_prompt_sets, sample_caption_batch
+from rglcd.data.emoji import emoji_training_tensors, eval_prompt_sets, load_training_tensors, sample_caption_batch
 from rglcd.evaluate import evaluate_prompt_following
-from rglcd.models import load_family
+from rglcd.models import load_family, save_unet
 from rglcd.training.checkpoints import StepCounter, step_generator
 from rglcd.training.loop import run_training
 
@@ -46,7 +46,7 @@ class TeacherConfig:
     snr_gamma: float = 5.0
     ema_decay: float = 0.999
     checkpoint_every: int = 250
-    eval_every: int = 1000
+    eval_every: int = 1000  # 0: no evaluation (prompt following needs the family's reward and text encoder)
     eval_steps: int = 25
     eval_guidance: float = 5.0
     seed: int = 0
@@ -54,6 +54,8 @@ class TeacherConfig:
     stop_at: int | None = None  # end this session at this step (checkpointed); resume later
     include_flags: bool = False
     limit_concepts: int | None = None  # tests: train on the first N concepts only
+    export_dtype: str = "fp32"  # fp32 | fp16: the exported weights file (fp16 halves it; loading upcasts)
+    data: str = "emoji"  # emoji (renders encoded with the family's VAE and text encoder) | tensors:PATH (precomputed)
 
 
 def build_unet(cfg: TeacherConfig, sample_size: int, context_dim: int) -> UNet2DConditionModel:
@@ -73,7 +75,13 @@ def train_teacher(cfg: TeacherConfig, accelerator: Accelerator | None = None) ->
     accelerator = accelerator or Accelerator(log_with="tensorboard", project_dir=cfg.output_dir)
     accelerator.init_trackers("teacher", config={k: str(v) for k, v in asdict(cfg).items()})
     family = load_family(cfg.family)
-    data = emoji_training_tensors(family, cfg.include_flags, cfg.limit_concepts)
+    if cfg.data == "emoji":
+        data = emoji_training_tensors(family, cfg.include_flags, cfg.limit_concepts)
+    elif cfg.data.startswith("tensors:"):
+        data = load_training_tensors(cfg.data[len("tensors:"):])
+    else:
+        raise ValueError(f"unknown teacher data {cfg.data!r}: use emoji or tensors:PATH")
+    data = {k: v.to(accelerator.device) if isinstance(v, torch.Tensor) else v for k, v in data.items()}
     latents, context = data["latents"], data["context"]
     noise_scheduler = DDPMScheduler.from_config(family.scheduler_config)
 
@@ -81,6 +89,7 @@ def train_teacher(cfg: TeacherConfig, accelerator: Accelerator | None = None) ->
     unet = build_unet(cfg, latents.shape[-1], context.shape[-1])
     ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, model_cls=UNet2DConditionModel,
                    model_config=unet.config)
+    ema.to(accelerator.device)  # its shadow weights live where the training UNet will
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.learning_rate, weight_decay=0.01)
     lr_scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=cfg.warmup_steps,
                                  num_training_steps=cfg.max_steps)
@@ -94,10 +103,10 @@ def train_teacher(cfg: TeacherConfig, accelerator: Accelerator | None = None) ->
     def train_step(step: int) -> dict[str, float]:
         g = step_generator(cfg.seed, step, rank)
         z0, ctx, _ = sample_caption_batch(data, cfg.batch_size, g, cfg.cfg_dropout)
-        noise = torch.randn(z0.shape, generator=g)
+        noise = torch.randn(z0.shape, generator=g).to(device)
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=g)
-        zt = noise_scheduler.add_noise(z0, noise, t)
-        pred = unet(zt.to(device), t.to(device), ctx.to(device)).sample
+        zt = noise_scheduler.add_noise(z0, noise, t.to(device))
+        pred = unet(zt, t.to(device), ctx).sample
         mse = F.mse_loss(pred.float(), noise.to(device), reduction="none").mean((1, 2, 3))
         snr = compute_snr(noise_scheduler, t)
         weight = torch.clamp(snr, max=cfg.snr_gamma) / snr if cfg.snr_gamma > 0 else torch.ones_like(snr)
@@ -122,12 +131,13 @@ def train_teacher(cfg: TeacherConfig, accelerator: Accelerator | None = None) ->
         return evaluate_prompt_following(family, "teacher", reward, eval_prompt_sets(), cfg.eval_steps,
                                          cfg.eval_guidance, cfg.seed, grid, unet=ema_unet())
 
-    metrics = run_training(accelerator, counter, cfg.output_dir, cfg.max_steps, train_step, evaluate,
-                           cfg.resume, cfg.checkpoint_every, cfg.eval_every, stop_at=cfg.stop_at)
+    metrics = run_training(accelerator, counter, cfg.output_dir, cfg.max_steps, train_step,
+                           evaluate if cfg.eval_every > 0 else None, cfg.resume, cfg.checkpoint_every,
+                           max(cfg.eval_every, 1), stop_at=cfg.stop_at)
     if accelerator.is_main_process and cfg.export_dir and counter.step >= cfg.max_steps:
         export = Path(cfg.export_dir)
         final = ema_unet()
-        final.save_pretrained(export)
+        save_unet(final, export, cfg.export_dtype)
         metrics.update(steps=counter.step, params=sum(p.numel() for p in final.parameters()),
                        concepts=len(latents))
         (export / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

@@ -1,0 +1,65 @@
+"""The GPU-machine pack (rglcd.devicepack): a vocabulary-restricted MiniLM that encodes the training captions as the
+full one does, and a pack -> run -> unpack rehearsal on the CPU whose members load and sample here."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from rglcd import devicepack
+from rglcd.models import encode_prompts, load_family, minilm_path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_restricted_vocabulary_tokenizes_identically_and_encodes_within_fp16_weight_rounding(tmp_path):
+    from transformers import AutoModel, AutoTokenizer
+
+    texts = ["red apple", "an emoji of a grinning face with sweat", "", "a flat illustration of Kaaba"]
+    size = devicepack.restrict_vocabulary(minilm_path(), texts, tmp_path / "small")
+    full_t, small_t = AutoTokenizer.from_pretrained(str(minilm_path())), AutoTokenizer.from_pretrained(
+        str(tmp_path / "small"))
+    assert size == len(small_t) < 60
+    for text in texts:
+        assert small_t.convert_ids_to_tokens(small_t(text).input_ids) == full_t.convert_ids_to_tokens(
+            full_t(text).input_ids)
+    full_t.model_max_length = small_t.model_max_length = 32
+    small = AutoModel.from_pretrained(str(tmp_path / "small"))
+    assert small.dtype == torch.float32
+    a = encode_prompts(full_t, AutoModel.from_pretrained(str(minilm_path())).eval(), texts)
+    b = encode_prompts(small_t, small.eval(), texts)
+    assert (a - b).norm() / a.norm() < 3e-3  # fp16 storage of the weights; states themselves are cached in fp16
+    assert (a - b).abs().max() > 0  # the restricted copy really is a different file
+
+
+def test_pack_run_unpack_rehearsal_on_cpu(tmp_path, monkeypatch):
+    plan = {"teacher": {"block_out_channels": [32, 32], "attention_head_dim": 4, "batch_size": 4,
+                        "max_steps": 3, "warmup_steps": 1, "ema_decay": 0.9, "export_dtype": "fp16"},
+            "teacher_precision": "no", "probe_steps": 2, "teacher_seconds": 0.01, "students_seconds": 240,
+            "students": {"lcm": {"config": "train/configs/emoji-64-lcd.yaml", "kind": "lcm", "max_steps": 1,
+                                 "batch_size": 2}}}
+    sizes = devicepack.pack(tmp_path / "pack", plan, limit=6, wheels=False)
+    assert {"inputs.pt", "minilm/model.safetensors", "minilm/vocab.txt", "family/family.json", "plan.json"} <= set(
+        sizes)
+    env = {"RGLCD_MINILM_PATH": str(tmp_path / "pack" / "minilm"), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "train/emoji_gpu.py", "run", "--dir", str(tmp_path / "pack"), "--out",
+                          str(tmp_path / "out"), "--work", str(tmp_path / "work"), "--device", "cpu"],
+                         cwd=ROOT, env={**__import__("os").environ, **env}, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert report["teacher_steps"] == 3 and report["students_rc"] == {"lcm": 0}
+    assert all(p.stat().st_size <= devicepack.PART_BYTES for p in (tmp_path / "out").glob("members.tar.gz.part*"))
+    family = load_family(str(devicepack.unpack(tmp_path / "out", tmp_path / "family")))
+    assert family.members == ["teacher", "lcm"]
+    image = family.pipeline("lcm")(["red apple"], num_inference_steps=2, output_type="pt").images
+    assert image.shape == (1, 3, 64, 64)
+
+
+def test_unpack_refuses_assets_and_missing_parts(tmp_path):
+    cmd = [sys.executable, "train/emoji_gpu.py", "unpack", str(tmp_path), "--dest"]
+    out = subprocess.run(cmd + ["assets/models/emoji-64-new"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 2 and "never under assets/" in out.stderr
+    out = subprocess.run(cmd + [str(tmp_path / "fam")], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 2 and "no members.tar.gz.part*" in out.stderr
