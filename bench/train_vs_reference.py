@@ -184,10 +184,8 @@ class ReferenceStep:
             unet = get_peft_model(unet, LoraConfig(r=lora_rank, target_modules=LORA_TARGETS, lora_alpha=lora_rank,
                                                    lora_dropout=0.0))
             self.target_unet = None
-            self.time_cond_proj_dim = None
         else:
             # script 7.: unet from the teacher's config with time_cond_proj_dim, teacher weights loaded
-            self.time_cond_proj_dim = W_EMBEDDING_DIM
             unet = UNet2DConditionModel.from_config(setup.teacher.config, time_cond_proj_dim=W_EMBEDDING_DIM)
             unet.load_state_dict(setup.teacher.state_dict(), strict=False)
             unet.to(device).train()

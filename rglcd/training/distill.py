@@ -389,8 +389,8 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
                                             caption_table, batches.empty, batches.latent_shape,
                                             loss_fn.grid, loss_fn.teacher_step, cfg.trajectory_batch, accelerator)
 
-    if not lora:  # after the trajectories: their cache key is the fp32 teacher's digest
-        half_precision_teacher(teacher, accelerator.mixed_precision)
+    if not lora:  # after the trajectories (their cache key is the fp32 teacher's digest); in place: the family's
+        half_precision_teacher(teacher, accelerator.mixed_precision)  # cached teacher, which nothing else here uses
     teacher_net = autocast_call(teacher_net, device, cfg.teacher_autocast)
     speed_options([student, target, None if lora else teacher], cfg.channels_last, cfg.compile)
     reward = None
