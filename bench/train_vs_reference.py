@@ -293,7 +293,8 @@ class OurStep:
     def __init__(self, setup: Setup, lora_rank: int, accelerator: Any, lr: float = 1e-6,
                  gradient_checkpointing: bool = False, channels_last: bool = False, compile: bool = False,
                  teacher_autocast: str | None = None, loss_fn: LCDLoss | None = None,
-                 reward: Callable[[torch.Tensor, MicroBatch], torch.Tensor] | None = None, reward_scale: float = 1.0) -> None:
+                 reward: Callable[[torch.Tensor, MicroBatch], torch.Tensor] | None = None,
+                 reward_scale: float = 1.0) -> None:
         from diffusers.optimization import get_scheduler
 
         device = accelerator.device
