@@ -12,6 +12,7 @@ import argparse
 import os
 
 from rglcd.demo import Engine, build_app
+from rglcd.logs import quiet_libraries
 
 
 def main() -> None:
@@ -24,7 +25,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=2, help="comparisons running at the same time")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when there is one, else cpu)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
+    parser.add_argument("--verbose", action="store_true", help="show the libraries' loading bars and warnings")
     args = parser.parse_args()
+    quiet_libraries(args.verbose)
     if args.threads:
         import torch
 

@@ -1,4 +1,5 @@
-"""`python -m rglcd generate|score ...`: sample a family member to a PNG, or score an image with the family reward."""
+"""`python -m rglcd generate|score ...`: sample a family member to an image file, or score an image with the family
+reward. Bad input is one `error:` line on stderr and exit status 2, found before any model loads where it can be."""
 
 from __future__ import annotations
 
@@ -6,24 +7,26 @@ import argparse
 import os
 import sys
 
+from rglcd.inputs import (GUIDANCE, MAX_IMAGES, MAX_SEED, InputError, OneLineParser, Request, check_prompt_tokens,
+                          check_request, number, output_image_path, prompt_text, step_limit)
 from rglcd.models import ModelLoadError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m rglcd", description=__doc__)
+    parser = OneLineParser(prog="python -m rglcd", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    gen = sub.add_parser("generate", help="sample images from a family member")
-    gen.add_argument("--family", default="emoji-64", help="preset name, family.json or folder (default emoji-64)")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--family", default="emoji-64", help="preset name, family.json or folder (default emoji-64)")
+    common.add_argument("--prompt", required=True)
+    common.add_argument("--verbose", action="store_true", help="show the libraries' loading bars and warnings")
+    gen = sub.add_parser("generate", parents=[common], help="sample images from a family member")
     gen.add_argument("--model", default="teacher", help="member of the family (teacher, lcm, rg-lcm, mlcm)")
-    gen.add_argument("--prompt", required=True)
-    gen.add_argument("--steps", type=int, default=25)
-    gen.add_argument("--guidance-scale", type=float, default=5.0)
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--num-images", type=int, default=1, help="several images are written as one grid")
-    gen.add_argument("--out", required=True, help="PNG path")
-    score = sub.add_parser("score", help="score an image against a prompt with the family reward")
-    score.add_argument("--family", default="emoji-64")
-    score.add_argument("--prompt", required=True)
+    gen.add_argument("--steps", default="25", help="1-50 for students, up to 999 for the emoji-64 teacher")
+    gen.add_argument("--guidance-scale", default="5.0", help=f"{GUIDANCE[0]:g}-{GUIDANCE[1]:g} (1: no guidance)")
+    gen.add_argument("--seed", default="0", help=f"0-{MAX_SEED}")
+    gen.add_argument("--num-images", default="1", help=f"1-{MAX_IMAGES}; several are written as one grid")
+    gen.add_argument("--out", required=True, help="image path (.png, .jpg, .webp); missing folders are created")
+    score = sub.add_parser("score", parents=[common], help="score an image against a prompt with the family reward")
     score.add_argument("--image", required=True)
     return parser
 
@@ -31,13 +34,20 @@ def build_parser() -> argparse.ArgumentParser:
 def run_generate(args: argparse.Namespace) -> str:
     from rglcd.evaluate import save_grid
     from rglcd.models import load_family
-    from rglcd.sampling import Request, generate
+    from rglcd.sampling import generate
 
+    out = output_image_path(args.out)
+    prompt = prompt_text(args.prompt)
     family = load_family(args.family)
-    family.member(args.model)
-    req = Request(args.prompt, args.steps, args.guidance_scale, args.seed, args.num_images)
+    kind = str(family.member(args.model).get("kind", args.model))
+    req = Request(prompt,
+                  number(args.steps, f"steps ({kind})", (1, step_limit(kind, family.scheduler_config)), whole=True),
+                  number(args.guidance_scale, "guidance scale", GUIDANCE, whole=False),
+                  number(args.seed, "seed", (0, MAX_SEED), whole=True),
+                  number(args.num_images, "number of images", (1, MAX_IMAGES), whole=True))
+    check_request(family, args.model, req)
     images = generate(family, args.model, req)
-    path = save_grid(images, args.out, nrow=min(8, len(images)) if len(images) > 1 else 1)
+    path = save_grid(images, out, nrow=min(8, len(images)) if len(images) > 1 else 1)
     return f"wrote {path} ({len(images)} image{'s' if len(images) > 1 else ''}, {images.shape[-1]}x{images.shape[-2]})"
 
 
@@ -48,29 +58,26 @@ def run_score(args: argparse.Namespace) -> str:
 
     from rglcd.models import load_family
 
+    prompt = prompt_text(args.prompt)
     try:
         img = Image.open(args.image).convert("RGB")
-    except FileNotFoundError as err:
+    except (FileNotFoundError, IsADirectoryError) as err:
         raise ModelLoadError(f"image not found: {args.image}") from err
     except UnidentifiedImageError as err:
         raise ModelLoadError(f"not an image file: {args.image}") from err
     family = load_family(args.family)
+    check_prompt_tokens(family, prompt)
     reward = family.reward()
-    x = torch.from_numpy(np.asarray(img)).permute(2, 0, 1).float().div(255).unsqueeze(0)
+    x = torch.from_numpy(np.array(img)).permute(2, 0, 1).float().div(255).unsqueeze(0)
     with torch.no_grad():
-        return f"{reward(x, [args.prompt]).item():.3f}"
+        return f"{reward(x, [prompt]).item():.3f}"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    import diffusers
-    import transformers
+    from rglcd.logs import quiet_libraries
 
-    from rglcd.sampling import InputError
-
-    diffusers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.set_verbosity_error()
-
+    quiet_libraries(args.verbose)
     try:
         print(run_generate(args) if args.command == "generate" else run_score(args))
     except (InputError, ModelLoadError, OSError) as err:

@@ -9,12 +9,13 @@ finishes), `Engine.reward_vs_steps` (rows for the students' plot), `compare_page
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import io
 import json
-import math
 import os
 import random
+import shutil
 import socket
 import tempfile
 import threading
@@ -28,27 +29,51 @@ from typing import Any
 import torch
 from torch import nn
 
-from rglcd.models import ASSETS, Family, ModelLoadError, count_tokens, load_family
-from rglcd.sampling import InputError, Request, generate
+from rglcd.inputs import GUIDANCE, MAX_SEED, InputError, Request, check_prompt_tokens, number, prompt_text
+from rglcd.models import ASSETS, Family, ModelLoadError, load_family, relocated_spec
+from rglcd.sampling import generate
 
 TEACHER = "teacher"
 COLUMNS: tuple[str, ...] = (TEACHER, "lcm", "rg-lcm", "mlcm")
-TITLES = {TEACHER: "Teacher (DDIM + CFG)", "lcm": "LCM", "rg-lcm": "RG-LCM", "mlcm": "MLCM"}
-STUDENT_STEPS = (1, 8)
+TITLES = {TEACHER: "Teacher (DDIM + CFG)", "lcm": "LCM", "rg-lcm": "RG-LCM", "mlcm": "MLCM", "lcm-lora": "LCM-LoRA"}
+STUDENT_STEPS = (1, 8)  # the app's caps (a shared server); the CLI takes what the samplers accept (rglcd.inputs)
 TEACHER_STEPS = (1, 100)
-GUIDANCE = (1.0, 15.0)
 NUM_IMAGES = (1, 4)
-MAX_SEED = 2**32 - 1
-MAX_PROMPT_CHARS = 500
-IMAGE_DIR = Path(tempfile.gettempdir()) / "rglcd-app"  # the PNGs the page shows, one file per distinct image
+DISPLAY_SIZE = 256  # smaller images are shown enlarged to at least this, nearest neighbour (crisp pixels)
+PLOT_SAMPLES = 4  # images (noise draws from the seed) per point of the reward-vs-steps plot
 # Rewards shown beside the family's own one (a family file may list its own under "app_rewards"); any that cannot
 # load (weights absent, not in the registry yet) is shown as unavailable.
 EXTRA_REWARDS: dict[str, tuple[str, ...]] = {name: ("imagereward", "clipscore") for name in ("sd21", "sd21-base",
                                                                                              "sdxl")}
-EXAMPLE_PROMPTS: dict[str, tuple[Path, ...]] = {
-    "emoji-64": (ASSETS / "prompts" / "emoji-eval-train.txt", ASSETS / "prompts" / "emoji-eval-heldout.txt")}
+TRAINED = "Trained concepts"
+UNSEEN = "Unseen concepts (harder)"
+# Example prompts by group, the first of the first group being the page's default. emoji-64: concepts the family was
+# trained on first (tests check none is held out), then held-out ones, which no model of the family has seen. The
+# default, banana, is one where all four columns draw the concept at seed 0 (emoji reward 40 / 50 / 55 / 36 for
+# teacher / LCM / RG-LCM / MLCM at the page's defaults); single seeds vary a lot (green apple's LCM: -6 at seed 0,
+# 39 at seed 1), which the reward-vs-steps plot averages over.
+EXAMPLE_PROMPTS: dict[str, dict[str, tuple[str, ...] | Path]] = {"emoji-64": {
+    TRAINED: ("banana", "green apple", "rocket", "pizza", "sun", "fire", "octopus", "snowman"),
+    UNSEEN: ASSETS / "prompts" / "emoji-eval-heldout.txt"}}
 GENERIC_EXAMPLES = ("a photo of a red apple on a wooden table", "an astronaut riding a horse, digital art",
                     "a watercolor painting of a lighthouse at dawn")
+# One line per reward for the page's legend: what the number is; all are higher-is-better.
+REWARD_NOTES = {"emoji": "100 x cosine similarity of image and prompt in the family's own scorer",
+                "hpsv2.1": "Human Preference Score v2.1 (100 x CLIP cosine)",
+                "imagereward": "ImageReward (standardised human preference; 0 is average)",
+                "clipscore": "100 x CLIP cosine of image and prompt"}
+_IMAGE_DIR: list[Path] = []
+_IMAGE_DIR_LOCK = threading.Lock()
+
+
+def image_dir() -> Path:
+    """This process's private folder for the PNGs the page shows (mkdtemp: unpredictable name, mode 0700), made on
+    first use and removed when the process exits."""
+    with _IMAGE_DIR_LOCK:
+        if not _IMAGE_DIR:
+            _IMAGE_DIR.append(Path(tempfile.mkdtemp(prefix="rglcd-app-")))
+            atexit.register(shutil.rmtree, _IMAGE_DIR[0], ignore_errors=True)
+        return _IMAGE_DIR[0]
 
 
 @dataclass(frozen=True)
@@ -72,37 +97,18 @@ class Settings:
         return Request(self.prompt, self.student_steps, self.student_guidance, self.seed, self.num_images)
 
 
-def _number(value: Any, name: str, bounds: tuple[float, float], whole: bool) -> float:
-    """`value` (number or numeric text) as a float within `bounds`, else InputError naming `name` and the range."""
-    lo, hi = (f"{b:.0f}" if whole else f"{b:g}" for b in bounds)
-    what = "a whole number" if whole else "a number"
-    try:
-        number = float(str(value).strip()) if isinstance(value, str) else float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be {what} between {lo} and {hi}, got {value!r}") from None
-    if not math.isfinite(number) or (whole and number != int(number)):
-        raise InputError(f"{name} must be {what} between {lo} and {hi}, got {value!r}")
-    if not bounds[0] <= number <= bounds[1]:
-        raise InputError(f"{name} must be between {lo} and {hi}, got {number:g}")
-    return number
-
-
 def parse_settings(prompt: Any, student_steps: Any = 4, teacher_steps: Any = 25, student_guidance: Any = 5.0,
                    teacher_guidance: Any = 5.0, seed: Any = 0, num_images: Any = 1) -> Settings:
-    """Check raw values from the page or the API; raise InputError with a message a user can act on."""
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise InputError("the prompt is empty: describe the image, e.g. 'red apple'")
-    prompt = prompt.strip()
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise InputError(f"the prompt is too long: {len(prompt)} characters, at most {MAX_PROMPT_CHARS}")
+    """Check raw values from the page or the API (`rglcd.inputs`, with the app's tighter step and image caps);
+    raise InputError with a message a user can act on."""
     return Settings(
-        prompt=prompt,
-        student_steps=int(_number(student_steps, "student steps", STUDENT_STEPS, whole=True)),
-        teacher_steps=int(_number(teacher_steps, "teacher steps", TEACHER_STEPS, whole=True)),
-        student_guidance=_number(student_guidance, "student guidance scale", GUIDANCE, whole=False),
-        teacher_guidance=_number(teacher_guidance, "teacher guidance scale", GUIDANCE, whole=False),
-        seed=int(_number(seed, "seed", (0, MAX_SEED), whole=True)),
-        num_images=int(_number(num_images, "number of images", NUM_IMAGES, whole=True)),
+        prompt=prompt_text(prompt),
+        student_steps=number(student_steps, "student steps", STUDENT_STEPS, whole=True),
+        teacher_steps=number(teacher_steps, "teacher steps", TEACHER_STEPS, whole=True),
+        student_guidance=number(student_guidance, "student guidance scale", GUIDANCE, whole=False),
+        teacher_guidance=number(teacher_guidance, "teacher guidance scale", GUIDANCE, whole=False),
+        seed=number(seed, "seed", (0, MAX_SEED), whole=True),
+        num_images=number(num_images, "number of images", NUM_IMAGES, whole=True),
     )
 
 
@@ -150,11 +156,13 @@ class ColumnResult:
             out[key] = round(out[key], 3)
         return out
 
-    def caption(self) -> str:
-        """Markdown shown under the column's images: rewards, time, UNet evaluations."""
+    def caption(self, best: bool = False) -> str:
+        """Markdown shown under the column's images: rewards (with `best`, a marker first), time, UNet
+        evaluations."""
         if self.status != "ok":
             return f"**{self.status}**: {self.message}"
-        lines = [f"**{name}** {sum(v) / len(v):.2f}" + (f" ({', '.join(f'{s:.1f}' for s in v)})" if len(v) > 1
+        lines = ["**★ best**"] if best else []
+        lines += [f"**{name}** {sum(v) / len(v):.2f}" + (f" ({', '.join(f'{s:.1f}' for s in v)})" if len(v) > 1
                                                          else "") for name, v in self.scores.items()]
         lines += [f"**{name}** unavailable" for name in self.unavailable_rewards]
         cfg = " x 2 (CFG)" if self.nfe > self.steps else ""
@@ -162,19 +170,23 @@ class ColumnResult:
                      f"{self.guidance_scale:g}")
         return "  \n".join(lines)
 
-    def png_files(self, folder: Path = IMAGE_DIR) -> list[str]:
-        """The images as PNG files named by their content, each written once and atomically. (Given PIL images,
-        gradio re-encodes them to one cache path per content on every update, truncating a file that is being
-        served; files it is given by path it copies once.)"""
+    def png_files(self, folder: Path | None = None) -> list[str]:
+        """The images as PNG files in `folder` (default: `image_dir()`), enlarged by a whole factor to at least
+        DISPLAY_SIZE with nearest-neighbour (crisp pixels), named by their content, each written once and
+        atomically. (Given PIL images, gradio re-encodes them to one cache path per content on every update,
+        truncating a file that is being served; files it is given by path it copies once.)"""
         from PIL import Image
 
         if self.images is None:
             return []
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = folder or image_dir()
         paths = []
         for array in self.images.clamp(0, 1).mul(255).round().byte().permute(0, 2, 3, 1).numpy():
+            image = Image.fromarray(array)
+            factor = max(1, -(-DISPLAY_SIZE // max(image.size)))
+            image = image.resize((image.width * factor, image.height * factor), Image.NEAREST)
             buffer = io.BytesIO()
-            Image.fromarray(array).save(buffer, format="png")
+            image.save(buffer, format="png")
             path = folder / f"{hashlib.sha256(buffer.getvalue()).hexdigest()[:32]}.png"
             if not path.exists():
                 staging = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
@@ -200,16 +212,18 @@ class Engine:
     requests interleave column by column.
     """
 
-    def __init__(self, family: str, columns: Sequence[str] = COLUMNS, rewards: Sequence[str] | None = None,
-                 device: str | None = None) -> None:
+    def __init__(self, family: str, columns: Sequence[str] | None = None, rewards: Sequence[str] | None = None,
+                 device: str | None = None, dtype: torch.dtype | None = None) -> None:
         self.family_name = family
-        self.columns = tuple(columns)
+        self.columns = tuple(columns or family_columns(family))
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.dtype = dtype  # the family's weights (e.g. torch.float16 on a GPU Space); rewards stay as they load
         self._reward_names = rewards
         self._lock = threading.RLock()
         self._compute = threading.Lock()
         self._family: Family | None = None
         self._rewards: dict[str, nn.Module | str] | None = None
+        self.warm = False  # set once warm_up has loaded everything
 
     def family(self) -> Family:
         """The family with its shared components loaded (tokenizer, text encoder, VAE, scheduler).
@@ -219,7 +233,7 @@ class Engine:
         with self._lock:
             if self._family is None:
                 try:
-                    family = load_family(self.family_name)
+                    family = load_family(self.family_name, dtype=self.dtype)
                     _ = family.tokenizer, family.scheduler_config  # load now: a missing part fails here, once
                     for part in ("text_encoder", "text_encoder_2", "vae"):
                         if part in family.spec:
@@ -231,12 +245,9 @@ class Engine:
 
     def check(self, settings: Settings) -> None:
         """Raise InputError if the prompt is longer than the family's text encoder reads (loads the family)."""
-        tokenizer = self.family().tokenizer
+        family = self.family()
         with self._compute:
-            n, limit = count_tokens(tokenizer, settings.prompt), tokenizer.model_max_length
-        if n > limit:
-            raise InputError(f"the prompt is too long: {n} tokens, the {self.family_name} text encoder reads at most "
-                             f"{limit}")
+            check_prompt_tokens(family, settings.prompt)
 
     def rewards(self) -> dict[str, nn.Module | str]:
         """Reward name -> loaded reward model, or the reason it is unavailable; loaded once."""
@@ -315,23 +326,25 @@ class Engine:
 
     def reward_vs_steps(self, settings: Settings, steps: Sequence[int] = range(1, STUDENT_STEPS[1] + 1)
                         ) -> list[dict[str, Any]]:
-        """Rows {model, steps, reward} of the family's first available reward (mean over the images) for every
-        available student at each step count; unavailable students are left out."""
+        """Rows {model, steps, reward, se, n} of the family's first available reward (mean and standard error over
+        `settings.num_images` images) for every available student at each step count, and one row for the teacher
+        at its own settings; unavailable members are left out."""
         rows = []
-        for column in self.columns:
-            if column == TEACHER:
-                continue
-            for n in steps:
+        for column in sorted(self.columns, key=lambda c: c == TEACHER):
+            for n in [settings.teacher_steps] if column == TEACHER else steps:
                 result = self.run(column, replace(settings, student_steps=n))
                 if result.status != "ok" or not result.scores:
                     break
                 name, values = next(iter(result.scores.items()))
-                rows.append({"model": TITLES.get(column, column), "steps": n, "reward": sum(values) / len(values),
-                             "reward_name": name})
+                mean = sum(values) / len(values)
+                se = (sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1) / len(values)) ** 0.5
+                rows.append({"model": TITLES.get(column, column), "steps": n, "reward": round(mean, 3),
+                             "se": round(se, 3), "n": len(values), "reward_name": name})
         return rows
 
     def warm_up(self) -> None:
-        """Load the family, its rewards and every available member now (the bench measures after this)."""
+        """Load the family, its rewards and every available member now (the page does on first use, the bench
+        before measuring). ModelLoadError when the family itself cannot load."""
         self.rewards()
         for column in self.columns:
             try:
@@ -339,6 +352,16 @@ class Engine:
                 self._load_unet(column)
             except ModelLoadError:
                 continue
+        self.warm = True
+
+
+def family_columns(family: str) -> tuple[str, ...]:
+    """The columns a family asks for (its spec's "columns", e.g. sdxl's teacher, lcm, lcm-lora, mlcm), else COLUMNS;
+    reads the family description only, no weights."""
+    try:
+        return tuple(load_family(family).spec.get("columns", COLUMNS))
+    except ModelLoadError:
+        return COLUMNS
 
 
 def _registry_reward(name: str) -> nn.Module:
@@ -347,14 +370,24 @@ def _registry_reward(name: str) -> nn.Module:
     return get_reward(name)
 
 
-def example_prompts(family: str, per_file: int = 4) -> list[str]:
-    """A few example prompts for the family: from assets/prompts for emoji-64, generic ones otherwise."""
-    files = EXAMPLE_PROMPTS.get(family, ())
-    out = []
-    for path in files:
-        lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
-        out += lines[:per_file]
-    return out or list(GENERIC_EXAMPLES)
+def example_prompts(family: str) -> dict[str, list[str]]:
+    """Example prompts by group (label -> prompts; a Path entry is read from its file): for emoji-64 trained
+    concepts first, then unseen ones; generic prompts for other families."""
+    groups = EXAMPLE_PROMPTS.get(family, {"Examples": GENERIC_EXAMPLES})
+    out = {}
+    for label, prompts in groups.items():
+        if isinstance(prompts, Path):
+            prompts = [ln.strip() for ln in prompts.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+        out[label] = list(prompts)[:8]
+    return out
+
+
+def reward_legend(family: Family) -> str:
+    """One line saying what the rewards under the images are and how the best column is marked."""
+    names = reward_names(family)
+    notes = "; ".join(f"**{n}** = {REWARD_NOTES.get(n, 'reward model score')}" for n in names)
+    first = names[0] if names else "reward"
+    return f"Rewards, higher is better: {notes}. **★ best**: the column with the highest {first}."
 
 
 def user_message(err: Exception) -> str:
@@ -363,24 +396,39 @@ def user_message(err: Exception) -> str:
     return str(err) if isinstance(err, (InputError, ModelLoadError)) else f"unexpected {type(err).__name__}: {err}"
 
 
+def best_column(results: dict[str, ColumnResult]) -> str | None:
+    """The column whose first reward's mean is highest among the finished ones (None if none has a score)."""
+    scored = {c: sum(v) / len(v) for c, r in results.items() if r.status == "ok" and r.scores
+              for v in [next(iter(r.scores.values()))]}
+    return max(scored, key=scored.get) if scored else None
+
+
 def page_outputs(columns: Sequence[str], results: dict[str, ColumnResult], files: dict[str, list[str]], status: str,
                  summary: dict[str, Any], pending: str = "") -> tuple:
-    """The page's outputs in order: one list of PNG paths per column, one caption per column, the status line, the
-    JSON."""
-    captions = [results[c].caption() if c in results else pending for c in columns]
+    """The page's outputs in order: one list of PNG paths per column, one caption per column (the best column
+    marked once every column is done), the status line, the JSON."""
+    best = best_column(results) if len(results) == len(columns) else None
+    captions = [results[c].caption(best=c == best) if c in results else pending for c in columns]
     return (*(files.get(c, []) for c in columns), *captions, status, summary)
 
 
 def compare_page(engine: Engine, prompt: Any, student_steps: Any = 4, teacher_steps: Any = 25,
                  student_guidance: Any = 5.0, teacher_guidance: Any = 5.0, seed: Any = 0,
                  num_images: Any = 1) -> Iterator[tuple]:
-    """The `/compare` handler: yields the page's outputs (see `page_outputs`) once before sampling and again after
-    each column finishes. Bad input or a family that cannot load gives one message in the status and the JSON
+    """The `/compare` handler: yields the page's outputs (see `page_outputs`) before sampling (on first use while
+    the models load: "Loading models ...") and again after each column finishes. The total time counts the
+    loading. Bad input or a family that cannot load gives one message in the status and the JSON
     (`{"error": ...}`); nothing raises."""
     columns = engine.columns
+    t0 = time.perf_counter()
+    load_seconds = 0.0
     try:
         settings = parse_settings(prompt, student_steps, teacher_steps, student_guidance, teacher_guidance, seed,
                                   num_images)
+        if not engine.warm:
+            yield page_outputs(columns, {}, {}, "Loading models (first use) ...", {}, pending="loading models ...")
+            engine.warm_up()
+            load_seconds = time.perf_counter() - t0
         engine.check(settings)
     except Exception as err:  # noqa: BLE001 (never a traceback in the page)
         message = user_message(err)
@@ -388,7 +436,6 @@ def compare_page(engine: Engine, prompt: Any, student_steps: Any = 4, teacher_st
         return
     results: dict[str, ColumnResult] = {}
     files: dict[str, list[str]] = {}
-    t0 = time.perf_counter()
     yield page_outputs(columns, results, files, "Running...", {}, pending="running...")
     for result in engine.compare(settings):
         results[result.column] = result
@@ -396,56 +443,76 @@ def compare_page(engine: Engine, prompt: Any, student_steps: Any = 4, teacher_st
         done = len(results) == len(columns)
         summary = {"family": engine.family_name, "settings": asdict(settings),
                    "results": {c: results[c].summary() for c in columns if c in results},
-                   "total_seconds": round(time.perf_counter() - t0, 3)}
-        status = (f"Done in {summary['total_seconds']:.2f} s." if done else f"{len(results)} of {len(columns)} "
-                  "models done...")
+                   "total_seconds": round(time.perf_counter() - t0, 3), "load_seconds": round(load_seconds, 3)}
+        loading = f" ({load_seconds:.2f} s of it loading the models, first use)" if load_seconds else ""
+        status = (f"Done in {summary['total_seconds']:.2f} s{loading}." if done else
+                  f"{len(results)} of {len(columns)} models done...")
         yield page_outputs(columns, results, files, status, summary, pending="running...")
 
 
-def reward_plot_page(engine: Engine, prompt: Any, student_guidance: Any = 5.0, seed: Any = 0,
-                     num_images: Any = 1) -> tuple[Any, str]:
-    """The `/reward_vs_steps` handler: (a table of rows {model, steps, reward} for the plot, a status message)."""
-    import pandas as pd
+def reward_figure(rows: list[dict[str, Any]]) -> Any:
+    """A matplotlib figure of the rows of `Engine.reward_vs_steps`: each student's mean reward against its steps
+    (whole-number ticks) with a +-1 standard error band, the teacher as a horizontal line with its band."""
+    import matplotlib
 
-    empty = pd.DataFrame({"model": [], "steps": [], "reward": []})
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 3.4), layout="constrained")
+    ax = fig.subplots()
+    students = [r for r in rows if r["model"] != TITLES[TEACHER]]
+    steps = sorted({r["steps"] for r in students}) or [1]
+    for model in dict.fromkeys(r["model"] for r in students):
+        pts = [r for r in students if r["model"] == model]
+        x, y, se = [r["steps"] for r in pts], [r["reward"] for r in pts], [r["se"] for r in pts]
+        line, = ax.plot(x, y, marker="o", label=model)
+        ax.fill_between(x, [a - b for a, b in zip(y, se)], [a + b for a, b in zip(y, se)], alpha=0.2,
+                        color=line.get_color())
+    for r in rows:
+        if r["model"] == TITLES[TEACHER]:
+            ax.axhline(r["reward"], color="black", linestyle="--", label=f"Teacher ({r['steps']} steps)")
+            ax.axhspan(r["reward"] - r["se"], r["reward"] + r["se"], color="black", alpha=0.08)
+    ax.set_xticks(range(steps[0], steps[-1] + 1))
+    ax.set_xlabel("student steps")
+    name = rows[0]["reward_name"] if rows else "reward"
+    ax.set_ylabel(f"{name} reward (mean of {rows[0]['n'] if rows else PLOT_SAMPLES})")
+    ax.legend(fontsize="small", loc="best")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def reward_plot_page(engine: Engine, prompt: Any, student_guidance: Any = 5.0, teacher_steps: Any = 25,
+                     teacher_guidance: Any = 5.0, seed: Any = 0) -> tuple[Any, list[dict[str, Any]], str]:
+    """The `/reward_vs_steps` handler: (the figure or None, rows {model, steps, reward, se, n, reward_name}, a
+    status message). Each point is the mean over PLOT_SAMPLES images drawn from `seed`."""
     try:
-        settings = parse_settings(prompt, student_guidance=student_guidance, seed=seed, num_images=num_images)
+        settings = parse_settings(prompt, student_guidance=student_guidance, teacher_steps=teacher_steps,
+                                  teacher_guidance=teacher_guidance, seed=seed)
+        settings = replace(settings, num_images=PLOT_SAMPLES)
         engine.check(settings)
         rows = engine.reward_vs_steps(settings)
     except Exception as err:  # noqa: BLE001 (never a traceback in the page)
-        return empty, f"**Cannot plot:** {user_message(err)}"
+        return None, [], f"**Cannot plot:** {user_message(err)}"
     if not rows:
-        return empty, "No student is available to plot."
-    return pd.DataFrame(rows), f"Reward ({rows[0]['reward_name']}) of each student at 1-{STUDENT_STEPS[1]} steps."
+        return None, [], "No model is available to plot."
+    return reward_figure(rows), rows, (f"Reward ({rows[0]['reward_name']}) at 1-{STUDENT_STEPS[1]} student steps, "
+                                       f"mean of {PLOT_SAMPLES} images with a band of +-1 standard error; dashed: "
+                                       "the teacher at its settings.")
 
 
 def stand_in_family(family: str, out_dir: Path, stand_ins: dict[str, str], override: bool = False) -> Path:
-    """Write a copy of a local family file into `out_dir` with every path made absolute, where each column in
-    `stand_ins` that the family lacks (every one of them with `override`) is a copy of another member's entry
-    (e.g. {"rg-lcm": "lcm"}): four columns before every student is trained, for tests and benches. Returns the new
-    family.json; stand-ins are marked with "stand_in_for" and "copied_from"."""
+    """Write a copy of a local family file into `out_dir` (its paths still naming the same folders), where each
+    column in `stand_ins` that the family lacks (every one of them with `override`) is a copy of another member's
+    entry (e.g. {"rg-lcm": "lcm"}): four columns before every student is trained, for tests and benches. Returns the
+    new family.json; stand-ins are marked with "stand_in_for" and "copied_from"."""
     source = load_family(family)
     if source.root is None:
         raise ModelLoadError(f"family '{family}' is not a local family file")
-    spec = json.loads(json.dumps(source.spec))
-
-    def absolute(entry: Any) -> Any:
-        if isinstance(entry, str) and (source.root / entry).exists():
-            return str((source.root / entry).resolve())
-        if isinstance(entry, dict):
-            return {k: absolute(v) if k in ("unet", "lora", "path") else v for k, v in entry.items()}
-        return entry
-
-    for key in ("vae", "text_encoder", "tokenizer", "scheduler"):
-        spec[key] = absolute(spec[key])
-    name, _, weights = str(spec.get("reward", "")).partition("=")
-    if weights:
-        spec["reward"] = f"{name}={absolute(weights)}"
-    members = {k: absolute(v) for k, v in spec.get("members", {}).items()}
+    spec = relocated_spec(source, out_dir)
+    members = spec["members"]
     for column, donor in stand_ins.items():
         if override or column not in members:
             members[column] = dict(members[donor], stand_in_for=column, copied_from=donor)
-    spec["members"] = members
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "family.json"
     path.write_text(json.dumps(spec, indent=2) + "\n")
@@ -471,13 +538,15 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-background-networking", "--disable-component-update", "--disable-sync")
 
 
-def capture_page(url: str, prompt: str, screenshot: Path, columns: Sequence[str] = COLUMNS,
+def capture_page(url: str, prompt: str | None, screenshot: Path, columns: Sequence[str] = COLUMNS,
                  chromium: Path = CHROMIUM, plot: bool = False, timeout_s: float = 120.0) -> dict[str, Any]:
     """Drive the page in a real browser (Python playwright on a system chromium, no browser download): type
-    `prompt`, press Compare, wait until the run is done (with `plot`, also draw the reward-vs-steps plot), save a
-    full-page PNG screenshot. The profile
-    (`--user-data-dir`) is a fresh temporary folder. Returns what the page
-    shows: {"images": column -> number of images, "captions": column -> caption text, "status": status text}."""
+    `prompt` (None: keep the page's default), press Compare, wait until the run is done (with `plot`, also draw the
+    reward-vs-steps plot), save a full-page PNG screenshot. The profile (`--user-data-dir`) is a fresh temporary
+    folder. Returns what the page shows: {"prompt": the prompt box's text, "images": column -> number of images,
+    "image_sizes": column -> [natural width of each image], "captions": column -> caption text, "status",
+    "legend": the legend's text, "plot_shown_before": whether a plot box was visible before drawing,
+    "plot_images": images in the plot box after drawing}."""
     import tempfile
 
     from playwright.sync_api import sync_playwright
@@ -490,19 +559,29 @@ def capture_page(url: str, prompt: str, screenshot: Path, columns: Sequence[str]
             page = browser.new_page()
             page.set_default_timeout(timeout_s * 1000)
             page.goto(url)
-            page.locator("#prompt textarea").fill(prompt)
+            box = page.locator("#prompt textarea")
+            if prompt is not None:
+                box.fill(prompt)
+            plot_box = page.locator("#reward-plot")
+            shown_before = plot_box.count() > 0 and plot_box.first.is_visible()
             page.locator("#compare").click()
             page.wait_for_function("document.querySelector('#status')?.innerText.includes('Done')")
             page.wait_for_function("[...document.querySelectorAll('[id^=gallery-] img')].every(i => i.complete)")
             if plot:
                 page.locator("#plot-button").click()
                 page.wait_for_function("document.querySelector('#plot-status')?.innerText.includes('Reward')")
-                page.locator("#reward-plot canvas, #reward-plot svg").first.wait_for()
+                page.locator("#reward-plot img").first.wait_for()
             screenshot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(screenshot), full_page=True)
-            return {"images": {c: page.locator(f"#gallery-{c} img").count() for c in columns},
+            return {"prompt": box.input_value(),
+                    "images": {c: page.locator(f"#gallery-{c} img").count() for c in columns},
+                    "image_sizes": {c: page.locator(f"#gallery-{c} img").evaluate_all(
+                        "images => images.map(i => i.naturalWidth)") for c in columns},
                     "captions": {c: page.locator(f"#caption-{c}").inner_text() for c in columns},
-                    "status": page.locator("#status").inner_text()}
+                    "status": page.locator("#status").inner_text(),
+                    "legend": page.locator("#legend").inner_text(),
+                    "plot_shown_before": shown_before,
+                    "plot_images": page.locator("#reward-plot img").count()}
         finally:
             browser.close()
 
@@ -513,8 +592,9 @@ def random_seed() -> str:
 
 
 def build_app(engine: Engine, concurrency: int = 2, max_queue: int = 64) -> Any:
-    """The gradio page: controls, one column per model (images + rewards, time, NFE), the JSON, the students'
-    reward-vs-steps plot. Queue: at most `concurrency` comparisons at a time, `max_queue` waiting."""
+    """The gradio page: controls (students' and teacher's), a reward legend, one column per model (images + rewards,
+    time, NFE; the best column marked), the JSON, the reward-vs-steps plot (shown once drawn), example prompts by
+    group. Queue: at most `concurrency` comparisons at a time, `max_queue` waiting."""
     import gradio as gr
 
     class CheckedSlider(gr.Slider):
@@ -526,61 +606,88 @@ def build_app(engine: Engine, concurrency: int = 2, max_queue: int = 64) -> Any:
         def preprocess(self, payload: Any) -> Any:
             return payload
 
+    class CheckedTextbox(gr.Textbox):
+        """A textbox whose API value reaches `parse_settings` as sent (gradio's own turns a list, number or bool
+        into its text and runs it)."""
+
+        is_template = True
+
+        def preprocess(self, payload: Any) -> Any:
+            return payload
+
+    class CheckedBlocks(gr.Blocks):
+        """Blocks that answer a call with the wrong number of values with one message (gradio's own check answers
+        `{"error": null}` for too few, leaving the reason in the server log, and ignores extra values)."""
+
+        def validate_inputs(self, block_fn: Any, inputs: list[Any]) -> None:
+            if len(inputs) != len(block_fn.inputs):
+                names = ", ".join(getattr(b, "label", None) or type(b).__name__ for b in block_fn.inputs)
+                raise gr.Error(f"{block_fn.name} takes {len(block_fn.inputs)} values ({names}), got {len(inputs)}")
+
     name = engine.display_name()
-    with gr.Blocks(title=f"rglcd: {name}") as app:
+    examples = example_prompts(name)
+    try:
+        legend = reward_legend(load_family(engine.family_name))
+    except ModelLoadError:
+        legend = ""
+    with CheckedBlocks(title=f"rglcd: {name}") as app:
         gr.Markdown(f"# rglcd: teacher vs. few-step students ({name})\nOne prompt through the teacher "
                     "(DDIM + classifier-free guidance) and its consistency-distilled students (LCM, RG-LCM, MLCM). "
                     "Under each image: the family's rewards, sampling time and UNet evaluations per image (NFE).")
         with gr.Row():
-            prompt = gr.Textbox(label="Prompt", placeholder="red apple", max_lines=2, scale=4, elem_id="prompt")
+            prompt = CheckedTextbox(label="Prompt", value=next(iter(examples.values()))[0], max_lines=2, scale=4,
+                                elem_id="prompt")
             button = gr.Button("Compare", variant="primary", scale=1, elem_id="compare")
         with gr.Row():
-            student_steps = CheckedSlider(*STUDENT_STEPS, value=4, step=1, label="Student steps (LCM, RG-LCM, MLCM)")
+            student_steps = CheckedSlider(*STUDENT_STEPS, value=4, step=1, label="Student steps")
             student_guidance = CheckedSlider(
                 *GUIDANCE, value=5.0, step=0.5, label="Student guidance scale (w + 1)",
-                info="LCM pipeline convention: w is embedded in the UNet, no extra evaluations; 1 = no guidance")
+                info="LCM convention: w is embedded in the UNet, no extra evaluations; 1 = no guidance")
+            teacher_steps = CheckedSlider(*TEACHER_STEPS, value=25, step=1, label="Teacher DDIM steps",
+                                          elem_id="teacher-steps")
+            teacher_guidance = CheckedSlider(
+                *GUIDANCE, value=5.0, step=0.5, label="Teacher guidance scale (CFG)", elem_id="teacher-guidance",
+                info="above 1: a conditional and an unconditional evaluation each step (NFE = 2 x steps)")
+        with gr.Row():
             num_images = CheckedSlider(*NUM_IMAGES, value=1, step=1, label="Images per model")
             with gr.Column(min_width=160):
-                seed = gr.Textbox(value="0", label="Seed (a whole number)", elem_id="seed")
+                seed = CheckedTextbox(value="0", label="Seed (a whole number)", elem_id="seed")
                 dice = gr.Button("Randomize seed", size="sm")
-        with gr.Accordion("Advanced: teacher", open=False):
-            with gr.Row():
-                teacher_steps = CheckedSlider(*TEACHER_STEPS, value=25, step=1, label="Teacher DDIM steps",
-                                              info="the students take the step slider above")
-                teacher_guidance = CheckedSlider(
-                    *GUIDANCE, value=5.0, step=0.5, label="Teacher guidance scale (CFG)",
-                    info="classifier-free guidance: above 1, a conditional and an unconditional evaluation each "
-                    "step (NFE = 2 x steps)")
         status = gr.Markdown(label="status", elem_id="status")
+        gr.Markdown(legend, elem_id="legend")
         galleries, captions = [], []
         with gr.Row(equal_height=True):
             for column in engine.columns:
                 with gr.Column(min_width=180):
-                    galleries.append(gr.Gallery(label=TITLES.get(column, column), columns=2, height=260,
+                    galleries.append(gr.Gallery(label=TITLES.get(column, column), columns=2, height=280,
                                                 object_fit="contain", elem_id=f"gallery-{column}"))
                     captions.append(gr.Markdown(label=f"{column} scores", elem_id=f"caption-{column}"))
         with gr.Accordion("Scores and timings (JSON)", open=False):
             summary = gr.JSON(label="results")
+            plot_rows = gr.JSON(label="reward vs steps (the plot's rows)")
         with gr.Row():
-            plot_button = gr.Button("Plot reward vs steps for the students", size="sm", elem_id="plot-button")
+            plot_button = gr.Button("Plot reward vs steps", size="sm", elem_id="plot-button")
             plot_status = gr.Markdown(label="plot status", elem_id="plot-status")
-        plot = gr.LinePlot(x="steps", y="reward", color="model", x_title="steps", y_title="reward",
-                           title="Reward against steps (mean over the images)", elem_id="reward-plot")
-        gr.Examples(example_prompts(name), inputs=[prompt], label="Examples")
+        plot = gr.Plot(label="Reward against steps", visible=False, elem_id="reward-plot")
+        for label, prompts in examples.items():
+            gr.Examples(prompts, inputs=[prompt], label=label)
 
         def compare(prompt: str, student_steps: float, teacher_steps: float, student_guidance: float,
                     teacher_guidance: float, seed: str, num_images: float) -> Iterator[tuple]:
             yield from compare_page(engine, prompt, student_steps, teacher_steps, student_guidance,
                                     teacher_guidance, seed, num_images)
 
-        def reward_vs_steps(prompt: str, student_guidance: float, seed: str, num_images: float) -> tuple[Any, str]:
-            return reward_plot_page(engine, prompt, student_guidance, seed, num_images)
+        def reward_vs_steps(prompt: str, student_guidance: float, teacher_steps: float, teacher_guidance: float,
+                            seed: str) -> tuple[Any, list[dict[str, Any]], str]:
+            figure, rows, message = reward_plot_page(engine, prompt, student_guidance, teacher_steps,
+                                                     teacher_guidance, seed)
+            return gr.Plot(value=figure, visible=figure is not None), rows, message
 
         inputs = [prompt, student_steps, teacher_steps, student_guidance, teacher_guidance, seed, num_images]
         outputs = [*galleries, *captions, status, summary]
         button.click(compare, inputs, outputs, api_name="compare")
         prompt.submit(compare, inputs, outputs, api_visibility="private")
-        plot_button.click(reward_vs_steps, [prompt, student_guidance, seed, num_images], [plot, plot_status],
-                          api_name="reward_vs_steps")
+        plot_button.click(reward_vs_steps, [prompt, student_guidance, teacher_steps, teacher_guidance, seed],
+                          [plot, plot_rows, plot_status], api_name="reward_vs_steps")
         dice.click(random_seed, None, seed, api_visibility="private")
     return app.queue(default_concurrency_limit=concurrency, max_size=max_queue)

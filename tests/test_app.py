@@ -16,14 +16,15 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from rglcd.demo import (COLUMNS, Engine, build_app, compare_page, launch_local, parse_settings,  # noqa: E402
-                        stand_in_family)
+from rglcd.demo import (COLUMNS, Engine, build_app, compare_page, example_prompts, launch_local,  # noqa: E402
+                        parse_settings, stand_in_family)
 from rglcd.sampling import InputError  # noqa: E402
 
 torch.set_num_threads(1)
 FAST = {"student_steps": 2, "teacher_steps": 3, "student_guidance": 5.0, "teacher_guidance": 5.0, "seed": "0",
         "num_images": 1}
 LONG_PROMPT = " ".join(["red apple"] * 30)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -56,16 +57,22 @@ def compare(client, prompt: str, **overrides) -> tuple:
     ({"prompt": ""}, "the prompt is empty"),
     ({"prompt": "   "}, "the prompt is empty"),
     ({"prompt": "x" * 501}, "the prompt is too long: 501 characters"),
-    ({"student_steps": 0}, "student steps must be between 1 and 8, got 0"),
-    ({"student_steps": 9}, "student steps must be between 1 and 8, got 9"),
+    ({"prompt": ["red apple"]}, "the prompt must be text, got list"),
+    ({"prompt": 7}, "the prompt must be text, got int"),
+    ({"student_steps": 0}, "student steps must be a whole number between 1 and 8, got 0"),
+    ({"student_steps": 9}, "student steps must be a whole number between 1 and 8, got 9"),
     ({"student_steps": 2.5}, "student steps must be a whole number"),
-    ({"teacher_steps": 0}, "teacher steps must be between 1 and 100"),
-    ({"student_guidance": 16}, "student guidance scale must be between 1 and 15, got 16"),
-    ({"teacher_guidance": 0.5}, "teacher guidance scale must be between 1 and 15, got 0.5"),
+    ({"student_steps": True}, "student steps must be a whole number between 1 and 8, got True"),
+    ({"student_steps": 10**400}, "student steps must be a whole number between 1 and 8, got a 401-digit number"),
+    ({"teacher_steps": 0}, "teacher steps must be a whole number between 1 and 100"),
+    ({"student_guidance": 21}, "student guidance scale must be a number between 1 and 20, got 21"),
+    ({"teacher_guidance": 0.5}, "teacher guidance scale must be a number between 1 and 20, got 0.5"),
     ({"teacher_guidance": float("nan")}, "teacher guidance scale must be a number"),
+    ({"teacher_guidance": "1e400"}, "teacher guidance scale must be a number between 1 and 20, got '1e400'"),
     ({"seed": "abc"}, "seed must be a whole number between 0 and 4294967295, got 'abc'"),
-    ({"seed": "-1"}, "seed must be between 0 and 4294967295, got -1"),
-    ({"num_images": 5}, "number of images must be between 1 and 4, got 5"),
+    ({"seed": "-1"}, "seed must be a whole number between 0 and 4294967295, got '-1'"),
+    ({"seed": "9" * 400}, "seed must be a whole number between 0 and 4294967295, got '99999999999999999999..."),
+    ({"num_images": 5}, "number of images must be a whole number between 1 and 4, got 5"),
 ])
 def test_parse_settings_rejects_with_a_message(overrides: dict, message: str) -> None:
     with pytest.raises(InputError, match=message.replace("(", r"\(")):
@@ -108,8 +115,8 @@ def test_missing_member_kind_or_reward_is_unavailable(four_family: Path, tmp_pat
 ])
 def test_family_that_cannot_load_gives_one_message(family: str, message: str) -> None:
     outputs = list(compare_page(Engine(family), "red apple", **FAST))
-    assert len(outputs) == 1
-    assert outputs[0][-1]["error"].startswith(message) and message in outputs[0][-2]
+    assert [o[-2] for o in outputs[:-1]] == ["Loading models (first use) ..."]
+    assert outputs[-1][-1]["error"].startswith(message) and message in outputs[-1][-2]
 
 
 def test_compare_returns_four_results_with_scores(client) -> None:
@@ -129,17 +136,43 @@ def test_compare_returns_four_results_with_scores(client) -> None:
 @pytest.mark.parametrize("overrides, message", [
     ({"prompt": ""}, "the prompt is empty"),
     ({"prompt": LONG_PROMPT}, "the prompt is too long: 62 tokens, the"),
-    ({"student_steps": 9}, "student steps must be between 1 and 8"),
-    ({"teacher_steps": 0}, "teacher steps must be between 1 and 100"),
-    ({"student_guidance": 30}, "student guidance scale must be between 1 and 15"),
-    ({"teacher_guidance": -1}, "teacher guidance scale must be between 1 and 15"),
+    ({"student_steps": 9}, "student steps must be a whole number between 1 and 8, got 9"),
+    ({"teacher_steps": 0}, "teacher steps must be a whole number between 1 and 100"),
+    ({"student_guidance": 30}, "student guidance scale must be a number between 1 and 20, got 30"),
+    ({"teacher_guidance": -1}, "teacher guidance scale must be a number between 1 and 20"),
     ({"seed": "seven"}, "seed must be a whole number"),
+    ({"prompt": ["red apple"]}, "the prompt must be text, got list"),
+    ({"prompt": {"text": "cat"}}, "the prompt must be text, got dict"),
+    ({"prompt": 7}, "the prompt must be text, got int"),
+    ({"prompt": True}, "the prompt must be text, got bool"),
+    ({"student_steps": True}, "student steps must be a whole number between 1 and 8, got True"),
+    ({"student_steps": 10**400}, "student steps must be a whole number between 1 and 8, got a 401-digit number"),
+    ({"seed": "9" * 400}, "seed must be a whole number between 0 and 4294967295, got '99999999999999999999..."),
+    ({"seed": 2**64}, "seed must be a whole number between 0 and 4294967295, got 18446744073709551616"),
 ])
 def test_bad_input_returns_its_message(client, overrides: dict, message: str) -> None:
     prompt = overrides.pop("prompt", "red apple")
     outputs = compare(client, prompt, **overrides)
-    assert message in outputs[9]["error"] and message in outputs[8]
+    assert outputs[9] == {"error": message + outputs[9]["error"][len(message):]} and message in outputs[8]
+    assert len(outputs[9]["error"]) < 120 and "\n" not in outputs[9]["error"]
     assert all(g == [] for g in outputs[:4])
+    assert compare(client, "rocket", seed=1)[8].startswith("Done"), "the server still answers"
+
+
+@pytest.mark.parametrize("values", [["rocket", 2], ["rocket", 2, 3, 5, 5, "0", 1, "extra"], []])
+def test_wrong_number_of_values_over_raw_http_gets_one_message(client, values: list) -> None:
+    import urllib.request
+
+    call = urllib.request.Request(client.src.rstrip("/") + "/gradio_api/call/compare", headers={
+        "Content-Type": "application/json"}, data=json.dumps({"data": values}).encode())
+    event = json.loads(urllib.request.urlopen(call, timeout=60).read())["event_id"]
+    stream = urllib.request.urlopen(f"{client.src.rstrip('/')}/gradio_api/call/compare/{event}", timeout=60).read()
+    lines = stream.decode().splitlines()
+    assert lines[0] == "event: error"
+    assert json.loads(lines[1].removeprefix("data: "))["error"] == (
+        f"compare takes 7 values (Prompt, Student steps, Teacher DDIM steps, Student guidance scale (w + 1), Teacher "
+        f"guidance scale (CFG), Seed (a whole number), Images per model), got {len(values)}")
+    assert compare(client, "pizza")[8].startswith("Done"), "the server still answers"
 
 
 def test_family_that_cannot_load_through_the_api() -> None:
@@ -166,13 +199,58 @@ def test_eight_concurrent_clients(client) -> None:
 
 
 def test_reward_vs_steps_for_the_students(client) -> None:
-    table, status = client.predict("pizza", 5.0, "0", 1, api_name="/reward_vs_steps")
-    rows = [dict(zip(table["columns"], row)) for row in table["data"]]
-    assert sorted({r["model"] for r in rows}) == ["LCM", "MLCM", "RG-LCM"]
+    plot, rows, status = client.predict("pizza", 5.0, 3, 5.0, "0", api_name="/reward_vs_steps")
+    assert plot["visible"] and plot["value"]["type"] == "matplotlib"
+    assert sorted({r["model"] for r in rows}) == ["LCM", "MLCM", "RG-LCM", "Teacher (DDIM + CFG)"]
     assert [r["steps"] for r in rows if r["model"] == "LCM"] == list(range(1, 9))
-    assert "Reward (emoji)" in status
-    _, bad = client.predict("", 5.0, "0", 1, api_name="/reward_vs_steps")
-    assert "the prompt is empty" in bad
+    assert [r["steps"] for r in rows if r["model"].startswith("Teacher")] == [3]
+    assert all(r["n"] == 4 and r["se"] >= 0 for r in rows)
+    assert "Reward (emoji)" in status and "mean of 4 images" in status
+    plot, rows, bad = client.predict("", 5.0, 3, 5.0, "0", api_name="/reward_vs_steps")
+    assert "the prompt is empty" in bad and rows == [] and not plot["visible"]
+
+
+def test_examples_show_trained_concepts_first_and_label_unseen_ones() -> None:
+    from rglcd.data.emoji import heldout_names, read_prompts
+
+    groups = example_prompts("emoji-64")
+    assert list(groups) == ["Trained concepts", "Unseen concepts (harder)"]
+    assert groups["Trained concepts"][:4] == ["banana", "green apple", "rocket", "pizza"]
+    trained = set(read_prompts(ROOT / "assets/prompts/emoji-eval-train.txt"))
+    assert set(groups["Trained concepts"]) <= trained and not set(groups["Trained concepts"]) & heldout_names()
+    assert set(groups["Unseen concepts (harder)"]) <= heldout_names()
+
+
+def test_best_column_is_marked_once_all_are_done(engine: Engine) -> None:
+    outputs = list(compare_page(engine, "rocket", **FAST))
+    final = outputs[-1]
+    marked = [c for c, caption in zip(COLUMNS, final[4:8]) if caption.startswith("**★ best**")]
+    means = {c: final[9]["results"][c]["mean_scores"]["emoji"] for c in COLUMNS}
+    assert marked == [max(means, key=means.get)]
+    assert not any("★" in caption for o in outputs[:-1] for caption in o[4:8])
+
+
+def test_images_are_shown_crisp_and_enlarged(engine: Engine, tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    result = engine.run("lcm", parse_settings("rocket", **FAST))
+    shown = np.array(Image.open(result.png_files(tmp_path)[0]))
+    assert shown.shape == (256, 256, 3)
+    original = result.images[0].clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()
+    assert (shown[::4, ::4] == original).all() and (shown[3::4, 3::4] == original).all(), "4x4 blocks of each pixel"
+
+
+def test_image_folder_is_private_to_the_process_and_removed_at_exit(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = ("from rglcd.demo import image_dir; import os, stat; d = image_dir(); "
+            "print(d, oct(stat.S_IMODE(os.stat(d).st_mode)), image_dir() == d)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout.split()
+    assert Path(out[0]).name.startswith("rglcd-app-") and out[1:] == ["0o700", "True"]
+    assert not Path(out[0]).exists(), "removed when the process exits"
 
 
 def test_every_member_of_the_embedded_family_runs() -> None:

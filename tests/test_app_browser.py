@@ -13,22 +13,28 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from rglcd.demo import CHROMIUM, COLUMNS, Engine, build_app, capture_page, launch_local, stand_in_family  # noqa: E402
+from rglcd.demo import CHROMIUM, COLUMNS, Engine, build_app, capture_page, launch_local  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"needs Debian chromium at {CHROMIUM} "
                                 "(apt-get install -y chromium; .ci/run does)")
 
 
-def test_page_shows_four_images_and_their_scores(tmp_path: Path) -> None:
+def test_default_prompt_legend_best_marker_and_plot(tmp_path: Path) -> None:
+    """Press Compare on the shipped family's page as it opens (its default prompt), then draw the plot.
+    `RGLCD_SCREENSHOT=assets/samples/app-screenshot.png` keeps the screenshot there (the README's)."""
     pytest.importorskip("playwright.sync_api", reason="needs the playwright package (requirements.txt)")
     torch.set_num_threads(1)
-    family = stand_in_family("emoji-64", tmp_path / "family", {"rg-lcm": "lcm", "mlcm": "lcm"}, override=True)
-    app = build_app(Engine(str(family)))
+    shot = Path(os.environ.get("RGLCD_SCREENSHOT") or tmp_path / "app.png")
+    app = build_app(Engine("emoji-64"))
     try:
-        page = capture_page(launch_local(app), "pizza", tmp_path / "app.png", plot=True)
+        page = capture_page(launch_local(app), None, shot, plot=True)
     finally:
         app.close()
-    assert page["status"].startswith("Done")
-    assert page["images"] == {c: 1 for c in COLUMNS}
+    assert page["prompt"] == "banana"
+    assert page["status"].startswith("Done") and "loading the models, first use" in page["status"]
+    assert page["images"] == {c: 1 for c in COLUMNS} and page["image_sizes"] == {c: [256] for c in COLUMNS}
     assert all("emoji" in page["captions"][c] and "NFE" in page["captions"][c] for c in COLUMNS)
-    assert (tmp_path / "app.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sum(page["captions"][c].startswith("★ best") for c in COLUMNS) == 1
+    assert page["legend"].startswith("Rewards, higher is better: emoji = 100 x cosine")
+    assert not page["plot_shown_before"] and page["plot_images"] == 1
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -41,10 +41,11 @@ def test_num_images_makes_a_grid(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--steps", "0"], "steps must be between 1 and 1000"),
-    (["--steps", "5000"], "steps must be between 1 and 1000"),
-    (["--guidance-scale", "-1"], "guidance scale must be between 0 and 30"),
-    (["--num-images", "0"], "number of images must be between 1 and 64"),
+    (["--steps", "0"], "steps (teacher) must be a whole number between 1 and 999, got '0'"),
+    (["--steps", "1000"], "steps (teacher) must be a whole number between 1 and 999, got '1000'"),
+    (["--model", "lcm", "--steps", "51"], "steps (lcm) must be a whole number between 1 and 50, got '51'"),
+    (["--guidance-scale", "-1"], "guidance scale must be a number between 1 and 20"),
+    (["--num-images", "0"], "number of images must be a whole number between 1 and 64"),
     (["--prompt", "apple " * 40], "prompt is too long"),
 ])
 def test_out_of_range_requests(extra, message, tmp_path, capsys):

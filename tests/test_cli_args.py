@@ -26,15 +26,12 @@ def test_every_recipe_parses(recipe):
     assert cfg.family == "emoji-64"
 
 
-def test_tuple_flags_and_errors(tmp_path):
+def test_tuple_and_boolean_flags():
     cfg = parse_config(TeacherConfig, argv=["--block-out-channels", "16", "32", "--include-flags", "true"])
     assert cfg.block_out_channels == (16, 32) and cfg.include_flags is True
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("max_stepz: 3\n")
-    with pytest.raises(SystemExit, match="unknown keys in .*max_stepz"):
-        parse_config(TeacherConfig, argv=["--config", str(bad)])
-    with pytest.raises(SystemExit, match="recipe not found"):
-        parse_config(TeacherConfig, argv=["--config", str(tmp_path / "missing.yaml")])
+    assert parse_config(TeacherConfig, argv=["--replace-shipped"]).replace_shipped is True
+    assert parse_config(TeacherConfig, argv=["--replace-shipped", "false"]).replace_shipped is False
+    assert parse_config(TeacherConfig, argv=[]).replace_shipped is False
 
 
 def test_list_settings_can_be_cleared_with_none():

@@ -53,7 +53,7 @@ def test_lcd_trains_resumes_exports_and_samples(family_with_teacher, tmp_path):
     assert type(pipe).__name__ == "LatentConsistencyModelPipeline" and type(pipe.scheduler).__name__ == "LCMScheduler"
     images = generate(family, "lcm", Request("red apple", steps=2, guidance_scale=4.0, num_images=2))
     assert images.shape == (2, 3, 64, 64)
-    with pytest.raises(InputError, match="steps must be between 1 and 50"):
+    with pytest.raises(InputError, match=r"steps \(lcm\) must be a whole number between 1 and 50"):
         generate(family, "lcm", Request("red apple", steps=51))
 
 

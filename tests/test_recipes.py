@@ -1,5 +1,6 @@
-"""The SD2.1 and SDXL recipes in train/configs run for a few steps on a tiny random SD2.1- or SDXL-shaped family and webdataset shards
-built in the test (only the family, data, sizes and precision are overridden; every other setting is the recipe's)."""
+"""The SD2.1 and SDXL recipes in train/configs run for a few steps from their own family presets (the real hub ids,
+served by the offline rehearsal cache of tests/hub_layouts.py) on webdataset shards built in the test (only data,
+sizes and precision are overridden; every other setting is the recipe's)."""
 
 import json
 import shutil
@@ -55,24 +56,28 @@ def tiny_shards(tmp_path_factory):
 
 
 @pytest.mark.parametrize("recipe", SD_RECIPES)
-def test_sd_recipe_runs_a_few_steps(recipe, tiny_sd21_family, tiny_sdxl_family, tiny_shards, tmp_path):
-    tiny_family = tiny_sdxl_family if recipe.startswith("sdxl") else tiny_sd21_family
+def test_sd_recipe_runs_a_few_steps_from_the_real_ids(recipe, real_hub, tiny_shards, tmp_path):
+    """The recipe's own family preset (sd21, sd21-base, sdxl: the real hub ids, from the rehearsal cache); only data,
+    sizes and precision are overridden. The export loads through a family file that extends the preset."""
     cfg = parse_config(DistillConfig, argv=[
-        "--config", str(CONFIGS / recipe), "--family", str(tiny_family), "--data", tiny_shards,
+        "--config", str(CONFIGS / recipe), "--data", tiny_shards,
         "--output-dir", str(tmp_path / "run"), "--export-dir", str(tmp_path / "export"), "--max-steps", "2",
         "--batch-size", "2", "--resolution", "32", "--mixed-precision", "no", "--warmup-steps", "1"]
         + (["--reward", "none"] if "rg-lcd" in recipe else [])
         + (["--trajectory-data", "4", "--trajectory-batch", "4"] if "mlcm" in recipe else []))
     recipe_values = json.loads(json.dumps(__import__("yaml").safe_load((CONFIGS / recipe).read_text())))
+    assert cfg.family == recipe_values["family"] in PRESETS and recipe.startswith(f"{cfg.family}-")
     for key in ("method", "learning_rate", "ema_decay", "w_min", "w_max", "loss_type", "lora_rank", "reward_scale"):
         if key in recipe_values:
             assert getattr(cfg, key) == recipe_values[key], key
     metrics = train_distill(cfg)
     assert metrics["steps"] == 2 and torch.isfinite(torch.tensor(metrics["loss"]))
-    family = load_family(str(tiny_family))
-    member = family.member(cfg.member)
-    assert member["kind"] == ("mlcm" if cfg.method == "mlcm" else "lcm")
-    pipe = family.pipeline(cfg.member)
+    kind = "mlcm" if cfg.method == "mlcm" else "lcm"
+    teacher = PRESETS[cfg.family]["members"]["teacher"]["unet"]
+    entry = ({"unet": teacher, "lora": str(tmp_path / "export"), "kind": kind} if cfg.lora_rank
+             else {"unet": str(tmp_path / "export"), "kind": kind})
+    (tmp_path / "family.json").write_text(json.dumps({"extends": cfg.family, "members": {cfg.member: entry}}))
+    pipe = load_family(str(tmp_path)).pipeline(cfg.member)
     image = pipe(["a box"], num_inference_steps=2, guidance_scale=1.5 if cfg.lora_rank else 4.0,
                  height=32, width=32, output_type="pt").images
     assert image.shape == (1, 3, 32, 32)

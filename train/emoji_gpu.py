@@ -1,6 +1,6 @@
 """Train the emoji-64 family on a lent GPU machine in one call (rglcd.devicepack):
 
-    python train/emoji_gpu.py pack --plan train/configs/emoji-64-gpu.yaml      # here: writes .devpack/
+    python train/emoji_gpu.py pack --plan train/plans/emoji-64-gpu.yaml      # here: writes .devpack/
     python train/emoji_gpu.py run --out $OUT                                    # there (see the plan's header)
     python train/emoji_gpu.py unpack PARTS_DIR --dest runs/emoji-64-gpu        # here: a family folder to evaluate
 """
@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("pack", help="write the folder the GPU machine needs")
-    p.add_argument("--plan", default="train/configs/emoji-64-gpu.yaml", help="teacher and student recipes, budgets")
+    p.add_argument("--plan", default="train/plans/emoji-64-gpu.yaml", help="teacher and student recipes, budgets")
     p.add_argument("--dir", default=".devpack", help="the folder to write (carried to the GPU machine)")
     p.add_argument("--limit-concepts", type=int, default=None, help="first N training concepts only (rehearsals)")
     p.add_argument("--no-wheels", action="store_true", help="skip downloading the wheels (rehearsals on this CPU)")

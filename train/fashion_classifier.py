@@ -1,5 +1,7 @@
 """Train the Fashion-MNIST classifier of the iCT ablation's Frechet distance (Debian `dataset-fashion-mnist`):
-`python train/fashion_classifier.py --threads 1` -> assets/models/fashion-mnist/classifier."""
+`python train/fashion_classifier.py --threads 1` -> runs/fashion-mnist/classifier (the shipped one in
+assets/models/fashion-mnist/classifier was made with `--export-dir assets/models/fashion-mnist/classifier
+--replace-shipped`)."""
 
 from rglcd.training.cli_args import run_trainer
 from rglcd.training.fashion_classifier import ClassifierConfig, train_classifier

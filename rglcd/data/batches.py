@@ -111,7 +111,7 @@ class EncodedBatches:
                            f"{self.world}".encode()).hexdigest()[:16]
         path = (cache_root or cache_dir() / "latents") / f"{key}.pt"
         if path.is_file():
-            return torch.load(path)
+            return torch.load(path, weights_only=True)
         from tqdm.auto import tqdm
 
         images, texts, zs, ctxs = [], [], [], []

@@ -198,7 +198,7 @@ def load_renders(split: str = "all", size: int = IMAGE_SIZE) -> tuple[list[Emoji
     path = cache_dir() / f"emoji-renders-{size}.pt"
     concepts = list_concepts()
     if path.is_file():
-        blob = torch.load(path)
+        blob = torch.load(path, weights_only=True)
         if blob["names"] != [c.name for c in concepts]:
             blob = None
     else:

@@ -96,8 +96,9 @@ def decode_image(data: bytes) -> np.ndarray:
 
 
 def resize_center_crop(image: np.ndarray, resolution: int) -> torch.Tensor:
-    """uint8 (H,W,3) -> float (3, R, R) in [-1,1]: shorter side to R (bilinear, antialiased), then centre crop."""
-    x = torch.from_numpy(image).permute(2, 0, 1).float().unsqueeze(0) / 127.5 - 1
+    """uint8 (H,W,3) -> float (3, R, R) in [-1,1]: shorter side to R (bilinear, antialiased), then centre crop.
+    (A copy: decoded datasets may hand over read-only arrays, which torch.from_numpy warns about.)"""
+    x = torch.from_numpy(np.array(image)).permute(2, 0, 1).float().unsqueeze(0) / 127.5 - 1
     h, w = x.shape[-2:]
     scale = resolution / min(h, w)
     size = (max(resolution, round(h * scale)), max(resolution, round(w * scale)))

@@ -73,7 +73,7 @@ class TrajectorySet:
         shards = sorted(folder.glob("shard-*.pt"))
         if not shards:
             raise FileNotFoundError(f"no trajectory shards in {folder}")
-        parts = [torch.load(p, mmap=True) for p in shards]
+        parts = [torch.load(p, mmap=True, weights_only=True) for p in shards]
         self.states = torch.cat([p["states"] for p in parts])
         self.prompt = torch.cat([p["prompt"] for p in parts])
         self.w = torch.cat([p["w"] for p in parts])

@@ -149,13 +149,25 @@ def load_hf_clip_reward(weights: str, score: str, tokenizer_from: str | None = N
     return ClipReward(model, from_pretrained(AutoTokenizer, tok_src, f"{score} tokenizer"), score)
 
 
+def hps_from_hub() -> Path | None:
+    """The hub's HPS_v2.1_compressed.pt (repo xswu/HPSv2, the file the hpsv2 package downloads), from the hub or,
+    offline, the hub cache; None when it cannot be had."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(HPS_REPO, HPS_FILE))
+    except Exception:  # noqa: BLE001 (offline and not cached, or no such repo: the caller names the file to get)
+        return None
+
+
 def load_hps(weights: str, base: str = VIT_H_14) -> ClipReward:
     """HPSv2.1: the ViT-H-14 architecture and tokenizer of `base` with the weights of `HPS_v2.1_compressed.pt`."""
     from transformers import AutoTokenizer, CLIPConfig, CLIPModel
 
-    path = checkpoint_file(weights, HPS_FILE, f"HPSv2.1 weights not found at {{path}}: download {HPS_FILE} from the "
-                           f"hub repo {HPS_REPO} and pass its path (plus the {VIT_H_14} config/tokenizer, cached or "
-                           f"as a folder)")
+    missing = (f"HPSv2.1 weights not found at {{path}}: download {HPS_FILE} from the hub repo {HPS_REPO} and pass "
+               f"its path (plus the {VIT_H_14} config/tokenizer, cached or as a folder)")
+    path = hps_from_hub() if weights == HPS_FILE and not Path(weights).exists() else None
+    path = path or checkpoint_file(weights, HPS_FILE, missing)
     src = resolve_source(base, None)
     config = from_pretrained(CLIPConfig, src, "HPSv2.1 architecture (CLIP ViT-H-14 config)")
     tokenizer = from_pretrained(AutoTokenizer, src, "HPSv2.1 tokenizer")

@@ -21,13 +21,15 @@ from tqdm.auto import tqdm
 
 from rglcd.data.emoji import augment, load_renders, to_model_range
 from rglcd.training.checkpoints import StepCounter, step_generator
+from rglcd.training.export import refuse_shipped
 from rglcd.training.loop import run_training
 
 
 @dataclass
 class AutoencoderConfig:
     output_dir: str = "runs/emoji-64/autoencoder"
-    export_dir: str | None = "assets/models/emoji-64/vae"
+    export_dir: str | None = "runs/emoji-64/vae"
+    replace_shipped: bool = False  # allow exporting into assets/ (the shipped family's vae)
     channels: int = 32
     encoder_blocks: tuple[int, ...] = (1, 2, 2)
     decoder_blocks: tuple[int, ...] = (2, 2, 1)
@@ -120,6 +122,8 @@ def latent_std(vae: AutoencoderTiny, images: torch.Tensor, batch_size: int = 64)
 
 def train_autoencoder(cfg: AutoencoderConfig, accelerator: Accelerator | None = None) -> dict[str, float]:
     """Train (resuming from `cfg.output_dir` when asked), export to `cfg.export_dir`, return final metrics."""
+    if cfg.export_dir:
+        refuse_shipped(cfg.export_dir, cfg.replace_shipped)
     accelerator = accelerator or Accelerator(log_with="tensorboard", project_dir=cfg.output_dir)
     accelerator.init_trackers("autoencoder", config={k: str(v) for k, v in asdict(cfg).items()})
     _, train_images = load_renders("train")

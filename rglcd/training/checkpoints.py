@@ -1,8 +1,10 @@
 """Resumable training state shared by every trainer: atomic accelerate checkpoints and step-seeded randomness.
 
 A checkpoint is an `accelerator.save_state` folder (models, optimizers, LR schedulers, RNG states, and every object
-registered with `accelerator.register_for_checkpointing`) written under a temporary name and renamed when complete,
-so an interrupted save never leaves a half-written `checkpoint-*` behind.
+registered with `accelerator.register_for_checkpointing`) written under a temporary name, flushed to disk (fsync)
+and renamed when complete, so an interrupted save or a power loss never leaves a half-written `checkpoint-*` behind.
+Resuming reads every file weights-only (tensors and plain values, no arbitrary pickled objects), including the
+registered objects' states, which accelerate itself would unpickle in full.
 
 Batches, noise and timesteps are drawn from a generator seeded by (seed, step): a resumed run draws exactly what
 the uninterrupted run would have drawn, so its loss curve continues the same.
@@ -10,8 +12,12 @@ the uninterrupted run would have drawn, so its loss curve continues the same.
 
 from __future__ import annotations
 
+import os
+import pickle
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -58,13 +64,46 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int,
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        fsync_tree(tmp)
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
+        fsync_tree(root, files=False)
         if total_limit:
             for old in list_checkpoints(root)[:-total_limit]:
                 shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def fsync_tree(folder: Path, files: bool = True) -> None:
+    """Flush `folder` to disk: every file under it (with `files`), then each folder's entries, then `folder`'s."""
+    paths = sorted(folder.rglob("*"), reverse=True) if files else []
+    for path in [*paths, folder]:
+        if path.is_file() or path.is_dir():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+@contextmanager
+def weights_only_custom_states() -> Iterator[None]:
+    """While active, accelerate's `load_state` reads registered objects' states (`custom_checkpoint_*.pkl`) with
+    `torch.load(weights_only=True)` instead of its own `weights_only=False` (a full unpickle that can run code)."""
+    import accelerate.accelerator as accelerator_module
+
+    original = accelerator_module.load_custom_state
+
+    def load_custom_state(obj: object, path: str, index: int = 0) -> None:
+        state = torch.load(Path(path) / f"custom_checkpoint_{index}.pkl", map_location="cpu", weights_only=True)
+        obj.load_state_dict(state)
+
+    accelerator_module.load_custom_state = load_custom_state
+    try:
+        yield
+    finally:
+        accelerator_module.load_custom_state = original
 
 
 def resume_checkpoint(accelerator: Accelerator, output_dir: str | Path, resume: str | None) -> Path | None:
@@ -84,6 +123,11 @@ def resume_checkpoint(accelerator: Accelerator, output_dir: str | Path, resume: 
         path = Path(resume)
         if not path.is_dir():
             raise FileNotFoundError(f"checkpoint folder not found: {path}")
-    accelerator.load_state(str(path))
+    try:
+        with weights_only_custom_states():
+            accelerator.load_state(str(path))
+    except pickle.UnpicklingError as err:
+        raise ValueError(f"checkpoint {path} holds more than tensors and plain values; not loaded (weights-only): "
+                         f"{str(err).splitlines()[0]}") from err
     accelerator.print(f"resumed from {path}")
     return path

@@ -14,6 +14,9 @@ from typing import Any, TypeVar
 
 import torch
 
+from rglcd.inputs import InputError, OneLineParser, exit_usage, shown
+from rglcd.logs import quiet_libraries
+
 T = TypeVar("T")
 
 
@@ -24,9 +27,17 @@ def _parser_type(hint: Any) -> tuple[Any, dict]:
         return _or_none(args[0]), {"nargs": "+"}
     if args and origin is not tuple and len(args) == 1:
         return _parser_type(args[0])
-    if hint is bool:
-        return lambda s: s.lower() in ("1", "true", "yes"), {}
+    if hint is bool:  # `--flag` alone is true; `--flag false` also reads
+        return _boolean, {"nargs": "?", "const": True}
     return hint, {}
+
+
+def _boolean(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes"):
+        return True
+    if text.lower() in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {shown(text)}")
 
 
 def _or_none(kind: Any) -> Any:
@@ -34,29 +45,49 @@ def _or_none(kind: Any) -> Any:
     return lambda s: None if s.lower() == "none" else kind(s)
 
 
-def load_recipe(path: str, cls: type) -> dict[str, Any]:
-    """A YAML recipe as {field: value}; unknown keys are an error naming them."""
+def read_recipe(path: str) -> dict[str, Any]:
+    """A YAML recipe file as a mapping; InputError (one line) when it is missing, a folder, not YAML or not a
+    mapping of settings."""
     import yaml
 
     try:
         with open(path) as fh:
-            recipe = yaml.safe_load(fh) or {}
-    except FileNotFoundError as err:
-        raise SystemExit(f"error: recipe not found: {path}") from err
+            recipe = yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise InputError(f"recipe not found: {path}") from None
+    except IsADirectoryError:
+        raise InputError(f"--config {path} is a folder: give a recipe file (train/configs/*.yaml)") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        raise InputError(f"recipe {path} is not valid YAML{line}") from None
+    if recipe is None:
+        return {}
+    if not isinstance(recipe, dict):
+        raise InputError(f"recipe {path} must be a mapping of settings (key: value), got a {type(recipe).__name__}")
+    return recipe
+
+
+def load_recipe(path: str, cls: type) -> dict[str, Any]:
+    """A YAML recipe as {field: value}; unknown keys are an InputError naming them."""
+    recipe = read_recipe(path)
     known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(recipe) - known)
+    unknown = sorted(set(map(str, recipe)) - known)
     if unknown:
-        raise SystemExit(f"error: unknown keys in {path}: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        raise InputError(f"unknown keys in {path}: {', '.join(unknown)} (see --help for the settings)")
     return {k: tuple(v) if isinstance(v, list) else v for k, v in recipe.items()}
 
 
 def parse_config(cls: type[T], description: str | None = None, argv: list[str] | None = None) -> T:
     """Parse argv into `cls` (a dataclass); `--threads N` sets torch's CPU threads (0 keeps torch's default)."""
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = OneLineParser(add_help=False)
     pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv)
-    recipe = load_recipe(known.config, cls) if known.config else {}
-    parser = argparse.ArgumentParser(description=description)
+    try:
+        recipe = load_recipe(known.config, cls) if known.config else {}
+    except InputError as err:
+        exit_usage(str(err))
+    parser = OneLineParser(description=description)
     parser.add_argument("--config", help="YAML recipe (train/configs/*.yaml); command-line flags override it")
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -65,9 +96,11 @@ def parse_config(cls: type[T], description: str | None = None, argv: list[str] |
         parser.add_argument("--" + f.name.replace("_", "-"), type=kind, default=default, **extra,
                             help=f"default: {default}")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--verbose", action="store_true", help="show the libraries' loading bars and warnings")
     ns = vars(parser.parse_args(argv))
     threads = ns.pop("threads")
     ns.pop("config")
+    quiet_libraries(ns.pop("verbose"))
     if threads > 0:
         torch.set_num_threads(threads)
     for key, value in ns.items():
@@ -81,19 +114,16 @@ def parse_config(cls: type[T], description: str | None = None, argv: list[str] |
 def requested_method(argv: list[str] | None = None) -> str | None:
     """The `--method` of a command line, else the `method` key of its `--config` recipe, else None (so an entry point
     can pick the trainer before parsing the rest)."""
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = OneLineParser(add_help=False)
     pre.add_argument("--method")
     pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv)
     if known.method or not known.config:
         return known.method
-    import yaml
-
     try:
-        with open(known.config) as fh:
-            return (yaml.safe_load(fh) or {}).get("method")
-    except FileNotFoundError:
-        return None  # parse_config reports the missing recipe
+        return read_recipe(known.config).get("method")
+    except InputError:
+        return None  # parse_config reports the bad recipe
 
 
 def run_trainer(train: Callable[[T], Any], cls: type[T], description: str | None = None,

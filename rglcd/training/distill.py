@@ -34,6 +34,7 @@ from rglcd.objectives import LCDLoss, MLCMLoss, Net, RewardGuidance, sampler_sta
 from rglcd.rewards.proxy import LatentProxyReward, preference_loss
 from rglcd.schedule import guidance_scale_embedding
 from rglcd.training.checkpoints import StepCounter, step_generator
+from rglcd.training.export import export_plan
 from rglcd.training.loop import run_training
 from rglcd.training.tracking import log_grids, make_accelerator
 
@@ -45,7 +46,8 @@ class DistillConfig:
     teacher: str = "teacher"
     member: str = "lcm"  # the name the exported student gets in the family file
     output_dir: str = "runs/emoji-64/lcm"
-    export_dir: str | None = "assets/models/emoji-64/lcm"
+    export_dir: str | None = "auto"  # auto: runs/<family>/<member>, registered in runs/<family>/family.json
+    replace_shipped: bool = False  # allow exporting into assets/ (the shipped family) and registering there
     batch_size: int = 32
     learning_rate: float = 2e-4
     warmup_steps: int = 100
@@ -313,11 +315,12 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
     """Distil (resuming when asked), export the student, register it in the family file; return final metrics."""
     if cfg.method not in METHODS:
         raise ValueError(f"unknown method {cfg.method!r}; this version implements: {', '.join(METHODS)}")
+    family = load_family(cfg.family)
+    export, registry = export_plan(cfg.export_dir, family, cfg.member, cfg.replace_shipped)
     accelerator = accelerator or make_accelerator(cfg.report_to, cfg.output_dir, mixed_precision=cfg.mixed_precision,
                                                   gradient_accumulation_steps=cfg.gradient_accumulation_steps)
     accelerator.init_trackers("distill", config={k: str(v) for k, v in asdict(cfg).items()})
     set_seed(cfg.seed)  # initialisations (LoRA, proxy RM) repeat across fresh runs
-    family = load_family(cfg.family)
     batches = training_batches(cfg.data, family, cfg.resolution, cfg.cache_latents, cfg.include_flags,
                                cfg.limit_concepts, accelerator.process_index, accelerator.num_processes)
     teacher = family.unet(cfg.teacher)
@@ -472,8 +475,7 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
     metrics = run_training(accelerator, counter, cfg.output_dir, cfg.max_steps, train_step,
                            evaluate if cfg.eval_every > 0 else None, cfg.resume, cfg.checkpoint_every,
                            max(cfg.eval_every, 1), log_every=cfg.log_every, stop_at=cfg.stop_at)
-    if accelerator.is_main_process and cfg.export_dir and counter.step >= cfg.max_steps:
-        export = Path(cfg.export_dir)
+    if accelerator.is_main_process and export is not None and counter.step >= cfg.max_steps:
         if lora:
             save_lora(online, export)
         else:
@@ -482,8 +484,7 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
             accelerator.unwrap_model(proxy).save_pretrained(export / "proxy-rm")
         metrics.update(steps=counter.step, **({"concepts": batches.size} if hasattr(batches, "size") else {}))
         (export / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        if family.root is not None:
-            register_member(family.root / "family.json", cfg.member, export, kind=kind,
-                            base=family.member(cfg.teacher)["unet"] if lora else None)
+        register_member(registry, cfg.member, export, kind=kind,
+                        base=load_family(str(registry)).member(cfg.teacher)["unet"] if lora else None)
     accelerator.end_training()
     return metrics

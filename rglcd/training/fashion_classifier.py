@@ -17,11 +17,13 @@ import torch.nn.functional as F
 from rglcd.data.fashion_mnist import FashionMNISTBatches, load_fashion_mnist, to_model_range
 from rglcd.networks import FashionClassifier
 from rglcd.training.checkpoints import step_generator
+from rglcd.training.export import refuse_shipped
 
 
 @dataclass
 class ClassifierConfig:
-    export_dir: str = "assets/models/fashion-mnist/classifier"
+    export_dir: str = "runs/fashion-mnist/classifier"
+    replace_shipped: bool = False  # allow exporting into assets/ (the shipped classifier)
     data: str | None = None  # folder of the idx files (default: the Debian package's)
     width: int = 32
     feature_dim: int = 128
@@ -33,6 +35,7 @@ class ClassifierConfig:
 
 def train_classifier(cfg: ClassifierConfig) -> dict[str, float]:
     """Train, export to `cfg.export_dir`, return {test_accuracy, loss, wall_s}."""
+    refuse_shipped(cfg.export_dir, cfg.replace_shipped)
     torch.manual_seed(cfg.seed)
     data = FashionMNISTBatches("train", cfg.data)
     model = FashionClassifier(cfg.width, cfg.feature_dim).train()

@@ -26,11 +26,12 @@ from accelerate.utils import set_seed
 from diffusers import UNet2DConditionModel
 from diffusers.training_utils import EMAModel
 
-from rglcd.models import save_unet
+from rglcd.models import load_family, register_member, save_unet
 from rglcd.networks import CMDenoiser, build_class_unet
 from rglcd.objectives import ICTLoss
 from rglcd.scheduling_cm import CMScheduler
 from rglcd.training.checkpoints import StepCounter, step_generator
+from rglcd.training.export import AUTO, RUNS, export_plan
 from rglcd.training.loop import run_training
 from rglcd.training.tracking import log_grids, make_accelerator
 
@@ -42,7 +43,8 @@ class ICTConfig:
     family: str = "emoji-64"  # latent data: the family whose VAE, text encoder and teacher architecture are used
     member: str = "ict"  # the name the exported model gets in the family file
     output_dir: str = "runs/emoji-64/ict"
-    export_dir: str | None = "assets/models/emoji-64/ict"
+    export_dir: str | None = "auto"  # auto: runs/<family>/<member> (pixel data: runs/fashion-mnist/<member>)
+    replace_shipped: bool = False  # allow exporting into assets/ (the shipped family) and registering there
     block_out_channels: tuple[int, ...] = (32, 64, 128)
     layers_per_block: int = 1
     attention_head_dim: int = 8
@@ -96,12 +98,15 @@ def train_ict(cfg: ICTConfig, accelerator: Accelerator | None = None) -> dict[st
     if cfg.method != "ict":
         raise ValueError(f"train_ict runs --method ict, got {cfg.method!r}")
     loss_fn = ict_loss(cfg)
+    pixel = cfg.data == "fashion-mnist"
+    family = None if pixel else load_family(cfg.family)
+    pixel_export = f"{RUNS}/fashion-mnist/{cfg.member}" if pixel and cfg.export_dir == AUTO else cfg.export_dir
+    export, registry = export_plan(pixel_export, family, cfg.member, cfg.replace_shipped)
     accelerator = accelerator or make_accelerator(cfg.report_to, cfg.output_dir, mixed_precision=cfg.mixed_precision)
     accelerator.init_trackers("ict", config={k: str(v) for k, v in asdict(cfg).items()})
     set_seed(cfg.seed)  # the same initialisation on every process and every fresh run
     rank, device = accelerator.process_index, accelerator.device
-    pixel = cfg.data == "fashion-mnist"
-    family = batches = None
+    batches = None
     if pixel:
         from rglcd.data.fashion_mnist import FashionMNISTBatches
 
@@ -110,13 +115,12 @@ def train_ict(cfg: ICTConfig, accelerator: Accelerator | None = None) -> dict[st
                                 attention_head_dim=cfg.attention_head_dim)
     else:
         from rglcd.data.batches import training_batches
-        from rglcd.models import STUDENT_SCHEDULERS, load_family
+        from rglcd.models import STUDENT_SCHEDULERS
         from rglcd.training.teacher import TeacherConfig, build_unet
 
         if "cm" not in STUDENT_SCHEDULERS:  # fail now, not at the first evaluation or after export
             raise RuntimeError("rglcd.models.STUDENT_SCHEDULERS has no kind 'cm' (rglcd.scheduling_cm.CMScheduler): "
                                "Family.pipeline could not evaluate or sample a latent iCT model")
-        family = load_family(cfg.family)
         batches = training_batches(cfg.data, family, cfg.resolution, cfg.cache_latents, cfg.include_flags,
                                    cfg.limit_concepts, rank, accelerator.num_processes)
         arch = TeacherConfig(block_out_channels=cfg.block_out_channels, layers_per_block=cfg.layers_per_block,
@@ -198,16 +202,13 @@ def train_ict(cfg: ICTConfig, accelerator: Accelerator | None = None) -> dict[st
     metrics = run_training(accelerator, counter, cfg.output_dir, cfg.max_steps, train_step,
                            evaluate if cfg.eval_every > 0 else None, cfg.resume, cfg.checkpoint_every,
                            max(cfg.eval_every, 1), stop_at=cfg.stop_at)
-    if accelerator.is_main_process and cfg.export_dir and counter.step >= cfg.max_steps:
-        export = Path(cfg.export_dir)
+    if accelerator.is_main_process and export is not None and counter.step >= cfg.max_steps:
         final = ema_unet()
         save_unet(final, export, cfg.export_dtype)
         sampler.save_pretrained(export)
         metrics.update(steps=counter.step, params=sum(p.numel() for p in final.parameters()))
         (export / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        if family is not None and family.root is not None:
-            from rglcd.models import register_member
-
-            register_member(family.root / "family.json", cfg.member, export, kind="cm")
+        if registry is not None:
+            register_member(registry, cfg.member, export, kind="cm")
     accelerator.end_training()
     return metrics

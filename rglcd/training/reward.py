@@ -18,11 +18,13 @@ from tqdm.auto import tqdm
 from rglcd.data.emoji import augment, cache_dir, captions, load_renders, to_model_range
 from rglcd.rewards.emoji import EmojiReward
 from rglcd.training.checkpoints import step_generator
+from rglcd.training.export import refuse_shipped
 
 
 @dataclass
 class RewardConfig:
-    export_dir: str | None = "assets/models/emoji-64/reward"
+    export_dir: str | None = "runs/emoji-64/reward"
+    replace_shipped: bool = False  # allow exporting into assets/ (the shipped family's reward)
     image_size: int = 128
     embed_dim: int = 256
     hidden_dim: int = 0
@@ -73,7 +75,7 @@ def cached_features(model: EmojiReward, split: str, cfg: RewardConfig) -> tuple:
         concepts, images = concepts[: cfg.limit_concepts], images[: cfg.limit_concepts]
     path = cache_dir() / f"reward-features-{split}-{cfg.image_size}-{cfg.views}-{len(concepts)}.pt"
     if path.is_file():
-        blob = torch.load(path)
+        blob = torch.load(path, weights_only=True)
     else:
         texts = [c for con in concepts for c in captions(con.name)]
         img, txt = tower_features(model, image_views(images, cfg.views, cfg.seed), texts)
@@ -85,6 +87,8 @@ def cached_features(model: EmojiReward, split: str, cfg: RewardConfig) -> tuple:
 
 def train_reward(cfg: RewardConfig) -> dict[str, float]:
     """Train the heads, export them to `cfg.export_dir`, and return held-out retrieval metrics."""
+    if cfg.export_dir:
+        refuse_shipped(cfg.export_dir, cfg.replace_shipped)
     torch.manual_seed(cfg.seed)
     model = EmojiReward(image_size=cfg.image_size, embed_dim=cfg.embed_dim, hidden_dim=cfg.hidden_dim)
     img, txt, _ = cached_features(model, "train", cfg)

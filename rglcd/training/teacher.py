@@ -21,8 +21,9 @@ from diffusers.training_utils import EMAModel, compute_snr
 
 from rglcd.data.emoji import emoji_training_tensors, eval_prompt_sets, load_training_tensors, sample_caption_batch
 from rglcd.evaluate import evaluate_prompt_following
-from rglcd.models import load_family, save_unet
+from rglcd.models import load_family, register_member, save_unet
 from rglcd.training.checkpoints import StepCounter, step_generator
+from rglcd.training.export import export_plan
 from rglcd.training.loop import run_training
 
 SD_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
@@ -34,7 +35,8 @@ SD_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0
 class TeacherConfig:
     family: str = "emoji-64"
     output_dir: str = "runs/emoji-64/teacher"
-    export_dir: str | None = "assets/models/emoji-64/teacher"
+    export_dir: str | None = "auto"  # auto: runs/<family>/teacher, registered in runs/<family>/family.json
+    replace_shipped: bool = False  # allow exporting into assets/ (the shipped family) and registering there
     block_out_channels: tuple[int, ...] = (32, 64, 128)
     layers_per_block: int = 1
     attention_head_dim: int = 8
@@ -72,9 +74,10 @@ def build_unet(cfg: TeacherConfig, sample_size: int, context_dim: int) -> UNet2D
 
 def train_teacher(cfg: TeacherConfig, accelerator: Accelerator | None = None) -> dict[str, float]:
     """Train (resuming when asked), export the EMA UNet to `cfg.export_dir`, return final metrics."""
+    family = load_family(cfg.family)
+    export, registry = export_plan(cfg.export_dir, family, "teacher", cfg.replace_shipped)
     accelerator = accelerator or Accelerator(log_with="tensorboard", project_dir=cfg.output_dir)
     accelerator.init_trackers("teacher", config={k: str(v) for k, v in asdict(cfg).items()})
-    family = load_family(cfg.family)
     if cfg.data == "emoji":
         data = emoji_training_tensors(family, cfg.include_flags, cfg.limit_concepts)
     elif cfg.data.startswith("tensors:"):
@@ -134,12 +137,12 @@ def train_teacher(cfg: TeacherConfig, accelerator: Accelerator | None = None) ->
     metrics = run_training(accelerator, counter, cfg.output_dir, cfg.max_steps, train_step,
                            evaluate if cfg.eval_every > 0 else None, cfg.resume, cfg.checkpoint_every,
                            max(cfg.eval_every, 1), stop_at=cfg.stop_at)
-    if accelerator.is_main_process and cfg.export_dir and counter.step >= cfg.max_steps:
-        export = Path(cfg.export_dir)
+    if accelerator.is_main_process and export is not None and counter.step >= cfg.max_steps:
         final = ema_unet()
         save_unet(final, export, cfg.export_dtype)
         metrics.update(steps=counter.step, params=sum(p.numel() for p in final.parameters()),
                        concepts=len(latents))
         (export / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        register_member(registry, "teacher", export, kind="teacher")
     accelerator.end_training()
     return metrics

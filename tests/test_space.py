@@ -1,0 +1,127 @@
+"""The Space export: the folder's card, requirements and entry point, and the exported folder serving `/compare` on
+127.0.0.1 from its own files (its app.py in a fresh process, emoji-64 on the CPU)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import pytest  # noqa: E402
+
+from rglcd.space import GPU_SECONDS, export, main, serve  # noqa: E402
+
+FAST = {"student_steps": 2, "teacher_steps": 3, "student_guidance": 5.0, "teacher_guidance": 5.0, "seed": "0",
+        "num_images": 1}
+
+
+@pytest.fixture(scope="module")
+def space(tmp_path_factory) -> Path:
+    return export(tmp_path_factory.mktemp("space") / "rglcd-space")
+
+
+def front_matter(folder: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load((folder / "README.md").read_text().split("---")[1])
+
+
+def test_the_card_and_requirements_fit_a_space(space):
+    import gradio
+
+    card = front_matter(space)
+    assert card["sdk"] == "gradio" and card["sdk_version"] == gradio.__version__
+    assert card["python_version"] in ("3.10", "3.12") and card["app_file"] == "app.py"
+    requirements = (space / "requirements.txt").read_text().splitlines()
+    torch_pin = [r for r in requirements if r.startswith("torch")]
+    assert torch_pin == ["torch>=2.8,<2.12"] and "2.13" not in "\n".join(requirements)
+    assert "spaces" in requirements and not any(r.startswith(("torchvision", "gradio", "-e")) for r in requirements)
+    assert (space / "rglcd" / "demo.py").is_file() and not list(space.rglob("__pycache__"))
+    assert (space / "assets" / "models" / "emoji-64" / "family.json").is_file()
+    assert "RGLCD_FAMILY" in (space / "app.py").read_text()
+
+
+def test_the_repository_card_matches_the_export(space):
+    repository = front_matter(Path(__file__).resolve().parents[1])
+    exported = front_matter(space)
+    assert {k: repository[k] for k in ("sdk", "sdk_version", "python_version")} == {
+        k: exported[k] for k in ("sdk", "sdk_version", "python_version")}
+
+
+def test_a_real_family_card_lists_its_hub_models(tmp_path, capsys):
+    assert main(["export", str(tmp_path / "sdxl"), "--family", "sdxl"]) == 0
+    card = front_matter(tmp_path / "sdxl")
+    assert {"stabilityai/stable-diffusion-xl-base-1.0", "latent-consistency/lcm-sdxl",
+            "latent-consistency/lcm-lora-sdxl", "OPPOer/TLCM"} <= set(card["models"])
+    assert "'sdxl'" in (tmp_path / "sdxl" / "app.py").read_text()
+    assert main(["export", str(tmp_path / "sdxl"), "--family", "sdxl"]) == 2
+    assert main(["export", str(tmp_path / "x"), "--family", "nope"]) == 2
+    assert "not empty" in capsys.readouterr().err
+
+
+def test_zero_gpu_wraps_the_gpu_work_and_loads_at_import(monkeypatch):
+    from rglcd.demo import Engine
+
+    durations = []
+
+    def gpu(duration):
+        durations.append(duration)
+        return lambda fn: types.SimpleNamespace(wrapped=fn)
+
+    monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=gpu))
+    engine = Engine("emoji-64")
+    loaded = []
+    monkeypatch.setattr(engine, "warm_up", lambda: loaded.append(True))
+    serve(engine)
+    assert durations == [GPU_SECONDS] and loaded == [True]
+    assert engine.compare.wrapped.__name__ == "compare" and engine.reward_vs_steps.wrapped.__name__ == "reward_vs_steps"
+
+
+def test_the_space_engine_is_fp16_on_cuda_only(monkeypatch):
+    import torch
+
+    from rglcd.space import space_engine
+
+    assert space_engine("emoji-64").dtype is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    engine = space_engine("sdxl")
+    assert engine.dtype == torch.float16 and engine.device.type == "cuda"
+    assert engine.columns == ("teacher", "lcm", "lcm-lora", "mlcm")
+
+
+def test_the_exported_folder_serves_compare_on_the_cpu(space):
+    from gradio_client import Client
+
+    from rglcd.demo import free_port
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RGLCD_FAMILY")}
+    where = subprocess.run([sys.executable, "-c", "import rglcd; print(rglcd.__file__)"], cwd=space, env=env,
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert Path(where).resolve() == (space / "rglcd" / "__init__.py").resolve()
+    port = free_port()
+    env.update(GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port), HF_HUB_OFFLINE="1",
+               OMP_NUM_THREADS="1", GRADIO_ANALYTICS_ENABLED="False")
+    log = space.parent / "space.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "app.py"], cwd=space, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        client = None
+        deadline = time.monotonic() + 180
+        while client is None and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+            except Exception:  # noqa: BLE001 (not listening yet)
+                time.sleep(1)
+        assert client is not None, log.read_text()[-3000:]
+        outputs = client.predict("red apple", **FAST, api_name="/compare")
+        summary = outputs[9]
+        assert [summary["results"][c]["status"] for c in ("teacher", "lcm", "rg-lcm", "mlcm")] == ["ok"] * 4, summary
+        assert all(len(g) == 1 for g in outputs[:4]) and summary["family"] == "emoji-64"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
