@@ -4,40 +4,39 @@
     python bench/train_throughput.py --full-size sd21-768 --device cuda --dtype bf16 --batch-size 4
     python bench/train_throughput.py --full-size tiny                              # the same code on tiny shapes
 
-Family mode runs `rglcd.training.distill.train_distill` for `--warmup + --steps` steps into a temporary folder
-(no export, no evaluation) once per method, each in its own process so that its peak memory is its own (CPU:
-peak resident set size; GPU: torch.cuda.max_memory_allocated). Methods: lcd, lcd-lora (rank 16), rg-lcd (the
-family reward, beta 0.001), mlcm, and ict (`rglcd.training.ict.train_ict`: the teacher's architecture trained from
-the family's data, no teacher; the sampler kind `cm` must be registered). Full-size mode times one LCD step (teacher CFG DDIM step, student forward and backward, AdamW, EMA
-target) of random-weight SD2.1-shaped UNets with random latents and text states.
-Writes bench/results/train-throughput-<family or shape>-<device>.json.
+Each method runs in its own process so that its peak memory is its own (CPU: peak resident set size; GPU:
+torch.cuda.max_memory_allocated). lcd, lcd-lora (rank 16), rg-lcd (reward beta 0.001) and mlcm (4 segments) time
+`rglcd.training.distill.distill_step`, the trainer's step, on networks built by the trainer's functions
+(`train_vs_reference.OurStep`) with random latents and text states: a family's teacher (rg-lcd: the family's reward
+through its VAE) or random-weight SD2.1-shaped models (rg-lcd: a random CLIP ViT-H-14-shaped HPS-style reward).
+ict runs `rglcd.training.ict.train_ict` (the teacher's architecture trained from the family's data, no teacher),
+timed step by step through the training loop. Writes bench/results/train-throughput-<family or shape>-<device>.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 import full_size
+import train_vs_reference as tvr
 from report import write_report
 
-METHODS: dict[str, dict[str, Any]] = {
-    "lcd": {"method": "lcd"},
-    "lcd-lora": {"method": "lcd", "lora_rank": 16, "learning_rate": 1e-3},
-    "rg-lcd": {"method": "rg-lcd", "reward_scale": 0.001},
-    "mlcm": {"method": "mlcm"},
-    "ict": {"method": "ict"},
-}
+from rglcd.objectives import MLCMLoss, RewardGuidance
+
+METHODS = ("lcd", "lcd-lora", "rg-lcd", "mlcm", "ict")
+DISTILL_METHODS = METHODS[:4]
+PROMPT = "red apple"
 
 
 def step_stats(times: list[float], warmup: int) -> dict[str, float]:
@@ -47,22 +46,68 @@ def step_stats(times: list[float], warmup: int) -> dict[str, float]:
     return {"steps_timed": len(timed), "median_step_s": round(median, 4), "steps_per_s": round(1 / median, 3)}
 
 
-MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+def time_steps(step: Callable[[int], Any], warmup: int, steps: int, device: str, exclude: int = 0) -> dict[str, Any]:
+    """`step(i)` for warmup + steps calls: median of the timed ones, each call's time, and the peak memory over the
+    timed calls (CUDA: max_memory_allocated less `exclude` bytes; CPU: the process's peak RSS)."""
+    times = []
+    for i in range(warmup + steps):
+        if i == warmup:
+            full_size.reset_peak_memory(device)
+        full_size.synchronize(device)
+        t0 = time.perf_counter()
+        step(i)
+        full_size.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    peak = full_size.peak_memory_mb(device) - (exclude / 2**20 if device.startswith("cuda") else 0)
+    return {**step_stats(times, warmup), "step_s": [round(t, 4) for t in times], "peak_memory_mb": round(peak)}
 
 
-def distill_worker(method: str, family: str, batch_size: int, warmup: int, steps: int, device: str,
-                   dtype: str) -> dict[str, Any]:
-    """Train `method` for warmup + steps steps with per-step timing; one process per call (see peak_memory_mb)."""
-    from rglcd.training import distill, ict
+def our_step(setup: tvr.Setup, method: str, accelerator: Any, reward: Callable[[], tuple[Any, Any]] | None = None,
+             **options: Any) -> tvr.OurStep:
+    """Our step for `method` (lcd, lcd-lora, rg-lcd, mlcm) on `setup`'s teacher; rg-lcd scores with
+    `reward() -> (reward model, VAE)` at beta 0.001."""
+    loss_fn = setup.loss()
+    guidance = None
+    if method == "mlcm":
+        loss_fn = MLCMLoss(loss_fn.alphas_cumprod, w_min=2.0, w_max=8.0, w_embedding_dim=tvr.W_EMBEDDING_DIM,
+                           prediction_type=setup.prediction_type, num_segments=4)
+    if method == "rg-lcd":
+        guidance = RewardGuidance(*reward(), 1.0)
+    with torch.device(accelerator.device):
+        return tvr.OurStep(setup, tvr.LORA_RANK if method == "lcd-lora" else 0, accelerator, loss_fn=loss_fn,
+                           reward=(lambda x0, micro: guidance(x0, micro.texts)) if guidance else None,
+                           reward_scale=1e-3, **options)
 
-    trainer = ict if method == "ict" else distill
+
+def step_function(side: tvr.OurStep, setup: tvr.Setup, batch: int, device: str) -> Callable[[int], None]:
+    loss_fn = setup.loss()
+
+    def step(i: int) -> None:
+        micro = tvr.step_inputs(setup, loss_fn, batch, i, device)
+        micro.texts = [PROMPT] * batch
+        side(micro)
+
+    return step
+
+
+def family_reward(family_name: str, device: str) -> Callable[[], tuple[Any, Any]]:
+    def build() -> tuple[Any, Any]:
+        from rglcd.models import load_family
+
+        family = load_family(family_name)
+        return family.reward().to(device), family.vae.to(device)
+
+    return build
+
+
+def ict_worker(family: str, batch_size: int, warmup: int, steps: int, device: str, dtype: str) -> dict[str, Any]:
+    """`train_ict` for warmup + steps steps, each step timed through the loop's `train_step` argument."""
+    from rglcd.training import ict
+
     times: list[float] = []
-    memory: dict[str, float] = {}
-    original = trainer.run_training
+    original = ict.run_training
 
     def timed_run_training(accelerator, counter, output_dir, max_steps, train_step, evaluate=None, *rest, **kw):
-        memory["before_training_mb"] = full_size.peak_memory_mb(device)
-
         def step(i: int) -> dict[str, float]:
             t0 = time.perf_counter()
             out = train_step(i)
@@ -72,73 +117,32 @@ def distill_worker(method: str, family: str, batch_size: int, warmup: int, steps
 
         return original(accelerator, counter, output_dir, max_steps, step, None, *rest, **kw)
 
-    trainer.run_training = timed_run_training
+    ict.run_training = timed_run_training
     with tempfile.TemporaryDirectory() as tmp:
-        common = dict(family=family, output_dir=tmp, export_dir=None, batch_size=batch_size, max_steps=warmup + steps,
-                      checkpoint_every=10**9, eval_every=10**9, resume=None, mixed_precision=MIXED_PRECISION[dtype],
-                      **METHODS[method])
-        try:
-            if method == "ict":
-                ict.train_ict(ict.ICTConfig(**common))
-            else:
-                distill.train_distill(distill.DistillConfig(warmup_steps=1, **common))
-        except ValueError as err:
-            if "unknown method" not in str(err):
-                raise
-            return {"supported": False, "note": str(err)}
+        ict.train_ict(ict.ICTConfig(family=family, output_dir=tmp, export_dir=None, batch_size=batch_size,
+                                    max_steps=warmup + steps, checkpoint_every=10**9, eval_every=10**9, resume=None,
+                                    mixed_precision=tvr.MIXED_PRECISION[dtype], method="ict"))
     return {"supported": True, "batch_size": batch_size, **step_stats(times, warmup),
-            "peak_memory_mb": round(full_size.peak_memory_mb(device)), **{k: round(v) for k, v in memory.items()}}
+            "peak_memory_mb": round(full_size.peak_memory_mb(device))}
 
 
-def full_size_lcd(shape_name: str, batch_size: int, warmup: int, steps: int, device: str, dtype: torch.dtype,
-                  gradient_checkpointing: bool) -> dict[str, Any]:
-    """Step time and peak memory of LCD on random full-size UNets: frozen teacher in `dtype`, fp32 student and EMA
-    target, autocast to `dtype`, AdamW."""
-    from diffusers import DDPMScheduler
+def method_worker(method: str, what: str, batch_size: int, warmup: int, steps: int, device: str, dtype: str,
+                  gradient_checkpointing: bool = False) -> dict[str, Any]:
+    """One method's figures (run it in a fresh process: CPU peak memory is per process)."""
+    if method == "ict":
+        return ict_worker(what, batch_size, warmup, steps, device, dtype)
+    accelerator = tvr.make_accelerator(device, dtype)
+    setup = tvr.build_setup(what, device)
+    if what in full_size.SHAPES:
+        import full_size_suite
 
-    from rglcd.objectives import LCDLoss
-    from rglcd.training.distill import student_from_teacher
-
-    shape = full_size.SHAPES[shape_name]
-    with torch.device(device):
-        teacher = full_size.build_unet(shape).requires_grad_(False)
-        student = student_from_teacher(teacher, 256).train()
-    teacher.to(dtype)
-    target = copy.deepcopy(student).requires_grad_(False)
-    if gradient_checkpointing:
-        student.enable_gradient_checkpointing()
-    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-6)
-    alphas = DDPMScheduler.from_config(full_size.scheduler_config(shape)).alphas_cumprod
-    loss_fn = LCDLoss(alphas, w_min=2.0, w_max=8.0, prediction_type=shape.prediction_type)
-
-    def call(unet: Any) -> Any:
-        takes_w = unet.config.time_cond_proj_dim is not None
-        return lambda z, t, c, w: unet(z.to(unet.dtype), t.to(device), encoder_hidden_states=c.to(unet.dtype),
-                                       timestep_cond=w if takes_w else None).sample
-
-    latent = shape.resolution // 8
-    g = torch.Generator().manual_seed(0)
-    times = []
-    full_size.reset_peak_memory(device)
-    for _ in range(warmup + steps):
-        z0 = torch.randn(batch_size, 4, latent, latent, generator=g).to(device)
-        ctx = full_size.text_states(shape, batch_size, device, torch.float32, seed=len(times))
-        full_size.synchronize(device)
-        t0 = time.perf_counter()
-        with torch.autocast(device_type=device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32):
-            loss, _ = loss_fn(call(student), call(teacher), call(target), z0, ctx, torch.zeros_like(ctx),
-                              torch.randn_like(z0), loss_fn.draw(batch_size, g))
-        loss.mean().backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            for p_t, p in zip(target.parameters(), student.parameters()):
-                p_t.lerp_(p, 0.05)
-        full_size.synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return {"lcd": {"supported": True, "batch_size": batch_size, "gradient_checkpointing": gradient_checkpointing,
-                    "unet_params_m": round(sum(p.numel() for p in student.parameters()) / 1e6, 1),
-                    **step_stats(times, warmup), "peak_memory_mb": round(full_size.peak_memory_mb(device))}}
+        reward = lambda: full_size_suite.clip_reward_and_vae(what, device, full_size.DTYPES[dtype])  # noqa: E731
+    else:
+        reward = family_reward(what, device)
+    side = our_step(setup, method, accelerator, reward, gradient_checkpointing=gradient_checkpointing)
+    exclude = sum(p.numel() * p.element_size() for p in setup.teacher.parameters())
+    return {"supported": True, "batch_size": batch_size, "gradient_checkpointing": gradient_checkpointing,
+            **time_steps(step_function(side, setup, batch_size, device), warmup, steps, device, exclude)}
 
 
 def run_methods_in_subprocesses(args: argparse.Namespace) -> dict[str, Any]:
@@ -150,6 +154,8 @@ def run_methods_in_subprocesses(args: argparse.Namespace) -> dict[str, Any]:
                    "--batch-size", str(args.batch_size), "--warmup", str(args.warmup), "--steps", str(args.steps),
                    "--device", args.device, "--dtype", args.dtype]
             cmd += ["--threads", str(args.threads)] if args.threads else []
+            cmd += ["--full-size", args.full_size] if args.full_size else []
+            cmd += ["--gradient-checkpointing"] if args.gradient_checkpointing else []
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 tail = proc.stderr.strip().splitlines()[-1:] or ["(no output)"]
@@ -164,12 +170,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", default="emoji-64")
     parser.add_argument("--full-size", choices=sorted(full_size.SHAPES), default=None)
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--methods", nargs="+", default=None, choices=list(METHODS),
+                        help="default: all (full size: lcd, the LCD step of the previous version of this benchmark)")
     parser.add_argument("--batch-size", type=int, default=None, help="default 32 (family), 4 (full size)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed first steps")
     parser.add_argument("--steps", type=int, default=10, help="timed steps")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", choices=sorted(full_size.DTYPES), default="fp32")
+    parser.add_argument("--dtype", choices=sorted(tvr.MIXED_PRECISION), default="fp32")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default=None, help="JSON path (default bench/results/train-throughput-*.json)")
@@ -180,16 +187,16 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     args.batch_size = args.batch_size or (4 if args.full_size else 32)
     if args.worker:
-        result = distill_worker(args.worker, args.family, args.batch_size, args.warmup, args.steps, args.device,
-                                args.dtype)
+        result = method_worker(args.worker, args.full_size or args.family, args.batch_size, args.warmup, args.steps,
+                               args.device, args.dtype, args.gradient_checkpointing)
         Path(args.worker_out).write_text(json.dumps(result))
         return
-    if args.full_size:
-        methods = full_size_lcd(args.full_size, args.batch_size, args.warmup, args.steps, args.device,
-                                full_size.DTYPES[args.dtype], args.gradient_checkpointing)
-    else:
-        methods = run_methods_in_subprocesses(args)
+    args.methods = args.methods or (["lcd"] if args.full_size else list(METHODS))
+    if args.full_size and "ict" in args.methods:
+        parser.error("ict trains from a family's data: not with --full-size")
+    methods = run_methods_in_subprocesses(args)
     write_report("train-throughput", args, warmup=args.warmup, steps=args.steps, methods=methods)
+
 
 if __name__ == "__main__":
     main()

@@ -222,6 +222,8 @@ def test_emoji_prompt_sets_and_their_paired_renders(monkeypatch):
 @pytest.mark.parametrize("script, extra", [
     ("sampling_latency.py", ["--repeats", "1", "--student-steps", "1", "--teacher-steps", "2"]),
     ("train_throughput.py", ["--warmup", "1", "--steps", "1", "--batch-size", "2"]),
+    ("train_vs_reference.py", ["--warmup", "1", "--steps", "1", "--batch-size", "2", "--variants", "lcd",
+                               "--memory-steps", "1"]),
 ])
 def test_full_size_benchmarks_run_on_tiny_shapes(script, extra, tmp_path):
     """The GPU benchmarks' code path (random SD2.1-layout models) on tiny shapes on the CPU."""
@@ -234,5 +236,9 @@ def test_full_size_benchmarks_run_on_tiny_shapes(script, extra, tmp_path):
     if script == "sampling_latency.py":
         assert result["timings"]["teacher"]["2"]["nfe"] == 4 and result["timings"]["lcm"]["1"]["nfe"] == 1
         assert result["speedup"]["teacher 2 / lcm 1"] > 0
-    else:
+    elif script == "train_throughput.py":
         assert result["methods"]["lcd"]["steps_per_s"] > 0 and result["methods"]["lcd"]["peak_memory_mb"] > 0
+    else:
+        lcd = result["variants"]["lcd"]
+        assert lcd["ratio_ours_over_reference"] > 0 and lcd["memory_ours_over_reference"] > 0
+        assert len(lcd["ours"]["loss"]) == len(lcd["reference"]["loss"]) == 2

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -28,7 +30,7 @@ from rglcd.data.emoji import cache_dir, eval_prompt_sets
 from rglcd.data.trajectories import TrajectorySpec, teacher_trajectories, weights_digest
 from rglcd.evaluate import evaluate_prompt_following
 from rglcd.models import STUDENT_SCHEDULERS, load_family, register_member, save_unet
-from rglcd.objectives import LCDLoss, MLCMLoss, ProxyPreference, RewardGuidance, sampler_state
+from rglcd.objectives import LCDLoss, MLCMLoss, Net, ProxyPreference, RewardGuidance, sampler_state
 from rglcd.rewards.proxy import LatentProxyReward
 from rglcd.schedule import guidance_scale_embedding
 from rglcd.training.checkpoints import StepCounter, step_generator
@@ -59,6 +61,7 @@ class DistillConfig:
     huber_c: float = 0.001
     cfg_dropout: float = 0.0
     checkpoint_every: int = 250
+    log_every: int = 10  # steps between logged scalars (each read back from the device once)
     eval_every: int = 500  # 0: no validation (grids + prompt following on the emoji evaluation prompts)
     eval_steps: int = 4
     eval_guidance: float = 5.0
@@ -76,6 +79,11 @@ class DistillConfig:
     report_to: str = "tensorboard"  # tensorboard | wandb | all | none
     export_dtype: str = "fp32"  # fp32 | fp16: the exported weights file (fp16 halves it; loading upcasts)
     gradient_checkpointing: bool = False
+    channels_last: bool = False  # UNet weights and activations in NHWC (faster convolutions on some devices)
+    compile: bool = False  # torch.compile the UNets (the first steps then include compilation)
+    teacher_autocast: str | None = None  # bf16 | fp16: the teacher's no-grad forwards under autocast to this dtype
+    # even when training in fp32, as diffusers' LCD scripts run it (emoji-64 LCD, 30 steps: per-step loss within 0.4%
+    # of fp32; the EMA target stays fp32: in bf16 it raised the loss by 6-13%)
     reward: str | None = None  # registry name or mix ("hpsv2.1=1,imagereward=0.1"), or "family"; rg-lcd: None is
     # the family's reward; mlcm: a reward adds the preference term
     reward_scale: float = 1.0  # beta: loss = LCD - beta * R(decode(student one-step prediction))
@@ -135,6 +143,181 @@ def student_from_teacher(teacher: UNet2DConditionModel, w_embedding_dim: int, co
     return student
 
 
+def student_and_target(teacher: UNet2DConditionModel, lora_rank: int = 0, lora_alpha: float | None = None,
+                       w_embedding_dim: int = 256, gradient_checkpointing: bool = False, cond_proj_init: str = "zero"
+                       ) -> tuple[UNet2DConditionModel, UNet2DConditionModel | None]:
+    """The trainable student and its EMA target (None for LoRA: the target is the online student itself).
+
+    Full model: `student_from_teacher`, target a frozen copy in eval mode. LoRA (`lora_rank` > 0): a copy of the
+    teacher with peft adapters of rank `lora_rank` on `LORA_TARGETS` (B zero-initialised), only they train.
+    """
+    if lora_rank > 0:
+        from peft import LoraConfig
+
+        student = copy.deepcopy(teacher).requires_grad_(False).train()
+        student.add_adapter(LoraConfig(r=lora_rank, lora_alpha=lora_alpha or lora_rank, init_lora_weights="gaussian",
+                                       target_modules=LORA_TARGETS))
+        target = None
+    else:
+        student = student_from_teacher(teacher, w_embedding_dim, cond_proj_init).train()
+        target = copy.deepcopy(student).requires_grad_(False).eval()
+    if gradient_checkpointing:
+        student.enable_gradient_checkpointing()
+    return student, target
+
+
+def unet_call(unet: torch.nn.Module, unet_inputs: Callable[[Any, torch.Tensor], dict[str, Any]],
+              device: torch.device | str, base: Any = None) -> Net:
+    """`unet` (possibly accelerate-wrapped; `base` its unwrapped model) as a `Net` for the losses: the guidance
+    embedding goes in only when the UNet takes one (`time_cond_proj_dim`); `unet_inputs(base, context)` gives the
+    conditioning keywords (a family's `unet_inputs`)."""
+    base = unet if base is None else base
+    takes_w = base.config.time_cond_proj_dim is not None
+    return lambda z, t, c, w: unet(z, t.to(device), timestep_cond=w if takes_w else None,
+                                   **unet_inputs(base, c)).sample
+
+
+def adapters_off_call(online: torch.nn.Module, unet_inputs: Callable[[Any, torch.Tensor], dict[str, Any]],
+                      device: torch.device | str) -> Net:
+    """The LoRA student's base model (its adapters disabled for the call) as a `Net`: the teacher of LCD-LoRA."""
+    def teacher(z: torch.Tensor, t: torch.Tensor, c: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+        online.disable_adapters()
+        try:
+            return online(z, t.to(device), **unet_inputs(online, c)).sample
+        finally:
+            online.enable_adapters()
+
+    return teacher
+
+
+@torch.no_grad()
+def ema_update(target: torch.nn.Module, online: torch.nn.Module, decay: float) -> None:
+    """target <- decay * target + (1 - decay) * online, over all parameters in place (one foreach kernel)."""
+    torch._foreach_lerp_(list(target.parameters()), [p.detach() for p in online.parameters()], 1 - decay)
+
+
+def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float = 0.0) -> torch.optim.AdamW:
+    """AdamW (weight decay 0 by default; the reference LCD script's is 1e-2); its fused kernel when the parameters
+    are on CUDA. (Not on a CPU: there the fused
+    kernel made a killed-and-resumed run's loss differ from the uninterrupted run's.)"""
+    fused = bool(params) and all(p.device.type == "cuda" for p in params)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
+
+
+def half_precision_teacher(teacher: UNet2DConditionModel, mixed_precision: str | None) -> UNet2DConditionModel:
+    """The frozen teacher cast in place to the mixed-precision dtype (bf16 / fp16), as the reference script's
+    `--cast_teacher_unet`: autocast would otherwise cast its fp32 weights again at every forward."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision or "no")
+    # nn.Module.to: diffusers' ModelMixin.to warns about fp32-kept modules, of which the UNet has none
+    return teacher if dtype is None else torch.nn.Module.to(teacher, dtype)
+
+
+def autocast_call(net: Net, device: torch.device | str, dtype: str | None) -> Net:
+    """`net` run under `torch.autocast` to `dtype` ("bf16" | "fp16"; None: `net` itself), output in float32."""
+    if dtype is None:
+        return net
+    if dtype not in ("bf16", "fp16"):
+        raise ValueError(f"--teacher-autocast must be bf16 or fp16, got {dtype!r}")
+    kind, half = torch.device(device).type, torch.bfloat16 if dtype == "bf16" else torch.float16
+
+    def run(z: torch.Tensor, t: torch.Tensor, c: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+        with torch.autocast(kind, dtype=half):
+            return net(z, t, c, w).float()
+
+    return run
+
+
+def speed_options(unets: list[torch.nn.Module | None], channels_last: bool, compile: bool) -> None:
+    """Optional speed settings on the UNets in place: NHWC memory format, `torch.compile` of their forwards."""
+    for unet in unets:
+        if unet is None:
+            continue
+        if channels_last:
+            unet.to(memory_format=torch.channels_last)
+        if compile:
+            unet.compile()
+
+
+@dataclass
+class MicroBatch:
+    """One micro-batch on the device: data latents (B,C,h,w) and noise (B,C,h,w), or `states` (z_{t_{n+k}},
+    z_{t_n}) from teacher trajectories (then latents and noise are None); text states (B,L,D) and unconditional
+    states (B,L,D); the loss's `draw`; the prompts; and the generator the micro-batch was drawn from (the reward
+    sampler goes on drawing from it)."""
+
+    latents: torch.Tensor | None
+    noise: torch.Tensor | None
+    context: torch.Tensor
+    uncond: torch.Tensor
+    draw: dict[str, torch.Tensor]
+    states: tuple[torch.Tensor, torch.Tensor] | None = None
+    texts: list[str] = field(default_factory=list)
+    generator: torch.Generator | None = None
+
+
+@dataclass
+class DistillStep:
+    """What one optimiser step of LCD / RG-LCD / MLCM touches: the loss, the networks as `Net`s, the prepared
+    student module, its optimiser and LR schedule, the EMA target (None: no EMA, as LoRA), and the optional reward
+    term: `reward(x0 (B,C,h,w), micro) -> (B,)` on `x0` = the student's one-step prediction, or `reward_x0(micro)`
+    when given (on-policy sampler states); `proxy_step(aux, micro) -> {name: 0-d tensor}` after each micro-batch."""
+
+    accelerator: Accelerator
+    loss_fn: LCDLoss
+    student_module: torch.nn.Module
+    student: Net
+    teacher: Net
+    target: Net
+    optimizer: Any
+    lr_scheduler: Any
+    trainable: list[torch.nn.Parameter]
+    ema_target: torch.nn.Module | None = None
+    ema_decay: float = 0.95
+    max_grad_norm: float = 1.0
+    reward: Callable[[torch.Tensor, MicroBatch], torch.Tensor] | None = None
+    reward_scale: float = 1.0
+    reward_x0: Callable[[MicroBatch], torch.Tensor] | None = None
+    proxy_step: Callable[[dict[str, torch.Tensor], MicroBatch], dict[str, torch.Tensor]] | None = None
+
+
+def distill_step(parts: DistillStep, micro_batches: list[MicroBatch]) -> dict[str, torch.Tensor]:
+    """One optimiser step over `micro_batches` (accumulated under `accelerator.accumulate`), then the EMA update.
+
+    Returns 0-d tensors (no host sync): 'loss' (mean over micro-batches and processes), 'reward' when a reward is
+    used, and the proxy's scalars averaged over micro-batches.
+    """
+    accelerator, n = parts.accelerator, len(micro_batches)
+    total = reward_sum = None
+    proxy_stats: dict[str, torch.Tensor] = {}
+    for micro in micro_batches:
+        with accelerator.accumulate(parts.student_module), accelerator.autocast():
+            loss, aux = parts.loss_fn(parts.student, parts.teacher, parts.target, micro.latents, micro.context,
+                                      micro.uncond, micro.noise, micro.draw, micro.states)
+            loss = loss.mean()
+            if parts.reward is not None:
+                x0 = aux["student_x0"] if parts.reward_x0 is None else parts.reward_x0(micro)
+                rewards = parts.reward(x0, micro)
+                loss = loss - parts.reward_scale * rewards.mean()  # RewardGuidance.total: the RG-LCD loss
+                part = rewards.mean().detach() / n
+                reward_sum = part if reward_sum is None else reward_sum + part
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and parts.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(parts.trainable, parts.max_grad_norm)
+            parts.optimizer.step()
+            parts.lr_scheduler.step()
+            parts.optimizer.zero_grad(set_to_none=True)
+        total = loss.detach() / n if total is None else total + loss.detach() / n
+        if parts.proxy_step is not None:
+            for k, v in parts.proxy_step(aux, micro).items():
+                proxy_stats[k] = proxy_stats.get(k, 0.0) + v / n
+    if parts.ema_target is not None:
+        ema_update(parts.ema_target, accelerator.unwrap_model(parts.student_module), parts.ema_decay)
+    out = {"loss": accelerator.reduce(total.float(), "mean")}
+    if reward_sum is not None:
+        out["reward"] = reward_sum
+    return out | proxy_stats
+
+
 def save_lora(unet: UNet2DConditionModel, folder: Path) -> None:
     """The UNet's peft adapters as diffusers LoRA safetensors (`pytorch_lora_weights.safetensors`)."""
     from diffusers import StableDiffusionPipeline
@@ -191,20 +374,11 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
         reward_scheduler = STUDENT_SCHEDULERS["mlcm" if cfg.method == "mlcm" else "lcm"]().from_config(
             {**family.scheduler_config, **(mlcm_options if cfg.method == "mlcm" else {})})
     lora = cfg.lora_rank > 0
-    if lora:
-        from peft import LoraConfig
-
-        student = copy.deepcopy(teacher).requires_grad_(False).train()
-        student.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or cfg.lora_rank,
-                                       init_lora_weights="gaussian", target_modules=LORA_TARGETS))
-        target = None
-    else:
-        student = student_from_teacher(teacher, cfg.w_embedding_dim, cfg.cond_proj_init).train()
-        target = copy.deepcopy(student).requires_grad_(False).eval()
-    if cfg.gradient_checkpointing:
-        student.enable_gradient_checkpointing()
+    student, target = student_and_target(teacher, cfg.lora_rank, cfg.lora_alpha, cfg.w_embedding_dim,
+                                         cfg.gradient_checkpointing, cfg.cond_proj_init)
+    student.to(accelerator.device)  # before the optimiser, which picks its kernel by the parameters' device
     trainable = [p for p in student.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(trainable, cfg.learning_rate, cfg.weight_decay)
     lr_scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=cfg.warmup_steps)
     student, optimizer, lr_scheduler = accelerator.prepare(student, optimizer, lr_scheduler)
     proxy = proxy_optimizer = None
@@ -226,20 +400,10 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
     teacher.to(device)
     online = accelerator.unwrap_model(student)
 
-    def call(unet):
-        takes_w = accelerator.unwrap_model(unet).config.time_cond_proj_dim is not None
-        base = accelerator.unwrap_model(unet)
-        return lambda z, t, c, w: unet(z, t.to(device), timestep_cond=w if takes_w else None,
-                                       **family.unet_inputs(base, c)).sample
+    def call(unet: torch.nn.Module) -> Net:
+        return unet_call(unet, family.unet_inputs, device, accelerator.unwrap_model(unet))
 
-    def adapters_off(z: torch.Tensor, t: torch.Tensor, c: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
-        online.disable_adapters()
-        try:
-            return online(z, t.to(device), **family.unet_inputs(online, c)).sample
-        finally:
-            online.enable_adapters()
-
-    teacher_net = adapters_off if lora else call(teacher)
+    teacher_net = adapters_off_call(online, family.unet_inputs, device) if lora else call(teacher)
     target_net = call(student) if lora else call(target)
     trajectories = None
     if cfg.trajectory_data > 0:
@@ -253,15 +417,19 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
                                             caption_table, batches.empty, batches.latent_shape,
                                             loss_fn.grid, loss_fn.teacher_step, cfg.trajectory_batch, accelerator)
 
+    if not lora:  # after the trajectories (their cache key is the fp32 teacher's digest); in place: the family's
+        half_precision_teacher(teacher, accelerator.mixed_precision)  # cached teacher, which nothing else here uses
+    teacher_net = autocast_call(teacher_net, device, cfg.teacher_autocast)
+    speed_options([student, target, None if lora else teacher], cfg.channels_last, cfg.compile)
     reward = None
     kind = "mlcm" if cfg.method == "mlcm" else "lcm"
     proxy_objective = ProxyPreference(guidance, cfg.proxy_variant, cfg.proxy_loss, cfg.proxy_temperature,
                                       cfg.proxy_batch) if proxy is not None else None
 
-    def train_proxy(aux: dict[str, torch.Tensor], z0: torch.Tensor | None, ctx: torch.Tensor, texts: list[str],
-                    g: torch.Generator) -> dict[str, float]:
+    def train_proxy(aux: dict[str, torch.Tensor], micro: MicroBatch) -> dict[str, torch.Tensor]:
         """One proxy-RM step on the candidates {student prediction, target prediction, data latent} of each prompt
         (`ProxyPreference`: the expert scores their decodes, the proxy learns its preferences)."""
+        z0, ctx, texts, g = micro.latents, micro.context, micro.texts, micro.generator
         cands = [aux["student_x0"].detach(), aux["target"].to(aux["student_x0"].dtype)] + (
             [z0] if z0 is not None else [])
         proxy_loss, scores, expert = proxy_objective(proxy, cands, ctx, texts, g)
@@ -270,8 +438,7 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
         proxy_optimizer.step()
         proxy_optimizer.zero_grad(set_to_none=True)
         agree = (scores.argmax(-1) == expert.argmax(-1)).float().mean()
-        return {"proxy_loss": proxy_loss.item(), "proxy_agreement": agree.item(),
-                "expert_reward": expert[:, 0].mean().item()}
+        return {"proxy_loss": proxy_loss.detach(), "proxy_agreement": agree, "expert_reward": expert[:, 0].mean()}
 
     def sampler_x0(ctx: torch.Tensor, w: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """The student's clean estimate (B,C,h,w), with grad, at a state its own sampler visits (`sampler_state`)."""
@@ -281,56 +448,42 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
         z, t = sampler_state(call(student), reward_scheduler, noise, ctx, w_emb, cfg.reward_sampler_steps, stop, g)
         return consistency_output(call(student)(z, t, ctx, w_emb), z, t, alphas_cumprod.to(device), prediction_type)
 
-    def train_step(step: int) -> dict[str, float]:
+    def reward_of(x0: torch.Tensor, micro: MicroBatch) -> torch.Tensor:
+        """(B,) rewards on the training scale: the expert's, or the proxy's (`ProxyPreference.student_reward`)."""
+        return guidance(x0, micro.texts) if proxy is None else proxy_objective.student_reward(proxy, x0, micro.context)
+
+    parts = DistillStep(accelerator, loss_fn, student, call(student), teacher_net, target_net, optimizer,
+                        lr_scheduler, trainable, target, cfg.ema_decay, cfg.max_grad_norm,
+                        reward=reward_of if guidance is not None else None, reward_scale=cfg.reward_scale,
+                        reward_x0=(lambda m: sampler_x0(m.context, m.draw["w"], m.generator))
+                        if reward_scheduler is not None else None,
+                        proxy_step=train_proxy if proxy is not None else None)
+
+    def micro_batch(g: torch.Generator) -> MicroBatch:
+        """Draw one micro-batch of `batch_size` from `g`: the loss's draw, then data and noise (or trajectories)."""
+        draw = loss_fn.draw(cfg.batch_size, g)
+        z0 = noise = states = None
+        if trajectories is None:
+            z0, ctx, texts = batches.batch(cfg.batch_size, g, cfg.cfg_dropout)
+            noise = torch.randn(z0.shape, generator=g)
+            z0, noise = z0.to(device), noise.to(device)
+        else:
+            z_start, z_end, prompt, draw["w"] = trajectories.batch(cfg.batch_size, draw["index"], g)
+            ctx, texts = caption_table[prompt].float(), [captions[i] for i in prompt.tolist()]
+            states = (z_start.to(device), z_end.to(device))
+        uncond = batches.empty.float().expand_as(ctx).to(device)
+        return MicroBatch(z0, noise, ctx.to(device), uncond, draw, states, texts, g)
+
+    def train_step(step: int) -> dict[str, torch.Tensor | float]:
         """One optimiser step over `gradient_accumulation_steps` micro-batches of `batch_size` per process."""
-        total = reward_sum = 0.0
-        proxy_stats: dict[str, float] = {}
         if isinstance(loss_fn, MLCMLoss):
             loss_fn.num_segments = segments_at(cfg, step)
-        for micro in range(cfg.gradient_accumulation_steps):
-            g = step_generator(cfg.seed, step * cfg.gradient_accumulation_steps + micro, rank)
-            draw = loss_fn.draw(cfg.batch_size, g)
-            z0 = noise = states = None
-            if trajectories is None:
-                z0, ctx, texts = batches.batch(cfg.batch_size, g, cfg.cfg_dropout)
-                noise = torch.randn(z0.shape, generator=g)
-                z0, noise = z0.to(device), noise.to(device)
-            else:
-                z_start, z_end, prompt, draw["w"] = trajectories.batch(cfg.batch_size, draw["index"], g)
-                ctx, texts = caption_table[prompt].float(), [captions[i] for i in prompt.tolist()]
-                states = (z_start.to(device), z_end.to(device))
-            uncond = batches.empty.float().expand_as(ctx).to(device)
-            ctx = ctx.to(device)
-            with accelerator.accumulate(student), accelerator.autocast():
-                loss, aux = loss_fn(call(student), teacher_net, target_net, z0, ctx, uncond, noise, draw, states)
-                if guidance is not None:
-                    x0 = aux["student_x0"] if reward_scheduler is None else sampler_x0(ctx, draw["w"], g)
-                    rewards = guidance(x0, texts) if proxy is None else proxy_objective.student_reward(proxy, x0, ctx)
-                    loss = guidance.total(loss, rewards)
-                    reward_sum += rewards.mean().item() / cfg.gradient_accumulation_steps
-                else:
-                    loss = loss.mean()
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            total += loss.item() / cfg.gradient_accumulation_steps
-            if proxy is not None:
-                for k, v in train_proxy(aux, z0, ctx, texts, g).items():
-                    proxy_stats[k] = proxy_stats.get(k, 0.0) + v / cfg.gradient_accumulation_steps
-        if target is not None:
-            with torch.no_grad():
-                for p_t, p in zip(target.parameters(), online.parameters()):
-                    p_t.lerp_(p.detach(), 1 - cfg.ema_decay)
-        out = {"loss": accelerator.reduce(torch.tensor(total, device=device), "mean").item(),
-               "lr": lr_scheduler.get_last_lr()[0]}
-        if guidance is not None:
-            out["reward"] = reward_sum
+        micro = [micro_batch(step_generator(cfg.seed, step * cfg.gradient_accumulation_steps + i, rank))
+                 for i in range(cfg.gradient_accumulation_steps)]
+        out: dict[str, torch.Tensor | float] = {**distill_step(parts, micro), "lr": lr_scheduler.get_last_lr()[0]}
         if isinstance(loss_fn, MLCMLoss):
             out["segments"] = loss_fn.num_segments
-        return out | proxy_stats
+        return out
 
     def evaluate(step: int) -> dict[str, float]:
         nonlocal reward
@@ -344,7 +497,7 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
 
     metrics = run_training(accelerator, counter, cfg.output_dir, cfg.max_steps, train_step,
                            evaluate if cfg.eval_every > 0 else None, cfg.resume, cfg.checkpoint_every,
-                           max(cfg.eval_every, 1), stop_at=cfg.stop_at)
+                           max(cfg.eval_every, 1), log_every=cfg.log_every, stop_at=cfg.stop_at)
     if accelerator.is_main_process and export is not None and counter.step >= cfg.max_steps:
         if lora:
             save_lora(online, export)

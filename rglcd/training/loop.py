@@ -1,8 +1,9 @@
 """The one training loop every trainer runs: progress bar, scalars, periodic evaluation and atomic checkpoints.
 
-A trainer supplies `train_step(step) -> {name: float}` (one optimiser step, its randomness drawn from
-`step_generator(seed, step)`) and optionally `evaluate(step) -> {name: float}`; the loop does the rest and can be
-stopped (Ctrl-C) and resumed (`resume="latest"`) without losing more than `checkpoint_every` steps.
+A trainer supplies `train_step(step) -> {name: float or 0-d tensor}` (one optimiser step, its randomness drawn from
+`step_generator(seed, step)`; tensors are read back only at log steps, so a step needs no host-device sync) and
+optionally `evaluate(step) -> {name: float}`; the loop does the rest and can be stopped (Ctrl-C) and resumed
+(`resume="latest"`) without losing more than `checkpoint_every` steps.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
@@ -22,7 +24,7 @@ def run_training(
     counter: StepCounter,
     output_dir: str | Path,
     max_steps: int,
-    train_step: Callable[[int], dict[str, float]],
+    train_step: Callable[[int], dict[str, float | torch.Tensor]],
     evaluate: Callable[[int], dict[str, float]] | None = None,
     resume: str | None = "latest",
     checkpoint_every: int = 500,
@@ -37,7 +39,7 @@ def run_training(
     several sessions. `counter` must already be registered with `accelerator.register_for_checkpointing`.
     """
     resume_checkpoint(accelerator, output_dir, resume)
-    last: dict[str, float] = {}
+    last: dict[str, float | torch.Tensor] = {}
     start = counter.step
     bar = tqdm(total=max_steps, initial=start, disable=not accelerator.is_local_main_process, desc="train")
     t0 = time.time()
@@ -47,6 +49,7 @@ def run_training(
             counter.step = step + 1
             bar.update(1)
             if (step + 1) % log_every == 0 or step + 1 == max_steps:
+                scalars = as_floats(scalars)
                 scalars["steps_per_s"] = (step + 1 - start) / max(time.time() - t0, 1e-9)
                 accelerator.log(scalars, step=step + 1)
                 bar.set_postfix({k: f"{v:.4g}" for k, v in scalars.items() if k != "steps_per_s"})
@@ -64,5 +67,11 @@ def run_training(
         raise
     finally:
         bar.close()
+    last = as_floats(last)
     last["wall_s"] = time.time() - t0
     return last
+
+
+def as_floats(scalars: dict[str, float | torch.Tensor]) -> dict[str, float]:
+    """Scalars as Python numbers (0-d tensors read back to the host)."""
+    return {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in scalars.items()}
