@@ -838,6 +838,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", default=d.prompts,
                    help="heldout | heldout-val | heldout-test | heldout-val-free | heldout-test-free | train | eval-heldout | eval-train | hpsv2[:style] | parti[:category] | coco | "
                         "file:PATH")
+    p.add_argument("--verbose", action="store_true", help="show the libraries' loading bars and warnings")
     p.add_argument("--prompt-source", default=None, help="local file/folder or hub:<dataset id> for benchmarks")
     p.add_argument("--max-prompts", type=int, default=None, help="evenly spaced subset of the prompt set")
     p.add_argument("--seeds", type=int_list, default=d.seeds, help="comma-separated seeds (default 0,1)")
@@ -861,17 +862,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    import diffusers
-    import transformers
-
     from rglcd.data.prompts import PromptSetError
+    from rglcd.logs import quiet_libraries
     from rglcd.sampling import InputError
 
-    diffusers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.set_verbosity_error()
+    quiet_libraries(args.verbose)
     if args.threads:
         torch.set_num_threads(args.threads)
-    fields = {k: v for k, v in vars(args).items() if k != "threads"}
+    fields = {k: v for k, v in vars(args).items() if k not in ("threads", "verbose")}
     command = "python -m rglcd.evaluate " + " ".join(sys.argv[1:] if argv is None else argv)
     try:
         if min(args.batch_size, args.bootstrap, args.latency_batch, args.latency_repeats) < 1 or not args.seeds:
