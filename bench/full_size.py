@@ -78,7 +78,7 @@ def build_pipelines(shape: Shape, device: str, dtype: torch.dtype) -> dict[str, 
     take `prompt_embeds` (no tokenizer or text encoder)."""
     from diffusers import DDIMScheduler, LatentConsistencyModelPipeline, LCMScheduler, StableDiffusionPipeline
 
-    from rglcd.training.distill import student_from_teacher
+    from rglcd.training.step import student_from_teacher
 
     with torch.device(device):
         teacher = build_unet(shape)

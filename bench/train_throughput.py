@@ -32,10 +32,14 @@ import full_size
 import train_vs_reference as tvr
 from report import write_report
 
-from rglcd.objectives import MLCMLoss, RewardGuidance
+from rglcd.methods import METHODS as REGISTRY
+from rglcd.methods import get_method
+from rglcd.objectives import RewardGuidance, RGLCDLoss
+from rglcd.training.distill_config import DistillConfig
 
-METHODS = ("lcd", "lcd-lora", "rg-lcd", "mlcm", "ict")
-DISTILL_METHODS = METHODS[:4]
+LORA = "lcd-lora"  # the LCD method with --lora-rank (LoRA is a flag, not a method)
+METHODS = ("lcd", LORA, *(m for m in REGISTRY if m != "lcd"))
+DISTILL_METHODS = tuple(m for m in METHODS if m == LORA or get_method(m).trainer == "distill")
 PROMPT = "red apple"
 
 
@@ -64,19 +68,19 @@ def time_steps(step: Callable[[int], Any], warmup: int, steps: int, device: str,
 
 def our_step(setup: tvr.Setup, method: str, accelerator: Any, reward: Callable[[], tuple[Any, Any]] | None = None,
              **options: Any) -> tvr.OurStep:
-    """Our step for `method` (lcd, lcd-lora, rg-lcd, mlcm) on `setup`'s teacher; rg-lcd scores with
-    `reward() -> (reward model, VAE)` at beta 0.001."""
-    loss_fn = setup.loss()
-    guidance = None
-    if method == "mlcm":
-        loss_fn = MLCMLoss(loss_fn.alphas_cumprod, w_min=2.0, w_max=8.0, w_embedding_dim=tvr.W_EMBEDDING_DIM,
-                           prediction_type=setup.prediction_type, num_segments=4)
-    if method == "rg-lcd":
-        guidance = RewardGuidance(*reward(), 1.0)
+    """Our step for a distillation method (or lcd-lora) on `setup`'s teacher, its objective built by the registry
+    (MLCM: 4 segments); a method with a reward scores with `reward() -> (reward model, VAE)` at beta 0.001."""
+    lora = method == LORA
+    registered = get_method("lcd" if lora else method)
+    cfg = DistillConfig.of(method=registered.name, segments=4)
+    base = setup.loss()
+    common = {f: getattr(base, f) for f in ("alphas_cumprod", "num_ddim_timesteps", "w_min", "w_max",
+                                            "w_embedding_dim", "loss_type", "huber_c", "prediction_type")}
+    objective = registered.build_loss(common, cfg)
+    if registered.uses_reward(False):
+        objective = RGLCDLoss(objective, RewardGuidance(*reward()), 1e-3)
     with torch.device(accelerator.device):
-        return tvr.OurStep(setup, tvr.LORA_RANK if method == "lcd-lora" else 0, accelerator, loss_fn=loss_fn,
-                           reward=(lambda x0, micro: guidance(x0, micro.texts)) if guidance else None,
-                           reward_scale=1e-3, **options)
+        return tvr.OurStep(setup, tvr.LORA_RANK if lora else 0, accelerator, objective=objective, **options)
 
 
 def step_function(side: tvr.OurStep, setup: tvr.Setup, batch: int, device: str) -> Callable[[int], None]:

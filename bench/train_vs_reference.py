@@ -45,10 +45,9 @@ import torch
 import full_size
 from report import write_report
 
-from rglcd.objectives import LCDLoss
-from rglcd.training.distill import (DistillStep, MicroBatch, adapters_off_call, autocast_call, distill_step,
-                                    half_precision_teacher, make_optimizer, speed_options, student_and_target,
-                                    unet_call)
+from rglcd.objectives import DistillBatch, LCDLoss
+from rglcd.training.step import (LORA_TARGETS, ConsistencyUNet, DistillStep, distill_step, half_precision_teacher,
+                                 make_optimizer, speed_options, student_and_target)
 
 MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 LORA_RANK = 16
@@ -93,7 +92,7 @@ def build_setup(what: str, device: str) -> Setup:
                  dict(family.scheduler_config), family.scheduler_config.get("prediction_type", "epsilon"))
 
 
-def step_inputs(setup: Setup, loss_fn: LCDLoss, batch: int, step: int, device: str) -> MicroBatch:
+def step_inputs(setup: Setup, loss_fn: LCDLoss, batch: int, step: int, device: str) -> DistillBatch:
     """The inputs of step `step`, the same for both sides: data latents, noise, text states (unconditional: zeros)
     and the loss's draw (grid index, timesteps, w)."""
     g = torch.Generator().manual_seed(1000 + step)
@@ -101,7 +100,7 @@ def step_inputs(setup: Setup, loss_fn: LCDLoss, batch: int, step: int, device: s
     z0 = torch.randn(batch, *setup.latent_shape, generator=g)
     noise = torch.randn(z0.shape, generator=g)
     ctx = torch.randn(batch, *setup.context_shape, generator=g)
-    return MicroBatch(z0.to(device), noise.to(device), ctx.to(device), torch.zeros_like(ctx).to(device), draw)
+    return DistillBatch(z0.to(device), noise.to(device), ctx.to(device), torch.zeros_like(ctx).to(device), draw)
 
 
 # ---- the reference: diffusers' LCD scripts restated ----
@@ -177,7 +176,6 @@ class ReferenceStep:
             # LoRA script 7.-8.: the student is the teacher's UNet with peft adapters (get_peft_model)
             from peft import LoraConfig, get_peft_model
 
-            from rglcd.training.distill import LORA_TARGETS
 
             unet = copy.deepcopy(setup.teacher).requires_grad_(False)
             unet.train()
@@ -204,7 +202,7 @@ class ReferenceStep:
     def modules(self) -> list[Any]:
         return [m for m in (self.unet, self.teacher_unet, self.target_unet) if m is not None]
 
-    def __call__(self, micro: MicroBatch) -> torch.Tensor:
+    def __call__(self, micro: DistillBatch) -> torch.Tensor:
         accelerator, unet, device = self.accelerator, self.unet, self.accelerator.device
         pt, alpha_schedule, sigma_schedule = self.prediction_type, self.alpha_schedule, self.sigma_schedule
         with accelerator.accumulate(unet):
@@ -292,9 +290,7 @@ class OurStep:
 
     def __init__(self, setup: Setup, lora_rank: int, accelerator: Any, lr: float = 1e-6,
                  gradient_checkpointing: bool = False, channels_last: bool = False, compile: bool = False,
-                 teacher_autocast: str | None = None, loss_fn: LCDLoss | None = None,
-                 reward: Callable[[torch.Tensor, MicroBatch], torch.Tensor] | None = None,
-                 reward_scale: float = 1.0) -> None:
+                 teacher_autocast: str | None = None, objective: Any = None) -> None:
         from diffusers.optimization import get_scheduler
 
         device = accelerator.device
@@ -313,16 +309,13 @@ class OurStep:
         speed_options([student, target, self.teacher], channels_last, compile)
         inputs = lambda unet, c: {"encoder_hidden_states": c}  # noqa: E731
 
-        def call(unet: Any) -> Any:
-            return unet_call(unet, inputs, device, accelerator.unwrap_model(unet))
-
-        teacher_net = adapters_off_call(online, inputs, device) if lora else call(self.teacher)
-        target_net = call(student) if lora else call(target)
+        student_net = ConsistencyUNet(student, inputs, base=online)
+        teacher_net = (ConsistencyUNet(online, inputs, adapters_off=True, autocast=teacher_autocast) if lora
+                       else ConsistencyUNet(self.teacher, inputs, autocast=teacher_autocast))
+        target_net = student_net if lora else ConsistencyUNet(target, inputs)
         self.student, self.target = student, target
-        self.parts = DistillStep(accelerator, loss_fn or setup.loss(), student, call(student),
-                                 autocast_call(teacher_net, device, teacher_autocast),
-                                 target_net, optimizer, lr_scheduler,
-                                 trainable, target, 0.95, 1.0, reward=reward, reward_scale=reward_scale)
+        self.parts = DistillStep(accelerator, objective or setup.loss(), student, student_net, teacher_net,
+                                 target_net, optimizer, lr_scheduler, trainable, target, 0.95, 1.0)
 
     def modules(self) -> list[Any]:
         return [m for m in (self.student, self.teacher, self.target) if m is not None]
@@ -331,7 +324,7 @@ class OurStep:
     def optimizer(self) -> Any:
         return self.parts.optimizer
 
-    def __call__(self, micro: MicroBatch) -> torch.Tensor:
+    def __call__(self, micro: DistillBatch) -> torch.Tensor:
         return distill_step(self.parts, [micro])["loss"]
 
 
@@ -357,7 +350,7 @@ def make_side(kind: str, setup: Setup, lora_rank: int, accelerator: Any, options
     with torch.device(accelerator.device):  # new weights (the student's guidance projection) start on the device
         if kind == "reference":
             return ReferenceStep(setup, lora_rank, accelerator)
-        return OurStep(setup, lora_rank, accelerator, loss_fn=loss_fn, **options)
+        return OurStep(setup, lora_rank, accelerator, objective=loss_fn, **options)
 
 
 def time_interleaved(setup: Setup, lora_rank: int, accelerator: Any, batch: int, warmup: int, steps: int,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -24,6 +24,23 @@ from rglcd.schedule import (KARRAS_RHO, SIGMA_MAX, SIGMA_MIN, ddim_skip_grid, dd
                             lower_edge, predicted_noise, predicted_x0, segment_edges)
 
 Net = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+
+@dataclass
+class DistillBatch:
+    """One (micro-)batch of a distillation step: data latents (B,C,h,w) and noise (B,C,h,w), or `states`
+    (z_{t_{n+k}}, z_{t_n}) from teacher trajectories (then latents and noise are None); text states (B,L,D) and
+    unconditional states (B,L,D); the loss's `draw`; the prompts; and the generator the batch was drawn from (an
+    objective that needs more randomness, as RG-LCD's sampler states, goes on drawing from it)."""
+
+    latents: torch.Tensor | None
+    noise: torch.Tensor | None
+    context: torch.Tensor
+    uncond: torch.Tensor
+    draw: dict[str, torch.Tensor]
+    states: tuple[torch.Tensor, torch.Tensor] | None = None
+    texts: list[str] = field(default_factory=list)
+    generator: torch.Generator | None = None
 
 
 @dataclass
@@ -101,6 +118,12 @@ class LCDLoss:
         loss = consistency_distance(f_student, f_target, self.loss_type, self.huber_c)
         return loss, {"student_x0": consistency_output(out, z_start, start, ac, pt), "target": f_target}
 
+    def batch_loss(self, student: Net, teacher: Net, target: Net, batch: DistillBatch
+                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """`self(...)` on a `DistillBatch`: the one call the training step makes of every distillation objective."""
+        return self(student, teacher, target, batch.latents, batch.context, batch.uncond, batch.noise, batch.draw,
+                    batch.states)
+
 
 @dataclass
 class MLCMLoss(LCDLoss):
@@ -129,15 +152,14 @@ class MLCMLoss(LCDLoss):
 
 @dataclass
 class RewardGuidance:
-    """The reward term of RG-LCD: R(decode(f_student(z_{t_{n+k}})), prompt), differentiable through the frozen VAE.
+    """The expert reward of RG-LCD's term: R(decode(x0), prompt), differentiable through the frozen VAE.
 
-    The RG-LCD loss is `LCDLoss - scale * RewardGuidance`; `reward` takes images in [0,1] (B,3,H,W) and prompts,
-    and is scored on its training scale (`rglcd.rewards.training_score`: the RG-LCD reference's reward values).
+    `reward` takes images in [0,1] (B,3,H,W) and prompts, and is scored on its training scale
+    (`rglcd.rewards.training_score`: the RG-LCD reference's reward values).
     """
 
     reward: torch.nn.Module
     vae: torch.nn.Module
-    scale: float = 1.0
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Images in [0,1] (B,3,H,W) of scaled latents (B,C,h,w)."""
@@ -147,10 +169,6 @@ class RewardGuidance:
     def __call__(self, student_x0: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         """Rewards (B,) of the decoded one-step predictions `student_x0` (B,C,h,w), scaled latents."""
         return training_score(self.reward, self.decode(student_x0), prompts)
-
-    def total(self, distill_loss: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
-        """The RG-LCD loss (): mean distillation loss (B,) - scale x mean reward (B,) (expert's or proxy's)."""
-        return distill_loss.mean() - self.scale * rewards.mean()
 
 
 @dataclass
@@ -226,6 +244,75 @@ def sampler_state(student: Net, scheduler: Any, noise: torch.Tensor, context: to
         out = student(z, t.expand(len(z)), context, w_embedding)
         z = scheduler.step(out, t, z, generator=generator, return_dict=False)[0]
     return z, scheduler.timesteps[stop].expand(len(z)).to(noise.device)
+
+
+@dataclass
+class OnPolicyStates:
+    """RG-LCD's on-policy reward states (`reward_states="sampler"`): the student's clean estimate, with grad, at a
+    state its own `steps`-step sampler visits (`sampler_state`, stopping after 0..steps-1 steps drawn uniformly),
+    from fresh noise of `latent_shape` (C,h,w). `scheduler` is the student's diffusers sampler."""
+
+    scheduler: Any
+    steps: int
+    latent_shape: tuple[int, ...]
+    alphas_cumprod: torch.Tensor
+    w_embedding_dim: int = 256
+    prediction_type: str = "epsilon"
+
+    def __call__(self, student: Net, context: torch.Tensor, w: torch.Tensor, generator: torch.Generator
+                 ) -> torch.Tensor:
+        """x0 (B,C,h,w) for text states `context` (B,L,D) at guidance `w` (B,), LCM convention."""
+        dev = context.device
+        stop = int(torch.randint(0, self.steps, (), generator=generator))
+        noise = torch.randn((len(context), *self.latent_shape), generator=generator).to(dev)
+        w_emb = guidance_scale_embedding(w.to(dev), self.w_embedding_dim).to(context.dtype)
+        z, t = sampler_state(student, self.scheduler, noise, context, w_emb, self.steps, stop, generator)
+        return consistency_output(student(z, t, context, w_emb), z, t, self.alphas_cumprod.to(dev),
+                                  self.prediction_type)
+
+
+@dataclass
+class RGLCDLoss:
+    """Reward-guided distillation (RG-LCD, Li et al. 2024, eq. 9): a distillation loss minus `beta` x a
+    differentiable reward of the student's clean estimate.
+
+    `distill` is the LCD loss (RG-LCM) or the MLCM loss (MLCM's preference term). The reward is the expert's
+    (`guidance`: decode with the VAE, score on the training scale) or, when `proxy` is given, the latent proxy RM's
+    (`preference.student_reward`, RG-LCD Algorithm 4). It scores the student's one-step prediction from the
+    distillation batch's noised data latents (the paper), or with `states` (`OnPolicyStates`) a state of the
+    student's own few-step sampler.
+    """
+
+    distill: LCDLoss
+    guidance: RewardGuidance
+    beta: float = 1.0
+    states: OnPolicyStates | None = None
+    proxy: torch.nn.Module | None = None
+    preference: ProxyPreference | None = None
+
+    def __post_init__(self) -> None:
+        if (self.proxy is None) != (self.preference is None):
+            raise ValueError("a proxy reward needs both the proxy model and its ProxyPreference")
+
+    def draw(self, batch: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """The distillation loss's randomness (the reward's own is drawn from the batch's generator after it)."""
+        return self.distill.draw(batch, generator)
+
+    def reward(self, x0: torch.Tensor, batch: DistillBatch) -> torch.Tensor:
+        """Rewards (B,) of clean latents `x0` (B,C,h,w) for the batch's prompts: the expert's or the proxy's."""
+        if self.proxy is None:
+            return self.guidance(x0, batch.texts)
+        return self.preference.student_reward(self.proxy, x0, batch.context)
+
+    def batch_loss(self, student: Net, teacher: Net, target: Net, batch: DistillBatch
+                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Per-sample loss (B,): distillation loss - beta x reward; aux as the distillation loss's plus 'reward'
+        (B,), the reward term before scaling."""
+        loss, aux = self.distill.batch_loss(student, teacher, target, batch)
+        x0 = aux["student_x0"] if self.states is None else self.states(student, batch.context, batch.draw["w"],
+                                                                      batch.generator)
+        rewards = self.reward(x0, batch)
+        return loss - self.beta * rewards, aux | {"reward": rewards}
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "train" / "configs"
 def test_recipe_then_flags_override():
     cfg = parse_config(DistillConfig, argv=["--config", str(CONFIGS / "emoji-64-lcd-lora.yaml"), "--max-steps", "7",
                                             "--export-dir", "none"])
-    assert cfg.lora_rank == 16 and cfg.member == "lcm-lora" and cfg.max_steps == 7 and cfg.export_dir is None
+    assert cfg.lora.lora_rank == 16 and cfg.member == "lcm-lora" and cfg.optim.max_steps == 7 and cfg.export_dir is None
 
 
 @pytest.mark.parametrize("recipe", sorted(CONFIGS.glob("emoji-64-*.yaml")))
@@ -36,5 +36,5 @@ def test_tuple_and_boolean_flags():
 
 def test_list_settings_can_be_cleared_with_none():
     cfg = parse_config(DistillConfig, argv=["--progressive", "8", "4", "2"])
-    assert cfg.progressive == (8, 4, 2)
-    assert parse_config(DistillConfig, argv=["--progressive", "none"]).progressive is None
+    assert cfg.mlcm.progressive == (8, 4, 2)
+    assert parse_config(DistillConfig, argv=["--progressive", "none"]).mlcm.progressive is None

@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 from rglcd.models import load_family
 from rglcd.sampling import InputError, Request, generate
 from rglcd.training.checkpoints import list_checkpoints
-from rglcd.training.distill import DistillConfig, student_from_teacher, train_distill
+from rglcd.training.distill import DistillConfig, train_distill
+from rglcd.training.step import student_from_teacher
 from rglcd.training.teacher import TeacherConfig, build_unet
 
 
@@ -30,7 +31,7 @@ def _cfg(root, out, **kw):
     base = dict(family=str(root), output_dir=str(out), export_dir=str(root / "lcm"), batch_size=4, max_steps=4,
                 warmup_steps=1, checkpoint_every=2, eval_every=4, eval_steps=2, limit_concepts=16)
     base.update(kw)
-    return DistillConfig(**base)
+    return DistillConfig.of(**base)
 
 
 def test_lcd_trains_resumes_exports_and_samples(family_with_teacher, tmp_path):
@@ -156,7 +157,7 @@ def test_reward_guidance_is_differentiable_through_the_vae(tiny_emoji_family):
 
     family = load_family(str(tiny_emoji_family))
     x0 = torch.randn(2, 4, 16, 16, requires_grad=True)
-    rewards = RewardGuidance(family.reward(), family.vae, 1.0)(x0, ["cat", "dog"])
+    rewards = RewardGuidance(family.reward(), family.vae)(x0, ["cat", "dog"])
     assert rewards.shape == (2,)
     rewards.sum().backward()
     assert x0.grad is not None and x0.grad.abs().sum() > 0

@@ -10,18 +10,17 @@ from accelerate import Accelerator
 from diffusers import DDPMScheduler
 from diffusers.optimization import get_scheduler
 
-from rglcd.objectives import LCDLoss
-from rglcd.training.distill import (DistillStep, MicroBatch, adapters_off_call, autocast_call, distill_step,
-                                    student_and_target, unet_call)
+from rglcd.objectives import DistillBatch, LCDLoss
+from rglcd.training.step import ConsistencyUNet, DistillStep, distill_step, student_and_target
 from rglcd.training.teacher import TeacherConfig, build_unet
 
 
-def _inputs(step: int) -> MicroBatch:
+def _inputs(step: int) -> DistillBatch:
     g = torch.Generator().manual_seed(100 + step)
     loss_fn = _loss()
     draw = loss_fn.draw(4, g)
     z0, ctx = torch.randn(4, 4, 8, 8, generator=g), torch.randn(4, 5, 32, generator=g)
-    return MicroBatch(z0, torch.randn(z0.shape, generator=g), ctx, torch.zeros_like(ctx), draw, texts=["x"] * 4)
+    return DistillBatch(z0, torch.randn(z0.shape, generator=g), ctx, torch.zeros_like(ctx), draw, texts=["x"] * 4)
 
 
 def _loss() -> LCDLoss:
@@ -35,11 +34,11 @@ def _models(lora_rank: int):
     return teacher, student, target
 
 
-def _restated_step(teacher, student, target, optimizer, lr_scheduler, micro: MicroBatch, lora: bool) -> float:
+def _restated_step(teacher, student, target, optimizer, lr_scheduler, micro: DistillBatch, lora: bool) -> float:
     """The trainer's inline `train_step` before the extraction, one micro-batch, fp32, one process."""
     inputs = lambda u, c: {"encoder_hidden_states": c}  # noqa: E731
-    call = lambda u: unet_call(u, inputs, "cpu")  # noqa: E731
-    teacher_net = adapters_off_call(student, inputs, "cpu") if lora else call(teacher)
+    call = lambda u: ConsistencyUNet(u, inputs)  # noqa: E731
+    teacher_net = ConsistencyUNet(student, inputs, adapters_off=True) if lora else call(teacher)
     target_net = call(student) if lora else call(target)
     loss, _ = _loss()(call(student), teacher_net, target_net, micro.latents, micro.context, micro.uncond,
                       micro.noise, micro.draw, None)
@@ -70,9 +69,9 @@ def test_distill_step_is_the_inline_step_bit_for_bit(lora_rank):
     opt, sched = optimiser(student)
     inputs = lambda u, c: {"encoder_hidden_states": c}  # noqa: E731
     lora = lora_rank > 0
-    parts = DistillStep(Accelerator(cpu=True), _loss(), student, unet_call(student, inputs, "cpu"),
-                        adapters_off_call(student, inputs, "cpu") if lora else unet_call(teacher, inputs, "cpu"),
-                        unet_call(student if lora else target, inputs, "cpu"), opt, sched,
+    parts = DistillStep(Accelerator(cpu=True), _loss(), student, ConsistencyUNet(student, inputs),
+                        ConsistencyUNet(student, inputs, adapters_off=True) if lora else ConsistencyUNet(teacher, inputs),
+                        ConsistencyUNet(student if lora else target, inputs), opt, sched,
                         [p for p in student.parameters() if p.requires_grad], target, 0.95, 1.0)
     for step in range(2):
         expected = _restated_step(teacher, ref_student, ref_target, ref_opt, ref_sched, _inputs(step), lora)
@@ -92,12 +91,12 @@ def test_distill_step_is_the_inline_step_bit_for_bit(lora_rank):
 
 def test_teacher_autocast_runs_a_net_in_bf16_and_returns_float32():
     teacher = _models(0)[0]
-    net = unet_call(teacher, lambda u, c: {"encoder_hidden_states": c}, "cpu")
+    inputs = lambda u, c: {"encoder_hidden_states": c}  # noqa: E731
+    net = ConsistencyUNet(teacher, inputs)
     z, t, c = torch.randn(2, 4, 8, 8), torch.tensor([10, 900]), torch.randn(2, 5, 32)
     with torch.no_grad():
-        exact, half = net(z, t, c, None), autocast_call(net, "cpu", "bf16")(z, t, c, None)
-    assert autocast_call(net, "cpu", None) is net
+        exact, half = net(z, t, c, None), ConsistencyUNet(teacher, inputs, autocast="bf16")(z, t, c, None)
     assert half.dtype == torch.float32 and not torch.equal(half, exact)
     assert (half - exact).abs().max() < 0.05 * exact.abs().max()
     with pytest.raises(ValueError, match="--teacher-autocast must be bf16 or fp16"):
-        autocast_call(net, "cpu", "fp8")
+        ConsistencyUNet(teacher, inputs, autocast="fp8")

@@ -54,7 +54,7 @@ OUTPUTS = ("results.csv", "results.md", "reward-vs-steps.png", "quality-vs-laten
 @pytest.fixture(scope="module")
 def eval_inputs(tiny_emoji_family, tmp_path_factory):
     """A tiny emoji family with a teacher and an LCM student, 3 prompts in a file, a folder of 4 real images."""
-    from rglcd.training.distill import student_from_teacher
+    from rglcd.training.step import student_from_teacher
     from rglcd.training.teacher import TeacherConfig, build_unet
 
     tmp = tmp_path_factory.mktemp("eval")

@@ -41,7 +41,7 @@ def shipped_family(family_with_teacher: Path, tmp_path: Path, monkeypatch: pytes
 
 def test_default_export_goes_to_runs_and_leaves_shipped_files_identical(shipped_family: Path) -> None:
     before = tree_digest(shipped_family.parent.parent)
-    train_distill(DistillConfig(family=str(shipped_family), output_dir="runs/tiny/lcm-run", batch_size=2, max_steps=2,
+    train_distill(DistillConfig.of(family=str(shipped_family), output_dir="runs/tiny/lcm-run", batch_size=2, max_steps=2,
                                 warmup_steps=1, checkpoint_every=2, eval_every=0, limit_concepts=8, report_to="none"))
     assert tree_digest(shipped_family.parent.parent) == before
     runs = Path("runs/tiny-emoji")

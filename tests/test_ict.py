@@ -165,7 +165,7 @@ def test_family_pipelines_sample_a_consistency_model(family_with_teacher, cm_kin
 
     from rglcd.evaluate import count_unet_evals
     from rglcd.models import load_family
-    from rglcd.training.distill import student_from_teacher
+    from rglcd.training.step import student_from_teacher
 
     family = load_family(str(family_with_teacher))
     unet = family.unet("teacher")  # the architecture iCT trains (random weights here)

@@ -27,8 +27,8 @@ CASES = {
 EXACT = ("lcd", "lcd-lora", "mlcm")
 
 
-def _config(flat: dict) -> DistillConfig:
-    return DistillConfig(**flat)
+def _config(flat: dict) -> DistillConfig:  # noqa: D103
+    return DistillConfig.of(**flat)
 
 
 def _fingerprint(folder: Path) -> list[float]:

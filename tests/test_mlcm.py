@@ -130,7 +130,7 @@ def test_scheduler_round_trip_and_steps(tmp_path):
 
 def test_scheduler_in_diffusers_pipelines(family_with_teacher):
     from rglcd.models import load_family
-    from rglcd.training.distill import student_from_teacher
+    from rglcd.training.step import student_from_teacher
 
     family = load_family(str(family_with_teacher))
     unet = student_from_teacher(family.unet("teacher"), 256)
@@ -152,7 +152,8 @@ def test_mlcm_trains_on_trajectories_resumes_and_exports(family_with_teacher, tm
     from rglcd.data.emoji import cache_dir
     from rglcd.models import load_family
     from rglcd.sampling import Request, generate
-    from rglcd.training.distill import DistillConfig, segments_at, train_distill
+    from rglcd.methods import segments_at
+    from rglcd.training.distill import DistillConfig, train_distill
 
     root = family_with_teacher
     written = []
@@ -164,9 +165,9 @@ def test_mlcm_trains_on_trajectories_resumes_and_exports(family_with_teacher, tm
                     export_dir=str(root / "mlcm"), batch_size=4, max_steps=6, warmup_steps=1, checkpoint_every=2,
                     eval_every=6, eval_steps=2, limit_concepts=16, progressive=(4, 2, 1), trajectory_data=6,
                     trajectory_batch=4)
-        return DistillConfig(**(base | kw))
+        return DistillConfig.of(**(base | kw))
 
-    assert [segments_at(cfg("x"), s) for s in range(6)] == [4, 4, 2, 2, 1, 1]
+    assert [segments_at(cfg("x").mlcm, 6, s) for s in range(6)] == [4, 4, 2, 2, 1, 1]
     full = train_distill(cfg("full", export_dir=str(tmp_path / "full-export")))
     assert len(written) == 2  # 6 trajectories in batches of 4
     assert len(list((cache_dir() / "trajectories").glob("*/*/shard-*.pt"))) == 1
@@ -187,7 +188,7 @@ def test_mlcm_trains_on_trajectories_resumes_and_exports(family_with_teacher, tm
 def test_mlcm_with_the_preference_term(family_with_teacher, tmp_path):
     from rglcd.training.distill import DistillConfig, train_distill
 
-    cfg = DistillConfig(method="mlcm", family=str(family_with_teacher), output_dir=str(tmp_path / "r"), export_dir=None,
+    cfg = DistillConfig.of(method="mlcm", family=str(family_with_teacher), output_dir=str(tmp_path / "r"), export_dir=None,
                         batch_size=4, max_steps=2, warmup_steps=1, eval_every=0, limit_concepts=16, segments=2,
                         reward="family", reward_scale=0.5)
     metrics = train_distill(cfg)

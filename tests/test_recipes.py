@@ -12,7 +12,9 @@ import torch
 from rglcd.data.shards import DataError
 from rglcd.models import PRESETS, load_family
 from rglcd.training.cli_args import parse_config
+from rglcd.methods import get_method
 from rglcd.training.distill import DistillConfig, train_distill
+from rglcd.training.settings import flat_values
 from tests.test_shards import png_bytes, write_shard
 
 CONFIGS = Path(__file__).resolve().parents[1] / "train" / "configs"
@@ -69,16 +71,16 @@ def test_sd_recipe_runs_a_few_steps_from_the_real_ids(recipe, real_hub, tiny_sha
     assert cfg.family == recipe_values["family"] in PRESETS and recipe.startswith(f"{cfg.family}-")
     for key in ("method", "learning_rate", "ema_decay", "w_min", "w_max", "loss_type", "lora_rank", "reward_scale"):
         if key in recipe_values:
-            assert getattr(cfg, key) == recipe_values[key], key
+            assert flat_values(cfg)[key] == recipe_values[key], key
     metrics = train_distill(cfg)
     assert metrics["steps"] == 2 and torch.isfinite(torch.tensor(metrics["loss"]))
-    kind = "mlcm" if cfg.method == "mlcm" else "lcm"
+    kind = get_method(cfg.method).kind
     teacher = PRESETS[cfg.family]["members"]["teacher"]["unet"]
-    entry = ({"unet": teacher, "lora": str(tmp_path / "export"), "kind": kind} if cfg.lora_rank
+    entry = ({"unet": teacher, "lora": str(tmp_path / "export"), "kind": kind} if cfg.lora.lora_rank
              else {"unet": str(tmp_path / "export"), "kind": kind})
     (tmp_path / "family.json").write_text(json.dumps({"extends": cfg.family, "members": {cfg.member: entry}}))
     pipe = load_family(str(tmp_path)).pipeline(cfg.member)
-    image = pipe(["a box"], num_inference_steps=2, guidance_scale=1.5 if cfg.lora_rank else 4.0,
+    image = pipe(["a box"], num_inference_steps=2, guidance_scale=1.5 if cfg.lora.lora_rank else 4.0,
                  height=32, width=32, output_type="pt").images
     assert image.shape == (1, 3, 32, 32)
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler
 from transformers import AutoTokenizer
 
-from rglcd.objectives import LCDLoss, MLCMLoss, ProxyPreference, RewardGuidance
+from rglcd.objectives import DistillBatch, LCDLoss, MLCMLoss, ProxyPreference, RewardGuidance, RGLCDLoss
 from rglcd.rewards import RewardMix, training_score
 from rglcd.rewards.clip import ClipReward, _features, clip_preprocess
 from rglcd.rewards.proxy import LatentProxyReward, preference_loss
@@ -69,10 +69,10 @@ def test_rg_lcd_step_with_the_expert_reward_matches_reference(clip_rewards, beta
     loss_fn = LCDLoss(AC, w_min=5.0, w_max=15.0)
     draw = loss_fn.draw(6, g)
     student, teacher, target = fake_net(0.3), fake_net(0.5), fake_net(0.4)
-    loss, aux = loss_fn(student, teacher, target, latents, ctx, uctx, noise, draw)
-    guidance = RewardGuidance(hps, vae, beta)
-    reward = guidance(aux["student_x0"], PROMPTS)
-    ours = guidance.total(loss, reward)
+    objective = RGLCDLoss(loss_fn, RewardGuidance(hps, vae), beta)
+    per_sample, aux = objective.batch_loss(student, teacher, target,
+                                           DistillBatch(latents, noise, ctx, uctx, draw, texts=PROMPTS))
+    reward, ours = aux["reward"], per_sample.mean()
 
     model_pred, target_pred = reference_outputs(student, teacher, target, latents, ctx, uctx, noise, draw["index"],
                                                 draw["w"], SCHED)
@@ -126,7 +126,8 @@ def test_proxy_update_and_student_proxy_term_match_reference(clip_rewards):
     beta = 0.7
 
     x0 = student_x0.clone().requires_grad_()
-    ours_term = RewardGuidance(hps, vae, beta).total(torch.zeros(6), objective.student_reward(proxy, x0, ctx))
+    rg = RGLCDLoss(LCDLoss(AC), RewardGuidance(hps, vae), beta, proxy=proxy, preference=objective)
+    ours_term = -beta * rg.reward(x0, DistillBatch(None, None, ctx, ctx, {}, texts=PROMPTS)).mean()
     ours_term.backward()
     x0_ref = student_x0.clone().requires_grad_()
     pred_latents = x0_ref / sf  # 1329
@@ -333,7 +334,7 @@ def test_tlcm_sampler_limits():
 def test_lcd_reference_options():
     """diffusers' train_lcm_distill_sd_wds.py leaves `time_embedding.cond_proj` at its layer's init (the student
     differs from the teacher at step 0); ours zeroes it unless cond_proj_init is 'random'."""
-    from rglcd.training.distill import student_from_teacher
+    from rglcd.training.step import student_from_teacher
     from tests.hub_layouts import tiny_unet
 
     teacher = tiny_unet()

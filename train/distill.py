@@ -1,15 +1,11 @@
 """Distil a family's teacher into a few-step student:
 `accelerate launch train/distill.py --method lcd --family emoji-64 --max-steps 2000` (plain python works too).
-`--method ict` trains a consistency model from data instead (no teacher; rglcd.training.ict)."""
+Methods (rglcd.methods): lcd, rg-lcd, mlcm (distillation); ict trains a consistency model from data instead (no
+teacher; rglcd.training.ict). `--method M --help` lists the settings of M's trainer."""
 
 from rglcd.training.cli_args import requested_method, run_trainer
+from rglcd.training.trainers import trainer_for
 
 if __name__ == "__main__":
-    if requested_method() == "ict":
-        from rglcd.training.ict import ICTConfig, train_ict
-
-        raise SystemExit(run_trainer(train_ict, ICTConfig, __doc__))
-    else:
-        from rglcd.training.distill import DistillConfig, train_distill
-
-        raise SystemExit(run_trainer(train_distill, DistillConfig, __doc__))
+    train, config = trainer_for(requested_method())
+    raise SystemExit(run_trainer(train, config, __doc__))

@@ -1,10 +1,10 @@
-"""Command-line flags from a trainer's config dataclass: every field becomes `--field-name`, plus `--threads` and
-`--config recipe.yaml` (a recipe in train/configs/: its keys are field names; flags given on the command line win)."""
+"""Command-line flags from a trainer's config dataclass: every setting (`rglcd.training.settings`, sections
+included) becomes `--setting-name` with its meaning as help, plus `--threads` and `--config recipe.yaml` (a recipe
+in train/configs/: its keys are setting names; flags given on the command line win)."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -16,6 +16,8 @@ import torch
 
 from rglcd.inputs import InputError, OneLineParser, exit_usage, shown
 from rglcd.logs import quiet_libraries
+from rglcd.models import ModelLoadError
+from rglcd.training.settings import build_config, flat_names, help_text, sections, setting_types
 
 T = TypeVar("T")
 
@@ -69,17 +71,21 @@ def read_recipe(path: str) -> dict[str, Any]:
 
 
 def load_recipe(path: str, cls: type) -> dict[str, Any]:
-    """A YAML recipe as {field: value}; unknown keys are an InputError naming them."""
+    """A YAML recipe as flat {setting: value} (a section may also be written as a nested mapping); unknown keys are
+    an InputError naming them."""
     recipe = read_recipe(path)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(map(str, recipe)) - known)
+    for name, _, _ in sections(cls)[1:]:
+        if isinstance(recipe.get(name), dict):
+            recipe.update(recipe.pop(name))
+    unknown = sorted(set(map(str, recipe)) - set(flat_names(cls)))
     if unknown:
         raise InputError(f"unknown keys in {path}: {', '.join(unknown)} (see --help for the settings)")
     return {k: tuple(v) if isinstance(v, list) else v for k, v in recipe.items()}
 
 
 def parse_config(cls: type[T], description: str | None = None, argv: list[str] | None = None) -> T:
-    """Parse argv into `cls` (a dataclass); `--threads N` sets torch's CPU threads (0 keeps torch's default)."""
+    """Parse argv into `cls` (a dataclass of settings, maybe with sections); `--threads N` sets torch's CPU threads
+    (0 keeps torch's default)."""
     pre = OneLineParser(add_help=False)
     pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv)
@@ -87,14 +93,19 @@ def parse_config(cls: type[T], description: str | None = None, argv: list[str] |
         recipe = load_recipe(known.config, cls) if known.config else {}
     except InputError as err:
         exit_usage(str(err))
-    parser = OneLineParser(description=description)
+    parser = OneLineParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML recipe (train/configs/*.yaml); command-line flags override it")
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        kind, extra = _parser_type(hints[f.name])
-        default = recipe.get(f.name, f.default)
-        parser.add_argument("--" + f.name.replace("_", "-"), type=kind, default=default, **extra,
-                            help=f"default: {default}")
+    hints = setting_types(cls)
+    for name, owner, fields in sections(cls):
+        title = (owner.__doc__ or name or "").strip().splitlines()[0] if name else None
+        group = parser if name is None else parser.add_argument_group(f"{name} settings", title)
+        for f in fields:
+            kind, extra = _parser_type(hints[f.name])
+            default = recipe.get(f.name, f.default)
+            meaning = help_text(f)
+            shown_help = f"{meaning} (default: {default})" if meaning else f"default: {default}"
+            group.add_argument("--" + f.name.replace("_", "-"), type=kind, default=default, **extra,
+                               help=shown_help.replace("%", "%%"))  # argparse formats help with %
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--verbose", action="store_true", help="show the libraries' loading bars and warnings")
     ns = vars(parser.parse_args(argv))
@@ -108,7 +119,7 @@ def parse_config(cls: type[T], description: str | None = None, argv: list[str] |
             ns[key] = None
         elif isinstance(value, list):
             ns[key] = None if all(v is None for v in value) else tuple(value)
-    return cls(**ns)
+    return build_config(cls, ns)
 
 
 def requested_method(argv: list[str] | None = None) -> str | None:
@@ -132,8 +143,6 @@ def run_trainer(train: Callable[[T], Any], cls: type[T], description: str | None
     ModelLoadError or OSError (how the trainers report bad input: an unknown family or tracker, a missing file, data
     that matches nothing; also a full disk mid-run, after the last checkpoint) prints one `error:` line and returns 2;
     RGLCD_DEBUG=1 re-raises it with its traceback."""
-    from rglcd.models import ModelLoadError
-
     cfg = parse_config(cls, description, argv)
     try:
         result = train(cfg)

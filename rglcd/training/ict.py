@@ -26,6 +26,7 @@ from accelerate.utils import set_seed
 from diffusers import UNet2DConditionModel
 from diffusers.training_utils import EMAModel
 
+from rglcd.methods import ICT, get_method, sampler_class, trainer_methods
 from rglcd.models import load_family, register_member, save_unet
 from rglcd.networks import CMDenoiser, build_class_unet
 from rglcd.objectives import ICTLoss
@@ -95,8 +96,9 @@ def ict_loss(cfg: ICTConfig) -> ICTLoss:
 
 def train_ict(cfg: ICTConfig, accelerator: Accelerator | None = None) -> dict[str, float]:
     """Train (resuming when asked), export the EMA network and register it (latent data); return final metrics."""
-    if cfg.method != "ict":
-        raise ValueError(f"train_ict runs --method ict, got {cfg.method!r}")
+    method = get_method(cfg.method)
+    if method.trainer != "ict":
+        raise ValueError(f"train_ict runs {', '.join(trainer_methods('ict'))}, got --method {cfg.method}")
     loss_fn = ict_loss(cfg)
     pixel = cfg.data == "fashion-mnist"
     family = None if pixel else load_family(cfg.family)
@@ -115,12 +117,9 @@ def train_ict(cfg: ICTConfig, accelerator: Accelerator | None = None) -> dict[st
                                 attention_head_dim=cfg.attention_head_dim)
     else:
         from rglcd.data.batches import training_batches
-        from rglcd.models import STUDENT_SCHEDULERS
         from rglcd.training.teacher import TeacherConfig, build_unet
 
-        if "cm" not in STUDENT_SCHEDULERS:  # fail now, not at the first evaluation or after export
-            raise RuntimeError("rglcd.models.STUDENT_SCHEDULERS has no kind 'cm' (rglcd.scheduling_cm.CMScheduler): "
-                               "Family.pipeline could not evaluate or sample a latent iCT model")
+        sampler_class(method.kind)  # fail now, not at the first evaluation or after export
         batches = training_batches(cfg.data, family, cfg.resolution, cfg.cache_latents, cfg.include_flags,
                                    cfg.limit_concepts, rank, accelerator.num_processes)
         arch = TeacherConfig(block_out_channels=cfg.block_out_channels, layers_per_block=cfg.layers_per_block,
@@ -194,7 +193,7 @@ def train_ict(cfg: ICTConfig, accelerator: Accelerator | None = None) -> dict[st
         for n in cfg.eval_steps:
             path = grid.with_name(f"{grid.stem}-{n}step.png")
             metrics = evaluate_prompt_following(family, cfg.member, reward, eval_prompt_sets(), n, cfg.eval_guidance,
-                                                cfg.seed, path, unet=model, kind="cm")
+                                                cfg.seed, path, unet=model, kind=ICT.kind)
             out.update({f"{n}step_{k}": v for k, v in metrics.items()})
             log_grids(accelerator, sorted(path.parent.glob(f"{path.stem}-*.png")), step)
         return out
@@ -209,6 +208,6 @@ def train_ict(cfg: ICTConfig, accelerator: Accelerator | None = None) -> dict[st
         metrics.update(steps=counter.step, params=sum(p.numel() for p in final.parameters()))
         (export / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         if registry is not None:
-            register_member(registry, cfg.member, export, kind="cm")
+            register_member(registry, cfg.member, export, kind=ICT.kind)
     accelerator.end_training()
     return metrics

@@ -1,0 +1,158 @@
+"""The settings of `train/distill.py` (LCD, RG-LCD, MLCM): a top level for the run and one section per concern.
+
+Every setting is a flat `--flag` and a flat recipe key (`rglcd.training.settings`); in code it is read from its
+section, e.g. `cfg.mlcm.segments`, `cfg.rg.reward_scale`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from rglcd.methods import trainer_methods
+from rglcd.training.settings import build_config, section, setting
+
+
+@dataclass
+class OptimSettings:
+    """Optimisation: batch, learning rate and length, accumulation, clipping, weight decay, EMA target."""
+
+    batch_size: int = setting(32, "micro-batch size per process")
+    learning_rate: float = setting(2e-4, "the student's AdamW learning rate, constant after the warm-up")
+    warmup_steps: int = setting(100, "optimiser steps of linear learning-rate warm-up")
+    max_steps: int = setting(2000, "optimiser steps of the run; the student is exported when it reaches them")
+    gradient_accumulation_steps: int = setting(1, "micro-batches per optimiser step (a step counts optimiser steps)")
+    max_grad_norm: float = setting(1.0, "clip the student's gradient norm to this (0: no clipping)")
+    weight_decay: float = setting(0.0, "the student's AdamW weight decay (diffusers' LCD script: 1e-2; RG-LCD's: 0)")
+    ema_decay: float = setting(0.95, "decay of the full-model student's EMA target (LoRA has no EMA target)")
+
+
+@dataclass
+class LCDSettings:
+    """The consistency distillation step: guidance range, DDIM grid, distance, guidance embedding."""
+
+    w_min: float = setting(2.0, "lowest guidance w drawn per sample, LCM convention (pipeline guidance scale - 1)")
+    w_max: float = setting(8.0, "highest guidance w drawn per sample, LCM convention")
+    w_embedding_dim: int = setting(256, "size of the guidance embedding the full-model student takes")
+    num_ddim_timesteps: int = setting(50, "points of the skipping-step DDIM grid the teacher steps on (N)")
+    loss_type: str = setting("huber", "distance between student and target: huber (pseudo-Huber) | l2")
+    huber_c: float = setting(0.001, "the pseudo-Huber distance's c")
+    cond_proj_init: str = setting("zero", "the student's guidance projection at start: zero (the student starts as "
+                                          "the teacher) | random (its layer's default init, as diffusers' script)")
+
+
+@dataclass
+class DataSettings:
+    """Training data: the emoji set, webdataset shards, an image folder or hf: data; what to draw from it."""
+
+    data: str = setting("emoji", "emoji, a webdataset shard pattern ('shards/{00000..00099}.tar'), an image folder, "
+                                 "hf:<dataset> or tensors:<file>")
+    resolution: int | None = setting(None, "training image size for shard / folder data (default: the family's)")
+    cache_latents: bool = setting(False, "encode shard / folder data once into a cache of latents and text states")
+    include_flags: bool = setting(False, "emoji data: include the flag emoji")
+    limit_concepts: int | None = setting(None, "emoji data: train on the first this many concepts only")
+    cfg_dropout: float = setting(0.0, "probability of replacing a caption with the empty one")
+    data_latents: str = setting("mode", "AutoencoderKL data latents: the posterior's mode | sample (a fresh draw "
+                                        "each step, as diffusers' LCD script; streamed shard / folder data only)")
+
+
+@dataclass
+class SpeedSettings:
+    """Precision and speed: mixed precision, teacher autocast, memory format, compile, checkpointing."""
+
+    mixed_precision: str | None = setting(None, "no | bf16 | fp16; none: what `accelerate launch` was given")
+    teacher_autocast: str | None = setting(None, "bf16 | fp16: run the teacher's no-grad forwards under autocast "
+                                                 "to this dtype even in fp32 training, as diffusers' LCD scripts "
+                                                 "(emoji-64: loss within 0.4% of fp32)")
+    channels_last: bool = setting(False, "UNet weights and activations in NHWC (faster convolutions on some devices)")
+    compile: bool = setting(False, "torch.compile the UNets (the first steps then include compilation)")
+    gradient_checkpointing: bool = setting(False, "recompute the student's activations in the backward pass "
+                                                  "(less memory, more time)")
+
+
+@dataclass
+class RewardSettings:
+    """The reward term (rg-lcd; mlcm with a --reward): loss = distillation loss - beta x reward."""
+
+    reward: str | None = setting(None, "a reward registry name or mix ('hpsv2.1=1,imagereward-clipped=0.1') or "
+                                       "'family'; rg-lcd: none means the family's reward")
+    reward_scale: float = setting(1.0, "beta: the reward's weight, on the reward's training scale (rglcd.rewards)")
+    reward_states: str = setting("data", "where the reward scores the student's prediction: data (the batch's "
+                                         "noised data latents, the paper) | sampler (states its own sampler visits)")
+    reward_sampler_steps: int = setting(4, "sampler states: the sampler's step count (each micro-batch stops after "
+                                           "0 to steps-1 of them)")
+
+
+@dataclass
+class ProxySettings:
+    """The latent proxy reward model of RG-LCD (Algorithm 4), trained online on the expert's preferences."""
+
+    proxy_rm: bool = setting(False, "maximise a latent proxy reward model instead of the expert reward")
+    proxy_lr: float = setting(1e-4, "the proxy's AdamW learning rate")
+    proxy_loss: str = setting("kl", "the proxy's preference loss over {student, target, data latent}: kl | ce")
+    proxy_temperature: float = setting(1.0, "temperature of the expert's preference softmax")
+    proxy_weights: str | None = setting(None, "a pretrained proxy (folder of LatentProxyReward.save_pretrained)")
+    proxy_variant: str = setting("reference", "reference (RG-LCD's Algorithm 4 and code) | batch-softmax "
+                                              "(rglcd.rewards.proxy)")
+    proxy_batch: int = setting(16, "reference proxy: prompts per proxy update, drawn from the batch")
+
+
+@dataclass
+class MLCMSettings:
+    """Multistep (segment) consistency: segments, progressive schedule, edges, teacher trajectories."""
+
+    segments: int = setting(8, "segments of the trajectory (one segment is LCD)")
+    progressive: tuple[int, ...] | None = setting(None, "segments per stage, equal stages, e.g. 8 4 2")
+    mlcm_edges: str = setting("floor", "segment edges rounded down as PCM (floor) | to the nearest grid point "
+                                       "(round: the shipped emoji-64 mlcm's)")
+    mlcm_clean_end: str = setting("ddim", "lowest segment: a DDIM jump to alphas_cumprod[0] as PCM (ddim) | LCD's "
+                                          "boundary scalings (lcm)")
+    trajectory_data: int = setting(0, "train on this many cached teacher trajectories (0: noised data latents)")
+    trajectory_batch: int = setting(64, "teacher batch when writing the trajectories")
+
+
+@dataclass
+class LoRASettings:
+    """LoRA: distil adapters on the teacher instead of the full model (LCM-LoRA)."""
+
+    lora_rank: int = setting(0, "0: distil the full model; r > 0: LoRA adapters of rank r on the teacher")
+    lora_alpha: float | None = setting(None, "LoRA alpha (default: the rank)")
+
+
+@dataclass
+class DistillConfig:
+    """A distillation run: which method, family and member, where it writes, how often it saves and validates."""
+
+    method: str = setting("lcd", f"{' | '.join(trainer_methods('distill'))} (the registry, rglcd.methods; "
+                                 f"{', '.join(trainer_methods('ict'))}: `--method ict --help`)")
+    family: str = setting("emoji-64", "the family to distil: a name (emoji-64, sd21, sdxl) or a family file's folder")
+    teacher: str = setting("teacher", "the family member to distil")
+    member: str | None = setting(None, "the name the exported student gets in the family file (default: the "
+                                       "method's: lcm, rg-lcm, mlcm; with LoRA lcm-lora, ...)")
+    output_dir: str = setting("runs/emoji-64/lcm", "checkpoints, logs and validation grids")
+    export_dir: str | None = setting("auto", "where the student is exported; auto: runs/<family>/<member>, "
+                                             "registered in runs/<family>/family.json; none: no export")
+    replace_shipped: bool = setting(False, "allow exporting into assets/ (the shipped family) and registering there")
+    export_dtype: str = setting("fp32", "fp32 | fp16: the exported weights file (fp16 halves it; loading upcasts)")
+    seed: int = setting(0, "seed of the initialisations and of every batch draw")
+    resume: str | None = setting("latest", "latest | a checkpoint folder | none (start afresh)")
+    stop_at: int | None = setting(None, "stop (after a checkpoint) at this step; run again to go on")
+    checkpoint_every: int = setting(250, "optimiser steps between checkpoints")
+    log_every: int = setting(10, "steps between logged scalars (each read back from the device once)")
+    eval_every: int = setting(500, "steps between validations (grids and prompt following); 0: none")
+    eval_steps: int = setting(4, "the student's sampling steps in validation")
+    eval_guidance: float = setting(5.0, "pipeline guidance scale in validation")
+    report_to: str = setting("tensorboard", "tensorboard | wandb | all | none")
+    optim: OptimSettings = section(OptimSettings)
+    lcd: LCDSettings = section(LCDSettings)
+    dataset: DataSettings = section(DataSettings)
+    speed: SpeedSettings = section(SpeedSettings)
+    rg: RewardSettings = section(RewardSettings)
+    proxy: ProxySettings = section(ProxySettings)
+    mlcm: MLCMSettings = section(MLCMSettings)
+    lora: LoRASettings = section(LoRASettings)
+
+    @classmethod
+    def of(cls, **settings: Any) -> DistillConfig:
+        """A config from flat settings, as the command line and recipes give them: `DistillConfig.of(segments=4)`."""
+        return build_config(cls, settings)
