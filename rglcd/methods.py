@@ -14,7 +14,7 @@ Adding a method (say TCD): write its objective in `rglcd.objectives` (tested alo
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from rglcd.objectives import ICTLoss, LCDLoss, MLCMLoss, RGLCDLoss
@@ -63,12 +63,13 @@ def _no_step_settings(loss: Any, cfg: Any, step: int) -> dict[str, float]:
 class Method:
     """One training method.
 
-    `loss` is the objective class the trainer optimises. `build_loss(common, cfg)` makes the distillation loss from the shared LCD arguments `common` (alphas_cumprod,
-    num_ddim_timesteps, w_min, w_max, w_embedding_dim, loss_type, huber_c, prediction_type) and the trainer's
-    config (RG-LCD: the LCD loss, which the trainer wraps in `RGLCDLoss` with the reward, as it does for MLCM given
-    a reward); `sampler_options(cfg)` are the settings its student's sampler must share with the objective (stored in
-    the member's family entry); `step_settings(loss, cfg, step)` updates the objective before optimiser step `step`
-    and returns what to log (MLCM's progressive segment count).
+    `loss` is the objective class the trainer optimises. `build_loss(common, cfg)` makes the distillation loss from
+    the arguments every distillation loss shares, `common` (alphas_cumprod, num_ddim_timesteps, w_min, w_max,
+    w_embedding_dim, loss_type, huber_c, prediction_type), and the trainer's config; for RG-LCD that is the LCD
+    loss, which the trainer wraps in `RGLCDLoss` with the reward (as it does for MLCM given a reward).
+    `sampler_options(cfg)` are the settings its student's sampler must share with the objective (stored in the
+    member's family entry); `step_settings(loss, cfg, step)` updates the objective before optimiser step `step` and
+    returns what to log (MLCM's progressive segment count).
     """
 
     name: str
@@ -85,8 +86,7 @@ class Method:
     build_loss: Callable[[Mapping[str, Any], Any], Any] | None = None
     sampler_options: Callable[[Any], dict[str, Any]] = _no_options
     step_settings: Callable[[Any, Any, int], dict[str, float]] = _no_step_settings
-    recipe: str | None = None  # the embedded family's recipe (train/configs/)
-    defaults: Mapping[str, Any] = field(default_factory=dict)
+    recipe: str | None = None  # the embedded family's recipe: the method's default settings (train/configs/)
 
     def uses_reward(self, reward_given: bool) -> bool:
         """Whether the objective has a reward term, `reward_given` saying whether the user named one."""

@@ -57,6 +57,8 @@ def check_settings(cfg: DistillConfig, method: Method) -> None:
     if rg.reward_states == "sampler" and not 1 <= rg.reward_sampler_steps <= cfg.lcd.num_ddim_timesteps:
         raise ValueError(f"--reward-sampler-steps must be in [1, {cfg.lcd.num_ddim_timesteps}], "
                          f"got {rg.reward_sampler_steps}")
+    if cfg.mlcm.trajectory_data > 0 and not method.trajectories:
+        raise ValueError(f"--trajectory-data: --method {method.name} does not train on teacher trajectories")
     if cfg.proxy.proxy_rm and not reward:
         raise ValueError("--proxy-rm needs a reward: --method rg-lcd, or --method mlcm with --reward")
 
