@@ -17,30 +17,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from diffusers import LCMScheduler
+
 from rglcd.objectives import ICTLoss, LCDLoss, MLCMLoss, RGLCDLoss
+from rglcd.scheduling_cm import CMScheduler
+from rglcd.scheduling_mlcm import MLCMScheduler
 
-
-def _lcm_sampler() -> type:
-    from diffusers import LCMScheduler
-
-    return LCMScheduler
-
-
-def _mlcm_sampler() -> type:
-    from rglcd.scheduling_mlcm import MLCMScheduler
-
-    return MLCMScheduler
-
-
-def _cm_sampler() -> type:
-    from rglcd.scheduling_cm import CMScheduler
-
-    return CMScheduler
-
-
-SAMPLERS: dict[str, Callable[[], type]] = {"lcm": _lcm_sampler, "mlcm": _mlcm_sampler, "cm": _cm_sampler}
-"""The diffusers scheduler class of each student kind (imported when asked: diffusers loads slowly). A family's
-teacher (kind "teacher") samples with DDIM + CFG instead."""
+SAMPLERS: dict[str, type] = {"lcm": LCMScheduler, "mlcm": MLCMScheduler, "cm": CMScheduler}
+"""The diffusers scheduler class of each student kind. A family's teacher (kind "teacher") samples with DDIM + CFG
+instead."""
 TEACHER_KIND = "teacher"
 
 
@@ -48,7 +33,7 @@ def sampler_class(kind: str) -> type:
     """The scheduler class that samples a student of `kind`; ValueError naming the known kinds."""
     if kind not in SAMPLERS:
         raise ValueError(f"unknown student kind {kind!r}; known: {', '.join(SAMPLERS)}")
-    return SAMPLERS[kind]()
+    return SAMPLERS[kind]
 
 
 def _no_options(cfg: Any) -> dict[str, Any]:
