@@ -58,6 +58,7 @@ class TeacherConfig:
     limit_concepts: int | None = None  # tests: train on the first N concepts only
     export_dtype: str = "fp32"  # fp32 | fp16: the exported weights file (fp16 halves it; loading upcasts)
     data: str = "emoji"  # emoji (renders encoded with the family's VAE and text encoder) | tensors:PATH (precomputed)
+    init_unet: str | None = None  # start from this UNet folder (a fine-tune) instead of random weights of the sizes above
 
 
 def build_unet(cfg: TeacherConfig, sample_size: int, context_dim: int) -> UNet2DConditionModel:
@@ -89,7 +90,8 @@ def train_teacher(cfg: TeacherConfig, accelerator: Accelerator | None = None) ->
     noise_scheduler = DDPMScheduler.from_config(family.scheduler_config)
 
     torch.manual_seed(cfg.seed)
-    unet = build_unet(cfg, latents.shape[-1], context.shape[-1])
+    unet = (UNet2DConditionModel.from_pretrained(cfg.init_unet) if cfg.init_unet
+            else build_unet(cfg, latents.shape[-1], context.shape[-1]))
     ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, model_cls=UNet2DConditionModel,
                    model_config=unet.config)
     ema.to(accelerator.device)  # its shadow weights live where the training UNet will
@@ -122,7 +124,7 @@ def train_teacher(cfg: TeacherConfig, accelerator: Accelerator | None = None) ->
         return {"loss": loss.item(), "mse": mse.mean().item(), "lr": lr_scheduler.get_last_lr()[0]}
 
     def ema_unet() -> UNet2DConditionModel:
-        model = build_unet(cfg, latents.shape[-1], context.shape[-1])
+        model = UNet2DConditionModel.from_config(accelerator.unwrap_model(unet).config)
         ema.copy_to(model.parameters())
         return model.eval()
 
