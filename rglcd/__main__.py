@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_generate(args: argparse.Namespace) -> str:
-    from rglcd.evaluate import save_grid
+    from rglcd.images import save_grid
     from rglcd.models import load_family
     from rglcd.sampling import generate
 

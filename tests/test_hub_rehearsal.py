@@ -168,7 +168,8 @@ def test_a_family_file_points_an_unpublished_member_at_a_trained_folder(real_hub
 def test_compare_answers_on_the_real_families(preset, expected, real_hub):
     from gradio_client import Client
 
-    from rglcd.demo import Engine, build_app, launch_local
+    from rglcd.demo import Engine, build_app
+    from rglcd.testing import launch_local
 
     engine = Engine(preset)
     assert engine.columns == tuple(expected)
