@@ -27,13 +27,14 @@ from torch import nn
 
 from rglcd.evaluate.generate import count_unet_evals
 from rglcd.inputs import GUIDANCE, MAX_SEED, InputError, Request, check_prompt_tokens, number, prompt_text
+from rglcd.methods import TEACHER_KIND, demo_members, member_titles
 from rglcd.models import Family, ModelLoadError, load_family
 from rglcd.rewards import get_reward
 from rglcd.sampling import generate
 
-TEACHER = "teacher"
-COLUMNS: tuple[str, ...] = (TEACHER, "lcm", "rg-lcm", "mlcm")
-TITLES = {TEACHER: "Teacher (DDIM + CFG)", "lcm": "LCM", "rg-lcm": "RG-LCM", "mlcm": "MLCM", "lcm-lora": "LCM-LoRA"}
+TEACHER = TEACHER_KIND
+COLUMNS: tuple[str, ...] = (TEACHER, *demo_members())  # the teacher, then each registered method's student
+TITLES = {TEACHER: "Teacher (DDIM + CFG)", **member_titles()}
 STUDENT_STEPS = (1, 8)  # the app's caps (a shared server); the CLI takes what the samplers accept (rglcd.inputs)
 TEACHER_STEPS = (1, 100)
 NUM_IMAGES = (1, 4)
