@@ -1,5 +1,6 @@
-"""Image tensors between their stored form and what the models take: uint8 pixels to [-1, 1], and the shorter-side
-resize + centre crop that the data sources and the CLIP-type rewards both apply (written in torch, differentiable)."""
+"""Image tensors between their stored form and what the models take: uint8 pixels to [-1, 1], the shorter-side
+resize + centre crop that the data sources and the CLIP-type rewards both apply, and the per-channel normalisation of
+the rewards' image towers (written in torch, differentiable)."""
 
 from __future__ import annotations
 
@@ -21,3 +22,10 @@ def resize_and_center_crop(images: torch.Tensor, size: int, mode: str = "bilinea
     x = F.interpolate(images, size=new, mode=mode, align_corners=False, antialias=scale < 1)
     top, left = (new[0] - size) // 2, (new[1] - size) // 2
     return x[..., top: top + size, left: left + size]
+
+
+def normalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """(images - mean) / std per channel of (B,C,H,W), in the images' dtype and device."""
+    mean_ = torch.tensor(mean, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
+    std_ = torch.tensor(std, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
+    return (images - mean_) / std_
