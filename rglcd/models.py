@@ -36,9 +36,8 @@ from rglcd.loading import MINILM, ModelLoadError, Source, from_pretrained, load_
 from rglcd.presets import PRESETS, extend_preset
 from rglcd.rewards import get_reward
 
-# Re-exported where they lived before rglcd.loading and rglcd.presets: callers import them from rglcd.models.
-from rglcd.loading import (ASSETS, HUB_OPTIONS, MINILM_SHA256, WITHDRAWN_SD21, hub_error,  # noqa: F401
-                           load_peft_adapter, minilm_path, verify_sha256)
+# Re-exported from where they lived before rglcd.loading and rglcd.presets (callers import them from here).
+from rglcd.loading import ASSETS, WITHDRAWN_SD21, minilm_path  # noqa: F401
 from rglcd.presets import RG_LCM_SD21, SD21, SD21_BASE, SDXL, TLCM_REVISION  # noqa: F401
 
 def encode_prompts(tokenizer: Any, text_encoder: torch.nn.Module, prompts: list[str]) -> torch.Tensor:
