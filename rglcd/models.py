@@ -40,6 +40,7 @@ from rglcd.rewards import get_reward
 from rglcd.loading import ASSETS, WITHDRAWN_SD21, minilm_path  # noqa: F401
 from rglcd.presets import RG_LCM_SD21, SD21, SD21_BASE, SDXL, TLCM_REVISION  # noqa: F401
 
+
 def encode_prompts(tokenizer: Any, text_encoder: torch.nn.Module, prompts: list[str]) -> torch.Tensor:
     """Token states (B, max_length, D) exactly as StableDiffusionPipeline.encode_prompt computes them.
 
