@@ -1,5 +1,5 @@
-"""Image helpers shared by the data loaders, the rewards, the evaluator and the trainers: one resize + centre crop,
-sample grids as arrays and PNG files."""
+"""Sample grids as arrays and PNG files, for the evaluator, the trainers and the CLI (the resize + centre crop the
+data, rewards and evaluator share is `rglcd.pixels.resize_and_center_crop`)."""
 
 from __future__ import annotations
 
@@ -7,20 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
-
-
-def resize_and_crop(images: torch.Tensor, size: int, mode: str = "bicubic") -> torch.Tensor:
-    """Float (B,C,H,W) -> (B,C,size,size): the shorter side scaled to `size` (`mode` interpolation, antialiased
-    when shrinking), then the centre square cut out. Values keep their range up to interpolation overshoot (callers
-    clamp); differentiable."""
-    h, w = images.shape[-2:]
-    scale = size / min(h, w)
-    new = (max(size, round(h * scale)), max(size, round(w * scale)))
-    x = F.interpolate(images, size=new, mode=mode, align_corners=False, antialias=scale < 1)
-    top, left = (new[0] - size) // 2, (new[1] - size) // 2
-    return x[..., top: top + size, left: left + size]
 
 
 def image_grid(images: torch.Tensor, nrow: int = 8, pad: int = 2) -> np.ndarray:

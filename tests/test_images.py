@@ -9,7 +9,8 @@ from PIL import Image
 
 from rglcd.data.shards import resize_center_crop
 from rglcd.evaluate.score import iter_image_folder
-from rglcd.images import resize_and_crop, save_grid
+from rglcd.images import save_grid
+from rglcd.pixels import resize_and_center_crop
 from rglcd.rewards.clip import OPENAI_MEAN, OPENAI_STD, clip_preprocess
 
 SHAPES = [(20, 60, 10), (97, 64, 32), (8, 10, 16), (64, 64, 64), (300, 200, 224)]
@@ -41,7 +42,7 @@ def test_the_crop_keeps_the_centre_and_passes_gradients():
     images = torch.zeros(1, 3, 30, 90, requires_grad=True)
     with torch.no_grad():
         images[..., 30:60] = 1
-    out = resize_and_crop(images, 15, "bilinear")
+    out = resize_and_center_crop(images, 15, "bilinear")
     assert out.shape == (1, 3, 15, 15) and (out[..., 1:-1] == 1).all() and (out[..., [0, -1]] > 0.5).all()
     out.sum().backward()
     assert images.grad[..., 30:60].abs().sum() > 0 and images.grad[..., :20].abs().sum() == 0

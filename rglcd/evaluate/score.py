@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from rglcd.images import resize_and_crop
+from rglcd.pixels import resize_and_center_crop
 from rglcd.metrics import PooledFeatures, high_frequency_energy, pairwise_wins
 from rglcd.models import ModelLoadError
 from rglcd.rewards import RewardMix, get_reward, parse_mix
@@ -101,7 +101,7 @@ def score_images(images: torch.Tensor, prompts: list[str], pf_reward: nn.Module,
 
 
 def iter_image_folder(folder: Path, size: int, batch_size: int = 64) -> Iterator[torch.Tensor]:
-    """uint8 batches (B,3,size,size) of the images in `folder` (sorted, recursive): `resize_and_crop`, bicubic."""
+    """uint8 batches (B,3,size,size) of the images in `folder` (sorted, recursive): `resize_and_center_crop`, bicubic."""
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise ModelLoadError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
@@ -109,6 +109,6 @@ def iter_image_folder(folder: Path, size: int, batch_size: int = 64) -> Iterator
         batch = []
         for path in files[start: start + batch_size]:
             pixels = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)[None].float()
-            batch.append(resize_and_crop(pixels, size)[0].round().clamp(0, 255).to(torch.uint8))
+            batch.append(resize_and_center_crop(pixels, size, "bicubic")[0].round().clamp(0, 255).to(torch.uint8))
         yield torch.stack(batch)
 
