@@ -11,7 +11,6 @@ from __future__ import annotations
 import atexit
 import hashlib
 import io
-import os
 import shutil
 import tempfile
 import threading
@@ -26,6 +25,7 @@ from PIL import Image
 from torch import nn
 
 from rglcd.evaluate.generate import count_unet_evals
+from rglcd.files import write_atomic
 from rglcd.inputs import GUIDANCE, MAX_SEED, InputError, Request, check_prompt_tokens, number, prompt_text
 from rglcd.methods import TEACHER_KIND, demo_members, member_titles
 from rglcd.models import Family, ModelLoadError, load_family
@@ -152,9 +152,7 @@ class ColumnResult:
             image.save(buffer, format="png")
             path = folder / f"{hashlib.sha256(buffer.getvalue()).hexdigest()[:32]}.png"
             if not path.exists():
-                staging = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
-                staging.write_bytes(buffer.getvalue())
-                os.replace(staging, path)
+                write_atomic(path, buffer.getvalue())
             paths.append(str(path))
         return paths
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from rglcd.files import atomic_path
 from rglcd.models import resolve_source
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -50,8 +51,6 @@ def cached(path: Path, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     if path.is_file():
         return torch.load(path, weights_only=True)
     value = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(value, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(value, tmp)
     return value

@@ -10,7 +10,6 @@ loads. LoRA (`--lora-rank r`): peft adapters on the teacher, exported as diffuse
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from rglcd.data.batches import EncodedBatches, training_batches
 from rglcd.data.emoji import cache_dir, eval_prompt_sets
 from rglcd.data.trajectories import TrajectorySet, TrajectorySpec, teacher_trajectories, weights_digest
 from rglcd.evaluate import evaluate_prompt_following
+from rglcd.files import write_metrics
 from rglcd.methods import Method, get_method, sampler_class, trainer_methods
 from rglcd.models import Family, load_family, register_member, save_unet
 from rglcd.objectives import DistillBatch, OnPolicyStates, ProxyPreference, RewardGuidance, RGLCDLoss
@@ -279,6 +279,6 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
     if accelerator.is_main_process and export is not None and counter.step >= opt.max_steps:
         export_student(cfg, method, member, export, registry, online, target, proxy, accelerator)
         metrics.update(steps=counter.step, **({"concepts": batches.size} if hasattr(batches, "size") else {}))
-        (export / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_metrics(export, metrics)
     accelerator.end_training()
     return metrics

@@ -11,10 +11,9 @@ family's own folder and registers there: the way the shipped models were made.
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
+from rglcd.files import write_json
 from rglcd.inputs import OneLineParser, exit_usage
 from rglcd.models import ASSETS, Family, ModelLoadError, load_family, relocated_spec
 
@@ -51,12 +50,8 @@ def registry_file(family: Family, replace_shipped: bool = False, runs: Path = RU
 def copy_family(family: Family, folder: Path) -> Path:
     """Write `folder/family.json`: the family's spec with every local path rewritten to name the same files from
     `folder` (`rglcd.models.relocated_spec`). Returns the file."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "family.json"
-    tmp = folder / f".family.json.{os.getpid()}"  # every process of a multi-process run may write it: atomically
-    tmp.write_text(json.dumps(relocated_spec(family, folder), indent=2) + "\n")
-    tmp.replace(path)
-    return path
+    # every process of a multi-process run may write it: atomically
+    return write_json(folder / "family.json", relocated_spec(family, folder))
 
 
 def main(argv: list[str] | None = None) -> int:
