@@ -1,7 +1,12 @@
 """The iCT and teacher trainers on tiny models and a fixed seed reproduce the figures recorded before the trainer
 refactor (tests/data/trainers-golden.json, written at commit 9272dd3 by this file with RGLCD_RECORD_GOLDEN=1): the
 final loss scalars and a fingerprint of the exported (EMA) weights after two optimiser steps. iCT runs on latents
-(the tiny family's emoji data) and on pixels (Fashion-MNIST-shaped random idx files)."""
+(the tiny family's emoji data) and on pixels (Fashion-MNIST-shaped random idx files).
+
+The losses are bit-exact. The exported EMA weights agree to float rounding (fingerprints within 1e-10 relative): the
+EMA is now `rglcd.training.ema` (a foreach lerp, as the distillation target's, whose CPU kernel fuses the multiply
+and add) where it was diffusers' `EMAModel` (s - (1 - decay) (s - p), rounded twice); the decay schedules are the
+same (tests/test_ema.py)."""
 
 import json
 import os
@@ -50,4 +55,6 @@ def test_trainer_reproduces_the_recorded_steps(family_with_teacher, tmp_path, ca
         recorded = json.loads(GOLDEN.read_text()) if GOLDEN.exists() else {}
         GOLDEN.write_text(json.dumps(recorded | {case: got}, indent=1, sort_keys=True) + "\n")
         return
-    assert got == json.loads(GOLDEN.read_text())[case]
+    expected = json.loads(GOLDEN.read_text())[case]
+    assert {k: v for k, v in got.items() if k != "weights"} == {k: v for k, v in expected.items() if k != "weights"}
+    assert got["weights"] == pytest.approx(expected["weights"], rel=1e-9, abs=0)

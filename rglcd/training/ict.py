@@ -25,7 +25,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from diffusers import UNet2DConditionModel
-from diffusers.training_utils import EMAModel
 
 from rglcd.data.batches import training_batches
 from rglcd.data.emoji import eval_prompt_sets
@@ -38,6 +37,7 @@ from rglcd.networks import CMDenoiser, FashionClassifier, build_class_unet
 from rglcd.objectives import ICTLoss
 from rglcd.scheduling_cm import CMScheduler
 from rglcd.training.checkpoints import StepCounter, step_generator
+from rglcd.training.ema import EMA
 from rglcd.training.export import AUTO, RUNS, export_plan
 from rglcd.training.loop import run_training
 from rglcd.training.settings import flat_values, setting
@@ -157,7 +157,7 @@ class ICTStep:
     net: torch.nn.Module
     unet: torch.nn.Module
     optimizer: Any
-    ema: Any
+    ema: EMA
     max_grad_norm: float = 0.0
 
 
@@ -174,13 +174,13 @@ def ict_step(parts: ICTStep, x0: torch.Tensor, cond: dict[str, Any], noise: torc
         accelerator.clip_grad_norm_(parts.unet.parameters(), parts.max_grad_norm)
     parts.optimizer.step()
     parts.optimizer.zero_grad(set_to_none=True)
-    parts.ema.step(parts.unet.parameters())
+    parts.ema.update(parts.unet.parameters())
     return {"loss": accelerator.reduce(loss.detach(), "mean")}
 
 
 def ict_parts(cfg: ICTConfig, unet: torch.nn.Module, accelerator: Accelerator) -> ICTStep:
     """The EMA of `unet`, its `CMDenoiser` and RAdam prepared by `accelerator`, as an `ICTStep`."""
-    ema = EMAModel(unet.parameters(), decay=cfg.ema_decay)
+    ema = EMA(unet.parameters(), cfg.ema_decay, warmup="ratio")
     net = CMDenoiser(unet.train(), cfg.sigma_min, cfg.sigma_data)
     optimizer = torch.optim.RAdam(unet.parameters(), lr=cfg.learning_rate)
     net, optimizer = accelerator.prepare(net, optimizer)
@@ -226,13 +226,6 @@ class TrainStep:
         return ict_step(self.parts, x0, cond, noise, draw) | {"num_scales": draw["num_scales"]}
 
 
-def ema_network(ema: Any, unet: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """A fresh module of `unet`'s class and config holding the EMA weights, on `device`, in eval mode."""
-    model = type(unet).from_config(unet.config)
-    ema.copy_to(model.parameters())
-    return model.to(device).eval()
-
-
 @dataclass
 class Validation:
     """Samples of the EMA network at each of `cfg.eval_steps`: pixel data, class grids and (with a classifier) the
@@ -247,7 +240,7 @@ class Validation:
     reference: Any = None
 
     def __call__(self, step: int) -> dict[str, float]:
-        model = ema_network(self.parts.ema, self.parts.unet, self.parts.accelerator.device)
+        model = self.parts.ema.averaged(self.parts.unet).to(self.parts.accelerator.device)
         grid = Path(self.cfg.output_dir) / "samples" / f"step-{step}.png"
         return self.pixel(model, grid) if self.family is None else self.latent(model, grid, step)
 
@@ -305,7 +298,7 @@ def train_ict(cfg: ICTConfig, accelerator: Accelerator | None = None) -> dict[st
                            validation if cfg.eval_every > 0 else None, cfg.resume, cfg.checkpoint_every,
                            max(cfg.eval_every, 1), stop_at=cfg.stop_at)
     if accelerator.is_main_process and export is not None and counter.step >= cfg.max_steps:
-        final = ema_network(parts.ema, unet, accelerator.device)
+        final = parts.ema.averaged(unet).to(accelerator.device)
         save_unet(final, export, cfg.export_dtype)
         sampler.save_pretrained(export)
         metrics.update(steps=counter.step, params=sum(p.numel() for p in final.parameters()))
