@@ -10,7 +10,8 @@ torch.cuda.max_memory_allocated). lcd, lcd-lora (rank 16), rg-lcd (reward beta 0
 (`train_vs_reference.OurStep`) with random latents and text states: a family's teacher (rg-lcd: the family's reward
 through its VAE) or random-weight SD2.1-shaped models (rg-lcd: a random CLIP ViT-H-14-shaped HPS-style reward).
 ict times `rglcd.training.ict.ict_step` (the teacher's architecture trained from the family's data, no teacher) on
-the trainer's network, optimiser, EMA and batches. Writes bench/results/train-throughput-<family or shape>-<device>.json.
+the trainer's network, optimiser, EMA and batches.
+Writes bench/results/train-throughput-<family or shape>-<device>.json.
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ def ict_worker(family: str, batch_size: int, warmup: int, steps: int, device: st
     loaded = load_family(family)
     batches = ict.ict_data(cfg, loaded, accelerator)
     unet = ict.ict_unet(cfg, loaded, batches)
-    parts = ict.ict_parts(cfg, unet, accelerator)
+    parts = ict.ict_parts(cfg, ict.ict_loss(cfg), unet, accelerator)
     draw = ict.BatchDraw(batches, batch_size, accelerator.device, loaded, unet, cfg.cfg_dropout)
     step = ict.TrainStep(parts, draw, cfg.seed, accelerator.process_index)
     return {"supported": True, "batch_size": batch_size, **time_steps(step, warmup, steps, device)}

@@ -159,7 +159,7 @@ def train_autoencoder(cfg: AutoencoderConfig, accelerator: Accelerator | None = 
         optimizer.step()
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        return {"loss": loss.item(), "lr": lr_scheduler.get_last_lr()[0]}
+        return {"loss": loss.detach(), "lr": lr_scheduler.get_last_lr()[0]}
 
     def evaluate(step: int) -> dict[str, float]:
         model = accelerator.unwrap_model(vae).eval()

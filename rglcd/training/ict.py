@@ -178,14 +178,14 @@ def ict_step(parts: ICTStep, x0: torch.Tensor, cond: dict[str, Any], noise: torc
     return {"loss": accelerator.reduce(loss.detach(), "mean")}
 
 
-def ict_parts(cfg: ICTConfig, unet: torch.nn.Module, accelerator: Accelerator) -> ICTStep:
-    """The EMA of `unet`, its `CMDenoiser` and RAdam prepared by `accelerator`, as an `ICTStep`."""
+def ict_parts(cfg: ICTConfig, objective: ICTLoss, unet: torch.nn.Module, accelerator: Accelerator) -> ICTStep:
+    """`objective`'s step on `unet`: its EMA, its `CMDenoiser` and RAdam prepared by `accelerator`."""
     ema = EMA(unet.parameters(), cfg.ema_decay, warmup="ratio")
     net = CMDenoiser(unet.train(), cfg.sigma_min, cfg.sigma_data)
     optimizer = torch.optim.RAdam(unet.parameters(), lr=cfg.learning_rate)
     net, optimizer = accelerator.prepare(net, optimizer)
     ema.to(accelerator.device)
-    return ICTStep(accelerator, ict_loss(cfg), net, unet, optimizer, ema, cfg.max_grad_norm)
+    return ICTStep(accelerator, objective, net, unet, optimizer, ema, cfg.max_grad_norm)
 
 
 @dataclass
@@ -274,7 +274,7 @@ def train_ict(cfg: ICTConfig, accelerator: Accelerator | None = None) -> dict[st
     """Train (resuming when asked), export the EMA network and register it (latent data); return final metrics."""
     if get_method(cfg.method).trainer != "ict":
         raise ValueError(f"train_ict runs {', '.join(trainer_methods('ict'))}, got --method {cfg.method}")
-    ict_loss(cfg)  # bad loss settings fail before any work
+    objective = ict_loss(cfg)  # bad loss settings fail before any work
     pixel = cfg.data == FASHION
     family = None if pixel else load_family(cfg.family)
     if not pixel:
@@ -286,7 +286,7 @@ def train_ict(cfg: ICTConfig, accelerator: Accelerator | None = None) -> dict[st
     set_seed(cfg.seed)  # the same initialisation on every process and every fresh run
     batches = ict_data(cfg, family, accelerator)
     unet = ict_unet(cfg, family, batches)
-    parts = ict_parts(cfg, unet, accelerator)
+    parts = ict_parts(cfg, objective, unet, accelerator)
     counter = StepCounter()
     for state in (counter, parts.ema) + ((batches,) if hasattr(batches, "consumed") else ()):
         accelerator.register_for_checkpointing(state)
