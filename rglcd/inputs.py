@@ -16,10 +16,9 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
-if TYPE_CHECKING:
-    from rglcd.models import Family
+from rglcd.models import STUDENT_SCHEDULERS, Family, count_tokens
 
 STUDENT_MAX_STEPS = 50  # LCMScheduler / MLCMScheduler: original_inference_steps of the skipping-step grid
 MAX_SEED = 2**32 - 1
@@ -92,10 +91,8 @@ def prompt_text(value: Any) -> str:
 def step_limit(kind: str, scheduler_config: dict[str, Any]) -> int:
     """Most sampling steps a member of `kind` takes (students: 50, MLCM's TLCM sampler 8; teacher:
     num_train_timesteps - steps_offset). `scheduler_config` includes the member's own sampler settings."""
-    from rglcd.models import STUDENT_SCHEDULERS
-
     if kind == "mlcm" and scheduler_config.get("sampler") == "tlcm":
-        from rglcd.scheduling_mlcm import TLCM_STEPS
+        from rglcd.scheduling_mlcm import TLCM_STEPS  # not at the top: it imports diffusers, slow for a CLI check
 
         return max(TLCM_STEPS)
     if kind in STUDENT_SCHEDULERS:
@@ -105,8 +102,6 @@ def step_limit(kind: str, scheduler_config: dict[str, Any]) -> int:
 
 def check_prompt_tokens(family: Family, prompt: str) -> None:
     """InputError when `prompt` is longer than the family's text encoder reads (loads its tokenizer)."""
-    from rglcd.models import count_tokens
-
     tokenizer = family.tokenizer
     n, limit = count_tokens(tokenizer, prompt), tokenizer.model_max_length
     if n > limit:

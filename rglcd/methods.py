@@ -14,33 +14,18 @@ Adding a method (say TCD): write its objective in `rglcd.objectives` (tested alo
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from diffusers import LCMScheduler
+
 from rglcd.objectives import ICTLoss, LCDLoss, MLCMLoss, RGLCDLoss
+from rglcd.scheduling_cm import CMScheduler
+from rglcd.scheduling_mlcm import MLCMScheduler
 
-
-def _lcm_sampler() -> type:
-    from diffusers import LCMScheduler
-
-    return LCMScheduler
-
-
-def _mlcm_sampler() -> type:
-    from rglcd.scheduling_mlcm import MLCMScheduler
-
-    return MLCMScheduler
-
-
-def _cm_sampler() -> type:
-    from rglcd.scheduling_cm import CMScheduler
-
-    return CMScheduler
-
-
-SAMPLERS: dict[str, Callable[[], type]] = {"lcm": _lcm_sampler, "mlcm": _mlcm_sampler, "cm": _cm_sampler}
-"""The diffusers scheduler class of each student kind (imported when asked: diffusers loads slowly). A family's
-teacher (kind "teacher") samples with DDIM + CFG instead."""
+SAMPLERS: dict[str, type] = {"lcm": LCMScheduler, "mlcm": MLCMScheduler, "cm": CMScheduler}
+"""The diffusers scheduler class of each student kind. A family's teacher (kind "teacher") samples with DDIM + CFG
+instead."""
 TEACHER_KIND = "teacher"
 
 
@@ -48,7 +33,7 @@ def sampler_class(kind: str) -> type:
     """The scheduler class that samples a student of `kind`; ValueError naming the known kinds."""
     if kind not in SAMPLERS:
         raise ValueError(f"unknown student kind {kind!r}; known: {', '.join(SAMPLERS)}")
-    return SAMPLERS[kind]()
+    return SAMPLERS[kind]
 
 
 def _no_options(cfg: Any) -> dict[str, Any]:
@@ -63,12 +48,13 @@ def _no_step_settings(loss: Any, cfg: Any, step: int) -> dict[str, float]:
 class Method:
     """One training method.
 
-    `loss` is the objective class the trainer optimises. `build_loss(common, cfg)` makes the distillation loss from the shared LCD arguments `common` (alphas_cumprod,
-    num_ddim_timesteps, w_min, w_max, w_embedding_dim, loss_type, huber_c, prediction_type) and the trainer's
-    config (RG-LCD: the LCD loss, which the trainer wraps in `RGLCDLoss` with the reward, as it does for MLCM given
-    a reward); `sampler_options(cfg)` are the settings its student's sampler must share with the objective (stored in
-    the member's family entry); `step_settings(loss, cfg, step)` updates the objective before optimiser step `step`
-    and returns what to log (MLCM's progressive segment count).
+    `loss` is the objective class the trainer optimises. `build_loss(common, cfg)` makes the distillation loss from
+    the arguments every distillation loss shares, `common` (alphas_cumprod, num_ddim_timesteps, w_min, w_max,
+    w_embedding_dim, loss_type, huber_c, prediction_type), and the trainer's config; for RG-LCD that is the LCD
+    loss, which the trainer wraps in `RGLCDLoss` with the reward (as it does for MLCM given a reward).
+    `sampler_options(cfg)` are the settings its student's sampler must share with the objective (stored in the
+    member's family entry); `step_settings(loss, cfg, step)` updates the objective before optimiser step `step` and
+    returns what to log (MLCM's progressive segment count).
     """
 
     name: str
@@ -85,8 +71,7 @@ class Method:
     build_loss: Callable[[Mapping[str, Any], Any], Any] | None = None
     sampler_options: Callable[[Any], dict[str, Any]] = _no_options
     step_settings: Callable[[Any, Any, int], dict[str, float]] = _no_step_settings
-    recipe: str | None = None  # the embedded family's recipe (train/configs/)
-    defaults: Mapping[str, Any] = field(default_factory=dict)
+    recipe: str | None = None  # the embedded family's recipe: the method's default settings (train/configs/)
 
     def uses_reward(self, reward_given: bool) -> bool:
         """Whether the objective has a reward term, `reward_given` saying whether the user named one."""

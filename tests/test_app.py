@@ -16,9 +16,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from rglcd.demo import (COLUMNS, Engine, build_app, compare_page, example_prompts, launch_local,  # noqa: E402
-                        parse_settings, stand_in_family)
+from rglcd.demo import COLUMNS, Engine, build_app, compare_page, example_prompts, parse_settings  # noqa: E402
 from rglcd.sampling import InputError  # noqa: E402
+from rglcd.testing import launch_local, stand_in_family  # noqa: E402
 
 torch.set_num_threads(1)
 FAST = {"student_steps": 2, "teacher_steps": 3, "student_guidance": 5.0, "teacher_guidance": 5.0, "seed": "0",

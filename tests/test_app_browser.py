@@ -13,7 +13,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from rglcd.demo import CHROMIUM, COLUMNS, Engine, build_app, capture_page, launch_local  # noqa: E402
+from rglcd.demo import COLUMNS, Engine, build_app  # noqa: E402
+from rglcd.testing import CHROMIUM, capture_page, launch_local  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"needs Debian chromium at {CHROMIUM} "
                                 "(apt-get install -y chromium; .ci/run does)")

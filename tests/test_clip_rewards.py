@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import CLIPConfig, CLIPModel
 
-from rglcd.models import ModelLoadError
+from rglcd.loading import ModelLoadError
 from rglcd.rewards import get_reward
 from rglcd.rewards.clip import ClipReward, _features, clip_preprocess, load_hps, open_clip_to_hf
 

@@ -2,8 +2,9 @@
 
 import torch
 
-from rglcd.data.emoji import (CAPTION_TEMPLATES, augment, captions, heldout_names, is_flag, is_heldout_by_hash,
-                              list_concepts, load_renders, render, split_concepts)
+from rglcd.data.emoji import (CAPTION_TEMPLATES, augment, captions, drop_captions, heldout_names, is_flag,
+                              is_heldout_by_hash, list_concepts, load_renders, render, sample_caption_batch,
+                              split_concepts)
 
 
 def test_heldout_list_is_about_ten_percent_of_existing_concepts():
@@ -85,3 +86,37 @@ def test_evaluation_phrasings_are_never_training_phrasings():
     assert len(free.prompts) == len(plain.prompts) == 108
     assert free.prompts[1] == EVAL_PHRASINGS["test"][1].format(plain.prompts[1])
     assert torch.equal(free.reference(8), plain.reference(8))
+
+
+def fake_training_tensors(n: int = 6, templates: int = 3) -> dict:
+    g = torch.Generator().manual_seed(1)
+    return {"latents": torch.randn(n, 4, 2, 2, generator=g),
+            "context": torch.randn(n, templates, 5, 8, generator=g).half(),
+            "empty": torch.randn(5, 8, generator=g).half(),
+            "captions": [f"concept {i} phrasing {t}" for i in range(n) for t in range(templates)]}
+
+
+def test_caption_dropout_is_one_draw_per_caption_and_none_at_zero():
+    ctx, texts, empty = torch.randn(64, 5, 8), [f"c{i}" for i in range(64)], torch.randn(5, 8).half()
+    g = torch.Generator().manual_seed(0)
+    same = drop_captions(ctx, texts, empty, 0.0, g)
+    assert same[0] is ctx and same[1] is texts
+    assert torch.equal(g.get_state(), torch.Generator().manual_seed(0).get_state())  # nothing drawn
+    out, out_texts = drop_captions(ctx, texts, empty, 0.5, torch.Generator().manual_seed(3))
+    dropped = torch.rand(64, generator=torch.Generator().manual_seed(3)) < 0.5
+    assert 10 < int(dropped.sum()) < 54
+    assert out_texts == ["" if d else t for d, t in zip(dropped.tolist(), texts)]
+    assert torch.equal(out[dropped], empty.float().expand(int(dropped.sum()), 5, 8))
+    assert torch.equal(out[~dropped], ctx[~dropped]) and not torch.equal(ctx[dropped], out[dropped])  # input kept
+
+
+def test_emoji_batches_drop_captions_like_every_source():
+    data = fake_training_tensors()
+    z, ctx, texts = sample_caption_batch(data, 32, torch.Generator().manual_seed(5), cfg_dropout=0.3)
+    g = torch.Generator().manual_seed(5)
+    idx, tmpl = torch.randint(6, (32,), generator=g), torch.randint(3, (32,), generator=g)
+    kept_ctx, kept = data["context"][idx, tmpl].float(), [data["captions"][i * 3 + t] for i, t in zip(idx, tmpl)]
+    want_ctx, want_texts = drop_captions(kept_ctx, kept, data["empty"], 0.3, g)
+    assert torch.equal(z, data["latents"][idx]) and torch.equal(ctx, want_ctx) and texts == want_texts
+    assert "" in texts and any(texts)
+    assert all(torch.equal(c, data["empty"].float()) == (t == "") for c, t in zip(ctx, texts))

@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 from rglcd import devicepack
-from rglcd.models import encode_prompts, load_family, minilm_path
+from rglcd.loading import minilm_path
+from rglcd.models import encode_prompts, load_family
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,7 +16,8 @@ from PIL import Image
 
 from rglcd import evaluate
 from rglcd.data.prompts import PromptSetError, load_prompt_set
-from rglcd.evaluate import image_grid, prompt_following
+from rglcd.evaluate import harness, prompt_following
+from rglcd.images import image_grid
 from rglcd.models import Family, register_member
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
@@ -103,8 +104,8 @@ def test_end_to_end_writes_every_output_and_resumes(eval_inputs, tmp_path, monke
         raise AssertionError("a rerun must not generate or score again")
 
     monkeypatch.setattr(Family, "pipeline", refuse)
-    monkeypatch.setattr(evaluate, "efficientnet_lite0_features", refuse)
-    monkeypatch.setattr(evaluate, "family_rewards", refuse)
+    monkeypatch.setattr(harness, "efficientnet_lite0_features", refuse)
+    monkeypatch.setattr(harness, "family_rewards", refuse)
     first = (out / "results.csv").read_text()
     assert evaluate.main(_args(root, tmp, out)) == 0
     assert (out / "results.csv").read_text() == first

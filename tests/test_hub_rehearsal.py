@@ -12,7 +12,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from rglcd.models import PRESETS, WITHDRAWN_SD21, ModelLoadError, load_family, resolve_source  # noqa: E402
+from rglcd.loading import WITHDRAWN_SD21, ModelLoadError, resolve_source  # noqa: E402
+from rglcd.models import load_family  # noqa: E402
+from rglcd.presets import PRESETS  # noqa: E402
 
 torch.set_num_threads(1)
 HUB_PRESETS = sorted(name for name, spec in PRESETS.items() if "file" not in spec)
@@ -24,8 +26,6 @@ def lora_modules_in_file(family, name: str) -> int:
     """How many UNet modules the member's LoRA file adapts (kohya `lora_unet_x.lora_down.weight` or peft
     `base_model.model.x.lora_A.weight`)."""
     from safetensors import safe_open
-
-    from rglcd.models import resolve_source
 
     src = resolve_source(family.member(name)["lora"], family.root)
     with safe_open(str(src.file(src.weight_name)), "pt") as f:
@@ -168,7 +168,8 @@ def test_a_family_file_points_an_unpublished_member_at_a_trained_folder(real_hub
 def test_compare_answers_on_the_real_families(preset, expected, real_hub):
     from gradio_client import Client
 
-    from rglcd.demo import Engine, build_app, launch_local
+    from rglcd.demo import Engine, build_app
+    from rglcd.testing import launch_local
 
     engine = Engine(preset)
     assert engine.columns == tuple(expected)

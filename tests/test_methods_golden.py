@@ -1,8 +1,10 @@
 """Each distillation method's trainer on a tiny family and a fixed seed reproduces the figures recorded before the
 method registry refactor (tests/data/distill-golden.json, written at commit f750018 by this file with
 RGLCD_RECORD_GOLDEN=1): the final loss and reward scalars and a fingerprint of the exported weights, after two
-optimiser steps. LCD, LCD-LoRA, MLCM and MLCM with a reward are bit-exact; the RG-LCD variants agree to float
-rounding (the reward term is now averaged per sample inside `RGLCDLoss` instead of after the loss mean)."""
+optimiser steps. LCD, LCD-LoRA and MLCM agree to 1e-9 relative (the refactor itself was bit-exact; AdamW's
+fused kernel, adopted afterwards for speed, rounds differently from the kernel the figures were recorded with);
+the methods with a reward term to 1e-5 (it is now averaged per sample inside `RGLCDLoss` instead of after the loss
+mean)."""
 
 import json
 import os
@@ -61,8 +63,6 @@ def test_method_reproduces_the_recorded_step(family_with_teacher, tmp_path, case
         return
     expected = json.loads(GOLDEN.read_text())[case]
     assert set(got) == set(expected)
-    if case in EXACT:
-        assert got == expected
-    else:
-        for key, value in expected.items():
-            assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+    rel = 1e-9 if case in EXACT else 1e-5
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, rel=rel, abs=rel / 100), key

@@ -5,8 +5,9 @@ import json
 import pytest
 import torch
 
-from rglcd.models import MINILM_SHA256, PRESETS, ModelLoadError, _verify_sha256, encode_prompts, load_family, \
-    minilm_path
+from rglcd.loading import MINILM_SHA256, ModelLoadError, minilm_path, verify_sha256
+from rglcd.models import encode_prompts, load_family
+from rglcd.presets import PRESETS
 from rglcd.sampling import Request, generate
 
 
@@ -15,7 +16,7 @@ def test_minilm_checksum_is_verified(tmp_path):
     bad = tmp_path / "model.safetensors"
     bad.write_bytes(b"not the weights")
     with pytest.raises(ModelLoadError, match="checksum mismatch"):
-        _verify_sha256(bad, MINILM_SHA256)
+        verify_sha256(bad, MINILM_SHA256)
 
 
 def test_tiny_sd21_family_loads_from_repo_layout_and_samples(tiny_sd21_repo, tmp_path):

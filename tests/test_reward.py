@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from rglcd.models import ModelLoadError
+from rglcd.loading import ModelLoadError
 from rglcd.rewards import RewardMix, get_reward, parse_mix
 from rglcd.rewards.emoji import EmojiReward
 

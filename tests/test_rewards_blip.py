@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from transformers import BertTokenizer, BlipTextModel, BlipVisionConfig, BlipVisionModel, CLIPConfig, CLIPModel
 
-from rglcd.models import ModelLoadError
+from rglcd.loading import ModelLoadError
 from rglcd.rewards import get_reward
 from rglcd.rewards.aesthetic import ScoreMLP, load_aesthetic
 from rglcd.rewards.blip import (IMAGEREWARD_MEAN, IMAGEREWARD_STD, RG_LCD_CLIP_AT, ImageRewardModel,

@@ -41,7 +41,7 @@ def test_the_card_and_requirements_fit_a_space(space):
     torch_pin = [r for r in requirements if r.startswith("torch")]
     assert torch_pin == ["torch>=2.8,<2.12"] and "2.13" not in "\n".join(requirements)
     assert "spaces" in requirements and not any(r.startswith(("torchvision", "gradio", "-e")) for r in requirements)
-    assert (space / "rglcd" / "demo.py").is_file() and not list(space.rglob("__pycache__"))
+    assert (space / "rglcd" / "demo" / "page.py").is_file() and not list(space.rglob("__pycache__"))
     assert (space / "assets" / "models" / "emoji-64" / "family.json").is_file()
     assert "RGLCD_FAMILY" in (space / "app.py").read_text()
 
@@ -97,7 +97,7 @@ def test_the_space_engine_is_fp16_on_cuda_only(monkeypatch):
 def test_the_exported_folder_serves_compare_on_the_cpu(space):
     from gradio_client import Client
 
-    from rglcd.demo import free_port
+    from rglcd.testing import free_port
 
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RGLCD_FAMILY")}
     where = subprocess.run([sys.executable, "-c", "import rglcd; print(rglcd.__file__)"], cwd=space, env=env,

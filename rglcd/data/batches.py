@@ -20,20 +20,13 @@ from typing import Any
 
 import torch
 
+from rglcd.data.emoji import drop_captions, emoji_training_tensors, load_training_tensors, sample_caption_batch
 from rglcd.data.shards import DataError, HFDatasetTable, ImageFolderTable, iter_shard_samples
+from rglcd.files import atomic_path
+from rglcd.loading import cache_dir
+from rglcd.models import encode_latents
 
 Batch = tuple[torch.Tensor, torch.Tensor, list[str]]
-
-
-def drop_captions(ctx: torch.Tensor, texts: list[str], empty: torch.Tensor, p: float, generator: torch.Generator
-                  ) -> tuple[torch.Tensor, list[str]]:
-    """Replace each caption (states (B,L,D) and text) by the empty one with probability `p` (CFG dropout)."""
-    if p <= 0:
-        return ctx, texts
-    drop = torch.rand(len(texts), generator=generator) < p
-    ctx = ctx.clone()
-    ctx[drop] = empty.to(ctx)
-    return ctx, ["" if d else t for d, t in zip(drop.tolist(), texts)]
 
 
 class EmojiBatches:
@@ -42,8 +35,6 @@ class EmojiBatches:
 
     def __init__(self, family: Any, include_flags: bool = False, limit: int | None = None,
                  data: dict | None = None) -> None:
-        from rglcd.data.emoji import emoji_training_tensors
-
         self.data = data if data is not None else emoji_training_tensors(family, include_flags, limit)
         self.empty = self.data["empty"].float()
         self.captions: list[str] = self.data["captions"]
@@ -52,8 +43,6 @@ class EmojiBatches:
         self.size = len(self.data["latents"])
 
     def batch(self, batch_size: int, generator: torch.Generator, cfg_dropout: float = 0.0) -> Batch:
-        from rglcd.data.emoji import sample_caption_batch
-
         return sample_caption_batch(self.data, batch_size, generator, cfg_dropout)
 
     def state_dict(self) -> dict:
@@ -91,8 +80,6 @@ class EncodedBatches:
 
     def _encode(self, images: list[torch.Tensor], texts: list[str], generator: torch.Generator | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        from rglcd.models import encode_latents
-
         with torch.no_grad():
             z = encode_latents(self.family.vae, torch.stack(images), self.encode_batch, generator).float().cpu()
             ctx = self.family.encode(texts).float().cpu()
@@ -107,8 +94,6 @@ class EncodedBatches:
         return itertools.islice(it, self.rank, None, self.world)
 
     def _load_or_build_cache(self, cache_root: Path | None) -> dict[str, Any]:
-        from rglcd.data.emoji import cache_dir
-
         key = hashlib.sha1(f"{Path(self.spec).resolve()}|{self.resolution}|{self.family.name}|{self.rank}/"
                            f"{self.world}".encode()).hexdigest()[:16]
         path = (cache_root or cache_dir() / "latents") / f"{key}.pt"
@@ -128,9 +113,8 @@ class EncodedBatches:
             z, c = self._encode(images, texts[-len(images):])
             zs.append(z.half()), ctxs.append(c.half())
         data = {"latents": torch.cat(zs), "context": torch.cat(ctxs), "captions": texts}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(data, path.with_suffix(".tmp"))
-        path.with_suffix(".tmp").replace(path)
+        with atomic_path(path) as tmp:
+            torch.save(data, tmp)
         return data
 
     def _next(self) -> tuple[torch.Tensor, str]:
@@ -175,8 +159,6 @@ def training_batches(spec: str, family: Any, resolution: int | None = None, cach
     if spec == "emoji":
         return EmojiBatches(family, include_flags, limit)
     if spec.startswith("tensors:"):
-        from rglcd.data.emoji import load_training_tensors
-
         try:
             return EmojiBatches(family, data=load_training_tensors(spec[len("tensors:"):]))
         except FileNotFoundError as err:

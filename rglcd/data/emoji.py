@@ -12,14 +12,17 @@ their base concept). About 10% of the concepts are held out from every training 
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ASSETS = Path(__file__).resolve().parents[2] / "assets"
+from rglcd.files import atomic_path
+from rglcd.loading import ASSETS, cache_dir
+from rglcd.models import encode_latents, encode_prompts
+from rglcd.pixels import to_model_range
+
 HELDOUT_FILE = ASSETS / "prompts" / "emoji-heldout.txt"
 HELDOUT_HALVES = ("val", "test")
 # Training phrasings: every trainer draws one per sample (the first four are the original templates). Users type
@@ -186,11 +189,6 @@ def render_all(concepts: list[EmojiConcept], size: int = IMAGE_SIZE) -> torch.Te
     return torch.from_numpy(np.stack([render(c.char, size) for c in concepts])).permute(0, 3, 1, 2).contiguous()
 
 
-def cache_dir() -> Path:
-    """Where precomputed renders, embeddings and latents live (outside the work tree by default)."""
-    return Path(os.environ.get("RGLCD_CACHE", Path.home() / ".cache" / "rglcd"))
-
-
 def load_renders(split: str = "all", size: int = IMAGE_SIZE) -> tuple[list[EmojiConcept], torch.Tensor]:
     """(concepts, uint8 renders (N,3,size,size)) for split 'all' | 'train' | 'heldout', rendered once and cached."""
     if split not in ("all", "train", "heldout"):
@@ -205,10 +203,8 @@ def load_renders(split: str = "all", size: int = IMAGE_SIZE) -> tuple[list[Emoji
         blob = None
     if blob is None:
         blob = {"names": [c.name for c in concepts], "images": render_all(concepts, size)}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(blob, tmp)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            torch.save(blob, tmp)
     images = blob["images"]
     if split == "all":
         return concepts, images
@@ -216,11 +212,6 @@ def load_renders(split: str = "all", size: int = IMAGE_SIZE) -> tuple[list[Emoji
     keep = {c.name for c in (train if split == "train" else held)}
     idx = [i for i, c in enumerate(concepts) if c.name in keep]
     return [concepts[i] for i in idx], images[idx]
-
-
-def to_model_range(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [0,255] (B,3,H,W) -> float [-1,1], the range diffusers autoencoders take."""
-    return images.float().div(127.5).sub(1.0)
 
 
 def augment(images: torch.Tensor, generator: torch.Generator, max_shift: int = 4, flip: bool = True) -> torch.Tensor:
@@ -266,8 +257,6 @@ def emoji_training_tensors(family, include_flags: bool = False, limit: int | Non
     latents (N,4,h,w) scaled, caption token states (N,T,L,D) fp16 (T phrasings), empty-caption states (L,D) fp16,
     and the caption strings (N*T, concept-major) for rewards that read text.
     """
-    from rglcd.models import encode_latents
-
     concepts, images = training_concepts(include_flags, limit)
     weights = Path(family.source("vae").location) / "diffusion_pytorch_model.safetensors"
     digest = hashlib.sha1(weights.read_bytes()).hexdigest()[:12] if weights.is_file() else "none"
@@ -279,9 +268,8 @@ def emoji_training_tensors(family, include_flags: bool = False, limit: int | Non
     texts = [c for con in concepts for c in captions(con.name)]
     data = encode_training_tensors(encode_latents(family.vae, to_model_range(images)), texts, family.tokenizer,
                                    family.text_encoder)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(data, path.with_suffix(".tmp"))
-    path.with_suffix(".tmp").replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(data, tmp)
     return data
 
 
@@ -290,8 +278,6 @@ def encode_training_tensors(latents: torch.Tensor, texts: list[str], tokenizer, 
     """The training-tensor dict of `emoji_training_tensors` from latents (N,C,h,w) and N*T captions (concept-major,
     T per concept), encoded on the text encoder's device: {latents, context (N,T,L,D) fp16, empty (L,D) fp16,
     captions}."""
-    from rglcd.models import encode_prompts
-
     if len(texts) % len(latents):
         raise ValueError(f"{len(texts)} captions for {len(latents)} latents: need the same count per latent")
     states = torch.cat([encode_prompts(tokenizer, text_encoder, texts[i: i + batch_size]).cpu()
@@ -324,8 +310,17 @@ def sample_caption_batch(data: dict, batch_size: int, generator: torch.Generator
     tmpl = torch.randint(n_templates, (batch_size,), generator=generator)
     ctx = data["context"][idx, tmpl].float()
     texts = [data["captions"][i * n_templates + t] for i, t in zip(idx.tolist(), tmpl.tolist())]
-    if cfg_dropout > 0:
-        drop = torch.rand(batch_size, generator=generator) < cfg_dropout
-        ctx[drop] = data["empty"].float()
-        texts = ["" if d else t for d, t in zip(drop.tolist(), texts)]
+    ctx, texts = drop_captions(ctx, texts, data["empty"], cfg_dropout, generator)
     return data["latents"][idx], ctx, texts
+
+
+def drop_captions(ctx: torch.Tensor, texts: list[str], empty: torch.Tensor, p: float, generator: torch.Generator
+                  ) -> tuple[torch.Tensor, list[str]]:
+    """Replace each caption (states (B,L,D) and text) by the empty one (L,D) with probability `p` (CFG dropout);
+    the one dropout of every batch source (`rglcd.data.batches`). Draws nothing when `p` is 0."""
+    if p <= 0:
+        return ctx, texts
+    drop = torch.rand(len(texts), generator=generator) < p
+    ctx = ctx.clone()
+    ctx[drop] = empty.to(ctx)
+    return ctx, ["" if d else t for d, t in zip(drop.tolist(), texts)]

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rglcd import pixels
 from rglcd.data.shards import DataError
 
 DEFAULT_ROOT = Path("/usr/share/datasets/fashion-mnist")
-CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 SPLITS = {"train": "train", "test": "t10k"}
 
 
@@ -57,10 +57,13 @@ def load_fashion_mnist(split: str = "train", root: str | Path | None = None) -> 
     return images, labels
 
 
-def to_model_range(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (N,28,28) -> float (N,1,32,32) in [-1,1], padded by 2 pixels of background (-1)."""
-    x = images.float().div(127.5).sub(1.0).unsqueeze(1)
-    return torch.nn.functional.pad(x, (2, 2, 2, 2), value=-1.0)
+def padded_model_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N,28,28) -> float (N,1,32,32) in [-1,1] (`rglcd.pixels.to_model_range`), padded by 2 pixels of
+    background (-1): the models' input."""
+    return torch.nn.functional.pad(pixels.to_model_range(images.unsqueeze(1)), (2, 2, 2, 2), value=-1.0)
+
+
+to_model_range = padded_model_input  # the old name, until training/fashion_classifier.py imports padded_model_input
 
 
 class FashionMNISTBatches:
@@ -72,4 +75,4 @@ class FashionMNISTBatches:
 
     def batch(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.randint(self.size, (batch_size,), generator=generator)
-        return to_model_range(self.images[idx]), self.labels[idx]
+        return padded_model_input(self.images[idx]), self.labels[idx]

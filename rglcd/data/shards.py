@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from rglcd.pixels import resize_and_center_crop, to_model_range
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 CAPTION_KEYS = ("caption", "text", "prompt")
@@ -98,13 +99,8 @@ def decode_image(data: bytes) -> np.ndarray:
 def resize_center_crop(image: np.ndarray, resolution: int) -> torch.Tensor:
     """uint8 (H,W,3) -> float (3, R, R) in [-1,1]: shorter side to R (bilinear, antialiased), then centre crop.
     (A copy: decoded datasets may hand over read-only arrays, which torch.from_numpy warns about.)"""
-    x = torch.from_numpy(np.array(image)).permute(2, 0, 1).float().unsqueeze(0) / 127.5 - 1
-    h, w = x.shape[-2:]
-    scale = resolution / min(h, w)
-    size = (max(resolution, round(h * scale)), max(resolution, round(w * scale)))
-    x = F.interpolate(x, size=size, mode="bilinear", antialias=scale < 1, align_corners=False)
-    top, left = (size[0] - resolution) // 2, (size[1] - resolution) // 2
-    return x[0, :, top: top + resolution, left: left + resolution].clamp(-1, 1)
+    x = to_model_range(torch.from_numpy(np.array(image)).permute(2, 0, 1).unsqueeze(0))
+    return resize_and_center_crop(x, resolution, "bilinear")[0].clamp(-1, 1)
 
 
 def iter_shard_samples(pattern: str, resolution: int, keep: SampleFilter = SampleFilter()

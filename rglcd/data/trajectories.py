@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from rglcd.files import atomic_path, write_json
+
 SHARD_SIZE = 256
 
 
@@ -100,7 +102,7 @@ def write_trajectories(folder: Path, spec: TrajectorySpec, teacher, context: tor
     """
     folder.mkdir(parents=True, exist_ok=True)
     if rank == 0:
-        (folder / "spec.json").write_text(json.dumps(asdict(spec), indent=2) + "\n")
+        write_json(folder / "spec.json", asdict(spec))
     num_shards = -(-spec.count // SHARD_SIZE)
     mine = [s for s in range(num_shards) if s % world == rank and not (folder / f"shard-{s:05d}.pt").exists()]
     for s in tqdm(mine, desc="teacher trajectories", disable=rank != 0 or not mine):
@@ -116,9 +118,8 @@ def write_trajectories(folder: Path, spec: TrajectorySpec, teacher, context: tor
             chunks.append(sample_trajectories(teacher, noise[sl].to(device), ctx,
                                               uncond_context.float().to(device).expand_as(ctx), w[sl].to(device),
                                               grid, teacher_step).half().cpu())
-        tmp = folder / f".shard-{s:05d}.pt.tmp"
-        torch.save({"states": torch.cat(chunks), "prompt": prompt, "w": w}, tmp)
-        tmp.replace(folder / f"shard-{s:05d}.pt")
+        with atomic_path(folder / f"shard-{s:05d}.pt") as tmp:
+            torch.save({"states": torch.cat(chunks), "prompt": prompt, "w": w}, tmp)
 
 
 def teacher_trajectories(root: Path, spec: TrajectorySpec, teacher, context: torch.Tensor,

@@ -19,12 +19,17 @@ Two scales, one convention (the only place it is stated; the README repeats it):
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from rglcd.models import ASSETS, ModelLoadError
+from rglcd.loading import ASSETS, ModelLoadError
+from rglcd.rewards.aesthetic import load_aesthetic
+from rglcd.rewards.blip import RG_LCD_CLIP_AT, load_imagereward
+from rglcd.rewards.clip import VIT_H_14, load_hf_clip_reward, load_hps
+from rglcd.rewards.emoji import EmojiReward
 
 DEFAULT_WEIGHTS: dict[str, str] = {
     "emoji": str(ASSETS / "models" / "emoji-64" / "reward"),
@@ -37,53 +42,16 @@ DEFAULT_WEIGHTS: dict[str, str] = {
 }
 
 
-def _load_emoji(weights: str) -> nn.Module:
-    from rglcd.rewards.emoji import EmojiReward
-
-    return EmojiReward.from_pretrained(weights)
-
-
-def _load_hps(weights: str) -> nn.Module:
-    from rglcd.rewards.clip import load_hps
-
-    return load_hps(weights)
-
-
-def _load_pickscore(weights: str) -> nn.Module:
-    from rglcd.rewards.clip import VIT_H_14, load_hf_clip_reward
-
-    return load_hf_clip_reward(weights, "pickscore", tokenizer_from=VIT_H_14)
-
-
-def _load_clipscore(weights: str) -> nn.Module:
-    from rglcd.rewards.clip import load_hf_clip_reward
-
-    return load_hf_clip_reward(weights, "clipscore")
-
-
-def _load_imagereward(weights: str) -> nn.Module:
-    from rglcd.rewards.blip import load_imagereward
-
-    return load_imagereward(weights)
-
-
-def _load_imagereward_clipped(weights: str) -> nn.Module:
-    from rglcd.rewards.blip import RG_LCD_CLIP_AT, load_imagereward
-
-    return load_imagereward(weights, clip_at=RG_LCD_CLIP_AT)
-
-
-def _load_aesthetic(weights: str) -> nn.Module:
-    from rglcd.rewards.aesthetic import load_aesthetic
-
-    return load_aesthetic(weights)
-
-
-LOADERS: dict[str, Callable[[str], nn.Module]] = {"emoji": _load_emoji, "hpsv2.1": _load_hps,
-                                                  "pickscore": _load_pickscore, "clipscore": _load_clipscore,
-                                                  "imagereward": _load_imagereward,
-                                                  "imagereward-clipped": _load_imagereward_clipped,
-                                                  "aesthetic": _load_aesthetic}
+LOADERS: dict[str, Callable[[str], nn.Module]] = {
+    "emoji": EmojiReward.from_pretrained,
+    "hpsv2.1": load_hps,
+    "pickscore": partial(load_hf_clip_reward, score="pickscore", tokenizer_from=VIT_H_14),
+    "clipscore": partial(load_hf_clip_reward, score="clipscore"),
+    "imagereward": load_imagereward,
+    "imagereward-clipped": partial(load_imagereward, clip_at=RG_LCD_CLIP_AT),
+    "aesthetic": load_aesthetic,
+}
+"""Each reward's loader: weights (a folder, file or hub id) -> the model."""
 
 
 class RewardMix(nn.Module):

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rglcd.models import from_pretrained, resolve_source
+from rglcd.loading import from_pretrained, resolve_source
 from rglcd.rewards.clip import checkpoint_file, clip_preprocess, load_every_tensor
 
 AESTHETIC_FILE = "sac+logos+ava1-l14-linearMSE.pth"

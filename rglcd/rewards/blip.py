@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rglcd.models import MINILM, ModelLoadError, from_pretrained, resolve_source
+from rglcd.loading import MINILM, ModelLoadError, from_pretrained, resolve_source
 from rglcd.rewards.aesthetic import ScoreMLP
 from rglcd.rewards.clip import checkpoint_file, clip_preprocess, load_every_tensor
 

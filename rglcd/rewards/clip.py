@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rglcd.models import ModelLoadError, from_pretrained, resolve_source
+from rglcd.loading import ModelLoadError, from_pretrained, resolve_source
+from rglcd.pixels import normalize, resize_and_center_crop
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -30,15 +31,7 @@ HPS_REPO = "xswu/HPSv2"
 
 def clip_preprocess(images: torch.Tensor, size: int = 224) -> torch.Tensor:
     """Images in [0,1] (B,3,H,W) -> (B,3,size,size): shorter side to `size` (bicubic), centre crop, normalise."""
-    h, w = images.shape[-2:]
-    scale = size / min(h, w)
-    new = (max(size, round(h * scale)), max(size, round(w * scale)))
-    x = F.interpolate(images, size=new, mode="bicubic", align_corners=False, antialias=scale < 1)
-    top, left = (new[0] - size) // 2, (new[1] - size) // 2
-    x = x[..., top: top + size, left: left + size].clamp(0, 1)
-    mean = torch.tensor(OPENAI_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(OPENAI_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return normalize(resize_and_center_crop(images, size, "bicubic").clamp(0, 1), OPENAI_MEAN, OPENAI_STD)
 
 
 def open_clip_to_hf(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

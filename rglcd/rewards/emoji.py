@@ -20,7 +20,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from rglcd.models import ModelLoadError, minilm_path
+from rglcd.files import write_json
+from rglcd.loading import ModelLoadError, minilm_path
+from rglcd.pixels import normalize
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -46,9 +48,7 @@ def load_efficientnet_lite0() -> nn.Module:
 def preprocess(images: torch.Tensor, size: int) -> torch.Tensor:
     """Images in [0,1] (B,3,H,W) -> ImageNet-normalised (B,3,size,size), bilinear, differentiable."""
     x = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=images.shape[-1] > size)
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return normalize(x, IMAGENET_MEAN, IMAGENET_STD)
 
 
 class EmojiReward(nn.Module):
@@ -110,7 +110,7 @@ class EmojiReward(nn.Module):
         heads = {k: v.detach().contiguous() for k, v in self.state_dict().items()
                  if not k.startswith(("image_tower.", "text_tower."))}
         save_file(heads, str(folder / HEADS_FILE))
-        (folder / CONFIG_FILE).write_text(json.dumps({"class": "EmojiReward", **self.config}, indent=2) + "\n")
+        write_json(folder / CONFIG_FILE, {"class": "EmojiReward", **self.config})
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> "EmojiReward":

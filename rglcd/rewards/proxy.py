@@ -28,6 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rglcd.loading import ModelLoadError
+from rglcd.rewards import RewardMix, training_score
+from rglcd.rewards.blip import ImageRewardModel
+from rglcd.rewards.clip import ClipReward
+from rglcd.rewards.emoji import EmojiReward
+
 
 class LatentProxyReward(nn.Module):
     """Score (B,) of latents (B,C,h,w) under text states (B,L,D); differentiable w.r.t. the latents."""
@@ -67,8 +73,6 @@ class LatentProxyReward(nn.Module):
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> "LatentProxyReward":
         from safetensors.torch import load_file
-
-        from rglcd.models import ModelLoadError
 
         folder = Path(folder)
         if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
@@ -122,11 +126,6 @@ def expert_logits(reward: nn.Module, images: torch.Tensor, prompts: list[str], p
     (hpsv2.1, pickscore, clipscore, emoji) cos x exp(their own logit_scale); ImageReward (clipped or not) its
     training score x exp(the proxy's logit_scale); any other reward its training score; a mix, the weighted sum.
     Images in [0,1] (B,3,H,W)."""
-    from rglcd.rewards import RewardMix, training_score
-    from rglcd.rewards.blip import ImageRewardModel
-    from rglcd.rewards.clip import ClipReward
-    from rglcd.rewards.emoji import EmojiReward
-
     if isinstance(reward, RewardMix):
         return sum(reward.weights[k] * expert_logits(r, images, prompts, proxy) for k, r in reward.rewards.items())
     if isinstance(reward, ClipReward):

@@ -57,6 +57,8 @@ def check_settings(cfg: DistillConfig, method: Method) -> None:
     if rg.reward_states == "sampler" and not 1 <= rg.reward_sampler_steps <= cfg.lcd.num_ddim_timesteps:
         raise ValueError(f"--reward-sampler-steps must be in [1, {cfg.lcd.num_ddim_timesteps}], "
                          f"got {rg.reward_sampler_steps}")
+    if cfg.mlcm.trajectory_data > 0 and not method.trajectories:
+        raise ValueError(f"--trajectory-data: --method {method.name} does not train on teacher trajectories")
     if cfg.proxy.proxy_rm and not reward:
         raise ValueError("--proxy-rm needs a reward: --method rg-lcd, or --method mlcm with --reward")
 
@@ -259,7 +261,8 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
     trajectory_set = (trajectories(cfg, family, batches, teacher, teacher_network(teacher, online, family, lora),
                                    loss, accelerator) if cfg.mlcm.trajectory_data > 0 else None)
     if not lora:  # after the trajectories (their cache key is the fp32 teacher's digest); in place: the family's
-        half_precision_teacher(teacher, accelerator.mixed_precision)  # cached teacher, which nothing else here uses
+        half_precision_teacher(teacher, accelerator.mixed_precision,  # cached teacher, which nothing else uses
+                               cfg.speed.teacher_autocast)
     speed_options([student, target, None if lora else teacher], cfg.speed.channels_last, cfg.speed.compile)
     student_net = ConsistencyUNet(student, family.unet_inputs, base=online)
     objective = loss if guidance is None else reward_objective(cfg, method, loss, guidance, proxy, family, batches)

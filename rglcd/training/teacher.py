@@ -70,6 +70,8 @@ class TeacherConfig:
     export_dtype: str = setting("fp32", "fp32 | fp16: the exported weights file (fp16 halves it; loading upcasts)")
     data: str = setting("emoji", f"emoji (renders encoded with the family's VAE and text encoder) | {TENSORS}PATH "
                                  "(a precomputed training-tensor file)")
+    init_unet: str | None = setting(None, "start from this UNet folder (a fine-tune) instead of random weights of "
+                                          "the sizes above")
 
 
 def build_unet(cfg: TeacherConfig, sample_size: int, context_dim: int) -> UNet2DConditionModel:
@@ -158,7 +160,8 @@ def train_teacher(cfg: TeacherConfig, accelerator: Accelerator | None = None) ->
     data = teacher_data(cfg, family, accelerator.device)
     latents, context = data["latents"], data["context"]
     torch.manual_seed(cfg.seed)
-    unet = build_unet(cfg, latents.shape[-1], context.shape[-1])
+    unet = (UNet2DConditionModel.from_pretrained(cfg.init_unet) if cfg.init_unet
+            else build_unet(cfg, latents.shape[-1], context.shape[-1]))
     ema = EMA(unet.parameters(), cfg.ema_decay, warmup="power").to(accelerator.device)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.learning_rate, weight_decay=0.01)
     lr_scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=cfg.warmup_steps,

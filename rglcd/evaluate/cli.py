@@ -1,0 +1,101 @@
+"""Evaluation of a model family across members x step counts: generate, score, tabulate, plot.
+
+    python -m rglcd.evaluate --family emoji-64 --models teacher,lcm,rg-lcm,mlcm --steps 1,2,4,8 \
+        --prompts heldout --seeds 0,1 --out results/
+
+Teachers sample at `--teacher-steps` with classifier-free guidance, students at each `--steps`. Per (model, steps):
+every reward of the family (mean own-prompt score), prompt following (own prompt vs the other prompts of the set),
+a Frechet distance to real images in EfficientNet-Lite0 ImageNet features ("FD-EffNetLite0", not FID), seconds per
+image and UNet evaluations per image (NFE), with 95% confidence intervals over prompts. Generated images and their
+features and scores are cached per (model, steps, seed) under `<out>/cache/`, so a rerun skips what is done.
+Writes `<out>/results.csv`, `results.md`, `reward-vs-steps.png`, `quality-vs-latency.png` and `samples.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+from rglcd.data.prompts import PromptSetError
+from rglcd.evaluate.generate import DTYPES
+from rglcd.evaluate.harness import EvalConfig, run_evaluation
+from rglcd.evaluate.report import results_table
+from rglcd.logs import quiet_libraries
+from rglcd.models import ModelLoadError
+from rglcd.sampling import InputError
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """'1,2,4,8' -> (1, 2, 4, 8)."""
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from err
+
+
+def name_list(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m rglcd.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = EvalConfig()
+    p.add_argument("--family", default=d.family, help="preset name, family.json or folder")
+    p.add_argument("--models", type=name_list, default=d.models, help="comma-separated members (default: all)")
+    p.add_argument("--steps", type=int_list, default=d.steps, help="student step counts (default 1,2,4,8)")
+    p.add_argument("--teacher-steps", type=int_list, default=d.teacher_steps, help="teacher steps (default 25,50)")
+    p.add_argument("--guidance", type=float, default=d.guidance, help="student guidance scale (default 5)")
+    p.add_argument("--teacher-guidance", type=float, default=d.teacher_guidance, help="teacher CFG scale (default 5)")
+    p.add_argument("--prompts", default=d.prompts,
+                   help="heldout | heldout-val | heldout-test | heldout-val-free | heldout-test-free | train | "
+                        "eval-heldout | eval-train | hpsv2[:style] | parti[:category] | coco | file:PATH")
+    p.add_argument("--verbose", action="store_true", help="show the libraries' loading bars and warnings")
+    p.add_argument("--prompt-source", default=None, help="local file/folder or hub:<dataset id> for benchmarks")
+    p.add_argument("--max-prompts", type=int, default=None, help="evenly spaced subset of the prompt set")
+    p.add_argument("--seeds", type=int_list, default=d.seeds, help="comma-separated seeds (default 0,1)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--reference", default=None, help="folder of real images for the Frechet distance")
+    p.add_argument("--rewards", type=name_list, default=d.rewards, help="more registry rewards to report")
+    p.add_argument("--pf-group", type=int, default=d.pf_group, help="prompt following within groups of N (0: all)")
+    p.add_argument("--bootstrap", type=int, default=d.bootstrap, help="bootstrap resamples for the FD interval")
+    p.add_argument("--latency-batch", type=int, default=d.latency_batch, help="images per timed call")
+    p.add_argument("--latency-repeats", type=int, default=d.latency_repeats, help="timed calls (median)")
+    p.add_argument("--baseline", default=None, help="model:steps (or model: its most steps) for paired differences "
+                                                     "(default: the teacher, most steps)")
+    p.add_argument("--skip-missing", action="store_true", help="skip models the family lacks (with a warning)")
+    p.add_argument("--sample-prompts", type=int, default=d.sample_prompts, help="columns of samples.png")
+    p.add_argument("--out", default=d.out)
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=d.dtype)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    quiet_libraries(args.verbose)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    fields = {k: v for k, v in vars(args).items() if k not in ("threads", "verbose")}
+    command = "python -m rglcd.evaluate " + " ".join(sys.argv[1:] if argv is None else argv)
+    try:
+        if min(args.batch_size, args.bootstrap, args.latency_batch, args.latency_repeats) < 1 or not args.seeds:
+            raise InputError("--batch-size, --bootstrap, --latency-batch and --latency-repeats must be >= 1 and "
+                             "--seeds non-empty")
+        rows = run_evaluation(EvalConfig(**fields), command)
+    except (InputError, PromptSetError, ModelLoadError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # noqa: BLE001 (one line; RGLCD_DEBUG=1 shows the traceback)
+        if os.environ.get("RGLCD_DEBUG"):
+            raise
+        print(f"error: unexpected {type(err).__name__}: {err} (set RGLCD_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+    print(results_table(rows))
+    print(f"wrote {args.out}/results.csv, results.md, reward-vs-steps.png, quality-vs-latency.png, samples.png")
+    return 0
+
