@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from rglcd.models import STUDENT_SCHEDULERS, Family, count_tokens
+from rglcd.methods import SAMPLERS
+from rglcd.models import Family, count_tokens
 
 STUDENT_MAX_STEPS = 50  # LCMScheduler / MLCMScheduler: original_inference_steps of the skipping-step grid
 MAX_SEED = 2**32 - 1
@@ -95,7 +96,7 @@ def step_limit(kind: str, scheduler_config: dict[str, Any]) -> int:
         from rglcd.scheduling_mlcm import TLCM_STEPS  # not at the top: it imports diffusers, slow for a CLI check
 
         return max(TLCM_STEPS)
-    if kind in STUDENT_SCHEDULERS:
+    if kind in SAMPLERS:
         return STUDENT_MAX_STEPS
     return int(scheduler_config.get("num_train_timesteps", 1000)) - int(scheduler_config.get("steps_offset", 0))
 

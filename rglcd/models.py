@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -33,6 +32,7 @@ import torch
 
 from rglcd.files import write_json
 from rglcd.loading import MINILM, ModelLoadError, Source, from_pretrained, load_lora, resolve_source
+from rglcd.methods import SAMPLERS, TEACHER_KIND
 from rglcd.presets import PRESETS, extend_preset
 from rglcd.rewards import get_reward
 
@@ -90,27 +90,6 @@ def _tokenizer_kwargs() -> dict[str, Any]:
     return {"config": PretrainedConfig()}
 
 
-def _lcm_scheduler() -> Any:
-    from diffusers import LCMScheduler
-
-    return LCMScheduler
-
-
-def _mlcm_scheduler() -> Any:
-    from rglcd.scheduling_mlcm import MLCMScheduler
-
-    return MLCMScheduler
-
-
-def _cm_scheduler() -> Any:
-    from rglcd.scheduling_cm import CMScheduler
-
-    return CMScheduler
-
-
-STUDENT_SCHEDULERS: dict[str, Callable[[], Any]] = {"lcm": _lcm_scheduler, "mlcm": _mlcm_scheduler,
-                                                    "cm": _cm_scheduler}
-"""The sampler of each kind of few-step student (one sampler per method); teachers sample with DDIM + CFG."""
 
 
 @dataclass
@@ -268,7 +247,7 @@ class Family:
     def pipeline(self, name: str, unet: Any | None = None, kind: str | None = None,
                  scheduler_options: dict[str, Any] | None = None) -> Any:
         """A diffusers pipeline for the member: StableDiffusionPipeline + DDIMScheduler for a teacher,
-        LatentConsistencyModelPipeline + the student's scheduler (`STUDENT_SCHEDULERS`: LCMScheduler for kind lcm,
+        LatentConsistencyModelPipeline + the student's scheduler (`rglcd.methods.SAMPLERS`: LCMScheduler for kind lcm,
         MLCMScheduler for kind mlcm, CMScheduler for kind cm (iCT)) for a student with a guidance embedding, and StableDiffusionPipeline + that
         scheduler for a LoRA student (guidance scale 1-2 there, as in diffusers' docs). SDXL families use
         StableDiffusionXLPipeline for every kind (it embeds the guidance scale when the UNet has the projection).
@@ -289,17 +268,17 @@ class Family:
             parts = dict(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=unet,
                          safety_checker=None, feature_extractor=None, requires_safety_checker=False)
             sd_cls, guided_cls = StableDiffusionPipeline, LatentConsistencyModelPipeline
-        if kind == "teacher":
+        if kind == TEACHER_KIND:
             pipe = sd_cls(scheduler=DDIMScheduler.from_config(self.scheduler_config), **parts)
-        elif kind in STUDENT_SCHEDULERS:
+        elif kind in SAMPLERS:
             options = self.member(name).get("scheduler", {}) if name in self.members else {}
             options = options if scheduler_options is None else scheduler_options
-            scheduler = STUDENT_SCHEDULERS[kind]().from_config({**self.scheduler_config, **options})
+            scheduler = SAMPLERS[kind].from_config({**self.scheduler_config, **options})
             # a LoRA student has no guidance embedding: the usual pipeline (guidance scale 1-2, as in diffusers' docs)
             pipe = (guided_cls if unet.config.time_cond_proj_dim is not None else sd_cls)(scheduler=scheduler, **parts)
         else:
-            raise ModelLoadError(f"member {name} of {self.name} has kind '{kind}'; known kinds: teacher, "
-                                 f"{', '.join(STUDENT_SCHEDULERS)}")
+            raise ModelLoadError(f"member {name} of {self.name} has kind '{kind}'; known kinds: {TEACHER_KIND}, "
+                                 f"{', '.join(SAMPLERS)}")
         lora = self.member(name).get("lora") if name in self.members else None
         if lora is not None and unet is self._unets.get(name) and not getattr(unet, "peft_config", None):
             load_lora(pipe, resolve_source(lora, self.root), f"{self.name} {name}")

@@ -152,15 +152,7 @@ def test_cm_scheduler_matches_diffusers_consistency_sampler(tmp_path):
         ours.set_timesteps(0)
 
 
-@pytest.fixture()
-def cm_kind(monkeypatch):
-    """Register the sampler kind `cm` (the STUDENT_SCHEDULERS entry rglcd/models.py is to get)."""
-    from rglcd import models
-
-    monkeypatch.setitem(models.STUDENT_SCHEDULERS, "cm", lambda: CMScheduler)
-
-
-def test_family_pipelines_sample_a_consistency_model(family_with_teacher, cm_kind):
+def test_family_pipelines_sample_a_consistency_model(family_with_teacher):
     from diffusers.utils.torch_utils import randn_tensor
 
     from rglcd.evaluate import count_unet_evals
@@ -258,7 +250,7 @@ def test_pixel_ict_trains_resumes_exactly_and_exports(fake_fashion, tmp_path):
         assert images.shape == (12, 1, 32, 32) and labels.tolist()[:3] == [0, 1, 2]
 
 
-def test_latent_ict_registers_a_member_that_samples_at_1_and_2_steps(family_with_teacher, tmp_path, cm_kind):
+def test_latent_ict_registers_a_member_that_samples_at_1_and_2_steps(family_with_teacher, tmp_path):
     from PIL import Image
 
     from rglcd.models import load_family

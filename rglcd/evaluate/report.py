@@ -9,7 +9,7 @@ import platform
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,9 +17,6 @@ import torch
 from rglcd.evaluate.generate import SEED_STRIDE
 from rglcd.evaluate.score import FD_EFFNET
 from rglcd.images import image_grid
-
-if TYPE_CHECKING:  # the harness imports this module to write its outputs
-    from rglcd.evaluate.harness import Evaluation
 
 
 def percent(key: str) -> bool:
@@ -104,8 +101,9 @@ def split_note(prompt_set: str) -> str:
     return f"`{prompt_set}` (not a held-out split)."
 
 
-def write_markdown(ev: Evaluation, rows: list[dict[str, Any]], path: Path, reference: str | None,
+def write_markdown(ev: Any, rows: list[dict[str, Any]], path: Path, reference: str | None,
                    command: str) -> None:
+    """results.md of an evaluation `ev` (an `rglcd.evaluate.harness.Evaluation`, which imports this module)."""
     cfg, ps = ev.cfg, ev.prompt_set
     seeds = ", ".join(map(str, cfg.seeds))
     notes = [
