@@ -9,8 +9,9 @@ torch.cuda.max_memory_allocated). lcd, lcd-lora (rank 16), rg-lcd (reward beta 0
 `rglcd.training.distill.distill_step`, the trainer's step, on networks built by the trainer's functions
 (`train_vs_reference.OurStep`) with random latents and text states: a family's teacher (rg-lcd: the family's reward
 through its VAE) or random-weight SD2.1-shaped models (rg-lcd: a random CLIP ViT-H-14-shaped HPS-style reward).
-ict runs `rglcd.training.ict.train_ict` (the teacher's architecture trained from the family's data, no teacher),
-timed step by step through the training loop. Writes bench/results/train-throughput-<family or shape>-<device>.json.
+ict times `rglcd.training.ict.ict_step` (the teacher's architecture trained from the family's data, no teacher) on
+the trainer's network, optimiser, EMA and batches.
+Writes bench/results/train-throughput-<family or shape>-<device>.json.
 """
 
 from __future__ import annotations
@@ -105,29 +106,20 @@ def family_reward(family_name: str, device: str) -> Callable[[], tuple[Any, Any]
 
 
 def ict_worker(family: str, batch_size: int, warmup: int, steps: int, device: str, dtype: str) -> dict[str, Any]:
-    """`train_ict` for warmup + steps steps, each step timed through the loop's `train_step` argument."""
+    """`rglcd.training.ict.ict_step` on the family's data (through the trainer's `TrainStep`: its draw, batch and
+    noise) for warmup + steps steps, on a network, optimiser and EMA built by the trainer's functions."""
+    from rglcd.models import load_family
     from rglcd.training import ict
 
-    times: list[float] = []
-    original = ict.run_training
-
-    def timed_run_training(accelerator, counter, output_dir, max_steps, train_step, evaluate=None, *rest, **kw):
-        def step(i: int) -> dict[str, float]:
-            t0 = time.perf_counter()
-            out = train_step(i)
-            full_size.synchronize(device)
-            times.append(time.perf_counter() - t0)
-            return out
-
-        return original(accelerator, counter, output_dir, max_steps, step, None, *rest, **kw)
-
-    ict.run_training = timed_run_training
-    with tempfile.TemporaryDirectory() as tmp:
-        ict.train_ict(ict.ICTConfig(family=family, output_dir=tmp, export_dir=None, batch_size=batch_size,
-                                    max_steps=warmup + steps, checkpoint_every=10**9, eval_every=10**9, resume=None,
-                                    mixed_precision=tvr.MIXED_PRECISION[dtype], method="ict"))
-    return {"supported": True, "batch_size": batch_size, **step_stats(times, warmup),
-            "peak_memory_mb": round(full_size.peak_memory_mb(device))}
+    cfg = ict.ICTConfig(family=family, batch_size=batch_size, max_steps=warmup + steps)
+    accelerator = tvr.make_accelerator(device, dtype)
+    loaded = load_family(family)
+    batches = ict.ict_data(cfg, loaded, accelerator)
+    unet = ict.ict_unet(cfg, loaded, batches)
+    parts = ict.ict_parts(cfg, ict.ict_loss(cfg), unet, accelerator)
+    draw = ict.BatchDraw(batches, batch_size, accelerator.device, loaded, unet, cfg.cfg_dropout)
+    step = ict.TrainStep(parts, draw, cfg.seed, accelerator.process_index)
+    return {"supported": True, "batch_size": batch_size, **time_steps(step, warmup, steps, device)}
 
 
 def method_worker(method: str, what: str, batch_size: int, warmup: int, steps: int, device: str, dtype: str,

@@ -38,3 +38,31 @@ def test_list_settings_can_be_cleared_with_none():
     cfg = parse_config(DistillConfig, argv=["--progressive", "8", "4", "2"])
     assert cfg.mlcm.progressive == (8, 4, 2)
     assert parse_config(DistillConfig, argv=["--progressive", "none"]).mlcm.progressive is None
+
+
+def _trainer_configs() -> set[type]:
+    """Every config class a trainer parses: the method trainers' (rglcd.training.trainers) and every dataclass an
+    entry point in train/ imports."""
+    import dataclasses
+    import importlib.util
+
+    from rglcd.training.trainers import TRAINERS
+
+    found = {cls for _, cls in TRAINERS.values()}
+    for script in sorted((CONFIGS.parent).glob("*.py")):
+        spec = importlib.util.spec_from_file_location(f"train_{script.stem}", script)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)  # the scripts run only under __main__
+        found |= {v for v in vars(module).values() if isinstance(v, type) and dataclasses.is_dataclass(v)}
+    return found
+
+
+def test_every_setting_of_every_trainer_says_what_it_means():
+    from rglcd.training.settings import help_text, sections
+
+    configs = _trainer_configs()
+    assert {"DistillConfig", "ICTConfig", "TeacherConfig", "AutoencoderConfig", "RewardConfig",
+            "ClassifierConfig"} <= {c.__name__ for c in configs}
+    missing = [f"{cls.__name__}.{f.name}" for cls in configs for _, _, fields in sections(cls) for f in fields
+               if not (help_text(f) or "").strip()]
+    assert not missing, f"settings without a meaning for --help: {', '.join(sorted(missing))}"

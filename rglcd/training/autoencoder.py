@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,29 +23,37 @@ from rglcd.data.emoji import augment, load_renders, to_model_range
 from rglcd.training.checkpoints import StepCounter, step_generator
 from rglcd.training.export import refuse_shipped
 from rglcd.training.loop import run_training
+from rglcd.training.settings import flat_values, setting
 
 
 @dataclass
 class AutoencoderConfig:
-    output_dir: str = "runs/emoji-64/autoencoder"
-    export_dir: str | None = "runs/emoji-64/vae"
-    replace_shipped: bool = False  # allow exporting into assets/ (the shipped family's vae)
-    channels: int = 32
-    encoder_blocks: tuple[int, ...] = (1, 2, 2)
-    decoder_blocks: tuple[int, ...] = (2, 2, 1)
-    latent_channels: int = 4
-    batch_size: int = 32
-    learning_rate: float = 2e-3
-    warmup_steps: int = 100
-    max_steps: int = 4000
-    checkpoint_every: int = 250
-    eval_every: int = 250
-    seed: int = 0
-    resume: str | None = "latest"
-    stop_at: int | None = None  # end this session at this step (checkpointed); resume later
-    recenter_steps: int = 400  # decoder fine-tune after centring the latents (0: keep raw latents)
-    recenter_lr: float = 5e-4
-    limit_concepts: int | None = None  # tests: train on the first N concepts only
+    """An autoencoder run: the AutoencoderTiny's shape, the recipe, the export's latent centring."""
+
+    output_dir: str = setting("runs/emoji-64/autoencoder", "checkpoints and logs")
+    export_dir: str | None = setting("runs/emoji-64/vae", "where the AutoencoderTiny folder is exported; none: no "
+                                                          "export")
+    replace_shipped: bool = setting(False, "allow exporting into assets/ (the shipped family's vae)")
+    channels: int = setting(32, "channels of every encoder and decoder level")
+    encoder_blocks: tuple[int, ...] = setting((1, 2, 2), "encoder blocks per level; each level after the first "
+                                                         "halves the resolution (3 levels: f=4)")
+    decoder_blocks: tuple[int, ...] = setting((2, 2, 1), "decoder blocks per level; each level but the last "
+                                                         "doubles the resolution")
+    latent_channels: int = setting(4, "channels of the latents")
+    batch_size: int = setting(32, "batch size per process (augmented emoji renders)")
+    learning_rate: float = setting(2e-3, "AdamW learning rate, the peak of the cosine schedule")
+    warmup_steps: int = setting(100, "optimiser steps of linear learning-rate warm-up before the cosine decay")
+    max_steps: int = setting(4000, "optimiser steps of the run; the autoencoder is exported when it reaches them")
+    checkpoint_every: int = setting(250, "optimiser steps between checkpoints")
+    eval_every: int = setting(250, "steps between held-out reconstruction PSNR evaluations")
+    seed: int = setting(0, "seed of the initialisation and of every batch draw")
+    resume: str | None = setting("latest", "latest | a checkpoint folder | none (start afresh)")
+    stop_at: int | None = setting(None, "stop (after a checkpoint) at this step; run again to go on")
+    recenter_steps: int = setting(400, "at export: decoder fine-tune steps after centring the latents per channel "
+                                       "(0: keep the raw latents)")
+    recenter_lr: float = setting(5e-4, "AdamW learning rate of the decoder fine-tune after centring")
+    limit_concepts: int | None = setting(None, "train and evaluate on the first this many concepts of each split "
+                                               "only")
 
 
 def build_autoencoder(cfg: AutoencoderConfig) -> AutoencoderTiny:
@@ -125,7 +133,7 @@ def train_autoencoder(cfg: AutoencoderConfig, accelerator: Accelerator | None = 
     if cfg.export_dir:
         refuse_shipped(cfg.export_dir, cfg.replace_shipped)
     accelerator = accelerator or Accelerator(log_with="tensorboard", project_dir=cfg.output_dir)
-    accelerator.init_trackers("autoencoder", config={k: str(v) for k, v in asdict(cfg).items()})
+    accelerator.init_trackers("autoencoder", config={k: str(v) for k, v in flat_values(cfg).items()})
     _, train_images = load_renders("train")
     _, held_images = load_renders("heldout")
     if cfg.limit_concepts:
@@ -151,7 +159,7 @@ def train_autoencoder(cfg: AutoencoderConfig, accelerator: Accelerator | None = 
         optimizer.step()
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        return {"loss": loss.item(), "lr": lr_scheduler.get_last_lr()[0]}
+        return {"loss": loss.detach(), "lr": lr_scheduler.get_last_lr()[0]}
 
     def evaluate(step: int) -> dict[str, float]:
         model = accelerator.unwrap_model(vae).eval()

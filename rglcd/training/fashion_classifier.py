@@ -18,19 +18,24 @@ from rglcd.data.fashion_mnist import FashionMNISTBatches, load_fashion_mnist, to
 from rglcd.networks import FashionClassifier
 from rglcd.training.checkpoints import step_generator
 from rglcd.training.export import refuse_shipped
+from rglcd.training.settings import setting
 
 
 @dataclass
 class ClassifierConfig:
-    export_dir: str = "runs/fashion-mnist/classifier"
-    replace_shipped: bool = False  # allow exporting into assets/ (the shipped classifier)
-    data: str | None = None  # folder of the idx files (default: the Debian package's)
-    width: int = 32
-    feature_dim: int = 128
-    batch_size: int = 128
-    learning_rate: float = 1e-3
-    max_steps: int = 2000
-    seed: int = 0
+    """A classifier run: its width and feature size, the recipe, where it is exported."""
+
+    export_dir: str = setting("runs/fashion-mnist/classifier", "where the classifier (save_pretrained folder and "
+                                                               "metrics.json) is exported")
+    replace_shipped: bool = setting(False, "allow exporting into assets/ (the shipped classifier)")
+    data: str | None = setting(None, "folder of the Fashion-MNIST idx files (default: the Debian package "
+                                     "dataset-fashion-mnist's)")
+    width: int = setting(32, "channels of the first convolution (doubled at each of the next two)")
+    feature_dim: int = setting(128, "size of the penultimate features the Frechet distance uses")
+    batch_size: int = setting(128, "batch size")
+    learning_rate: float = setting(1e-3, "Adam learning rate (constant)")
+    max_steps: int = setting(2000, "optimiser steps")
+    seed: int = setting(0, "seed of the initialisation and of every batch draw")
 
 
 def train_classifier(cfg: ClassifierConfig) -> dict[str, float]:

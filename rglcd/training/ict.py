@@ -8,15 +8,16 @@
 - pixel, class-conditional (`--data fashion-mnist`): a small UNet2DModel (`rglcd.networks.build_class_unet`) on
   Fashion-MNIST padded to 32x32, exported as a UNet2DModel folder, scored by `rglcd.evaluate_fashion`.
 
-The loss is `rglcd.objectives.ICTLoss` on the preconditioned network `rglcd.networks.CMDenoiser`; the grid size
-N(k) comes from the global step passed to `train_step` (the same on every process); RAdam; an EMA copy of the weights
-is kept for evaluation and export only (the loss's teacher is the online network under stop-gradient).
+The loss is `rglcd.objectives.ICTLoss` on the preconditioned network `rglcd.networks.CMDenoiser`; one optimiser step
+is `ict_step` (the trainer and `bench/train_throughput.py` both run it); the grid size N(k) comes from the global
+step (the same on every process); RAdam; an EMA copy of the weights is kept for evaluation and export only (the
+loss's teacher is the online network under stop-gradient).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,185 +25,280 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from diffusers import UNet2DConditionModel
-from diffusers.training_utils import EMAModel
 
+from rglcd.data.batches import training_batches
+from rglcd.data.emoji import eval_prompt_sets
+from rglcd.data.fashion_mnist import FashionMNISTBatches
+from rglcd.evaluate import evaluate_prompt_following, save_grid
+from rglcd.evaluate_fashion import FD_NAME, fashion_reference, fashion_scores, sample_classes
 from rglcd.methods import ICT, get_method, sampler_class, trainer_methods
-from rglcd.models import load_family, register_member, save_unet
-from rglcd.networks import CMDenoiser, build_class_unet
+from rglcd.models import Family, load_family, register_member, save_unet
+from rglcd.networks import CMDenoiser, FashionClassifier, build_class_unet
 from rglcd.objectives import ICTLoss
 from rglcd.scheduling_cm import CMScheduler
 from rglcd.training.checkpoints import StepCounter, step_generator
+from rglcd.training.ema import EMA
 from rglcd.training.export import AUTO, RUNS, export_plan
 from rglcd.training.loop import run_training
-from rglcd.training.tracking import log_grids, make_accelerator
+from rglcd.training.settings import flat_values, setting
+from rglcd.training.teacher import TeacherConfig, build_unet
+from rglcd.training.tracking import REPORT_TO, log_grids, make_accelerator
+
+FASHION = "fashion-mnist"  # the pixel, class-conditional data
 
 
 @dataclass
 class ICTConfig:
-    method: str = "ict"
-    data: str = "emoji"  # 'emoji', a shard pattern or image folder (latents + text), or 'fashion-mnist' (pixels)
-    family: str = "emoji-64"  # latent data: the family whose VAE, text encoder and teacher architecture are used
-    member: str = "ict"  # the name the exported model gets in the family file
-    output_dir: str = "runs/emoji-64/ict"
-    export_dir: str | None = "auto"  # auto: runs/<family>/<member> (pixel data: runs/fashion-mnist/<member>)
-    replace_shipped: bool = False  # allow exporting into assets/ (the shipped family) and registering there
-    block_out_channels: tuple[int, ...] = (32, 64, 128)
-    layers_per_block: int = 1
-    attention_head_dim: int = 8
-    dropout: float = 0.1
-    batch_size: int = 64
-    learning_rate: float = 2e-4
-    max_steps: int = 6000  # K of the curriculum
-    ema_decay: float = 0.999
-    sigma_min: float = 0.002
-    sigma_max: float = 80.0
-    sigma_data: float = 0.5  # the exported sampler (Family.pipeline) assumes the defaults of sigma_*, rho
-    rho: float = 7.0
-    p_mean: float = -1.1
-    p_std: float = 2.0
-    s0: int = 10
-    s1: int = 1280
-    loss_type: str = "huber"  # huber (pseudo-Huber, c = 0.00054 sqrt(d)) | l2 (squared error mean)
-    huber_c: float | None = None
-    noise_sampling: str = "lognormal"  # lognormal | uniform
-    curriculum: bool = True  # False: `fixed_scales` grid points throughout
-    fixed_scales: int = 1281
-    cfg_dropout: float = 0.1  # latent data: empty caption with this probability (guidance at sampling)
-    max_grad_norm: float = 0.0  # 0: no clipping (iCT clips nothing)
-    mixed_precision: str | None = None
-    report_to: str = "tensorboard"  # tensorboard | wandb | all | none
-    export_dtype: str = "fp32"  # fp32 | fp16: the exported weights file (fp16 halves it; loading upcasts)
-    checkpoint_every: int = 250
-    eval_every: int = 1000  # 0: no evaluation
-    eval_steps: tuple[int, ...] = (1, 2)
-    eval_guidance: float = 1.0  # latent data: pipeline guidance scale (> 1: classifier-free guidance, 2 NFE a step)
-    eval_images: int = 1000  # pixel data: images for the Frechet distance
-    classifier: str | None = "assets/models/fashion-mnist/classifier"  # pixel data: FD features (None: no FD)
-    seed: int = 0
-    resume: str | None = "latest"
-    stop_at: int | None = None
-    resolution: int | None = None
-    cache_latents: bool = False
-    include_flags: bool = False
-    limit_concepts: int | None = None
-    fashion_mnist_dir: str | None = None  # folder of the idx files (default: the Debian package's)
-    class_channels: tuple[int, ...] = (32, 64, 64)  # pixel UNet widths
+    """An iCT run: data and network, the consistency-training recipe, where it writes, how often it saves and
+    evaluates."""
+
+    method: str = setting("ict", f"{' | '.join(trainer_methods('ict'))} (the registry, rglcd.methods; the "
+                                 f"distillation methods {', '.join(trainer_methods('distill'))}: "
+                                 "`--method lcd --help`)")
+    data: str = setting("emoji", "emoji, a webdataset shard pattern or an image folder (the family's latents and "
+                                 f"caption states) | {FASHION} (pixels, class-conditional)")
+    family: str = setting("emoji-64", "latent data: the family whose VAE, text encoder and teacher architecture "
+                                      "are used")
+    member: str = setting("ict", "the name the exported model gets in the family file")
+    output_dir: str = setting("runs/emoji-64/ict", "checkpoints, logs and evaluation grids")
+    export_dir: str | None = setting(AUTO, "where the EMA network is exported; auto: runs/<family>/<member> "
+                                           f"(pixel data: runs/{FASHION}/<member>), registered in "
+                                           "runs/<family>/family.json; none: no export")
+    replace_shipped: bool = setting(False, "allow exporting into assets/ (the shipped family) and registering there")
+    block_out_channels: tuple[int, ...] = setting((32, 64, 128), "latent data: the UNet's channels per resolution "
+                                                                 "level (the family teacher's architecture)")
+    layers_per_block: int = setting(1, "ResNet layers per UNet block")
+    attention_head_dim: int = setting(8, "channels per attention head")
+    dropout: float = setting(0.1, "dropout probability in the UNet's ResNet blocks (the loss's two forwards share "
+                                  "the masks)")
+    batch_size: int = setting(64, "batch size per process")
+    learning_rate: float = setting(2e-4, "RAdam learning rate (constant)")
+    max_steps: int = setting(6000, "optimiser steps of the run (K of the curriculum); the EMA network is exported "
+                                   "when it reaches them")
+    ema_decay: float = setting(0.999, "the EMA copy's decay, reached after its warm-up min(decay, (1+n)/(10+n)) "
+                                      "at step n")
+    sigma_min: float = setting(0.002, "smallest noise level of the Karras grid (the exported sampler assumes the "
+                                      "defaults of sigma_min, sigma_max, sigma_data and rho)")
+    sigma_max: float = setting(80.0, "largest noise level of the Karras grid")
+    sigma_data: float = setting(0.5, "the data's standard deviation in the consistency scalings c_skip, c_out, c_in")
+    rho: float = setting(7.0, "the Karras grid's exponent")
+    p_mean: float = setting(-1.1, "lognormal noise sampling: the mean of log sigma")
+    p_std: float = setting(2.0, "lognormal noise sampling: the standard deviation of log sigma")
+    s0: int = setting(10, "curriculum: grid intervals at the start (N = s0 + 1 points)")
+    s1: int = setting(1280, "curriculum: grid intervals at the end (N doubles in equal stages from s0 to s1)")
+    loss_type: str = setting("huber", "huber (pseudo-Huber, c = 0.00054 sqrt(d), d the sample's size) | l2 "
+                                      "(squared error mean, the original CT's)")
+    huber_c: float | None = setting(None, "the pseudo-Huber distance's c (default: 0.00054 sqrt(d))")
+    noise_sampling: str = setting("lognormal", "how a step's grid interval is drawn: lognormal (discretised, iCT) "
+                                               "| uniform (CT)")
+    curriculum: bool = setting(True, "grow the grid from s0 to s1 intervals over the run; false: --fixed-scales "
+                                     "points throughout")
+    fixed_scales: int = setting(1281, "grid points N of every step when --curriculum false")
+    cfg_dropout: float = setting(0.1, "latent data: probability of replacing a caption with the empty one "
+                                      "(guidance at sampling)")
+    max_grad_norm: float = setting(0.0, "clip the gradient norm to this (0: no clipping; iCT clips nothing)")
+    mixed_precision: str | None = setting(None, "no | bf16 | fp16; none: what `accelerate launch` was given")
+    report_to: str = setting("tensorboard", " | ".join(REPORT_TO))
+    export_dtype: str = setting("fp32", "fp32 | fp16: the exported weights file (fp16 halves it; loading upcasts)")
+    checkpoint_every: int = setting(250, "optimiser steps between checkpoints")
+    eval_every: int = setting(1000, "steps between evaluations of the EMA network (grids and scores); 0: none")
+    eval_steps: tuple[int, ...] = setting((1, 2), "the sampling step counts evaluated, one grid and score set each")
+    eval_guidance: float = setting(1.0, "latent data: pipeline guidance scale in evaluation (> 1: classifier-free "
+                                        "guidance, 2 UNet calls a step)")
+    eval_images: int = setting(1000, "pixel data: generated images per Frechet distance")
+    classifier: str | None = setting(f"assets/models/{FASHION}/classifier", "pixel data: the Fashion-MNIST "
+                                     "classifier folder whose features the Frechet distance uses (none: no FD)")
+    seed: int = setting(0, "seed of the initialisation and of every batch draw")
+    resume: str | None = setting("latest", "latest | a checkpoint folder | none (start afresh)")
+    stop_at: int | None = setting(None, "stop (after a checkpoint) at this step; run again to go on")
+    resolution: int | None = setting(None, "training image size for shard / folder data (default: the family's)")
+    cache_latents: bool = setting(False, "encode shard / folder data once into a cache of latents and text states")
+    include_flags: bool = setting(False, "emoji data: include the flag emoji")
+    limit_concepts: int | None = setting(None, "emoji data: train on the first this many concepts only")
+    fashion_mnist_dir: str | None = setting(None, "pixel data: folder of the idx files (default: the Debian "
+                                                  "package dataset-fashion-mnist's)")
+    class_channels: tuple[int, ...] = setting((32, 64, 64), "pixel data: the class-conditional UNet's channels per "
+                                                            "resolution level")
 
 
 def ict_loss(cfg: ICTConfig) -> ICTLoss:
+    """The iCT objective of `cfg` (curriculum over `max_steps`, or `fixed_scales` points)."""
     return ICTLoss(cfg.max_steps, cfg.sigma_min, cfg.sigma_max, cfg.rho, cfg.p_mean, cfg.p_std, cfg.s0, cfg.s1,
                    cfg.loss_type, cfg.noise_sampling, None if cfg.curriculum else cfg.fixed_scales, cfg.huber_c)
 
 
-def train_ict(cfg: ICTConfig, accelerator: Accelerator | None = None) -> dict[str, float]:
-    """Train (resuming when asked), export the EMA network and register it (latent data); return final metrics."""
-    method = get_method(cfg.method)
-    if method.trainer != "ict":
-        raise ValueError(f"train_ict runs {', '.join(trainer_methods('ict'))}, got --method {cfg.method}")
-    loss_fn = ict_loss(cfg)
-    pixel = cfg.data == "fashion-mnist"
-    family = None if pixel else load_family(cfg.family)
-    pixel_export = f"{RUNS}/fashion-mnist/{cfg.member}" if pixel and cfg.export_dir == AUTO else cfg.export_dir
-    export, registry = export_plan(pixel_export, family, cfg.member, cfg.replace_shipped)
-    accelerator = accelerator or make_accelerator(cfg.report_to, cfg.output_dir, mixed_precision=cfg.mixed_precision)
-    accelerator.init_trackers("ict", config={k: str(v) for k, v in asdict(cfg).items()})
-    set_seed(cfg.seed)  # the same initialisation on every process and every fresh run
-    rank, device = accelerator.process_index, accelerator.device
-    batches = None
-    if pixel:
-        from rglcd.data.fashion_mnist import FashionMNISTBatches
+def ict_data(cfg: ICTConfig, family: Family | None, accelerator: Accelerator) -> Any:
+    """This process's training batches: Fashion-MNIST (`family` None) or the family's latents and caption states."""
+    if family is None:
+        return FashionMNISTBatches("train", cfg.fashion_mnist_dir)
+    return training_batches(cfg.data, family, cfg.resolution, cfg.cache_latents, cfg.include_flags,
+                            cfg.limit_concepts, accelerator.process_index, accelerator.num_processes)
 
-        batches = FashionMNISTBatches("train", cfg.fashion_mnist_dir)
-        unet = build_class_unet(cfg.class_channels, cfg.layers_per_block, dropout=cfg.dropout,
+
+def ict_unet(cfg: ICTConfig, family: Family | None, batches: Any) -> torch.nn.Module:
+    """The randomly initialised network: the pixel class-conditional UNet2DModel (`family` None), or a
+    UNet2DConditionModel of the family teacher's architecture sized to the latents and caption states."""
+    if family is None:
+        return build_class_unet(cfg.class_channels, cfg.layers_per_block, dropout=cfg.dropout,
                                 attention_head_dim=cfg.attention_head_dim)
-    else:
-        from rglcd.data.batches import training_batches
-        from rglcd.training.teacher import TeacherConfig, build_unet
+    arch = TeacherConfig(block_out_channels=cfg.block_out_channels, layers_per_block=cfg.layers_per_block,
+                         attention_head_dim=cfg.attention_head_dim)
+    config = build_unet(arch, batches.latent_shape[-1], batches.empty.shape[-1]).config
+    return UNet2DConditionModel.from_config({**config, "dropout": cfg.dropout})
 
-        sampler_class(method.kind)  # fail now, not at the first evaluation or after export
-        batches = training_batches(cfg.data, family, cfg.resolution, cfg.cache_latents, cfg.include_flags,
-                                   cfg.limit_concepts, rank, accelerator.num_processes)
-        arch = TeacherConfig(block_out_channels=cfg.block_out_channels, layers_per_block=cfg.layers_per_block,
-                             attention_head_dim=cfg.attention_head_dim)
-        config = build_unet(arch, batches.latent_shape[-1], batches.empty.shape[-1]).config
-        unet = UNet2DConditionModel.from_config({**config, "dropout": cfg.dropout})
 
-    def next_batch(g: torch.Generator) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Clean samples (B,C,H,W) on the device and the UNet's conditioning keywords."""
-        if pixel:
-            x0, labels = batches.batch(cfg.batch_size, g)
-            return x0.to(device), {"class_labels": labels.to(device)}
-        z0, ctx, _ = batches.batch(cfg.batch_size, g, cfg.cfg_dropout)
-        return z0.to(device), family.unet_inputs(unet, ctx.to(device))
+@dataclass
+class ICTStep:
+    """What one iCT optimiser step touches: the objective, the prepared consistency network `net` (a `CMDenoiser`
+    of `unet`), its optimiser, and the EMA of `unet`'s weights."""
 
-    ema = EMAModel(unet.parameters(), decay=cfg.ema_decay)
+    accelerator: Accelerator
+    objective: ICTLoss
+    net: torch.nn.Module
+    unet: torch.nn.Module
+    optimizer: Any
+    ema: EMA
+    max_grad_norm: float = 0.0
+
+
+def ict_step(parts: ICTStep, x0: torch.Tensor, cond: dict[str, Any], noise: torch.Tensor, draw: dict[str, Any]
+             ) -> dict[str, torch.Tensor]:
+    """One optimiser step on clean samples `x0` (B,C,H,W) with the UNet's conditioning keywords `cond`, the noise
+    (B,C,H,W) and the objective's `draw` of this step; then the EMA update. Returns {'loss': 0-d tensor, the mean
+    over the batch and processes} (no host sync)."""
+    accelerator = parts.accelerator
+    with accelerator.autocast():
+        loss = parts.objective(parts.net, x0, noise, draw, **cond).mean()
+    accelerator.backward(loss)
+    if parts.max_grad_norm > 0:
+        accelerator.clip_grad_norm_(parts.unet.parameters(), parts.max_grad_norm)
+    parts.optimizer.step()
+    parts.optimizer.zero_grad(set_to_none=True)
+    parts.ema.update(parts.unet.parameters())
+    return {"loss": accelerator.reduce(loss.detach(), "mean")}
+
+
+def ict_parts(cfg: ICTConfig, objective: ICTLoss, unet: torch.nn.Module, accelerator: Accelerator) -> ICTStep:
+    """`objective`'s step on `unet`: its EMA, its `CMDenoiser` and RAdam prepared by `accelerator`."""
+    ema = EMA(unet.parameters(), cfg.ema_decay, warmup="ratio")
     net = CMDenoiser(unet.train(), cfg.sigma_min, cfg.sigma_data)
     optimizer = torch.optim.RAdam(unet.parameters(), lr=cfg.learning_rate)
     net, optimizer = accelerator.prepare(net, optimizer)
-    ema.to(device)
-    counter = StepCounter()
-    for state in (counter, ema) + ((batches,) if hasattr(batches, "consumed") else ()):
-        accelerator.register_for_checkpointing(state)
-    sampler = CMScheduler(cfg.sigma_min, cfg.sigma_max, cfg.sigma_data, cfg.rho)
+    ema.to(accelerator.device)
+    return ICTStep(accelerator, objective, net, unet, optimizer, ema, cfg.max_grad_norm)
 
-    def train_step(step: int) -> dict[str, float]:
-        g = step_generator(cfg.seed, step, rank)
-        draw = loss_fn.draw(cfg.batch_size, step, g)  # N from the global step: the same on every process
-        x0, cond = next_batch(g)
-        noise = torch.randn(x0.shape, generator=g).to(device)
-        with accelerator.autocast():
-            loss = loss_fn(net, x0, noise, draw, **cond).mean()
-        accelerator.backward(loss)
-        if cfg.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(unet.parameters(), cfg.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        ema.step(unet.parameters())
-        return {"loss": accelerator.reduce(loss.detach(), "mean").item(), "num_scales": draw["num_scales"]}
 
-    def ema_unet() -> torch.nn.Module:
-        model = type(unet).from_config(unet.config)
-        ema.copy_to(model.parameters())
-        return model.to(device).eval()
+@dataclass
+class BatchDraw:
+    """One batch from a generator: clean samples (B,C,H,W) on the device and the UNet's conditioning keywords
+    (pixel data, `family` None: class labels; latent data: the family's, from caption states with dropout)."""
 
-    classifier = reference = reward = None
+    batches: Any
+    batch_size: int
+    device: torch.device
+    family: Family | None = None
+    unet: torch.nn.Module | None = None
+    cfg_dropout: float = 0.0
 
-    def evaluate(step: int) -> dict[str, float]:
-        nonlocal classifier, reference, reward
-        model, out = ema_unet(), {}
-        grid = Path(cfg.output_dir) / "samples" / f"step-{step}.png"
-        if pixel:
-            from rglcd.evaluate import save_grid
-            from rglcd.evaluate_fashion import FD_NAME, fashion_reference, fashion_scores, sample_classes
-            from rglcd.networks import FashionClassifier
+    def __call__(self, g: torch.Generator) -> tuple[torch.Tensor, dict[str, Any]]:
+        if self.family is None:
+            x0, labels = self.batches.batch(self.batch_size, g)
+            return x0.to(self.device), {"class_labels": labels.to(self.device)}
+        z0, ctx, _ = self.batches.batch(self.batch_size, g, self.cfg_dropout)
+        return z0.to(self.device), self.family.unet_inputs(self.unet, ctx.to(self.device))
 
-            if classifier is None and cfg.classifier and Path(cfg.classifier).is_dir():
-                classifier = FashionClassifier.from_pretrained(cfg.classifier).eval()
-                reference = fashion_reference(classifier, cfg.fashion_mnist_dir)
-            for n in cfg.eval_steps:
-                images, _ = sample_classes(model, sampler, 80, n, cfg.seed)
-                save_grid((images + 1) / 2, grid.with_name(f"{grid.stem}-{n}step.png"), nrow=10)
-                if classifier is not None:
-                    scores = fashion_scores(model, sampler, classifier, reference, n, cfg.eval_images, cfg.seed)
-                    out.update({f"{n}step_fd": scores[FD_NAME], f"{n}step_class_accuracy": scores["class_accuracy"]})
-            return out
-        from rglcd.data.emoji import eval_prompt_sets
-        from rglcd.evaluate import evaluate_prompt_following
 
-        reward = reward or family.reward()
+@dataclass
+class TrainStep:
+    """`run_training`'s step: the objective's draw (N from the global step: the same on every process), a batch and
+    noise, all from the step's generator (so a resumed run draws the same), then `ict_step`."""
+
+    parts: ICTStep
+    draw: BatchDraw
+    seed: int
+    rank: int
+
+    def __call__(self, step: int) -> dict[str, torch.Tensor | float]:
+        g = step_generator(self.seed, step, self.rank)
+        draw = self.parts.objective.draw(self.draw.batch_size, step, g)
+        x0, cond = self.draw(g)
+        noise = torch.randn(x0.shape, generator=g).to(self.parts.accelerator.device)
+        return ict_step(self.parts, x0, cond, noise, draw) | {"num_scales": draw["num_scales"]}
+
+
+@dataclass
+class Validation:
+    """Samples of the EMA network at each of `cfg.eval_steps`: pixel data, class grids and (with a classifier) the
+    Frechet distance and class accuracy; latent data, prompt following on the emoji validation prompts."""
+
+    cfg: ICTConfig
+    parts: ICTStep
+    sampler: CMScheduler
+    family: Family | None
+    reward: torch.nn.Module | None = None
+    classifier: FashionClassifier | None = None
+    reference: Any = None
+
+    def __call__(self, step: int) -> dict[str, float]:
+        model = self.parts.ema.averaged(self.parts.unet).to(self.parts.accelerator.device)
+        grid = Path(self.cfg.output_dir) / "samples" / f"step-{step}.png"
+        return self.pixel(model, grid) if self.family is None else self.latent(model, grid, step)
+
+    def pixel(self, model: torch.nn.Module, grid: Path) -> dict[str, float]:
+        cfg, out = self.cfg, {}
+        if self.classifier is None and cfg.classifier and Path(cfg.classifier).is_dir():
+            self.classifier = FashionClassifier.from_pretrained(cfg.classifier).eval()
+            self.reference = fashion_reference(self.classifier, cfg.fashion_mnist_dir)
         for n in cfg.eval_steps:
-            path = grid.with_name(f"{grid.stem}-{n}step.png")
-            metrics = evaluate_prompt_following(family, cfg.member, reward, eval_prompt_sets(), n, cfg.eval_guidance,
-                                                cfg.seed, path, unet=model, kind=ICT.kind)
-            out.update({f"{n}step_{k}": v for k, v in metrics.items()})
-            log_grids(accelerator, sorted(path.parent.glob(f"{path.stem}-*.png")), step)
+            images, _ = sample_classes(model, self.sampler, 80, n, cfg.seed)
+            save_grid((images + 1) / 2, grid.with_name(f"{grid.stem}-{n}step.png"), nrow=10)
+            if self.classifier is not None:
+                scores = fashion_scores(model, self.sampler, self.classifier, self.reference, n, cfg.eval_images,
+                                        cfg.seed)
+                out.update({f"{n}step_fd": scores[FD_NAME], f"{n}step_class_accuracy": scores["class_accuracy"]})
         return out
 
-    metrics = run_training(accelerator, counter, cfg.output_dir, cfg.max_steps, train_step,
-                           evaluate if cfg.eval_every > 0 else None, cfg.resume, cfg.checkpoint_every,
+    def latent(self, model: torch.nn.Module, grid: Path, step: int) -> dict[str, float]:
+        cfg, out = self.cfg, {}
+        self.reward = self.reward or self.family.reward()
+        for n in cfg.eval_steps:
+            path = grid.with_name(f"{grid.stem}-{n}step.png")
+            metrics = evaluate_prompt_following(self.family, cfg.member, self.reward, eval_prompt_sets(), n,
+                                                cfg.eval_guidance, cfg.seed, path, unet=model, kind=ICT.kind)
+            out.update({f"{n}step_{k}": v for k, v in metrics.items()})
+            log_grids(self.parts.accelerator, sorted(path.parent.glob(f"{path.stem}-*.png")), step)
+        return out
+
+
+def train_ict(cfg: ICTConfig, accelerator: Accelerator | None = None) -> dict[str, float]:
+    """Train (resuming when asked), export the EMA network and register it (latent data); return final metrics."""
+    if get_method(cfg.method).trainer != "ict":
+        raise ValueError(f"train_ict runs {', '.join(trainer_methods('ict'))}, got --method {cfg.method}")
+    objective = ict_loss(cfg)  # bad loss settings fail before any work
+    pixel = cfg.data == FASHION
+    family = None if pixel else load_family(cfg.family)
+    if not pixel:
+        sampler_class(ICT.kind)  # fail now, not at the first evaluation or after export
+    pixel_export = f"{RUNS}/{FASHION}/{cfg.member}" if pixel and cfg.export_dir == AUTO else cfg.export_dir
+    export, registry = export_plan(pixel_export, family, cfg.member, cfg.replace_shipped)
+    accelerator = accelerator or make_accelerator(cfg.report_to, cfg.output_dir, mixed_precision=cfg.mixed_precision)
+    accelerator.init_trackers("ict", config={k: str(v) for k, v in flat_values(cfg).items()})
+    set_seed(cfg.seed)  # the same initialisation on every process and every fresh run
+    batches = ict_data(cfg, family, accelerator)
+    unet = ict_unet(cfg, family, batches)
+    parts = ict_parts(cfg, objective, unet, accelerator)
+    counter = StepCounter()
+    for state in (counter, parts.ema) + ((batches,) if hasattr(batches, "consumed") else ()):
+        accelerator.register_for_checkpointing(state)
+    sampler = CMScheduler(cfg.sigma_min, cfg.sigma_max, cfg.sigma_data, cfg.rho)
+    draw = BatchDraw(batches, cfg.batch_size, accelerator.device, family, unet, cfg.cfg_dropout)
+    validation = Validation(cfg, parts, sampler, family)
+    metrics = run_training(accelerator, counter, cfg.output_dir, cfg.max_steps,
+                           TrainStep(parts, draw, cfg.seed, accelerator.process_index),
+                           validation if cfg.eval_every > 0 else None, cfg.resume, cfg.checkpoint_every,
                            max(cfg.eval_every, 1), stop_at=cfg.stop_at)
     if accelerator.is_main_process and export is not None and counter.step >= cfg.max_steps:
-        final = ema_unet()
+        final = parts.ema.averaged(unet).to(accelerator.device)
         save_unet(final, export, cfg.export_dtype)
         sampler.save_pretrained(export)
         metrics.update(steps=counter.step, params=sum(p.numel() for p in final.parameters()))

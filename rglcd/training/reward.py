@@ -19,22 +19,27 @@ from rglcd.data.emoji import augment, cache_dir, captions, load_renders, to_mode
 from rglcd.rewards.emoji import EmojiReward
 from rglcd.training.checkpoints import step_generator
 from rglcd.training.export import refuse_shipped
+from rglcd.training.settings import setting
 
 
 @dataclass
 class RewardConfig:
-    export_dir: str | None = "runs/emoji-64/reward"
-    replace_shipped: bool = False  # allow exporting into assets/ (the shipped family's reward)
-    image_size: int = 128
-    embed_dim: int = 256
-    hidden_dim: int = 0
-    views: int = 4
-    max_steps: int = 1000
-    batch_size: int = 256
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.5
-    seed: int = 0
-    limit_concepts: int | None = None  # tests: the first N concepts of each split only
+    """A reward-head run: the heads' shape, the cached views, the contrastive recipe."""
+
+    export_dir: str | None = setting("runs/emoji-64/reward", "where the reward (EmojiReward.save_pretrained) is "
+                                                             "exported; none: no export")
+    replace_shipped: bool = setting(False, "allow exporting into assets/ (the shipped family's reward)")
+    image_size: int = setting(128, "side in pixels the images are resized to for the frozen image tower")
+    embed_dim: int = setting(256, "size of the joint image-text embedding the heads project into")
+    hidden_dim: int = setting(0, "hidden width of the two projection heads (0: linear heads)")
+    views: int = setting(4, "cached image views per render: the render, then shifted copies, every other one "
+                            "also 2x down-up blurred")
+    max_steps: int = setting(1000, "optimiser steps")
+    batch_size: int = setting(256, "concepts per contrastive batch (each one view and one caption phrasing)")
+    learning_rate: float = setting(1e-3, "AdamW peak learning rate of the one-cycle schedule (5% warm-up)")
+    weight_decay: float = setting(0.5, "the heads' AdamW weight decay")
+    seed: int = setting(0, "seed of the heads' initialisation, the views and every batch draw")
+    limit_concepts: int | None = setting(None, "the first this many concepts of each split only")
 
 
 def image_views(images: torch.Tensor, n_views: int, seed: int) -> torch.Tensor:

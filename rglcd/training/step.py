@@ -21,6 +21,7 @@ from accelerate import Accelerator
 from diffusers import UNet2DConditionModel
 
 from rglcd.objectives import DistillBatch, ProxyPreference
+from rglcd.training.ema import ema_update
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1",
                 "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj"]
@@ -64,12 +65,6 @@ def student_and_target(teacher: UNet2DConditionModel, lora_rank: int = 0, lora_a
     return student, target
 
 
-
-
-@torch.no_grad()
-def ema_update(target: torch.nn.Module, online: torch.nn.Module, decay: float) -> None:
-    """target <- decay * target + (1 - decay) * online, over all parameters in place (one foreach kernel)."""
-    torch._foreach_lerp_(list(target.parameters()), [p.detach() for p in online.parameters()], 1 - decay)
 
 
 def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float = 0.0) -> torch.optim.AdamW:
