@@ -36,10 +36,6 @@ from rglcd.methods import SAMPLERS, TEACHER_KIND
 from rglcd.presets import PRESETS, extend_preset
 from rglcd.rewards import get_reward
 
-# Re-exported from where they lived before rglcd.loading and rglcd.presets (callers import them from here).
-from rglcd.loading import ASSETS, WITHDRAWN_SD21, minilm_path  # noqa: F401
-from rglcd.presets import RG_LCM_SD21, SD21, SD21_BASE, SDXL, TLCM_REVISION  # noqa: F401
-
 
 def encode_prompts(tokenizer: Any, text_encoder: torch.nn.Module, prompts: list[str]) -> torch.Tensor:
     """Token states (B, max_length, D) exactly as StableDiffusionPipeline.encode_prompt computes them.

@@ -1,7 +1,6 @@
 """LCD distillation on a tiny family: the student starts as the teacher, trains, resumes exactly, exports an LCM
 that LatentConsistencyModelPipeline samples, and is registered in the family file."""
 
-import shutil
 import warnings
 
 import pytest

@@ -12,7 +12,7 @@ import torch
 from diffusers import CMStochasticIterativeScheduler
 from safetensors.torch import load_file
 
-from rglcd.data.fashion_mnist import DEFAULT_ROOT, load_fashion_mnist, to_model_range
+from rglcd.data.fashion_mnist import DEFAULT_ROOT, load_fashion_mnist, padded_model_input
 from rglcd.data.shards import DataError
 from rglcd.networks import CMDenoiser, FashionClassifier, build_class_unet
 from rglcd.objectives import ICTLoss, shared_randomness
@@ -208,7 +208,7 @@ def fake_fashion(tmp_path):
 def test_fashion_mnist_idx_files(fake_fashion, tmp_path):
     images, labels = load_fashion_mnist("train", fake_fashion)
     assert images.shape == (40, 28, 28) and images.dtype == torch.uint8 and labels.tolist()[:3] == [0, 1, 2]
-    x = to_model_range(images[:2])
+    x = padded_model_input(images[:2])
     assert x.shape == (2, 1, 32, 32) and x[:, :, :2].eq(-1).all() and -1 <= x.min() and x.max() <= 1
     with pytest.raises(DataError, match="apt-get install -y dataset-fashion-mnist"):
         load_fashion_mnist("test", tmp_path / "missing")

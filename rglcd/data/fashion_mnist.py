@@ -63,7 +63,6 @@ def padded_model_input(images: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.pad(pixels.to_model_range(images.unsqueeze(1)), (2, 2, 2, 2), value=-1.0)
 
 
-to_model_range = padded_model_input  # the old name, until training/fashion_classifier.py imports padded_model_input
 
 
 class FashionMNISTBatches:

@@ -14,7 +14,8 @@ from typing import Any
 from rglcd.demo.engine import (NUM_IMAGES, STUDENT_STEPS, TEACHER, TEACHER_STEPS, TITLES, ColumnResult, Engine,
                                parse_settings, shown_reward_names)
 from rglcd.inputs import GUIDANCE, MAX_SEED, InputError
-from rglcd.models import ASSETS, Family, ModelLoadError, load_family
+from rglcd.loading import ASSETS
+from rglcd.models import Family, ModelLoadError, load_family
 
 PLOT_SAMPLES = 4  # images (noise draws from the seed) per point of the reward-vs-steps plot
 TRAINED = "Trained concepts"

@@ -8,7 +8,6 @@ factor (1 / std of training latents) is written into the config, so the UNet see
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
 from rglcd.data.emoji import augment, load_renders, to_model_range
+from rglcd.files import write_metrics
 from rglcd.training.checkpoints import StepCounter, step_generator
 from rglcd.training.export import refuse_shipped
 from rglcd.training.loop import run_training
@@ -182,7 +182,7 @@ def train_autoencoder(cfg: AutoencoderConfig, accelerator: Accelerator | None = 
         export = Path(cfg.export_dir)
         model.save_pretrained(export)
         metrics.update(latent_std=std, scaling_factor=1.0 / std, steps=counter.step)
-        (export / "metrics.json").write_text(json.dumps({k: round(v, 4) if isinstance(v, float) and math.isfinite(v)
-                                                         else v for k, v in metrics.items()}, indent=2) + "\n")
+        write_metrics(export, {k: round(v, 4) if isinstance(v, float) and math.isfinite(v) else v
+                               for k, v in metrics.items()})
     accelerator.end_training()
     return metrics

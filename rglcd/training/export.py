@@ -15,7 +15,8 @@ from pathlib import Path
 
 from rglcd.files import write_json
 from rglcd.inputs import OneLineParser, exit_usage
-from rglcd.models import ASSETS, Family, ModelLoadError, load_family, relocated_spec
+from rglcd.loading import ASSETS
+from rglcd.models import Family, ModelLoadError, load_family, relocated_spec
 
 AUTO = "auto"  # export_dir default: <the family file's folder>/<member>
 RUNS = Path("runs")

@@ -6,7 +6,6 @@ with its test accuracy in `metrics.json` (30 steps already reach 67%).
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +13,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from rglcd.data.fashion_mnist import FashionMNISTBatches, load_fashion_mnist, to_model_range
+from rglcd.data.fashion_mnist import FashionMNISTBatches, load_fashion_mnist, padded_model_input
+from rglcd.files import write_metrics
 from rglcd.networks import FashionClassifier
 from rglcd.training.checkpoints import step_generator
 from rglcd.training.export import refuse_shipped
@@ -58,10 +58,10 @@ def train_classifier(cfg: ClassifierConfig) -> dict[str, float]:
     model.eval()
     images, labels = load_fashion_mnist("test", cfg.data)
     with torch.no_grad():
-        predicted = torch.cat([model(chunk).argmax(-1) for chunk in to_model_range(images).split(1000)])
+        predicted = torch.cat([model(chunk).argmax(-1) for chunk in padded_model_input(images).split(1000)])
     metrics = {"test_accuracy": (predicted == labels).float().mean().item(), "loss": loss.item(),
                "steps": cfg.max_steps, "wall_s": time.time() - t0}
     export = Path(cfg.export_dir)
     model.save_pretrained(export)
-    (export / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_metrics(export, metrics)
     return metrics

@@ -16,7 +16,6 @@ loss's teacher is the online network under stop-gradient).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,8 +28,10 @@ from diffusers import UNet2DConditionModel
 from rglcd.data.batches import training_batches
 from rglcd.data.emoji import eval_prompt_sets
 from rglcd.data.fashion_mnist import FashionMNISTBatches
-from rglcd.evaluate import evaluate_prompt_following, save_grid
+from rglcd.evaluate import evaluate_prompt_following
 from rglcd.evaluate_fashion import FD_NAME, fashion_reference, fashion_scores, sample_classes
+from rglcd.files import write_metrics
+from rglcd.images import save_grid
 from rglcd.methods import ICT, get_method, sampler_class, trainer_methods
 from rglcd.models import Family, load_family, register_member, save_unet
 from rglcd.networks import CMDenoiser, FashionClassifier, build_class_unet
@@ -302,7 +303,7 @@ def train_ict(cfg: ICTConfig, accelerator: Accelerator | None = None) -> dict[st
         save_unet(final, export, cfg.export_dtype)
         sampler.save_pretrained(export)
         metrics.update(steps=counter.step, params=sum(p.numel() for p in final.parameters()))
-        (export / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_metrics(export, metrics)
         if registry is not None:
             register_member(registry, cfg.member, export, kind=ICT.kind)
     accelerator.end_training()

@@ -7,15 +7,14 @@ reward also reads decoded samples. Held-out concepts are never seen; their zero-
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from rglcd.data.emoji import augment, cache_dir, captions, load_renders, to_model_range
+from rglcd.files import write_metrics
 from rglcd.rewards.emoji import EmojiReward
 from rglcd.training.checkpoints import step_generator
 from rglcd.training.export import refuse_shipped
@@ -133,5 +132,5 @@ def train_reward(cfg: RewardConfig) -> dict[str, float]:
                "steps": cfg.max_steps}
     if cfg.export_dir:
         model.save_pretrained(cfg.export_dir)
-        (Path(cfg.export_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_metrics(cfg.export_dir, metrics)
     return metrics

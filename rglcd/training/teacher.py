@@ -9,7 +9,6 @@ out of the teacher's data: fewer concepts, seen more often, on a CPU budget.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from diffusers.training_utils import compute_snr
 
 from rglcd.data.emoji import emoji_training_tensors, eval_prompt_sets, load_training_tensors, sample_caption_batch
 from rglcd.evaluate import evaluate_prompt_following
+from rglcd.files import write_metrics
 from rglcd.models import Family, load_family, register_member, save_unet
 from rglcd.training.checkpoints import StepCounter, step_generator
 from rglcd.training.ema import EMA
@@ -181,7 +181,7 @@ def train_teacher(cfg: TeacherConfig, accelerator: Accelerator | None = None) ->
         save_unet(final, export, cfg.export_dtype)
         metrics.update(steps=counter.step, params=sum(p.numel() for p in final.parameters()),
                        concepts=len(latents))
-        (export / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_metrics(export, metrics)
         register_member(registry, "teacher", export, kind="teacher")
     accelerator.end_training()
     return metrics
