@@ -7,7 +7,7 @@ Writes four JSON files into --out-dir (each written as soon as its part ends, so
 the earlier ones; a configuration that fails, e.g. out of memory, is recorded with its error and the rest go on):
 1. train-vs-reference-<shape>-<device>.json: our LCD and LCD-LoRA step against diffusers' reference step,
    interleaved in one process (`train_vs_reference.compare`), batch `--batch-size`.
-2. train-steps-<shape>-<device>.json: our step (`rglcd.training.distill.distill_step`) for lcd, lcd-lora, rg-lcd
+2. train-steps-<shape>-<device>.json: our step (`rglcd.training.step.distill_step`) for lcd, lcd-lora, rg-lcd
    (a random-weight CLIP ViT-H-14-shaped HPS-style reward on the VAE decode of the student's one-step prediction)
    and mlcm (4 segments), at batches `--batches`, with and without gradient checkpointing.
 3. sampling-latency-<shape>-<device>.json: the teacher at 50 steps with CFG against the LCM at 4 steps (one image).
