@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 
 from rglcd.methods import SAMPLERS
 from rglcd.models import Family, count_tokens
+from rglcd.scheduling_mlcm import TLCM_STEPS
 
 STUDENT_MAX_STEPS = 50  # LCMScheduler / MLCMScheduler: original_inference_steps of the skipping-step grid
 MAX_SEED = 2**32 - 1
@@ -93,8 +94,6 @@ def step_limit(kind: str, scheduler_config: dict[str, Any]) -> int:
     """Most sampling steps a member of `kind` takes (students: 50, MLCM's TLCM sampler 8; teacher:
     num_train_timesteps - steps_offset). `scheduler_config` includes the member's own sampler settings."""
     if kind == "mlcm" and scheduler_config.get("sampler") == "tlcm":
-        from rglcd.scheduling_mlcm import TLCM_STEPS  # not at the top: it imports diffusers, slow for a CLI check
-
         return max(TLCM_STEPS)
     if kind in SAMPLERS:
         return STUDENT_MAX_STEPS
