@@ -450,6 +450,12 @@ def memory_in_subprocesses(args: argparse.Namespace, lora_rank: int) -> dict[str
     return results
 
 
+def our_options(args: argparse.Namespace) -> dict[str, Any]:
+    """`OurStep`'s speed options from the command line."""
+    return {"channels_last": args.channels_last, "compile": args.compile,
+            "gradient_checkpointing": args.gradient_checkpointing, "teacher_autocast": args.teacher_autocast}
+
+
 def make_accelerator(device: str, dtype: str) -> Any:
     from accelerate import Accelerator
 
@@ -460,8 +466,7 @@ def compare(args: argparse.Namespace, lora_rank: int, setup: Setup | None = None
             ) -> dict[str, Any]:
     """One variant (LCD full or LoRA): interleaved timing, then memory (CPU: in subprocesses). `exclude`: bytes on
     the device that belong to neither side (default: the setup's source teacher)."""
-    options = {"channels_last": args.channels_last, "compile": args.compile,
-               "gradient_checkpointing": args.gradient_checkpointing, "teacher_autocast": args.teacher_autocast}
+    options = our_options(args)
     accelerator = make_accelerator(args.device, args.dtype)
     setup = setup or build_setup(args.full_size or args.family, args.device)
     if exclude is None:
@@ -511,8 +516,7 @@ def main() -> None:
     warnings.filterwarnings("ignore", message=".*CPU Autocast.*")
     warnings.filterwarnings("ignore", message=".*In CPU autocast, but the target dtype is not supported.*")
     if args.memory_worker:
-        options = {"channels_last": args.channels_last, "compile": False,
-                   "gradient_checkpointing": args.gradient_checkpointing, "teacher_autocast": args.teacher_autocast}
+        options = our_options(args) | {"compile": False}
         result = memory_worker(args.memory_worker, args.full_size or args.family, args.lora_rank_worker,
                                args.batch_size, args.memory_steps, args.device, args.dtype, options)
         Path(args.worker_out).write_text(json.dumps(result))
@@ -523,9 +527,7 @@ def main() -> None:
         print(variant, json.dumps({k: v for k, v in results[variant].items()}), flush=True)
     write_report("train-vs-reference", args, batch_size=args.batch_size, warmup=args.warmup, steps=args.steps,
                  threads=torch.get_num_threads(), reference="diffusers 58eb52c0 examples/consistency_distillation/"
-                 "train_lcm_distill_sd_wds.py (+ _lora_ for lcd-lora)", options={
-                     "channels_last": args.channels_last, "compile": args.compile,
-                     "gradient_checkpointing": args.gradient_checkpointing, "teacher_autocast": args.teacher_autocast},
+                 "train_lcm_distill_sd_wds.py (+ _lora_ for lcd-lora)", options=our_options(args),
                  variants=results)
 
 

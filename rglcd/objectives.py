@@ -111,10 +111,10 @@ class LCDLoss:
             z_end = self.teacher_step(teacher, z_start, start, context, uncond_context, w)
         else:
             z_start, z_end = states
+        with torch.no_grad():  # before the student: its activations are gone before the student's graph is built
+            f_target = self.output(target(z_end, end, context, w_emb), z_end, end, draw)
         out = student(z_start, start, context, w_emb)
         f_student = self.output(out, z_start, start, draw)
-        with torch.no_grad():
-            f_target = self.output(target(z_end, end, context, w_emb), z_end, end, draw)
         loss = consistency_distance(f_student, f_target, self.loss_type, self.huber_c)
         return loss, {"student_x0": consistency_output(out, z_start, start, ac, pt), "target": f_target}
 

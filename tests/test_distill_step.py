@@ -98,5 +98,5 @@ def test_teacher_autocast_runs_a_net_in_bf16_and_returns_float32():
         exact, half = net(z, t, c, None), ConsistencyUNet(teacher, inputs, autocast="bf16")(z, t, c, None)
     assert half.dtype == torch.float32 and not torch.equal(half, exact)
     assert (half - exact).abs().max() < 0.05 * exact.abs().max()
-    with pytest.raises(ValueError, match="--teacher-autocast must be bf16 or fp16"):
+    with pytest.raises(ValueError, match="autocast must be bf16 or fp16"):
         ConsistencyUNet(teacher, inputs, autocast="fp8")

@@ -93,3 +93,25 @@ def test_lcd_loss_gradient_reaches_only_the_student():
                       loss_fn.draw(2, g))
     loss.mean().backward()
     assert s.grad is not None and s.grad != 0 and tgt.grad is None
+
+
+def test_lcd_loss_runs_the_target_before_the_student_builds_its_graph():
+    """The target's no-grad forward comes first, so its activations are freed before the student's graph (kept for
+    the backward) exists: the step's peak memory is the student's graph alone (docs/results.md, training speed)."""
+    sched = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    loss_fn = LCDLoss(sched.alphas_cumprod)
+    calls = []
+
+    def recording(name, scale):
+        net = fake_net(scale)
+
+        def call(z, t, c, w):
+            calls.append((name, torch.is_grad_enabled()))
+            return net(z, t, c, w)
+        return call
+
+    g = torch.Generator().manual_seed(2)
+    latents, noise = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    loss_fn(recording("student", 0.3), recording("teacher", 0.5), recording("target", 0.4), latents,
+            torch.randn(2, 3, 8), torch.zeros(2, 3, 8), noise, loss_fn.draw(2, g))
+    assert calls == [("teacher", False), ("target", False), ("student", True)]

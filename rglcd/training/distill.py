@@ -50,6 +50,8 @@ def check_settings(cfg: DistillConfig, method: Method) -> None:
     rg, reward = cfg.rg, method.uses_reward(cfg.rg.reward is not None)
     if cfg.dataset.data_latents not in ("mode", "sample"):
         raise ValueError(f"--data-latents must be mode or sample, got {cfg.dataset.data_latents!r}")
+    if cfg.speed.teacher_autocast not in (None, "bf16", "fp16"):
+        raise ValueError(f"--teacher-autocast must be bf16 or fp16, got {cfg.speed.teacher_autocast!r}")
     if rg.reward_states not in ("data", "sampler"):
         raise ValueError(f"--reward-states must be data or sampler, got {rg.reward_states!r}")
     if rg.reward_states == "sampler" and not reward:
@@ -268,8 +270,8 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
     objective = loss if guidance is None else reward_objective(cfg, method, loss, guidance, proxy, family, batches)
     parts = DistillStep(accelerator, objective, student, student_net,
                         teacher_network(teacher, online, family, lora, cfg.speed.teacher_autocast),
-                        student_net if lora else ConsistencyUNet(target, family.unet_inputs), optimizer, lr_scheduler, trainable,
-                        target, opt.ema_decay, opt.max_grad_norm, proxy)
+                        student_net if lora else ConsistencyUNet(target, family.unet_inputs), optimizer,
+                        lr_scheduler, trainable, target, opt.ema_decay, opt.max_grad_norm, proxy)
     draw = BatchDraw(objective, batches, opt.batch_size, cfg.dataset.cfg_dropout, device, trajectory_set)
     validation = Validation(family, member, method, online if lora else target, cfg, accelerator)
     metrics = run_training(accelerator, counter, cfg.output_dir, opt.max_steps,

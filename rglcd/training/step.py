@@ -123,7 +123,7 @@ class ConsistencyUNet(torch.nn.Module):
                  base: torch.nn.Module | None = None, adapters_off: bool = False, autocast: str | None = None):
         super().__init__()
         if autocast not in (None, "bf16", "fp16"):
-            raise ValueError(f"--teacher-autocast must be bf16 or fp16, got {autocast!r}")
+            raise ValueError(f"autocast must be bf16 or fp16, got {autocast!r}")
         self.unet, self.unet_inputs, self.adapters_off = unet, unet_inputs, adapters_off
         self.base = unet if base is None else base
         self.takes_w = self.base.config.time_cond_proj_dim is not None and not adapters_off
