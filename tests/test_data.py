@@ -2,9 +2,13 @@
 
 import torch
 
-from rglcd.data.emoji import (CAPTION_TEMPLATES, augment, captions, drop_captions, heldout_names, is_flag,
-                              is_heldout_by_hash, list_concepts, load_renders, render, sample_caption_batch,
+import pytest
+
+from rglcd.data.batches import EmojiBatches, training_batches
+from rglcd.data.emoji import (CAPTION_TEMPLATES, augment, captions, drop_captions, first_phrasings, heldout_names,
+                              is_flag, is_heldout_by_hash, list_concepts, load_renders, render, sample_caption_batch,
                               split_concepts)
+from rglcd.data.shards import DataError
 
 
 def test_heldout_list_is_about_ten_percent_of_existing_concepts():
@@ -120,3 +124,21 @@ def test_emoji_batches_drop_captions_like_every_source():
     assert torch.equal(z, data["latents"][idx]) and torch.equal(ctx, want_ctx) and texts == want_texts
     assert "" in texts and any(texts)
     assert all(torch.equal(c, data["empty"].float()) == (t == "") for c, t in zip(ctx, texts))
+
+
+def test_first_phrasings_keeps_each_concepts_first_captions_and_their_states():
+    data = fake_training_tensors(n=6, templates=3)
+    two = first_phrasings(data, 2)
+    assert two["captions"] == [f"concept {i} phrasing {t}" for i in range(6) for t in range(2)]
+    assert torch.equal(two["context"], data["context"][:, :2]) and two["latents"] is data["latents"]
+    assert first_phrasings(data, None) is data and first_phrasings(data, 3)["captions"] == data["captions"]
+    batches = EmojiBatches(None, data=data, phrasings=2)
+    _, ctx, texts = batches.batch(64, torch.Generator().manual_seed(0))
+    assert {t.rsplit(" ", 1)[1] for t in texts} == {"0", "1"}  # never the third phrasing
+    assert len(batches.captions) == 12 and batches.caption_states.shape[0] == 12  # trajectories draw from these
+    for bad in (0, 4):
+        with pytest.raises(ValueError, match=r"--phrasings must be in \[1, 3\]"):
+            first_phrasings(data, bad)
+    with pytest.raises(DataError, match="--phrasings applies to the emoji data"):
+        training_batches("shards/{00000..00001}.tar", None, phrasings=4)
+    assert CAPTION_TEMPLATES[:4] == ("{}", "{} emoji", "an emoji of {}", "a {} icon")  # the shipped students' four

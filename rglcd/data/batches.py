@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from rglcd.data.emoji import drop_captions, emoji_training_tensors, load_training_tensors, sample_caption_batch
+from rglcd.data.emoji import (drop_captions, emoji_training_tensors, first_phrasings, load_training_tensors,
+                              sample_caption_batch)
 from rglcd.data.shards import DataError, HFDatasetTable, ImageFolderTable, iter_shard_samples
 from rglcd.files import atomic_path
 from rglcd.loading import cache_dir
@@ -31,11 +32,13 @@ Batch = tuple[torch.Tensor, torch.Tensor, list[str]]
 
 class EmojiBatches:
     """Random (latent, caption phrasing) pairs of the embedded emoji set, or of a training-tensor file
-    (`tensors:PATH`, the same layout, e.g. made on another machine by `rglcd.devicepack`)."""
+    (`tensors:PATH`, the same layout, e.g. made on another machine by `rglcd.devicepack`); `phrasings`: draw from
+    the first this many caption phrasings only (`rglcd.data.emoji.first_phrasings`)."""
 
     def __init__(self, family: Any, include_flags: bool = False, limit: int | None = None,
-                 data: dict | None = None) -> None:
-        self.data = data if data is not None else emoji_training_tensors(family, include_flags, limit)
+                 data: dict | None = None, phrasings: int | None = None) -> None:
+        data = data if data is not None else emoji_training_tensors(family, include_flags, limit)
+        self.data = first_phrasings(data, phrasings)
         self.empty = self.data["empty"].float()
         self.captions: list[str] = self.data["captions"]
         self.caption_states = self.data["context"].flatten(0, 1)  # (concepts * templates, L, D), order of captions
@@ -153,14 +156,17 @@ class EncodedBatches:
 
 
 def training_batches(spec: str, family: Any, resolution: int | None = None, cache: bool = False,
-                     include_flags: bool = False, limit: int | None = None, rank: int = 0, world: int = 1
-                     ) -> EmojiBatches | EncodedBatches:
-    """The batch source named by `spec`: 'emoji', a shard pattern (*.tar, braces), an image folder or 'hf:...'."""
+                     include_flags: bool = False, limit: int | None = None, rank: int = 0, world: int = 1,
+                     phrasings: int | None = None) -> EmojiBatches | EncodedBatches:
+    """The batch source named by `spec`: 'emoji', a shard pattern (*.tar, braces), an image folder or 'hf:...'.
+    `phrasings` (emoji and tensors: data only): draw from the first this many caption phrasings."""
+    if phrasings is not None and not (spec == "emoji" or spec.startswith("tensors:")):
+        raise DataError("--phrasings applies to the emoji data (emoji or tensors:) only")
     if spec == "emoji":
-        return EmojiBatches(family, include_flags, limit)
+        return EmojiBatches(family, include_flags, limit, phrasings=phrasings)
     if spec.startswith("tensors:"):
         try:
-            return EmojiBatches(family, data=load_training_tensors(spec[len("tensors:"):]))
+            return EmojiBatches(family, data=load_training_tensors(spec[len("tensors:"):]), phrasings=phrasings)
         except FileNotFoundError as err:
             raise DataError(str(err)) from err
     if spec.startswith("hf:") or Path(spec).is_dir() or ".tar" in spec:

@@ -301,6 +301,19 @@ def load_training_tensors(path: str | Path) -> dict:
     return data
 
 
+def first_phrasings(data: dict, count: int | None) -> dict:
+    """The training-tensor dict `data` (caption states (N,T,L,D), N*T captions concept-major) restricted to its first
+    `count` phrasings (None: all T). The first four of `CAPTION_TEMPLATES` are the original templates the shipped
+    emoji-64 students were distilled on: `count` 4 draws as they did."""
+    total = data["context"].shape[1]
+    if count is None:
+        return data
+    if not 1 <= count <= total:
+        raise ValueError(f"--phrasings must be in [1, {total}] (this data has {total} phrasings), got {count}")
+    captions = [c for i, c in enumerate(data["captions"]) if i % total < count]
+    return data | {"context": data["context"][:, :count], "captions": captions}
+
+
 def sample_caption_batch(data: dict, batch_size: int, generator: torch.Generator, cfg_dropout: float = 0.0
                          ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """A random batch from `emoji_training_tensors`: (latents (B,4,h,w), caption states (B,L,D) float32, captions),

@@ -51,6 +51,8 @@ class DataSettings:
     cache_latents: bool = setting(False, "encode shard / folder data once into a cache of latents and text states")
     include_flags: bool = setting(False, "emoji data: include the flag emoji")
     limit_concepts: int | None = setting(None, "emoji data: train on the first this many concepts only")
+    phrasings: int | None = setting(None, "emoji data: draw captions from the first this many training phrasings "
+                                          "(4: the original templates of the shipped students); none: all 12")
     cfg_dropout: float = setting(0.0, "probability of replacing a caption with the empty one")
     data_latents: str = setting("mode", "AutoencoderKL data latents: the posterior's mode | sample (a fresh draw "
                                         "each step, as diffusers' LCD script; streamed shard / folder data only)")

@@ -20,7 +20,8 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import compute_snr
 
-from rglcd.data.emoji import emoji_training_tensors, eval_prompt_sets, load_training_tensors, sample_caption_batch
+from rglcd.data.emoji import (emoji_training_tensors, eval_prompt_sets, first_phrasings, load_training_tensors,
+                              sample_caption_batch)
 from rglcd.evaluate import evaluate_prompt_following
 from rglcd.files import write_metrics
 from rglcd.models import Family, load_family, register_member, save_unet
@@ -67,6 +68,8 @@ class TeacherConfig:
     stop_at: int | None = setting(None, "stop (after a checkpoint) at this step; run again to go on")
     include_flags: bool = setting(False, "emoji data: include the flag emoji")
     limit_concepts: int | None = setting(None, "emoji data: train on the first this many concepts only")
+    phrasings: int | None = setting(None, "emoji data: draw captions from the first this many training phrasings "
+                                          "(4: the original templates of the shipped teacher); none: all 12")
     export_dtype: str = setting("fp32", "fp32 | fp16: the exported weights file (fp16 halves it; loading upcasts)")
     data: str = setting("emoji", f"emoji (renders encoded with the family's VAE and text encoder) | {TENSORS}PATH "
                                  "(a precomputed training-tensor file)")
@@ -96,6 +99,7 @@ def teacher_data(cfg: TeacherConfig, family: Family, device: torch.device) -> di
         data = load_training_tensors(cfg.data[len(TENSORS):])
     else:
         raise ValueError(f"unknown teacher data {cfg.data!r}: use emoji or {TENSORS}PATH")
+    data = first_phrasings(data, cfg.phrasings)
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in data.items()}
 
 
