@@ -243,3 +243,54 @@ def test_full_size_benchmarks_run_on_tiny_shapes(script, extra, tmp_path):
         lcd = result["variants"]["lcd"]
         assert lcd["ratio_ours_over_reference"] > 0 and lcd["memory_ours_over_reference"] > 0
         assert len(lcd["ours"]["loss"]) == len(lcd["reference"]["loss"]) == 2
+
+
+def test_seed_spread_pairs_training_seeds_and_calls_a_difference_shown_only_when_every_pair_agrees():
+    from rglcd.evaluate import seeds
+    from rglcd.sampling import InputError
+
+    def per_seed(*values):  # two evaluation seeds, three prompts: the same per-prompt values
+        return [{"reward_r": torch.tensor(values, dtype=torch.float32)}] * 2
+
+    scores = {("teacher", 50): per_seed(5, 5, 5), ("a0", 4): per_seed(7, 8, 9), ("a1", 4): per_seed(4, 5, 6),
+              ("b0", 4): per_seed(1, 2, 3), ("b1", 4): per_seed(1, 2, 3), ("a0", 2): per_seed(0, 0, 0)}
+    kinds = {"teacher": "teacher", "a0": "lcm", "a1": "lcm", "b0": "lcm", "b1": "lcm"}
+    groups = seeds.parse_groups(("t=teacher", "a=a0,a1", "b=b0,b1"), sorted(kinds))
+    rows = seeds.compare(scores, kinds, groups, seeds.parse_pairs(("a:b", "a:t"), groups), (2, 4), "reward_r")
+    # 2 steps is skipped for both (a1 and b have no 2-step run); per-prompt differences are constant: half-widths 0
+    a_b, a_t4 = rows
+    assert (a_b["a"], a_b["b"], a_b["a_steps"], [(p.a, p.b, p.diff) for p in a_b["pairs"]]) == (
+        "a", "b", [4], [("a0", "b0", 6.0), ("a1", "b1", 3.0)])
+    assert a_b["verdict"] == "above" and a_b["mean"] == 4.5 and (a_b["min"], a_b["max"]) == (3.0, 6.0)
+    assert a_t4["b_steps"] == [50] and [(p.a, p.b, p.diff) for p in a_t4["pairs"]] == [("a0", "teacher", 3.0),
+                                                                                       ("a1", "teacher", 0.0)]
+    assert a_t4["verdict"] == "not shown"  # one seed above the teacher, the other level
+    assert seeds.verdict([seeds.PairResult("x", "y", -2.0, 1.0), seeds.PairResult("x", "z", -1.0, 0.5)]) == "below"
+    spread = {(g["group"], g["steps"]): g for g in seeds.group_rows(scores, groups, "reward_r")}
+    assert spread[("a", 4)]["values"] == [8.0, 5.0] and spread[("a", 4)]["spread"] == 3.0 and ("a", 2) not in spread
+    table = seeds.markdown(list(spread.values()), rows, "reward_r")
+    assert "| a | b | 4 / 4 | a0 - b0: 6.0 ± 0.0; a1 - b1: 3.0 ± 0.0 | 4.5 | 3.0 to 6.0 | above |" in table
+    for bad in (("a=",), ("a=a0", "a=a1"), ("a=zz",)):
+        with pytest.raises(InputError):
+            seeds.parse_groups(bad, sorted(kinds))
+    with pytest.raises(InputError, match="--compare takes A:B"):
+        seeds.parse_pairs(("a:c",), groups)
+    with pytest.raises(InputError, match="cannot be paired"):
+        seeds.member_pairs(("x", "y"), ("u", "v", "w"))
+
+
+def test_seed_groups_end_to_end_and_bad_groups_fail_before_generating(eval_inputs, tmp_path, monkeypatch, capsys):
+    root, tmp = eval_inputs
+    out = tmp_path / "spread"
+    assert evaluate.main(_args(root, tmp, out, "--seed-groups", "teacher=teacher", "lcm=lcm",
+                               "--compare", "lcm:teacher")) == 0
+    text = (out / "seed-spread.md").read_text()
+    assert "--seed-groups teacher=teacher lcm=lcm" in text and "| lcm | 2 | lcm |" in text
+    assert "| lcm | teacher | 1 / 2 | lcm - teacher: " in text and "| lcm | teacher | 2 / 2 |" in text
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("bad seed groups must fail before any generation")
+
+    monkeypatch.setattr(Family, "pipeline", refuse)
+    assert evaluate.main(_args(root, tmp, tmp_path / "x", "--seed-groups", "lcm=lcm,nope")) == 2
+    assert "--seed-groups lcm: nope not among the evaluated models" in capsys.readouterr().err

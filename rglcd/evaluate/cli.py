@@ -66,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-repeats", type=int, default=d.latency_repeats, help="timed calls (median)")
     p.add_argument("--baseline", default=None, help="model:steps (or model: its most steps) for paired differences "
                                                      "(default: the teacher, most steps)")
+    p.add_argument("--seed-groups", nargs="+", default=(), metavar="NAME=MEMBER,MEMBER",
+                   help="members that are one recipe at several training seeds; writes seed-spread.md")
+    p.add_argument("--compare", nargs="+", default=(), metavar="A:B",
+                   help="seed groups compared per training-seed pair (seed-spread.md)")
     p.add_argument("--skip-missing", action="store_true", help="skip models the family lacks (with a warning)")
     p.add_argument("--sample-prompts", type=int, default=d.sample_prompts, help="columns of samples.png")
     p.add_argument("--out", default=d.out)
@@ -80,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries(args.verbose)
     if args.threads:
         torch.set_num_threads(args.threads)
-    fields = {k: v for k, v in vars(args).items() if k not in ("threads", "verbose")}
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items()
+              if k not in ("threads", "verbose")}
     command = "python -m rglcd.evaluate " + " ".join(sys.argv[1:] if argv is None else argv)
     try:
         if min(args.batch_size, args.bootstrap, args.latency_batch, args.latency_repeats) < 1 or not args.seeds:
@@ -96,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unexpected {type(err).__name__}: {err} (set RGLCD_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
     print(results_table(rows))
-    print(f"wrote {args.out}/results.csv, results.md, reward-vs-steps.png, quality-vs-latency.png, samples.png")
+    extra = ", seed-spread.md" if args.seed_groups else ""
+    print(f"wrote {args.out}/results.csv, results.md, reward-vs-steps.png, quality-vs-latency.png, samples.png{extra}")
     return 0
 

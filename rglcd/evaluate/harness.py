@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from rglcd.data.prompts import even_subset, load_prompt_set
 from rglcd.evaluate.cache import cached, digest, member_fingerprint
 from rglcd.evaluate.generate import DTYPES, generate_images, time_pipeline
+from rglcd.evaluate import seeds as seed_spread
 from rglcd.evaluate.report import plot_results, plot_samples, write_csv, write_markdown
 from rglcd.evaluate.score import (FD_EFFNET, SCORES_VERSION, efficientnet_lite0_features, family_reward_names,
                                   family_rewards, iter_image_folder, prompt_following, score_images)
@@ -53,6 +54,8 @@ class EvalConfig:
     baseline: str | None = None  # "model:steps" for paired differences; default: the teacher at its most steps
     skip_missing: bool = False
     sample_prompts: int = 8
+    seed_groups: tuple[str, ...] = ()  # "NAME=member,member": one recipe at several training seeds
+    compare: tuple[str, ...] = ()  # "A:B" group pairs compared per training-seed pair (rglcd.evaluate.seeds)
     out: str = "results"
     device: str = "cpu"
     dtype: str = "fp32"
@@ -129,6 +132,9 @@ class Evaluation:
             raise ModelLoadError(f"prompt set {cfg.prompts} has {len(self.prompt_set.prompts)} prompt(s); need 2+")
         self.prompts_key = digest(self.prompt_set.prompts)
         self.baseline = self.baseline_run()  # checked before any generation
+        self.groups = seed_spread.parse_groups(cfg.seed_groups, sorted({r.model for r in self.runs}))
+        self.pairs = seed_spread.parse_pairs(cfg.compare, self.groups)
+        self.per_run: dict[Run, list[dict[str, Any]]] = {}
         self._scorers: tuple[nn.Module, dict[str, nn.Module], nn.Module] | None = None
 
     @property
@@ -226,6 +232,7 @@ class Evaluation:
             timing = {k: v for k, v in self.generated(run, seed).items() if k != "images"}  # keep no images around
             per_run[run].append({**timing, **scores})
         latency = {run: self.latency(run) for run in tqdm(self.runs, desc="latency")}
+        self.per_run = per_run
         rows = [self.summarize(run, per_seed, fd_ref, latency[run]) for run, per_seed in per_run.items()]
         base = self.baseline
         if base is not None:
@@ -294,6 +301,8 @@ def run_evaluation(cfg: EvalConfig, command: str = "python -m rglcd.evaluate") -
     write_markdown(ev, rows, out / "results.md", reference[1] if reference else None, command)
     plot_results(rows, out, family_reward_names(ev.family, cfg.rewards)[0])
     plot_samples(*ev.sample_rows(), out / "samples.png")
+    if ev.groups:
+        write_seed_spread(ev, out / "seed-spread.md", command)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     return rows
 
@@ -319,3 +328,18 @@ def evaluate_prompt_following(family: Any, member: str, reward: nn.Module, promp
             grid_path = Path(grid_path)
             save_grid(images, grid_path.with_name(f"{grid_path.stem}-{split}.png"), nrow=8)
     return out
+
+
+def write_seed_spread(ev: Evaluation, path: Path, command: str) -> None:
+    """seed-spread.md: each `--seed-groups` group's spread and each `--compare` pair per training seed, on the
+    family's first reward (`rglcd.evaluate.seeds`)."""
+    metric = f"reward_{family_reward_names(ev.family, ev.cfg.rewards)[0]}"
+    scores = {(run.model, run.steps): per_seed for run, per_seed in ev.per_run.items()}
+    kinds = {run.model: run.kind for run in ev.runs}
+    student_steps = tuple(sorted({r.steps for r in ev.runs if r.kind != "teacher"}))
+    groups = seed_spread.group_rows(scores, ev.groups, metric)
+    comparisons = seed_spread.compare(scores, kinds, ev.groups, ev.pairs, student_steps, metric)
+    head = (f"# Training-seed spread: {ev.family.name} on `{ev.prompt_set.name}`\n\n- Command: `{command}`\n"
+            f"- {len(ev.prompt_set.prompts)} prompts x evaluation seeds {', '.join(map(str, ev.cfg.seeds))}; "
+            "each member's value is its mean over prompts and evaluation seeds.\n\n")
+    path.write_text(head + seed_spread.markdown(groups, comparisons, metric))
