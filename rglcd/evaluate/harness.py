@@ -19,6 +19,7 @@ from rglcd.data.prompts import even_subset, load_prompt_set
 from rglcd.evaluate.cache import cached, digest, member_fingerprint
 from rglcd.evaluate.generate import DTYPES, generate_images, time_pipeline
 from rglcd.evaluate import seeds as seed_spread
+from rglcd.evaluate.seeds import per_prompt_mean
 from rglcd.evaluate.report import plot_results, plot_samples, write_csv, write_markdown
 from rglcd.evaluate.score import (FD_EFFNET, SCORES_VERSION, efficientnet_lite0_features, family_reward_names,
                                   family_rewards, iter_image_folder, prompt_following, score_images)
@@ -101,11 +102,6 @@ def per_prompt_metrics(scores: dict[str, Any]) -> list[str]:
     """The per-image metrics compared between runs: every reward, the prompt-following win rate and (when scored)
     the high-frequency share."""
     return [k for k in scores if k.startswith("reward_")] + ["pf_win"] + [k for k in ("hf_share",) if k in scores]
-
-
-def per_prompt_mean(per_seed: list[dict[str, Any]], key: str) -> torch.Tensor:
-    """(N,) each prompt's mean of metric `key` over the seeds."""
-    return torch.stack([s[key] for s in per_seed]).mean(0)
 
 
 def paired_differences(per_seed: list[dict[str, Any]], base_seeds: list[dict[str, Any]], base: str

@@ -20,6 +20,11 @@ from rglcd.metrics import normal_ci
 from rglcd.sampling import InputError
 
 
+def per_prompt_mean(per_seed: list[dict[str, torch.Tensor]], key: str) -> torch.Tensor:
+    """(N,) each prompt's mean of metric `key` over the evaluation seeds."""
+    return torch.stack([s[key] for s in per_seed]).mean(0)
+
+
 @dataclass(frozen=True)
 class PairResult:
     """One training-seed pair of a comparison: (A member, B member), paired difference of A - B and its 95%
@@ -99,8 +104,7 @@ def compare(scores: dict[tuple[str, int], list[dict[str, torch.Tensor]]], kinds:
                 continue
             results = []
             for x, y in member_pairs(groups[a], groups[b]):
-                diff = (torch.stack([d[metric] for d in scores[(x, at[x])]]).mean(0)
-                        - torch.stack([d[metric] for d in scores[(y, at[y])]]).mean(0))
+                diff = per_prompt_mean(scores[(x, at[x])], metric) - per_prompt_mean(scores[(y, at[y])], metric)
                 results.append(PairResult(x, y, *normal_ci(diff)))
             diffs = [r.diff for r in results]
             rows.append({"a": a, "b": b, "a_steps": sorted({at[m] for m in groups[a]}),
@@ -119,7 +123,7 @@ def group_rows(scores: dict[tuple[str, int], list[dict[str, torch.Tensor]]], gro
         for s in sorted({st for m, st in scores if m in members}):
             if not all((m, s) in scores for m in members):
                 continue
-            values = [torch.stack([d[metric] for d in scores[(m, s)]]).mean().item() for m in members]
+            values = [per_prompt_mean(scores[(m, s)], metric).mean().item() for m in members]
             rows.append({"group": name, "steps": s, "members": list(members), "values": values,
                          "mean": sum(values) / len(values), "spread": max(values) - min(values)})
     return rows
