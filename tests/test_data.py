@@ -92,6 +92,41 @@ def test_evaluation_phrasings_are_never_training_phrasings():
     assert torch.equal(free.reference(8), plain.reference(8))
 
 
+def test_wide_caption_set_extends_the_templates_and_shares_no_word_with_evaluation_phrasings():
+    from rglcd.data.emoji import CAPTION_SETS, EVAL_PHRASINGS, WIDE_PHRASINGS, caption_templates
+
+    wide = caption_templates("wide")
+    assert wide[:12] == caption_templates("templates") == CAPTION_TEMPLATES and wide[12:] == WIDE_PHRASINGS
+    assert len(wide) == len(set(wide)) == 48 and all(t.count("{}") == 1 for t in wide)
+    words = {w.strip(",!") for t in wide for w in t.format("").split()}
+    for phrasing in EVAL_PHRASINGS["val"] + EVAL_PHRASINGS["test"]:
+        assert phrasing not in wide
+        # every word an evaluation phrasing adds to the name is absent from training, bar function words and "emoji"
+        # (in the original templates)
+        assert not {w for w in phrasing.format("").split() if w not in ("a", "an", "of", "that", "me", "emoji")} & words
+    assert captions("cat", "wide")[-1] == "a cat illustration"
+    with pytest.raises(ValueError, match="unknown caption set 'broad': use templates or wide"):
+        caption_templates("broad")
+    assert set(CAPTION_SETS) == {"templates", "wide"}
+
+
+def test_wide_training_tensors_hold_every_phrasing_of_each_concept(tiny_emoji_family):
+    from rglcd.data.emoji import emoji_training_tensors
+    from rglcd.models import load_family
+
+    family = load_family(str(tiny_emoji_family))
+    data = emoji_training_tensors(family, limit=2, caption_set="wide")
+    plain = emoji_training_tensors(family, limit=2)
+    assert data["context"].shape[:2] == (2, 48) and plain["context"].shape[:2] == (2, 12)
+    assert torch.equal(data["context"][:, :12], plain["context"])  # the same states, a separate cache file
+    name = data["captions"][0]
+    assert data["captions"][:48] == captions(name, "wide")
+    with pytest.raises(DataError, match="--captions applies to the emoji data only"):
+        training_batches("shards/{00000..00001}.tar", None, caption_set="wide")
+    with pytest.raises(DataError, match="unknown --captions 'broad'"):
+        training_batches("emoji", family, caption_set="broad")
+
+
 def fake_training_tensors(n: int = 6, templates: int = 3) -> dict:
     g = torch.Generator().manual_seed(1)
     return {"latents": torch.randn(n, 4, 2, 2, generator=g),

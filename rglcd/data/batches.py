@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from rglcd.data.emoji import (drop_captions, emoji_training_tensors, first_phrasings, load_training_tensors,
-                              sample_caption_batch)
+from rglcd.data.emoji import (CAPTION_SETS, drop_captions, emoji_training_tensors, first_phrasings,
+                              load_training_tensors, sample_caption_batch)
 from rglcd.data.shards import DataError, HFDatasetTable, ImageFolderTable, iter_shard_samples
 from rglcd.files import atomic_path
 from rglcd.loading import cache_dir
@@ -33,11 +33,12 @@ Batch = tuple[torch.Tensor, torch.Tensor, list[str]]
 class EmojiBatches:
     """Random (latent, caption phrasing) pairs of the embedded emoji set, or of a training-tensor file
     (`tensors:PATH`, the same layout, e.g. made on another machine by `rglcd.devicepack`); `phrasings`: draw from
-    the first this many caption phrasings only (`rglcd.data.emoji.first_phrasings`)."""
+    the first this many caption phrasings only (`rglcd.data.emoji.first_phrasings`); `caption_set`: the emoji set's
+    phrasings, 'templates' or 'wide' (`rglcd.data.emoji.CAPTION_SETS`)."""
 
     def __init__(self, family: Any, include_flags: bool = False, limit: int | None = None,
-                 data: dict | None = None, phrasings: int | None = None) -> None:
-        data = data if data is not None else emoji_training_tensors(family, include_flags, limit)
+                 data: dict | None = None, phrasings: int | None = None, caption_set: str = "templates") -> None:
+        data = data if data is not None else emoji_training_tensors(family, include_flags, limit, caption_set)
         self.data = first_phrasings(data, phrasings)
         self.empty = self.data["empty"].float()
         self.captions: list[str] = self.data["captions"]
@@ -157,13 +158,18 @@ class EncodedBatches:
 
 def training_batches(spec: str, family: Any, resolution: int | None = None, cache: bool = False,
                      include_flags: bool = False, limit: int | None = None, rank: int = 0, world: int = 1,
-                     phrasings: int | None = None) -> EmojiBatches | EncodedBatches:
+                     phrasings: int | None = None, caption_set: str = "templates") -> EmojiBatches | EncodedBatches:
     """The batch source named by `spec`: 'emoji', a shard pattern (*.tar, braces), an image folder or 'hf:...'.
-    `phrasings` (emoji and tensors: data only): draw from the first this many caption phrasings."""
+    `phrasings` (emoji and tensors: data only): draw from the first this many caption phrasings; `caption_set`
+    (emoji data only): 'templates' or 'wide' (`rglcd.data.emoji.CAPTION_SETS`)."""
     if phrasings is not None and not (spec == "emoji" or spec.startswith("tensors:")):
         raise DataError("--phrasings applies to the emoji data (emoji or tensors:) only")
+    if caption_set != "templates" and spec != "emoji":
+        raise DataError("--captions applies to the emoji data only (a tensors: file holds its own captions)")
+    if caption_set not in CAPTION_SETS:
+        raise DataError(f"unknown --captions {caption_set!r}: use {' or '.join(CAPTION_SETS)}")
     if spec == "emoji":
-        return EmojiBatches(family, include_flags, limit, phrasings=phrasings)
+        return EmojiBatches(family, include_flags, limit, phrasings=phrasings, caption_set=caption_set)
     if spec.startswith("tensors:"):
         try:
             return EmojiBatches(family, data=load_training_tensors(spec[len("tensors:"):]), phrasings=phrasings)

@@ -30,6 +30,17 @@ HELDOUT_HALVES = ("val", "test")
 CAPTION_TEMPLATES: tuple[str, ...] = (
     "{}", "{} emoji", "an emoji of {}", "a {} icon", "a picture of {}", "{} symbol", "a flat illustration of {}",
     "the {} emoji", "cartoon of {}", "an icon showing {}", "{}, emoji style", "a simple drawing of {}")
+# A much wider training caption set (`--captions wide`): the 12 above, then 36 more, written so that none of the
+# words the evaluation-only phrasings below add to a name (clipart, small, image, shows, pictogram, graphic, sticker,
+# show, colourful, sign; "emoji" aside, which the original templates hold) appears in them.
+WIDE_PHRASINGS: tuple[str, ...] = (
+    "a drawing of {}", "draw {}", "a cute {}", "{} on a white background", "an illustration of {}",
+    "a flat {} icon", "{} in flat design", "a vector {}", "a {} logo", "a cartoon {}", "make a {}", "{}!",
+    "i want {}", "a bright {}", "a little {} drawing", "{}, simple", "the symbol for {}", "an icon of a {}",
+    "generate {}", "a rendering of {}", "{} artwork", "a digital drawing of {}", "a {} badge", "{} in cartoon style",
+    "a doodle of {}", "a minimal {} icon", "a sketch of {}", "{} emoji, flat", "the {}", "a single {}", "a nice {}",
+    "{} drawn as an emoji", "an emoji for {}", "a depiction of {}", "{} design", "a {} illustration")
+CAPTION_SETS: dict[str, tuple[str, ...]] = {"templates": CAPTION_TEMPLATES, "wide": CAPTION_TEMPLATES + WIDE_PHRASINGS}
 # Evaluation-only phrasings, never used in training: the validation half of the held-out concepts is phrased with
 # the "val" set, the test half with the "test" set (`phrased_prompts`), so neither a choice nor a training run sees
 # the phrasings a report is made on.
@@ -109,9 +120,16 @@ def split_concepts(concepts: list[EmojiConcept], heldout: set[str] | None = None
     return [c for c in concepts if c.name not in heldout], [c for c in concepts if c.name in heldout]
 
 
-def captions(name: str) -> list[str]:
-    """Every caption of a concept, one per template, in template order."""
-    return [t.format(name) for t in CAPTION_TEMPLATES]
+def caption_templates(caption_set: str = "templates") -> tuple[str, ...]:
+    """The training phrasings of a caption set: 'templates' (the 12 of `CAPTION_TEMPLATES`) or 'wide' (48)."""
+    if caption_set not in CAPTION_SETS:
+        raise ValueError(f"unknown caption set {caption_set!r}: use {' or '.join(CAPTION_SETS)}")
+    return CAPTION_SETS[caption_set]
+
+
+def captions(name: str, caption_set: str = "templates") -> list[str]:
+    """Every caption of a concept, one per phrasing of the caption set, in phrasing order."""
+    return [t.format(name) for t in caption_templates(caption_set)]
 
 
 def _font_path() -> str:
@@ -252,20 +270,22 @@ def training_concepts(include_flags: bool = False, limit: int | None = None) -> 
     return [concepts[i] for i in keep], images[keep]
 
 
-def emoji_training_tensors(family, include_flags: bool = False, limit: int | None = None) -> dict[str, torch.Tensor]:
+def emoji_training_tensors(family, include_flags: bool = False, limit: int | None = None,
+                           caption_set: str = "templates") -> dict[str, torch.Tensor]:
     """Cached tensors for teacher and student training on `family` (its VAE and text encoder):
-    latents (N,4,h,w) scaled, caption token states (N,T,L,D) fp16 (T phrasings), empty-caption states (L,D) fp16,
-    and the caption strings (N*T, concept-major) for rewards that read text.
+    latents (N,4,h,w) scaled, caption token states (N,T,L,D) fp16 (T phrasings of `caption_set`), empty-caption
+    states (L,D) fp16, and the caption strings (N*T, concept-major) for rewards that read text.
     """
+    templates = caption_templates(caption_set)
     concepts, images = training_concepts(include_flags, limit)
     weights = Path(family.source("vae").location) / "diffusion_pytorch_model.safetensors"
     digest = hashlib.sha1(weights.read_bytes()).hexdigest()[:12] if weights.is_file() else "none"
-    phrasings = hashlib.sha1("|".join(CAPTION_TEMPLATES).encode()).hexdigest()[:8]
+    phrasings = hashlib.sha1("|".join(templates).encode()).hexdigest()[:8]
     path = cache_dir() / (f"train-tensors-v3-{family.name}-{len(concepts)}-{int(include_flags)}-{digest}-"
                           f"{phrasings}.pt")
     if path.is_file():
         return load_training_tensors(path)
-    texts = [c for con in concepts for c in captions(con.name)]
+    texts = [c for con in concepts for c in captions(con.name, caption_set)]
     data = encode_training_tensors(encode_latents(family.vae, to_model_range(images)), texts, family.tokenizer,
                                    family.text_encoder)
     with atomic_path(path) as tmp:

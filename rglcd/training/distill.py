@@ -70,7 +70,7 @@ def distill_data(cfg: DistillConfig, family: Family, accelerator: Accelerator) -
     data = cfg.dataset
     batches = training_batches(data.data, family, data.resolution, data.cache_latents, data.include_flags,
                                data.limit_concepts, accelerator.process_index, accelerator.num_processes,
-                               data.phrasings)
+                               data.phrasings, data.captions)
     if data.data_latents == "sample":
         if not isinstance(batches, EncodedBatches) or batches.cached is not None:
             raise ValueError("--data-latents sample draws from the VAE posterior as images stream in: use shard, "

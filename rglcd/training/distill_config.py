@@ -52,7 +52,9 @@ class DataSettings:
     include_flags: bool = setting(False, "emoji data: include the flag emoji")
     limit_concepts: int | None = setting(None, "emoji data: train on the first this many concepts only")
     phrasings: int | None = setting(None, "emoji data: draw captions from the first this many training phrasings "
-                                          "(4: the original templates of the shipped students); none: all 12")
+                                          "(4: the original templates of the shipped students); none: all of --captions")
+    captions: str = setting("templates", "emoji data: the training caption set, templates (12 phrasings) | wide (48: "
+                                         "rglcd.data.emoji.CAPTION_SETS)")
     cfg_dropout: float = setting(0.0, "probability of replacing a caption with the empty one")
     data_latents: str = setting("mode", "AutoencoderKL data latents: the posterior's mode | sample (a fresh draw "
                                         "each step, as diffusers' LCD script; streamed shard / folder data only)")

@@ -69,7 +69,9 @@ class TeacherConfig:
     include_flags: bool = setting(False, "emoji data: include the flag emoji")
     limit_concepts: int | None = setting(None, "emoji data: train on the first this many concepts only")
     phrasings: int | None = setting(None, "emoji data: draw captions from the first this many training phrasings "
-                                          "(4: the original templates of the shipped teacher); none: all 12")
+                                          "(4: the original templates of the shipped teacher); none: all of --captions")
+    captions: str = setting("templates", "emoji data: the training caption set, templates (12 phrasings) | wide (48: "
+                                         "rglcd.data.emoji.CAPTION_SETS)")
     export_dtype: str = setting("fp32", "fp32 | fp16: the exported weights file (fp16 halves it; loading upcasts)")
     data: str = setting("emoji", f"emoji (renders encoded with the family's VAE and text encoder) | {TENSORS}PATH "
                                  "(a precomputed training-tensor file)")
@@ -94,7 +96,9 @@ def build_unet(cfg: TeacherConfig, sample_size: int, context_dim: int) -> UNet2D
 def teacher_data(cfg: TeacherConfig, family: Family, device: torch.device) -> dict[str, Any]:
     """The training tensors (`rglcd.data.emoji.emoji_training_tensors`: latents, caption states, ...) on `device`."""
     if cfg.data == "emoji":
-        data = emoji_training_tensors(family, cfg.include_flags, cfg.limit_concepts)
+        data = emoji_training_tensors(family, cfg.include_flags, cfg.limit_concepts, cfg.captions)
+    elif cfg.captions != "templates":
+        raise ValueError("--captions applies to the emoji data only (a tensors: file holds its own captions)")
     elif cfg.data.startswith(TENSORS):
         data = load_training_tensors(cfg.data[len(TENSORS):])
     else:
