@@ -18,7 +18,7 @@ from rglcd import evaluate
 from rglcd.data.prompts import PromptSetError, load_prompt_set
 from rglcd.evaluate import harness, prompt_following
 from rglcd.images import image_grid
-from rglcd.models import Family, register_member
+from rglcd.models import Family, load_family, register_member
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -294,3 +294,34 @@ def test_seed_groups_end_to_end_and_bad_groups_fail_before_generating(eval_input
     monkeypatch.setattr(Family, "pipeline", refuse)
     assert evaluate.main(_args(root, tmp, tmp_path / "x", "--seed-groups", "lcm=lcm,nope")) == 2
     assert "--seed-groups lcm: nope not among the evaluated models" in capsys.readouterr().err
+
+
+def test_score_text_name_scores_the_same_images_against_the_concept_names(eval_inputs, tmp_path, monkeypatch, capsys):
+    root, tmp = eval_inputs
+    out = tmp_path / "free"
+    base = ["--family", str(root), "--models", "lcm", "--steps", "1", "--prompts", "heldout-val-free",
+            "--max-prompts", "3", "--seeds", "0", "--batch-size", "3", "--bootstrap", "5", "--latency-repeats", "1",
+            "--latency-batch", "2", "--out", str(out)]
+    assert evaluate.main(base) == 0
+    by_prompt = float(next(csv.DictReader(open(out / "results.csv")))["reward_emoji"])
+    assert "Scored against" not in (out / "results.md").read_text()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("scoring against the names must reuse the generated images")
+
+    monkeypatch.setattr(Family, "pipeline", refuse)
+    assert evaluate.main(base + ["--score-text", "name"]) == 0
+    by_name = float(next(csv.DictReader(open(out / "results.csv")))["reward_emoji"])
+    assert "Scored against: each image's bare concept name" in (out / "results.md").read_text()
+    free = load_prompt_set("heldout-val-free", limit=3)
+    images = torch.load(next(p for p in (out / "cache" / "lcm").glob("steps1-*seed0-*.pt")
+                             if "scores" not in p.name and "latency" not in p.name), weights_only=False)["images"]
+    reward = load_family(str(root)).reward()
+    with torch.no_grad():
+        x = images.float() / 255
+        assert by_name == pytest.approx(reward(x, free.names).mean().item(), abs=1e-4)
+        assert by_prompt == pytest.approx(reward(x, free.prompts).mean().item(), abs=1e-4)
+    assert free.names == load_prompt_set("heldout-val", limit=3).prompts and by_name != by_prompt
+    assert evaluate.main(base[:-1] + [str(tmp_path / "x"), "--prompts", f"file:{tmp / 'prompts.txt'}",
+                                      "--score-text", "name"]) == 2
+    assert "--score-text name needs a prompt set of named concepts" in capsys.readouterr().err

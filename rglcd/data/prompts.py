@@ -43,12 +43,14 @@ class PromptSetError(ValueError):
 @dataclass(frozen=True)
 class PromptSet:
     """Prompts to evaluate on, and where a paired real-image reference exists, a function
-    `reference(size) -> uint8 (N,3,size,size)` giving image i for prompt i (used for Frechet distances)."""
+    `reference(size) -> uint8 (N,3,size,size)` giving image i for prompt i (used for Frechet distances); `names`:
+    the concept name behind each prompt, where the set phrases named concepts (the emoji sets)."""
 
     name: str
     prompts: list[str]
     source: str
     reference: Callable[[int], torch.Tensor] | None = None
+    names: list[str] | None = None
 
 
 def even_subset(items: list, limit: int | None) -> list:
@@ -86,8 +88,8 @@ def _emoji_set(split: str, limit: int | None) -> PromptSet:
         where = f"assets/prompts/emoji-heldout-{half}.txt"
         if split.endswith("-free"):
             return PromptSet(split, emoji.phrased_prompts(names, half), f"{where}, phrased with "
-                             f"rglcd.data.emoji.EVAL_PHRASINGS['{half}']", emoji_renders(names))
-        return PromptSet(split, names, where, emoji_renders(names))
+                             f"rglcd.data.emoji.EVAL_PHRASINGS['{half}']", emoji_renders(names), names)
+        return PromptSet(split, names, where, emoji_renders(names), names)
     if split == "heldout":
         names = sorted(emoji.heldout_names())
         where = str(emoji.HELDOUT_FILE.relative_to(repo))
@@ -98,7 +100,7 @@ def _emoji_set(split: str, limit: int | None) -> PromptSet:
         path = emoji.ASSETS / "prompts" / f"emoji-{split}.txt"
         names, where = emoji.read_prompts(path), str(path.relative_to(repo))
     names = even_subset(names, limit)
-    return PromptSet(split, names, where, emoji_renders(names))
+    return PromptSet(split, names, where, emoji_renders(names), names)
 
 
 def fetch_hub_files(repo: str, patterns: list[str]) -> Path:

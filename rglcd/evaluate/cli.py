@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="members that are one recipe at several training seeds; writes seed-spread.md")
     p.add_argument("--compare", nargs="+", default=(), metavar="A:B",
                    help="seed groups compared per training-seed pair (seed-spread.md)")
+    p.add_argument("--score-text", choices=("prompt", "name"), default=d.score_text,
+                   help="what rewards and prompt following score each image against: its own prompt (default) or the "
+                        "bare concept name behind it (emoji sets: tells a phrasing's effect on the images from its "
+                        "effect on the reward's reading of the text)")
     p.add_argument("--skip-missing", action="store_true", help="skip models the family lacks (with a warning)")
     p.add_argument("--sample-prompts", type=int, default=d.sample_prompts, help="columns of samples.png")
     p.add_argument("--out", default=d.out)

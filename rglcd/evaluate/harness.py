@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from rglcd.data.prompts import even_subset, load_prompt_set
+from rglcd.data.prompts import PromptSet, even_subset, load_prompt_set
 from rglcd.evaluate.cache import cached, digest, member_fingerprint
 from rglcd.evaluate.generate import DTYPES, generate_images, time_pipeline
 from rglcd.evaluate import seeds as seed_spread
@@ -57,6 +57,7 @@ class EvalConfig:
     sample_prompts: int = 8
     seed_groups: tuple[str, ...] = ()  # "NAME=member,member": one recipe at several training seeds
     compare: tuple[str, ...] = ()  # "A:B" group pairs compared per training-seed pair (rglcd.evaluate.seeds)
+    score_text: str = "prompt"  # rewards read each image's own prompt | "name": its concept's bare name (emoji sets)
     out: str = "results"
     device: str = "cpu"
     dtype: str = "fp32"
@@ -70,6 +71,22 @@ class Run:
     kind: str
     steps: int
     guidance: float
+
+
+SCORE_TEXTS = ("prompt", "name")
+
+
+def score_texts(prompt_set: PromptSet, score_text: str) -> list[str]:
+    """The texts the rewards score image i against: its own prompt, or (`name`) the bare concept name behind it, so
+    that a phrasing's effect on the images is told apart from its effect on the reward's reading of the text."""
+    if score_text not in SCORE_TEXTS:
+        raise InputError(f"unknown --score-text {score_text!r}: use prompt or name")
+    if score_text == "prompt":
+        return prompt_set.prompts
+    if prompt_set.names is None:
+        raise InputError(f"--score-text name needs a prompt set of named concepts (the emoji sets, e.g. "
+                         f"heldout-val-free); {prompt_set.name} has none")
+    return prompt_set.names
 
 
 def plan_runs(family: Any, cfg: EvalConfig) -> list[Run]:
@@ -127,6 +144,7 @@ class Evaluation:
         if len(self.prompt_set.prompts) < 2:
             raise ModelLoadError(f"prompt set {cfg.prompts} has {len(self.prompt_set.prompts)} prompt(s); need 2+")
         self.prompts_key = digest(self.prompt_set.prompts)
+        self.score_texts = score_texts(self.prompt_set, cfg.score_text)
         self.baseline = self.baseline_run()  # checked before any generation
         self.groups = seed_spread.parse_groups(cfg.seed_groups, sorted({r.model for r in self.runs}))
         self.pairs = seed_spread.parse_pairs(cfg.compare, self.groups)
@@ -177,13 +195,14 @@ class Evaluation:
         gen_path = (self.generation_path(run, seed) if run else
                     self.out / "cache" / f"reference-{self.prompts_key}-{self.family.resolution}.pt")
         key = digest(family_reward_names(self.family, self.cfg.rewards), FD_EFFNET, self.cfg.pf_group,
-                     self.cfg.device, SCORES_VERSION)
+                     self.cfg.device, SCORES_VERSION,
+                     *([self.score_texts] if self.score_texts != self.prompt_set.prompts else []))
         path = gen_path.with_name(f"{gen_path.stem}-scores-{key}.pt")
 
         def compute() -> dict[str, torch.Tensor]:
             images = self.generated(run, seed)["images"] if run else self.paired_reference()
             pf_reward, rewards, extractor = self.scorers
-            return score_images(images, self.prompt_set.prompts, pf_reward, rewards, extractor, self.cfg.batch_size,
+            return score_images(images, self.score_texts, pf_reward, rewards, extractor, self.cfg.batch_size,
                                 self.cfg.pf_group)
 
         return cached(path, compute)
