@@ -120,8 +120,8 @@ def write_markdown(ev: Any, rows: list[dict[str, Any]], path: Path, reference: s
         f"{cfg.latency_batch} images (text encoding and VAE decoding included, after a warm-up call), per image, "
         f"{cfg.device} {cfg.dtype}; results.csv also has the mean time per image of the generation itself "
         f"(batch {cfg.batch_size}).",
-        *([f"- Scored against: each image's bare concept name, not the prompt it was made from "
-           f"(`--score-text name`): the images are those of the prompts, the texts the rewards read are the names."]
+        *(["- Scored against: each image's bare concept name, not the prompt it was made from "
+           "(`--score-text name`): the images are those of the prompts, the texts the rewards read are the names."]
           if cfg.score_text == "name" else []),
         "- Rewards: mean own-prompt score (the family's reward; emoji: 100 x cosine). Prompt following: for each "
         "image, the share of the other prompts " + (f"of its group of {cfg.pf_group}" if cfg.pf_group else
