@@ -58,6 +58,17 @@ def test_teacher_trains_checkpoints_and_resumes_exactly(tiny_emoji_family, tmp_p
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_teacher_fine_tune_registers_under_its_own_member_and_keeps_the_familys_teacher(family_with_teacher,
+                                                                                           tmp_path):
+    root = family_with_teacher
+    before = json.loads((root / "family.json").read_text())["members"]["teacher"]
+    train_teacher(_teacher_cfg(root, tmp_path / "ft", export_dir="auto", member="teacher-ft", max_steps=2,
+                               eval_every=0, init_unet=str(root / "teacher"), captions="wide", limit_concepts=4))
+    members = json.loads((root / "family.json").read_text())["members"]
+    assert members["teacher"] == before and members["teacher-ft"]["kind"] == "teacher"
+    assert (root / "teacher-ft" / "diffusion_pytorch_model.safetensors").is_file()
+
+
 def test_teacher_runs_under_accelerate_launch(tiny_emoji_family, tmp_path, private_cache):
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu",
            "train/teacher.py", "--family", str(tiny_emoji_family), "--output-dir", str(tmp_path / "run"),

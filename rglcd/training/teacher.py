@@ -41,8 +41,10 @@ class TeacherConfig:
     family: str = setting("emoji-64", "the family whose autoencoder, text encoder and noise schedule the teacher "
                                       "is trained with: a name or a family file's folder")
     output_dir: str = setting("runs/emoji-64/teacher", "checkpoints, logs and evaluation grids")
-    export_dir: str | None = setting("auto", "where the EMA UNet is exported; auto: runs/<family>/teacher, "
+    export_dir: str | None = setting("auto", "where the EMA UNet is exported; auto: runs/<family>/<member>, "
                                              "registered in runs/<family>/family.json; none: no export")
+    member: str = setting("teacher", "the family member the exported teacher is registered as (another name keeps "
+                                     "the family's teacher, e.g. for a fine-tune beside it)")
     replace_shipped: bool = setting(False, "allow exporting into assets/ (the shipped family) and registering there")
     block_out_channels: tuple[int, ...] = setting((32, 64, 128), "the UNet's channels per resolution level "
                                                                  "(cross-attention at every level but the first)")
@@ -162,7 +164,7 @@ class Validation:
 def train_teacher(cfg: TeacherConfig, accelerator: Accelerator | None = None) -> dict[str, float]:
     """Train (resuming when asked), export the EMA UNet to `cfg.export_dir`, return final metrics."""
     family = load_family(cfg.family)
-    export, registry = export_plan(cfg.export_dir, family, "teacher", cfg.replace_shipped)
+    export, registry = export_plan(cfg.export_dir, family, cfg.member, cfg.replace_shipped)
     accelerator = accelerator or Accelerator(log_with="tensorboard", project_dir=cfg.output_dir)
     accelerator.init_trackers("teacher", config={k: str(v) for k, v in flat_values(cfg).items()})
     data = teacher_data(cfg, family, accelerator.device)
@@ -190,6 +192,6 @@ def train_teacher(cfg: TeacherConfig, accelerator: Accelerator | None = None) ->
         metrics.update(steps=counter.step, params=sum(p.numel() for p in final.parameters()),
                        concepts=len(latents))
         write_metrics(export, metrics)
-        register_member(registry, "teacher", export, kind="teacher")
+        register_member(registry, cfg.member, export, kind="teacher")
     accelerator.end_training()
     return metrics
