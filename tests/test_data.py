@@ -105,9 +105,29 @@ def test_wide_caption_set_extends_the_templates_and_shares_no_word_with_evaluati
         # (in the original templates)
         assert not {w for w in phrasing.format("").split() if w not in ("a", "an", "of", "that", "me", "emoji")} & words
     assert captions("cat", "wide")[-1] == "a cat illustration"
-    with pytest.raises(ValueError, match="unknown caption set 'broad': use templates or wide"):
+    with pytest.raises(ValueError, match="unknown caption set 'broad': use templates or wide or words"):
         caption_templates("broad")
-    assert set(CAPTION_SETS) == {"templates", "wide"}
+    assert set(CAPTION_SETS) == {"templates", "wide", "words"}
+
+
+def test_distractor_captions_are_fixed_per_concept_and_never_use_a_concept_or_evaluation_word(tmp_path):
+    from rglcd.data.emoji import (DISTRACTOR_FORMS, EVAL_PHRASINGS, distractor_captions, distractor_words,
+                                  excluded_words)
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("[PAD]\n##ing\nthe\nharbour\nApple\napple\nclipart\nmarble\ncafé\nviolin\n")
+    assert distractor_words(vocab, {"apple", "clipart"}) == ["harbour", "marble", "violin"]
+    words = ["harbour", "marble", "violin"]
+    mine = distractor_captions("red apple", words)
+    assert len(mine) == len(DISTRACTOR_FORMS) == 16 and mine == distractor_captions("red apple", words)
+    assert mine[0].startswith("red apple ") and mine[8].endswith(" red apple") and mine[12].startswith("a ")
+    assert all(c.replace("red apple", "").replace(" of ", " ").split()[-1] in words for c in mine)
+    excluded = excluded_words()
+    assert {"apple", "red", "cat", "clipart", "pictogram", "sticker", "colourful"} <= excluded
+    full = captions("red apple", "words")
+    assert full[:48] == captions("red apple", "wide") and len(full) == 64
+    drawn = {c.split()[-1] for c in full[48:56]} | {c.split()[0] for c in full[56:60]}
+    assert drawn.isdisjoint(excluded) and {p.format("red apple") for h in EVAL_PHRASINGS.values() for p in h}.isdisjoint(full)
 
 
 def test_wide_training_tensors_hold_every_phrasing_of_each_concept(tiny_emoji_family):

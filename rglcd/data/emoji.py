@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from rglcd.files import atomic_path
-from rglcd.loading import ASSETS, cache_dir
+from rglcd.loading import ASSETS, cache_dir, minilm_path
 from rglcd.models import encode_latents, encode_prompts
 from rglcd.pixels import to_model_range
 
@@ -40,7 +40,13 @@ WIDE_PHRASINGS: tuple[str, ...] = (
     "generate {}", "a rendering of {}", "{} artwork", "a digital drawing of {}", "a {} badge", "{} in cartoon style",
     "a doodle of {}", "a minimal {} icon", "a sketch of {}", "{} emoji, flat", "the {}", "a single {}", "a nice {}",
     "{} drawn as an emoji", "an emoji for {}", "a depiction of {}", "{} design", "a {} illustration")
-CAPTION_SETS: dict[str, tuple[str, ...]] = {"templates": CAPTION_TEMPLATES, "wide": CAPTION_TEMPLATES + WIDE_PHRASINGS}
+CAPTION_SETS: dict[str, tuple[str, ...]] = {"templates": CAPTION_TEMPLATES, "wide": CAPTION_TEMPLATES + WIDE_PHRASINGS,
+                                             "words": CAPTION_TEMPLATES + WIDE_PHRASINGS}
+# `--captions words`: the wide set, then per concept 16 captions with one unrelated word before or after the name
+# ("{} harbour", "marble {}", "a violin of {}"), drawn from the text encoder's vocabulary (`distractor_words`), so
+# that a teacher learns to draw the concept under modifiers it never saw.
+DISTRACTOR_FORMS: tuple[str, ...] = ("{} {w}",) * 8 + ("{w} {}",) * 4 + ("a {w} of {}",) * 4
+DISTRACTOR_VOCABULARY = 5000  # the first this many whole words of the WordPiece vocabulary (its most frequent)
 # Evaluation-only phrasings, never used in training: the validation half of the held-out concepts is phrased with
 # the "val" set, the test half with the "test" set (`phrased_prompts`), so neither a choice nor a training run sees
 # the phrasings a report is made on.
@@ -127,9 +133,39 @@ def caption_templates(caption_set: str = "templates") -> tuple[str, ...]:
     return CAPTION_SETS[caption_set]
 
 
-def captions(name: str, caption_set: str = "templates") -> list[str]:
-    """Every caption of a concept, one per phrasing of the caption set, in phrasing order."""
-    return [t.format(name) for t in caption_templates(caption_set)]
+def distractor_words(vocab_file: Path, excluded: set[str]) -> list[str]:
+    """Whole lower-case ASCII words of 4+ letters among the first `DISTRACTOR_VOCABULARY` of a WordPiece vocabulary
+    (one token a line, most frequent first), less `excluded`: every word of a concept name and of an
+    evaluation-only phrasing, so that no distractor names a concept or rehearses an evaluation phrasing."""
+    tokens = [t.strip() for t in vocab_file.read_text().splitlines()]
+    words = [t for t in tokens if t.isascii() and t.isalpha() and t.islower() and len(t) >= 4]
+    return [w for w in words[:DISTRACTOR_VOCABULARY] if w not in excluded]
+
+
+def distractor_captions(name: str, words: list[str]) -> list[str]:
+    """The concept's `DISTRACTOR_FORMS` captions, each with a word of `words` drawn by sha1(name, form index), so
+    the same concept always gets the same captions."""
+    out = []
+    for i, form in enumerate(DISTRACTOR_FORMS):
+        w = words[int(hashlib.sha1(f"{name}:{i}".encode()).hexdigest(), 16) % len(words)]
+        out.append(form.replace("{w}", w).format(name))
+    return out
+
+
+def excluded_words() -> set[str]:
+    """Every word of every concept name and of every evaluation-only phrasing (never a distractor)."""
+    phrasings = [p.format("") for half in EVAL_PHRASINGS.values() for p in half]
+    return {w for text in [c.name for c in list_concepts()] + phrasings for w in text.replace("-", " ").split()}
+
+
+def captions(name: str, caption_set: str = "templates", words: list[str] | None = None) -> list[str]:
+    """Every caption of a concept, one per phrasing of the caption set, in phrasing order (`words`: the
+    distractor vocabulary of the 'words' set, read from the text encoder's when not given)."""
+    out = [t.format(name) for t in caption_templates(caption_set)]
+    if caption_set == "words":
+        words = words if words is not None else distractor_words(minilm_path() / "vocab.txt", excluded_words())
+        out += distractor_captions(name, words)
+    return out
 
 
 def _font_path() -> str:
@@ -280,12 +316,17 @@ def emoji_training_tensors(family, include_flags: bool = False, limit: int | Non
     concepts, images = training_concepts(include_flags, limit)
     weights = Path(family.source("vae").location) / "diffusion_pytorch_model.safetensors"
     digest = hashlib.sha1(weights.read_bytes()).hexdigest()[:12] if weights.is_file() else "none"
-    phrasings = hashlib.sha1("|".join(templates).encode()).hexdigest()[:8]
+    key = "|".join(templates) + ("|" + "|".join(DISTRACTOR_FORMS) + str(DISTRACTOR_VOCABULARY)
+                                 if caption_set == "words" else "")
+    phrasings = hashlib.sha1(key.encode()).hexdigest()[:8]
     path = cache_dir() / (f"train-tensors-v3-{family.name}-{len(concepts)}-{int(include_flags)}-{digest}-"
                           f"{phrasings}.pt")
     if path.is_file():
         return load_training_tensors(path)
-    texts = [c for con in concepts for c in captions(con.name, caption_set)]
+    words = None
+    if caption_set == "words":
+        words = distractor_words(minilm_path() / "vocab.txt", excluded_words())
+    texts = [c for con in concepts for c in captions(con.name, caption_set, words)]
     data = encode_training_tensors(encode_latents(family.vae, to_model_range(images)), texts, family.tokenizer,
                                    family.text_encoder)
     with atomic_path(path) as tmp:
