@@ -312,7 +312,9 @@ def test_score_text_name_scores_the_same_images_against_the_concept_names(eval_i
     monkeypatch.setattr(Family, "pipeline", refuse)
     assert evaluate.main(base + ["--score-text", "name"]) == 0
     by_name = float(next(csv.DictReader(open(out / "results.csv")))["reward_emoji"])
-    assert "Scored against: each image's bare concept name" in (out / "results.md").read_text()
+    text = (out / "results.md").read_text()
+    assert "Scored against: each image's bare concept name" in text
+    assert "emoji reward by phrasing" in text and "| model | `{} clipart` | `a small image of {}` | `an emoji" in text
     free = load_prompt_set("heldout-val-free", limit=3)
     images = torch.load(next(p for p in (out / "cache" / "lcm").glob("steps1-*seed0-*.pt")
                              if "scores" not in p.name and "latency" not in p.name), weights_only=False)["images"]
@@ -325,3 +327,14 @@ def test_score_text_name_scores_the_same_images_against_the_concept_names(eval_i
     assert evaluate.main(base[:-1] + [str(tmp_path / "x"), "--prompts", f"file:{tmp / 'prompts.txt'}",
                                       "--score-text", "name"]) == 2
     assert "--score-text name needs a prompt set of named concepts" in capsys.readouterr().err
+
+
+def test_phrasing_table_by_hand():
+    from rglcd.evaluate.report import phrasing_table
+
+    seeds = [torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([3.0, 2.0, 5.0, 0.0])]  # per-prompt means 2, 2, 4, 2
+    table = phrasing_table({"lcm 4": seeds}, ["{} a", "{} b", "{} a", "{} b"])
+    assert table.splitlines() == ["| model | `{} a` | `{} b` |", "|---|---|---|", "| lcm 4 | 3.0 | 2.0 |"]
+    assert load_prompt_set("heldout-test-free").phrasings[:5] == ["a graphic of {}", "{} sticker", "show me {}",
+                                                                 "a colourful {} sign", "a graphic of {}"]
+    assert load_prompt_set("heldout-test").phrasings is None

@@ -44,13 +44,15 @@ class PromptSetError(ValueError):
 class PromptSet:
     """Prompts to evaluate on, and where a paired real-image reference exists, a function
     `reference(size) -> uint8 (N,3,size,size)` giving image i for prompt i (used for Frechet distances); `names`:
-    the concept name behind each prompt, where the set phrases named concepts (the emoji sets)."""
+    the concept name behind each prompt, where the set phrases named concepts (the emoji sets); `phrasings`: the
+    phrasing ("{} clipart") of each prompt of a phrased set."""
 
     name: str
     prompts: list[str]
     source: str
     reference: Callable[[int], torch.Tensor] | None = None
     names: list[str] | None = None
+    phrasings: list[str] | None = None
 
 
 def even_subset(items: list, limit: int | None) -> list:
@@ -87,8 +89,10 @@ def _emoji_set(split: str, limit: int | None) -> PromptSet:
         names = even_subset(emoji.heldout_half(half), limit)
         where = f"assets/prompts/emoji-heldout-{half}.txt"
         if split.endswith("-free"):
+            phrasings = emoji.EVAL_PHRASINGS[half]
             return PromptSet(split, emoji.phrased_prompts(names, half), f"{where}, phrased with "
-                             f"rglcd.data.emoji.EVAL_PHRASINGS['{half}']", emoji_renders(names), names)
+                             f"rglcd.data.emoji.EVAL_PHRASINGS['{half}']", emoji_renders(names), names,
+                             [phrasings[i % len(phrasings)] for i in range(len(names))])
         return PromptSet(split, names, where, emoji_renders(names), names)
     if split == "heldout":
         names = sorted(emoji.heldout_names())

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from rglcd.evaluate.generate import SEED_STRIDE
-from rglcd.evaluate.score import FD_EFFNET
+from rglcd.evaluate.score import FD_EFFNET, family_reward_names
 from rglcd.images import image_grid
 
 
@@ -55,6 +55,18 @@ def results_table(rows: list[dict[str, Any]]) -> str:
                  f"{row['nfe']:g}" if "nfe" in row else "",
                  f"{row['seconds_per_image']:.4f}" if "seconds_per_image" in row else ""]
         lines.append("| " + " | ".join(cells + [format_cell(row, k) for k, _ in cols]) + " |")
+    return "\n".join(lines)
+
+
+def phrasing_table(runs: dict[str, list[torch.Tensor]], phrasings: list[str]) -> str:
+    """Markdown: each run's mean reward over the prompts of each phrasing. `runs`: label -> per-seed rewards (N,)
+    of the N prompts, `phrasings[i]` the phrasing of prompt i."""
+    order = list(dict.fromkeys(phrasings))
+    lines = ["| model | " + " | ".join(f"`{p}`" for p in order) + " |", "|---" * (len(order) + 1) + "|"]
+    for label, per_seed in runs.items():
+        per_prompt = torch.stack(per_seed).float().mean(0)
+        means = [per_prompt[[i for i, q in enumerate(phrasings) if q == p]].mean().item() for p in order]
+        lines.append(f"| {label} | " + " | ".join(f"{m:.1f}" for m in means) + " |")
     return "\n".join(lines)
 
 
@@ -147,6 +159,12 @@ def write_markdown(ev: Any, rows: list[dict[str, Any]], path: Path, reference: s
         notes += [f"Paired differences against {base}: each prompt's mean over "
                   "seeds minus the baseline's on the same prompt, averaged over prompts, with 95% half-widths of "
                   "those differences.", "", paired, ""]
+    if ps.phrasings and ev.per_run:
+        name = family_reward_names(ev.family, cfg.rewards)[0]
+        runs = {f"{run.model} {run.steps}": [s[f"reward_{name}"] for s in per_seed]
+                for run, per_seed in ev.per_run.items()}
+        notes += [f"{name} reward by phrasing (the prompts of each phrasing, mean over seeds):", "",
+                  phrasing_table(runs, ps.phrasings), ""]
     path.write_text("\n".join(notes))
 
 
