@@ -53,7 +53,8 @@ class DataSettings:
     limit_concepts: int | None = setting(None, "emoji data: train on the first this many concepts only")
     phrasings: int | None = setting(None, "emoji data: draw captions from the first this many training phrasings "
                                           "(4: the original templates of the shipped students); none: all of --captions")
-    captions: str = setting("templates", "emoji data: the training caption set, templates (12 phrasings) | wide (48: "
+    captions: str = setting("templates", "emoji data: the training caption set, templates (12 phrasings) | wide (48) | "
+                                         "words (64 a concept: wide and 16 with an unrelated word; "
                                          "rglcd.data.emoji.CAPTION_SETS)")
     cfg_dropout: float = setting(0.0, "probability of replacing a caption with the empty one")
     data_latents: str = setting("mode", "AutoencoderKL data latents: the posterior's mode | sample (a fresh draw "

@@ -72,7 +72,8 @@ class TeacherConfig:
     limit_concepts: int | None = setting(None, "emoji data: train on the first this many concepts only")
     phrasings: int | None = setting(None, "emoji data: draw captions from the first this many training phrasings "
                                           "(4: the original templates of the shipped teacher); none: all of --captions")
-    captions: str = setting("templates", "emoji data: the training caption set, templates (12 phrasings) | wide (48: "
+    captions: str = setting("templates", "emoji data: the training caption set, templates (12 phrasings) | wide (48) | "
+                                         "words (64 a concept: wide and 16 with an unrelated word; "
                                          "rglcd.data.emoji.CAPTION_SETS)")
     export_dtype: str = setting("fp32", "fp32 | fp16: the exported weights file (fp16 halves it; loading upcasts)")
     data: str = setting("emoji", f"emoji (renders encoded with the family's VAE and text encoder) | {TENSORS}PATH "
