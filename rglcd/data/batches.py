@@ -34,7 +34,7 @@ class EmojiBatches:
     """Random (latent, caption phrasing) pairs of the embedded emoji set, or of a training-tensor file
     (`tensors:PATH`, the same layout, e.g. made on another machine by `rglcd.devicepack`); `phrasings`: draw from
     the first this many caption phrasings only (`rglcd.data.emoji.first_phrasings`); `caption_set`: the emoji set's
-    phrasings, 'templates' or 'wide' (`rglcd.data.emoji.CAPTION_SETS`)."""
+    phrasings, 'templates', 'wide' or 'words' (`rglcd.data.emoji.CAPTION_SETS`)."""
 
     def __init__(self, family: Any, include_flags: bool = False, limit: int | None = None,
                  data: dict | None = None, phrasings: int | None = None, caption_set: str = "templates") -> None:
@@ -161,7 +161,7 @@ def training_batches(spec: str, family: Any, resolution: int | None = None, cach
                      phrasings: int | None = None, caption_set: str = "templates") -> EmojiBatches | EncodedBatches:
     """The batch source named by `spec`: 'emoji', a shard pattern (*.tar, braces), an image folder or 'hf:...'.
     `phrasings` (emoji and tensors: data only): draw from the first this many caption phrasings; `caption_set`
-    (emoji data only): 'templates' or 'wide' (`rglcd.data.emoji.CAPTION_SETS`)."""
+    (emoji data only): 'templates', 'wide' or 'words' (`rglcd.data.emoji.CAPTION_SETS`)."""
     if phrasings is not None and not (spec == "emoji" or spec.startswith("tensors:")):
         raise DataError("--phrasings applies to the emoji data (emoji or tensors:) only")
     if caption_set != "templates" and spec != "emoji":

@@ -127,7 +127,8 @@ def split_concepts(concepts: list[EmojiConcept], heldout: set[str] | None = None
 
 
 def caption_templates(caption_set: str = "templates") -> tuple[str, ...]:
-    """The training phrasings of a caption set: 'templates' (the 12 of `CAPTION_TEMPLATES`) or 'wide' (48)."""
+    """The fixed training phrasings of a caption set: 'templates' (the 12 of `CAPTION_TEMPLATES`), 'wide' (48), or
+    'words' (the same 48; `captions` adds its 16 distractor captions a concept)."""
     if caption_set not in CAPTION_SETS:
         raise ValueError(f"unknown caption set {caption_set!r}: use {' or '.join(CAPTION_SETS)}")
     return CAPTION_SETS[caption_set]
@@ -158,13 +159,17 @@ def excluded_words() -> set[str]:
     return {w for text in [c.name for c in list_concepts()] + phrasings for w in text.replace("-", " ").split()}
 
 
+def text_encoder_distractors() -> list[str]:
+    """The 'words' set's distractor vocabulary: `distractor_words` of the emoji family's text encoder (MiniLM)."""
+    return distractor_words(minilm_path() / "vocab.txt", excluded_words())
+
+
 def captions(name: str, caption_set: str = "templates", words: list[str] | None = None) -> list[str]:
     """Every caption of a concept, one per phrasing of the caption set, in phrasing order (`words`: the
     distractor vocabulary of the 'words' set, read from the text encoder's when not given)."""
     out = [t.format(name) for t in caption_templates(caption_set)]
     if caption_set == "words":
-        words = words if words is not None else distractor_words(minilm_path() / "vocab.txt", excluded_words())
-        out += distractor_captions(name, words)
+        out += distractor_captions(name, words if words is not None else text_encoder_distractors())
     return out
 
 
@@ -323,9 +328,7 @@ def emoji_training_tensors(family, include_flags: bool = False, limit: int | Non
                           f"{phrasings}.pt")
     if path.is_file():
         return load_training_tensors(path)
-    words = None
-    if caption_set == "words":
-        words = distractor_words(minilm_path() / "vocab.txt", excluded_words())
+    words = text_encoder_distractors() if caption_set == "words" else None
     texts = [c for con in concepts for c in captions(con.name, caption_set, words)]
     data = encode_training_tensors(encode_latents(family.vae, to_model_range(images)), texts, family.tokenizer,
                                    family.text_encoder)
