@@ -4,6 +4,7 @@ benchmarks' code path on tiny shapes."""
 
 import csv
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -338,3 +339,52 @@ def test_phrasing_table_by_hand():
     assert load_prompt_set("heldout-test-free").phrasings[:5] == ["a graphic of {}", "{} sticker", "show me {}",
                                                                  "a colourful {} sign", "a graphic of {}"]
     assert load_prompt_set("heldout-test").phrasings is None
+
+
+def test_free_text_share_by_hand():
+    from rglcd.evaluate.freetext import Share, group_verdict, share_of_names
+    from rglcd.sampling import InputError
+
+    # shares 18/24 = 0.75; f - 0.75 n = (-2, 0, 2), sd 2: half-width 1.96 * 2 / (sqrt(3) * 8)
+    s = share_of_names(torch.tensor([4.0, 6.0, 8.0]), torch.tensor([8.0, 8.0, 8.0]))
+    assert (s.names, s.free, s.share) == pytest.approx((8.0, 6.0, 0.75))
+    assert s.ci95 == pytest.approx(1.959964 * 2 / (3 ** 0.5 * 8), rel=1e-5) and s.verdict() == "not shown"
+    assert s.verdict(0.4) == "met" and s.verdict(1.1) == "short"  # interval 0.467 to 1.033
+    # the same concepts' difficulty cancels: free always 90% of names, so the interval is zero-width
+    tight = share_of_names(torch.tensor([9.0, 0.9, 4.5]), torch.tensor([10.0, 1.0, 5.0]))
+    assert tight.share == pytest.approx(0.9, abs=1e-6) and tight.ci95 == pytest.approx(0.0, abs=1e-6)
+    assert tight.verdict() == "met"
+    assert group_verdict([tight, tight]) == "met" and group_verdict([tight, s]) == "not shown"
+    assert group_verdict([Share(10, 5, 0.5, 0.1)] * 2) == "short"
+    with pytest.raises(InputError, match="one shape"):
+        share_of_names(torch.ones(3), torch.ones(4))
+    undefined = share_of_names(torch.ones(3), -torch.ones(3))
+    assert math.isnan(undefined.share) and undefined.verdict() == "n/a" and group_verdict([undefined]) == "n/a"
+
+
+def test_paired_names_pairs_each_phrased_concept_with_its_bare_name(eval_inputs, tmp_path, monkeypatch, capsys):
+    root, tmp = eval_inputs
+    out = tmp_path / "free"
+    base = ["--family", str(root), "--models", "teacher,lcm", "--teacher-steps", "2", "--steps", "1",
+            "--max-prompts", "3", "--seeds", "0,1", "--batch-size", "3", "--bootstrap", "5", "--latency-repeats", "1",
+            "--latency-batch", "2", "--out", str(out), "--seed-groups", "lcm=lcm"]
+    assert evaluate.main(base + ["--prompts", "heldout-val"]) == 0
+    names = {r["model"]: float(r["reward_emoji"]) for r in csv.DictReader(open(out / "results.csv"))}
+    made, real_pipeline = [], Family.pipeline
+    monkeypatch.setattr(Family, "pipeline", lambda self, *a, **k: made.append(a) or real_pipeline(self, *a, **k))
+    assert evaluate.main(base + ["--prompts", "heldout-val-free", "--paired-names"]) == 0
+    free = {r["model"]: float(r["reward_emoji"]) for r in csv.DictReader(open(out / "results.csv"))}
+    text = (out / "free-vs-names.md").read_text()
+    for model, steps in (("teacher", 2), ("lcm", 1)):
+        row = next(line for line in text.splitlines() if line.startswith(f"| {model} {steps} |"))
+        cells = [c.strip() for c in row.split("|")[2:-1]]
+        assert float(cells[0]) == pytest.approx(names[model], abs=0.051)
+        assert float(cells[1]) == pytest.approx(free[model], abs=0.051)
+        # a share only of a positive names reward (this untrained tiny family's may be negative)
+        share = f"{100 * free[model] / names[model]:.0f}%" if names[model] > 0 else "n/a"
+        assert cells[2] == share and (cells[4] == "n/a") == (names[model] <= 0)
+    assert "| lcm 1 | lcm 1 |" in text and "validation half" in text
+    # the bare-names images came from the cache of the names evaluation: only the phrased prompts were generated
+    assert len(made) == 2 * 2 + 2  # 2 runs x 2 seeds of phrased images + 2 latency timings, no names images
+    assert evaluate.main(base + ["--prompts", "heldout-val", "--paired-names"]) == 2
+    assert "--paired-names needs a phrased set of named concepts" in capsys.readouterr().err

@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what rewards and prompt following score each image against: its own prompt (default) or the "
                         "bare concept name behind it (emoji sets: tells a phrasing's effect on the images from its "
                         "effect on the reward's reading of the text)")
+    p.add_argument("--paired-names", action="store_true",
+                   help="phrased sets (heldout-val-free, heldout-test-free): also generate each concept from its bare "
+                        "name and write free-vs-names.md, each run's free-text share of its names reward with a "
+                        "paired interval")
     p.add_argument("--skip-missing", action="store_true", help="skip models the family lacks (with a warning)")
     p.add_argument("--sample-prompts", type=int, default=d.sample_prompts, help="columns of samples.png")
     p.add_argument("--out", default=d.out)
@@ -105,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unexpected {type(err).__name__}: {err} (set RGLCD_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
     print(results_table(rows))
-    extra = ", seed-spread.md" if args.seed_groups else ""
+    extra = (", seed-spread.md" if args.seed_groups else "") + (", free-vs-names.md" if args.paired_names else "")
     print(f"wrote {args.out}/results.csv, results.md, reward-vs-steps.png, quality-vs-latency.png, samples.png{extra}")
     return 0
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +18,9 @@ from tqdm.auto import tqdm
 from rglcd.data.prompts import PromptSet, even_subset, load_prompt_set
 from rglcd.evaluate.cache import cached, digest, member_fingerprint
 from rglcd.evaluate.generate import DTYPES, generate_images, time_pipeline
-from rglcd.evaluate import seeds as seed_spread
+from rglcd.evaluate import freetext, seeds as seed_spread
 from rglcd.evaluate.seeds import per_prompt_mean
-from rglcd.evaluate.report import plot_results, plot_samples, write_csv, write_markdown
+from rglcd.evaluate.report import plot_results, plot_samples, split_note, write_csv, write_markdown
 from rglcd.evaluate.score import (FD_EFFNET, SCORES_VERSION, efficientnet_lite0_features, family_reward_names,
                                   family_rewards, iter_image_folder, prompt_following, score_images)
 from rglcd.images import save_grid
@@ -58,6 +58,7 @@ class EvalConfig:
     seed_groups: tuple[str, ...] = ()  # "NAME=member,member": one recipe at several training seeds
     compare: tuple[str, ...] = ()  # "A:B" group pairs compared per training-seed pair (rglcd.evaluate.seeds)
     score_text: str = "prompt"  # rewards read each image's own prompt | "name": its concept's bare name (emoji sets)
+    paired_names: bool = False  # phrased sets: also generate the bare names, write free-vs-names.md (freetext.py)
     out: str = "results"
     device: str = "cpu"
     dtype: str = "fp32"
@@ -135,12 +136,12 @@ def paired_differences(per_seed: list[dict[str, Any]], base_seeds: list[dict[str
 class Evaluation:
     """Generates and scores every (run, seed) of a config, cached under `<out>/cache`, and summarises them."""
 
-    def __init__(self, cfg: EvalConfig) -> None:
+    def __init__(self, cfg: EvalConfig, prompt_set: PromptSet | None = None, family: Any | None = None) -> None:
         self.cfg = cfg
         self.out = Path(cfg.out)
-        self.family = load_family(cfg.family)
+        self.family = family if family is not None else load_family(cfg.family)
         self.runs = plan_runs(self.family, cfg)
-        self.prompt_set = load_prompt_set(cfg.prompts, cfg.prompt_source, cfg.max_prompts)
+        self.prompt_set = prompt_set or load_prompt_set(cfg.prompts, cfg.prompt_source, cfg.max_prompts)
         if len(self.prompt_set.prompts) < 2:
             raise ModelLoadError(f"prompt set {cfg.prompts} has {len(self.prompt_set.prompts)} prompt(s); need 2+")
         self.prompts_key = digest(self.prompt_set.prompts)
@@ -150,10 +151,28 @@ class Evaluation:
         self.pairs = seed_spread.parse_pairs(cfg.compare, self.groups)
         self.per_run: dict[Run, list[dict[str, Any]]] = {}
         self._scorers: tuple[nn.Module, dict[str, nn.Module], nn.Module] | None = None
+        self.scorer_owner: Evaluation = self  # a names twin loads no second copy of the scorers
+        self.names_twin = self.bare_names_twin() if cfg.paired_names else None
+
+    def bare_names_twin(self) -> "Evaluation":
+        """The same evaluation on the phrased set's concepts by their bare names, in the same order and under the
+        same `out` (its cache keys differ by the prompts; copying a names evaluation's cache in reuses it)."""
+        ps = self.prompt_set
+        if ps.names is None or ps.phrasings is None:
+            raise InputError(f"--paired-names needs a phrased set of named concepts (heldout-val-free, "
+                             f"heldout-test-free); {ps.name} is not one")
+        names = PromptSet(f"{ps.name} by bare names", ps.names, f"the concept names of {ps.source}", ps.reference,
+                          ps.names)
+        twin = Evaluation(replace(self.cfg, paired_names=False, score_text="prompt", seed_groups=(), compare=()),
+                          names, self.family)
+        twin.scorer_owner = self
+        return twin
 
     @property
     def scorers(self) -> tuple[nn.Module, dict[str, nn.Module], nn.Module]:
         """(prompt-following reward, {name: reward}, feature extractor), loaded on first use, on the device."""
+        if self.scorer_owner is not self:
+            return self.scorer_owner.scorers
         if self._scorers is None:
             pf_reward, rewards = family_rewards(self.family, self.cfg.rewards)
             device = self.cfg.device
@@ -318,6 +337,8 @@ def run_evaluation(cfg: EvalConfig, command: str = "python -m rglcd.evaluate") -
     plot_samples(*ev.sample_rows(), out / "samples.png")
     if ev.groups:
         write_seed_spread(ev, out / "seed-spread.md", command)
+    if ev.names_twin is not None:
+        write_free_vs_names(ev, out / "free-vs-names.md", command)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     return rows
 
@@ -358,3 +379,35 @@ def write_seed_spread(ev: Evaluation, path: Path, command: str) -> None:
             f"- {len(ev.prompt_set.prompts)} prompts x evaluation seeds {', '.join(map(str, ev.cfg.seeds))}; "
             "each member's value is its mean over prompts and evaluation seeds.\n\n")
     path.write_text(head + seed_spread.markdown(groups, comparisons, metric))
+
+
+def write_free_vs_names(ev: Evaluation, path: Path, command: str) -> None:
+    """free-vs-names.md: each run's free-text share of its bare-names reward, paired per concept, and each seed
+    group's (`rglcd.evaluate.freetext`), on the family's first reward; generates the names images it lacks."""
+    twin = ev.names_twin
+    assert twin is not None
+    metric = f"reward_{family_reward_names(ev.family, ev.cfg.rewards)[0]}"
+    jobs = [(run, seed) for run in ev.runs for seed in ev.cfg.seeds]
+    names = {run: [] for run in ev.runs}
+    for run, seed in tqdm(jobs, desc="bare names"):
+        names[run].append(twin.scored(run, seed))
+    label = {run: f"{run.model} {run.steps}" for run in ev.runs}
+    shares = {label[run]: freetext.share_of_names(per_prompt_mean(ev.per_run[run], metric),
+                                                  per_prompt_mean(names[run], metric)) for run in ev.runs}
+    groups = {}
+    for name, members in ev.groups.items():
+        for steps in sorted({r.steps for r in ev.runs}):
+            found = [label[r] for m in members for r in ev.runs if r.model == m and r.steps == steps]
+            if len(found) == len(members):
+                groups[f"{name} {steps}"] = found
+    ps = ev.prompt_set
+    head = (f"# Free text against bare names: {ev.family.name} on `{ps.name}`\n\n- Command: `{command}`\n"
+            f"- {len(ps.prompts)} concepts x evaluation seeds {', '.join(map(str, ev.cfg.seeds))}, each generated "
+            f"from its phrased prompt (free text) and from its bare name (names), same seeds; the rewards score each "
+            f"image against {'its bare name' if ev.cfg.score_text == 'name' else 'the prompt it was made from'}.\n"
+            f"- Split: {split_note(ps.name)}\n"
+            "- free / names: the ratio of the two means over concepts; its 95% interval is paired per concept "
+            "(delta method, `rglcd.evaluate.freetext`). 'met': the interval lies above "
+            f"{100 * freetext.TARGET:.0f}% (free text within {100 - 100 * freetext.TARGET:.0f}% of names), 'short': "
+            "below, else 'not shown'.\n\n")
+    path.write_text(head + freetext.markdown(shares, groups, metric))
