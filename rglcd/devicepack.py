@@ -188,7 +188,8 @@ def start_student(member: str, student: dict[str, Any], family_dir: Path, work: 
     args = [sys.executable, "train/distill.py", "--config", student["config"], "--family", str(own),
             "--member", member, "--data", f"tensors:{tensors}", "--output-dir", str(work / member),
             "--export-dir", str(family_dir / member), "--eval-every", "0", "--report-to", "none",
-            "--resume", "none", "--checkpoint-every", "100000"]
+            "--resume", "none", "--checkpoint-every", "100000",
+            "--captions", "templates"]  # the tensor file holds its own captions (the pack's); a recipe's set is moot
     args += [x for k, v in recipe.items() for x in ("--" + k.replace("_", "-"), str(v))]
     log = open(work / f"{member}.log", "w")
     return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env), log
