@@ -267,6 +267,11 @@ def test_seed_spread_pairs_training_seeds_and_calls_a_difference_shown_only_when
                                                                                        ("a1", "teacher", 0.0)]
     assert a_t4["verdict"] == "not shown"  # one seed above the teacher, the other level
     assert seeds.verdict([seeds.PairResult("x", "y", -2.0, 1.0), seeds.PairResult("x", "z", -1.0, 0.5)]) == "below"
+    groups["t2"] = ("a0",)  # two teacher-like groups compare once, not once per student step count
+    kinds2 = {**kinds, "a0": "teacher"}
+    twice = seeds.compare(scores, kinds2, groups, [("t2", "t")], (2, 4), "reward_r")
+    assert [(r["a_steps"], r["b_steps"]) for r in twice] == [([4], [50])]
+    del groups["t2"]
     spread = {(g["group"], g["steps"]): g for g in seeds.group_rows(scores, groups, "reward_r")}
     assert spread[("a", 4)]["values"] == [8.0, 5.0] and spread[("a", 4)]["spread"] == 3.0 and ("a", 2) not in spread
     table = seeds.markdown(list(spread.values()), rows, "reward_r")

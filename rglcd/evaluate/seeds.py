@@ -93,15 +93,17 @@ def compare(scores: dict[tuple[str, int], list[dict[str, torch.Tensor]]], kinds:
     def steps_of(model: str) -> list[int]:
         return sorted(s for m, s in scores if m == model)
 
-    rows = []
+    rows, done = [], set()
     for a, b in pairs:
         for s in student_steps:
             at = {}
             for model in set(groups[a]) | set(groups[b]):
                 have = steps_of(model)
                 at[model] = max(have) if kinds[model] == "teacher" else (s if s in have else None)
-            if any(v is None for v in at.values()):
+            key = (a, b, tuple(sorted(at.items(), key=str)))
+            if any(v is None for v in at.values()) or key in done:  # two teacher groups: one row, not one a step
                 continue
+            done.add(key)
             results = []
             for x, y in member_pairs(groups[a], groups[b]):
                 diff = per_prompt_mean(scores[(x, at[x])], metric) - per_prompt_mean(scores[(y, at[y])], metric)
