@@ -71,7 +71,8 @@ class TeacherConfig:
     include_flags: bool = setting(False, "emoji data: include the flag emoji")
     limit_concepts: int | None = setting(None, "emoji data: train on the first this many concepts only")
     phrasings: int | None = setting(None, "emoji data: draw captions from the first this many training phrasings "
-                                          "(4: the original templates of the shipped teacher); none: all of --captions")
+                                          "(4: the original templates, the first stage of the shipped teacher); "
+                                          "none: all of --captions")
     captions: str = setting("templates", "emoji data: the training caption set, templates (12 phrasings) | wide (48) | "
                                          "words (64 a concept: wide and 16 with an unrelated word; "
                                          "rglcd.data.emoji.CAPTION_SETS)")
