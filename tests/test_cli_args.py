@@ -34,6 +34,16 @@ def test_tuple_and_boolean_flags():
     assert parse_config(TeacherConfig, argv=[]).replace_shipped is False
 
 
+def test_optional_settings_a_recipe_gave_can_be_cleared_with_none(capsys):
+    teacher = str(CONFIGS / "emoji-64-teacher.yaml")
+    assert parse_config(TeacherConfig, argv=["--config", teacher]).phrasings == 4
+    assert parse_config(TeacherConfig, argv=["--config", teacher, "--phrasings", "none"]).phrasings is None
+    assert parse_config(TeacherConfig, argv=["--config", teacher, "--phrasings", "12"]).phrasings == 12
+    with pytest.raises(SystemExit):
+        parse_config(TeacherConfig, argv=["--phrasings", "many"])
+    assert "argument --phrasings: invalid int value: 'many'" in capsys.readouterr().err
+
+
 def test_list_settings_can_be_cleared_with_none():
     cfg = parse_config(DistillConfig, argv=["--progressive", "8", "4", "2"])
     assert cfg.mlcm.progressive == (8, 4, 2)

@@ -27,8 +27,9 @@ def _parser_type(hint: Any) -> tuple[Any, dict]:
     origin = typing.get_origin(hint)
     if origin is tuple:
         return _or_none(args[0]), {"nargs": "+"}
-    if args and origin is not tuple and len(args) == 1:
-        return _parser_type(args[0])
+    if args and origin is not tuple and len(args) == 1:  # X | None: 'none' clears what a recipe set
+        kind, extra = _parser_type(args[0])
+        return (_or_none(kind) if type(None) in typing.get_args(hint) and not extra else kind), extra
     if hint is bool:  # `--flag` alone is true; `--flag false` also reads
         return _boolean, {"nargs": "?", "const": True}
     return hint, {}
@@ -43,8 +44,13 @@ def _boolean(text: str) -> bool:
 
 
 def _or_none(kind: Any) -> Any:
-    """An argparse type that also reads 'none' (so `--progressive none` clears a list-valued setting)."""
-    return lambda s: None if s.lower() == "none" else kind(s)
+    """An argparse type that also reads 'none' (so `--progressive none` or `--phrasings none` clears a setting a
+    recipe gave); named after `kind`, so argparse still says "invalid int value"."""
+    def parse(text: str) -> Any:
+        return None if text.lower() == "none" else kind(text)
+
+    parse.__name__ = getattr(kind, "__name__", "value")
+    return parse
 
 
 def read_recipe(path: str) -> dict[str, Any]:
