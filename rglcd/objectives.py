@@ -30,8 +30,10 @@ Net = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None"]
 class DistillBatch:
     """One (micro-)batch of a distillation step: data latents (B,C,h,w) and noise (B,C,h,w), or `states`
     (z_{t_{n+k}}, z_{t_n}) from teacher trajectories (then latents and noise are None); text states (B,L,D) and
-    unconditional states (B,L,D); the loss's `draw`; the prompts; and the generator the batch was drawn from (an
-    objective that needs more randomness, as RG-LCD's sampler states, goes on drawing from it)."""
+    unconditional states (B,L,D); the loss's `draw`; the prompts; the generator the batch was drawn from (an
+    objective that needs more randomness, as RG-LCD's sampler states, goes on drawing from it); and `target_context`
+    (B,L,D), the text states the teacher and the target see when they are not the student's (`--target-captions
+    name`: each concept's bare name while the student sees a phrasing of it)."""
 
     latents: torch.Tensor | None
     noise: torch.Tensor | None
@@ -41,6 +43,7 @@ class DistillBatch:
     states: tuple[torch.Tensor, torch.Tensor] | None = None
     texts: list[str] = field(default_factory=list)
     generator: torch.Generator | None = None
+    target_context: torch.Tensor | None = None
 
 
 @dataclass
@@ -93,26 +96,28 @@ class LCDLoss:
 
     def __call__(self, student: Net, teacher: Net, target: Net, latents: torch.Tensor, context: torch.Tensor,
                  uncond_context: torch.Tensor, noise: torch.Tensor, draw: dict[str, torch.Tensor],
-                 states: tuple[torch.Tensor, torch.Tensor] | None = None
+                 states: tuple[torch.Tensor, torch.Tensor] | None = None, target_context: torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Per-sample loss (B,) and {'student_x0': the student's clean estimate (for reward guidance), 'target':
         the target network's output (no grad)}.
 
         `states` = (z_{t_{n+k}}, z_{t_n}) taken from the teacher's own sampling trajectories replaces noising the
         data `latents` and the teacher step (then `latents`, `noise` and `teacher` are not used).
+        `target_context` (B,L,D): the text states of the teacher step and the target (None: `context`, as LCD).
         """
         ac, pt = self.alphas_cumprod, self.prediction_type
         dev = context.device
         start, end, w = draw["start"].to(dev), draw["end"].to(dev), draw["w"].to(dev)
         w_emb = guidance_scale_embedding(w, self.w_embedding_dim).to(context.dtype)
+        target_context = context if target_context is None else target_context
         if states is None:
             alpha, sigma = ac[start].sqrt().view(-1, 1, 1, 1), (1 - ac[start]).sqrt().view(-1, 1, 1, 1)
             z_start = alpha.to(latents) * latents + sigma.to(latents) * noise
-            z_end = self.teacher_step(teacher, z_start, start, context, uncond_context, w)
+            z_end = self.teacher_step(teacher, z_start, start, target_context, uncond_context, w)
         else:
             z_start, z_end = states
         with torch.no_grad():  # before the student: its activations are gone before the student's graph is built
-            f_target = self.output(target(z_end, end, context, w_emb), z_end, end, draw)
+            f_target = self.output(target(z_end, end, target_context, w_emb), z_end, end, draw)
         out = student(z_start, start, context, w_emb)
         f_student = self.output(out, z_start, start, draw)
         loss = consistency_distance(f_student, f_target, self.loss_type, self.huber_c)
@@ -122,7 +127,7 @@ class LCDLoss:
                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """`self(...)` on a `DistillBatch`: the one call the training step makes of every distillation objective."""
         return self(student, teacher, target, batch.latents, batch.context, batch.uncond, batch.noise, batch.draw,
-                    batch.states)
+                    batch.states, batch.target_context)
 
 
 @dataclass

@@ -181,6 +181,26 @@ def test_emoji_batches_drop_captions_like_every_source():
     assert all(torch.equal(c, data["empty"].float()) == (t == "") for c, t in zip(ctx, texts))
 
 
+def test_named_batch_is_the_same_draw_with_each_concepts_name_states():
+    """`--target-captions name`: the student's batch is unchanged (same draws, same dropout), and each sample also
+    carries its concept's phrasing-0 states (empty where the caption was dropped); trajectories of names index
+    concepts, `phrase` turns them into caption ids of the same concept."""
+    data = fake_training_tensors()
+    batches = EmojiBatches(None, data=data)
+    z, ctx, texts = batches.batch(32, torch.Generator().manual_seed(5), 0.3)
+    z2, ctx2, texts2, names = batches.named_batch(32, torch.Generator().manual_seed(5), 0.3)
+    assert torch.equal(z, z2) and torch.equal(ctx, ctx2) and texts == texts2
+    g = torch.Generator().manual_seed(5)
+    idx = torch.randint(6, (32,), generator=g)
+    for i, t, c in zip(idx.tolist(), texts, names):
+        assert torch.equal(c, data["empty"].float() if t == "" else data["context"][i, 0].float())
+    assert "" in texts and not torch.equal(names, ctx)
+    assert torch.equal(batches.name_states, data["context"][:, 0])
+    concept = torch.tensor([0, 5, 2, 2])
+    ids = batches.phrase(concept, torch.Generator().manual_seed(0))
+    assert torch.equal(ids // 3, concept) and [batches.captions[i].split()[1] for i in ids] == ["0", "5", "2", "2"]
+
+
 def test_first_phrasings_keeps_each_concepts_first_captions_and_their_states():
     data = fake_training_tensors(n=6, templates=3)
     two = first_phrasings(data, 2)

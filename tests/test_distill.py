@@ -271,3 +271,44 @@ def test_kill_9_then_resume_latest_continues_the_same_loss(family_with_teacher, 
     cut = json.loads((tmp_path / "cut-export" / "metrics.json").read_text())
     full = json.loads((tmp_path / "full-export" / "metrics.json").read_text())
     assert cut["loss"] == full["loss"] and cut["steps"] == full["steps"] == 16
+
+
+def test_name_targets_condition_teacher_and_target_on_names_on_data_and_trajectories(family_with_teacher, tmp_path,
+                                                                                     monkeypatch):
+    """`--target-captions name`: every sample's teacher and target states are its concept's name states while the
+    student sees a phrasing of that concept, on data batches (LCD) and on teacher trajectories of names (MLCM)."""
+    from PIL import Image
+
+    from rglcd.data.batches import training_batches
+    from rglcd.objectives import LCDLoss
+
+    root = family_with_teacher
+    batches = training_batches("emoji", load_family(str(root)), limit=16)
+    per_concept = batches.data["context"].shape[1]
+    seen = []
+    real = LCDLoss.__call__
+
+    def spy(self, student, teacher, target, latents, context, uncond, noise, draw, states=None, target_context=None):
+        seen.append((context.cpu(), target_context.cpu(), states is not None))
+        return real(self, student, teacher, target, latents, context, uncond, noise, draw, states, target_context)
+
+    monkeypatch.setattr(LCDLoss, "__call__", spy)
+    kw = dict(target_captions="name", export_dir=None, eval_every=0, max_steps=2)
+    train_distill(_cfg(root, tmp_path / "lcd", **kw))
+    train_distill(_cfg(root, tmp_path / "mlcm", method="mlcm", trajectory_data=4, trajectory_batch=4, **kw))
+    assert [s for *_, s in seen] == [False, False, True, True]
+    names, table = batches.name_states.float(), batches.caption_states.float()
+    for ctx, target_ctx, _ in seen:
+        for c, t in zip(ctx, target_ctx):
+            concept = int(torch.nonzero((names == t).flatten(1).all(1))[0])
+            rows = table[concept * per_concept:(concept + 1) * per_concept]
+            assert (rows == c).flatten(1).all(1).any(), "the student's caption is a phrasing of the same concept"
+        assert not torch.equal(ctx, target_ctx)
+    with pytest.raises(ValueError, match="must be same or name"):
+        train_distill(_cfg(root, tmp_path / "bad", target_captions="names"))
+    (tmp_path / "folder").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "folder" / "x.png")
+    (tmp_path / "folder" / "x.txt").write_text("black square\n")
+    with pytest.raises(ValueError, match="--target-captions name needs a caption table"):
+        train_distill(_cfg(root, tmp_path / "bad", target_captions="name", data=str(tmp_path / "folder"),
+                           limit_concepts=None))

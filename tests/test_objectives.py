@@ -115,3 +115,31 @@ def test_lcd_loss_runs_the_target_before_the_student_builds_its_graph():
     loss_fn(recording("student", 0.3), recording("teacher", 0.5), recording("target", 0.4), latents,
             torch.randn(2, 3, 8), torch.zeros(2, 3, 8), noise, loss_fn.draw(2, g))
     assert calls == [("teacher", False), ("target", False), ("student", True)]
+
+
+def test_target_context_is_what_the_teacher_and_target_see_and_the_student_keeps_its_own():
+    """`--target-captions name`: the LCD step with teacher and target conditioned on `target_context` equals the
+    LCD step (the reference's, above) with a teacher and target that read those states whatever they are given;
+    without it the step is LCD exactly."""
+    sched = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    loss_fn = LCDLoss(sched.alphas_cumprod)
+    g = torch.Generator().manual_seed(4)
+    latents, noise = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g)
+    ctx, names, uctx = torch.randn(3, 5, 8, generator=g), torch.randn(3, 5, 8, generator=g), torch.zeros(3, 5, 8)
+    student, teacher, target = fake_net(0.3), fake_net(0.5), fake_net(0.4)
+
+    def reading_names(net):  # the text states rows of `ctx` (alone, or batched before the unconditional ones)
+        def call(z, t, c, w):
+            return net(z, t, torch.cat([names, c[3:]]) if torch.equal(c[:3], ctx) else c, w)
+        return call
+
+    draw = loss_fn.draw(3, g)
+    named, _ = loss_fn(student, teacher, target, latents, ctx, uctx, noise, draw, target_context=names)
+    want, _ = loss_fn(student, reading_names(teacher), reading_names(target), latents, ctx, uctx, noise, draw)
+    assert torch.allclose(named, want, atol=1e-6)
+    plain, _ = loss_fn(student, teacher, target, latents, ctx, uctx, noise, draw)
+    assert torch.equal(plain, loss_fn(student, teacher, target, latents, ctx, uctx, noise, draw,
+                                      target_context=ctx)[0])
+    assert not torch.allclose(plain, named)
+    ref = reference_step(student, teacher, target, latents, ctx, uctx, noise, draw["index"], draw["w"], sched)
+    assert torch.allclose(plain, ref, atol=1e-5)

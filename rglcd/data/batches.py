@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from rglcd.data.emoji import (CAPTION_SETS, drop_captions, emoji_training_tensors, first_phrasings,
-                              load_training_tensors, sample_caption_batch)
+                              load_training_tensors, sample_anchored_batch, sample_caption_batch)
 from rglcd.data.shards import DataError, HFDatasetTable, ImageFolderTable, iter_shard_samples
 from rglcd.files import atomic_path
 from rglcd.loading import cache_dir
@@ -48,6 +48,22 @@ class EmojiBatches:
 
     def batch(self, batch_size: int, generator: torch.Generator, cfg_dropout: float = 0.0) -> Batch:
         return sample_caption_batch(self.data, batch_size, generator, cfg_dropout)
+
+    def named_batch(self, batch_size: int, generator: torch.Generator, cfg_dropout: float = 0.0
+                    ) -> tuple[torch.Tensor, torch.Tensor, list[str], torch.Tensor]:
+        """`batch` (the same draws) and the states (B,L,D) of each sample's concept under phrasing 0, its bare name
+        in the emoji caption sets (`rglcd.data.emoji.sample_anchored_batch`)."""
+        return sample_anchored_batch(self.data, batch_size, generator, cfg_dropout)
+
+    @property
+    def name_states(self) -> torch.Tensor:
+        """Phrasing 0 (the bare name) of every concept, (concepts, L, D): a name-only caption table."""
+        return self.data["context"][:, 0]
+
+    def phrase(self, concept: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Caption ids (B,) into `caption_states` / `captions`: concepts (B,) each under a random phrasing."""
+        n_phrasings = self.data["context"].shape[1]
+        return concept * n_phrasings + torch.randint(n_phrasings, concept.shape, generator=generator)
 
     def state_dict(self) -> dict:
         return {}

@@ -20,7 +20,7 @@ from accelerate.utils import set_seed
 from diffusers import DDPMScheduler
 from diffusers.optimization import get_scheduler
 
-from rglcd.data.batches import EncodedBatches, training_batches
+from rglcd.data.batches import EmojiBatches, EncodedBatches, training_batches
 from rglcd.data.emoji import cache_dir, eval_prompt_sets
 from rglcd.data.trajectories import TrajectorySet, TrajectorySpec, teacher_trajectories, weights_digest
 from rglcd.evaluate import evaluate_prompt_following
@@ -48,6 +48,8 @@ def check_settings(cfg: DistillConfig, method: Method) -> None:
         raise ValueError(f"--method {method.name} is not a distillation method: this trainer runs "
                          f"{', '.join(trainer_methods('distill'))}")
     rg, reward = cfg.rg, method.uses_reward(cfg.rg.reward is not None)
+    if cfg.dataset.target_captions not in ("same", "name"):
+        raise ValueError(f"--target-captions must be same or name, got {cfg.dataset.target_captions!r}")
     if cfg.dataset.data_latents not in ("mode", "sample"):
         raise ValueError(f"--data-latents must be mode or sample, got {cfg.dataset.data_latents!r}")
     if cfg.speed.teacher_autocast not in (None, "bf16", "fp16"):
@@ -71,6 +73,9 @@ def distill_data(cfg: DistillConfig, family: Family, accelerator: Accelerator) -
     batches = training_batches(data.data, family, data.resolution, data.cache_latents, data.include_flags,
                                data.limit_concepts, accelerator.process_index, accelerator.num_processes,
                                data.phrasings, data.captions)
+    if data.target_captions == "name" and not isinstance(batches, EmojiBatches):
+        raise ValueError("--target-captions name needs a caption table with each concept's name as phrasing 0: "
+                         "use the emoji data (emoji or tensors:)")
     if data.data_latents == "sample":
         if not isinstance(batches, EncodedBatches) or batches.cached is not None:
             raise ValueError("--data-latents sample draws from the VAE posterior as images stream in: use shard, "
@@ -108,12 +113,14 @@ def proxy_update(cfg: DistillConfig, guidance: RewardGuidance, batches: Any, acc
 
 def trajectories(cfg: DistillConfig, family: Family, batches: Any, teacher: torch.nn.Module,
                  teacher_net: ConsistencyUNet, loss: Any, accelerator: Accelerator) -> TrajectorySet:
-    """`--trajectory-data` cached teacher trajectories (written once per teacher and settings, then reused)."""
+    """`--trajectory-data` cached teacher trajectories (written once per teacher and settings, then reused): of the
+    caption table's prompts, or under `--target-captions name` of each concept's name (prompt ids are concepts)."""
     if not hasattr(batches, "captions"):
         raise ValueError("--trajectory-data draws prompts from a caption table: use the emoji data or --cache-latents")
+    table = batches.name_states if cfg.dataset.target_captions == "name" else batches.caption_states
     spec = TrajectorySpec(weights_digest(teacher), cfg.mlcm.trajectory_data, cfg.lcd.num_ddim_timesteps,
-                          cfg.lcd.w_min, cfg.lcd.w_max, cfg.seed, len(batches.captions))
-    return teacher_trajectories(cache_dir() / "trajectories" / family.name, spec, teacher_net, batches.caption_states,
+                          cfg.lcd.w_min, cfg.lcd.w_max, cfg.seed, len(table))
+    return teacher_trajectories(cache_dir() / "trajectories" / family.name, spec, teacher_net, table,
                                 batches.empty, batches.latent_shape, loss.grid, loss.teacher_step,
                                 cfg.mlcm.trajectory_batch, accelerator)
 
@@ -142,7 +149,8 @@ def reward_objective(cfg: DistillConfig, method: Method, loss: Any, guidance: Re
 @dataclass
 class BatchDraw:
     """Draws one micro-batch of `batch_size` from a generator: the objective's draw, then data latents and noise
-    (or teacher trajectory states)."""
+    (or teacher trajectory states); `name_targets` (`--target-captions name`): the teacher and target see each
+    concept's bare name, the student a drawn phrasing (of the trajectory's concept: the trajectories are of names)."""
 
     objective: Any
     batches: Any
@@ -150,21 +158,28 @@ class BatchDraw:
     cfg_dropout: float
     device: torch.device
     trajectories: TrajectorySet | None = None
+    name_targets: bool = False
 
     def __call__(self, g: torch.Generator) -> DistillBatch:
         draw = self.objective.draw(self.batch_size, g)
-        z0 = noise = states = None
+        z0 = noise = states = target_ctx = None
         if self.trajectories is None:
-            z0, ctx, texts = self.batches.batch(self.batch_size, g, self.cfg_dropout)
+            if self.name_targets:
+                z0, ctx, texts, target_ctx = self.batches.named_batch(self.batch_size, g, self.cfg_dropout)
+            else:
+                z0, ctx, texts = self.batches.batch(self.batch_size, g, self.cfg_dropout)
             noise = torch.randn(z0.shape, generator=g)
             z0, noise = z0.to(self.device), noise.to(self.device)
         else:
             z_start, z_end, prompt, draw["w"] = self.trajectories.batch(self.batch_size, draw["index"], g)
+            if self.name_targets:
+                target_ctx, prompt = self.batches.name_states[prompt].float(), self.batches.phrase(prompt, g)
             ctx = self.batches.caption_states[prompt].float()
             texts = [self.batches.captions[i] for i in prompt.tolist()]
             states = (z_start.to(self.device), z_end.to(self.device))
         uncond = self.batches.empty.float().expand_as(ctx).to(self.device)
-        return DistillBatch(z0, noise, ctx.to(self.device), uncond, draw, states, texts, g)
+        return DistillBatch(z0, noise, ctx.to(self.device), uncond, draw, states, texts, g,
+                            None if target_ctx is None else target_ctx.to(self.device))
 
 
 @dataclass
@@ -273,7 +288,8 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
                         teacher_network(teacher, online, family, lora, cfg.speed.teacher_autocast),
                         student_net if lora else ConsistencyUNet(target, family.unet_inputs), optimizer,
                         lr_scheduler, trainable, target, opt.ema_decay, opt.max_grad_norm, proxy)
-    draw = BatchDraw(objective, batches, opt.batch_size, cfg.dataset.cfg_dropout, device, trajectory_set)
+    draw = BatchDraw(objective, batches, opt.batch_size, cfg.dataset.cfg_dropout, device, trajectory_set,
+                     cfg.dataset.target_captions == "name")
     validation = Validation(family, member, method, online if lora else target, cfg, accelerator)
     metrics = run_training(accelerator, counter, cfg.output_dir, opt.max_steps,
                            TrainStep(parts, draw, method, loss, cfg, rank),

@@ -57,6 +57,9 @@ class DataSettings:
     captions: str = setting("templates", "emoji data: the training caption set, templates (12 phrasings) | wide (48) | "
                                          "words (64 a concept: wide and 16 with an unrelated word; "
                                          "rglcd.data.emoji.CAPTION_SETS)")
+    target_captions: str = setting("same", "emoji data: the caption the teacher step and the target see: same (the "
+                                           "student's, LCD) | name (the concept's bare name, phrasing 0, while the "
+                                           "student sees the drawn phrasing: phrasings are taught to follow names)")
     cfg_dropout: float = setting(0.0, "probability of replacing a caption with the empty one")
     data_latents: str = setting("mode", "AutoencoderKL data latents: the posterior's mode | sample (a fresh draw "
                                         "each step, as diffusers' LCD script; streamed shard / folder data only)")
