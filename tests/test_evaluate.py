@@ -375,20 +375,21 @@ def test_paired_names_pairs_each_phrased_concept_with_its_bare_name(eval_inputs,
             "--latency-batch", "2", "--out", str(out), "--seed-groups", "lcm=lcm"]
     assert evaluate.main(base + ["--prompts", "heldout-val"]) == 0
     names = {r["model"]: float(r["reward_emoji"]) for r in csv.DictReader(open(out / "results.csv"))}
+    assert "real" in names
     made, real_pipeline = [], Family.pipeline
     monkeypatch.setattr(Family, "pipeline", lambda self, *a, **k: made.append(a) or real_pipeline(self, *a, **k))
     assert evaluate.main(base + ["--prompts", "heldout-val-free", "--paired-names"]) == 0
     free = {r["model"]: float(r["reward_emoji"]) for r in csv.DictReader(open(out / "results.csv"))}
     text = (out / "free-vs-names.md").read_text()
-    for model, steps in (("teacher", 2), ("lcm", 1)):
-        row = next(line for line in text.splitlines() if line.startswith(f"| {model} {steps} |"))
+    for model, label in (("teacher", "teacher 2"), ("lcm", "lcm 1"), ("real", "real")):
+        row = next(line for line in text.splitlines() if line.startswith(f"| {label} |"))
         cells = [c.strip() for c in row.split("|")[2:-1]]
         assert float(cells[0]) == pytest.approx(names[model], abs=0.051)
         assert float(cells[1]) == pytest.approx(free[model], abs=0.051)
         # a share only of a positive names reward (this untrained tiny family's may be negative)
         share = f"{100 * free[model] / names[model]:.0f}%" if names[model] > 0 else "n/a"
         assert cells[2] == share and (cells[4] == "n/a") == (names[model] <= 0)
-    assert "| lcm 1 | lcm 1 |" in text and "validation half" in text
+    assert "| lcm 1 | lcm 1 |" in text and "validation half" in text and "the share the reward itself keeps" in text
     # the bare-names images came from the cache of the names evaluation: only the phrased prompts were generated
     assert len(made) == 2 * 2 + 2  # 2 runs x 2 seeds of phrased images + 2 latency timings, no names images
     assert evaluate.main(base + ["--prompts", "heldout-val", "--paired-names"]) == 2

@@ -394,13 +394,17 @@ def write_free_vs_names(ev: Evaluation, path: Path, command: str) -> None:
     label = {run: f"{run.model} {run.steps}" for run in ev.runs}
     shares = {label[run]: freetext.share_of_names(per_prompt_mean(ev.per_run[run], metric),
                                                   per_prompt_mean(names[run], metric)) for run in ev.runs}
+    ps = ev.prompt_set
+    real = ps.reference is not None and ev.cfg.score_text == "prompt"
+    if real:  # one true image per concept, scored against its phrased prompt and against its name
+        shares["real"] = freetext.share_of_names(ev.scored(None, ev.cfg.seeds[0])[metric],
+                                                 twin.scored(None, ev.cfg.seeds[0])[metric])
     groups = {}
     for name, members in ev.groups.items():
         for steps in sorted({r.steps for r in ev.runs}):
             found = [label[r] for m in members for r in ev.runs if r.model == m and r.steps == steps]
             if len(found) == len(members):
                 groups[f"{name} {steps}"] = found
-    ps = ev.prompt_set
     head = (f"# Free text against bare names: {ev.family.name} on `{ps.name}`\n\n- Command: `{command}`\n"
             f"- {len(ps.prompts)} concepts x evaluation seeds {', '.join(map(str, ev.cfg.seeds))}, each generated "
             f"from its phrased prompt (free text) and from its bare name (names), same seeds; the rewards score each "
@@ -409,5 +413,8 @@ def write_free_vs_names(ev: Evaluation, path: Path, command: str) -> None:
             "- free / names: the ratio of the two means over concepts; its 95% interval is paired per concept "
             "(delta method, `rglcd.evaluate.freetext`). 'met': the interval lies above "
             f"{100 * freetext.TARGET:.0f}% (free text within {100 - 100 * freetext.TARGET:.0f}% of names), 'short': "
-            "below, else 'not shown'.\n\n")
+            "below, else 'not shown'.\n"
+            + ("- real: the paired real image of each concept, the same image under both texts: the share the reward "
+               "itself keeps of a true image when the text is phrased. A generator that drew every phrasing exactly as "
+               "its name would keep about this much, not 100%.\n" if real else "") + "\n")
     path.write_text(head + freetext.markdown(shares, groups, metric))
