@@ -293,10 +293,13 @@ def test_name_targets_condition_teacher_and_target_on_names_on_data_and_trajecto
         return real(self, student, teacher, target, latents, context, uncond, noise, draw, states, target_context)
 
     monkeypatch.setattr(LCDLoss, "__call__", spy)
+    monkeypatch.setattr("rglcd.training.distill.cache_dir", lambda: tmp_path / "cache")  # its own trajectory sets
     kw = dict(target_captions="name", export_dir=None, eval_every=0, max_steps=2)
     train_distill(_cfg(root, tmp_path / "lcd", **kw))
     train_distill(_cfg(root, tmp_path / "mlcm", method="mlcm", trajectory_data=4, trajectory_batch=4, **kw))
     assert [s for *_, s in seen] == [False, False, True, True]
+    spec = next((tmp_path / "cache" / "trajectories").glob("*/*/spec.json")).read_text()
+    assert '"num_prompts": 16' in spec, "the trajectories are of the 16 concepts' names"
     names, table = batches.name_states.float(), batches.caption_states.float()
     for ctx, target_ctx, _ in seen:
         for c, t in zip(ctx, target_ctx):
