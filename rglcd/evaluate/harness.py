@@ -415,6 +415,6 @@ def write_free_vs_names(ev: Evaluation, path: Path, command: str) -> None:
             f"{100 * freetext.TARGET:.0f}% (free text within {100 - 100 * freetext.TARGET:.0f}% of names), 'short': "
             "below, else 'not shown'.\n"
             + ("- real: the paired real image of each concept, the same image under both texts: the share the reward "
-               "itself keeps of a true image when only the text is phrased: a generator whose image under every phrasing "
-               "were the true image would keep this much, not 100%.\n" if real else "") + "\n")
+               "itself keeps of a true image when only the text is phrased: a generator whose image under every "
+               "phrasing were the true image would keep this much, not 100%.\n" if real else "") + "\n")
     path.write_text(head + freetext.markdown(shares, groups, metric))
