@@ -382,21 +382,22 @@ def sample_caption_batch(data: dict, batch_size: int, generator: torch.Generator
                          ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """A random batch from `emoji_training_tensors`: (latents (B,4,h,w), caption states (B,L,D) float32, captions),
     one random caption template per sample, each caption replaced by the empty one with probability `cfg_dropout`."""
-    return sample_anchored_batch(data, batch_size, generator, cfg_dropout)[:3]
+    return sample_anchored_batch(data, batch_size, generator, cfg_dropout, anchor=None)[:3]
 
 
 def sample_anchored_batch(data: dict, batch_size: int, generator: torch.Generator, cfg_dropout: float = 0.0,
-                          anchor: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[str], torch.Tensor]:
+                          anchor: int | None = 0) -> tuple[torch.Tensor, torch.Tensor, list[str], torch.Tensor | None]:
     """`sample_caption_batch` (the same draws) and, per sample, the states (B,L,D) float32 of phrasing `anchor` of
-    the same concept (phrasing 0: the bare name), empty where the caption was dropped."""
+    the same concept (phrasing 0: the bare name), empty where the caption was dropped (None for `anchor` None)."""
     n, n_templates = data["context"].shape[:2]
     idx = torch.randint(n, (batch_size,), generator=generator)
     tmpl = torch.randint(n_templates, (batch_size,), generator=generator)
-    both = torch.cat([data["context"][idx, tmpl], data["context"][idx, anchor]], dim=-1).float()
+    parts = [data["context"][idx, tmpl]] + ([] if anchor is None else [data["context"][idx, anchor]])
+    states = torch.cat(parts, dim=-1).float()  # one dropout draw drops a caption and its anchor together
     texts = [data["captions"][i * n_templates + t] for i, t in zip(idx.tolist(), tmpl.tolist())]
-    both, texts = drop_captions(both, texts, data["empty"].repeat(1, 2), cfg_dropout, generator)
-    ctx, anchored = both.chunk(2, dim=-1)
-    return data["latents"][idx], ctx, texts, anchored
+    states, texts = drop_captions(states, texts, data["empty"].repeat(1, len(parts)), cfg_dropout, generator)
+    ctx, *anchored = states.chunk(len(parts), dim=-1)
+    return data["latents"][idx], ctx, texts, anchored[0] if anchored else None
 
 
 def drop_captions(ctx: torch.Tensor, texts: list[str], empty: torch.Tensor, p: float, generator: torch.Generator
