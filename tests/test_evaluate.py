@@ -390,6 +390,16 @@ def test_paired_names_pairs_each_phrased_concept_with_its_bare_name(eval_inputs,
         share = f"{100 * free[model] / names[model]:.0f}%" if names[model] > 0 else "n/a"
         assert cells[2] == share and (cells[4] == "n/a") == (names[model] <= 0)
     assert "| lcm 1 | lcm 1 |" in text and "validation half" in text and "the share the reward itself keeps" in text
+    # a second judge (`--rewards name@weights`, here the family's own reward folder) gets its own table and column
+    judge = f"emoji@{root / 'reward'}"
+    assert evaluate.main(base + ["--prompts", "heldout-val-free", "--paired-names", "--rewards", judge]) == 0
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert all(float(r[f"reward_{judge}"]) == pytest.approx(float(r["reward_emoji"]), abs=1e-3) for r in rows)
+    heading = "## Free text against bare names: `"
+    _, own, second = (out / "free-vs-names.md").read_text().split(heading)
+    assert own.startswith("reward_emoji`") and second.startswith(f"reward_{judge}`")
+    assert heading + own.strip() == text[text.index(heading):].strip()
+    assert own.split("\n", 1)[1].strip() == second.split("\n", 1)[1].strip()
     # the bare-names images came from the cache of the names evaluation: only the phrased prompts were generated
     assert len(made) == 2 * 2 + 2  # 2 runs x 2 seeds of phrased images + 2 latency timings, no names images
     assert evaluate.main(base + ["--prompts", "heldout-val", "--paired-names"]) == 2

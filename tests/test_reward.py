@@ -78,3 +78,55 @@ def test_mix_is_the_weighted_sum():
     mix = RewardMix({"a": ConstReward(2.0), "b": ConstReward(-1.0)}, {"a": 0.5, "b": 3.0})
     out = mix(torch.rand(4, 3, 8, 8), ["x"] * 4)
     assert torch.allclose(out, torch.full((4,), 0.5 * 2.0 + 3.0 * -1.0))
+
+
+def test_name_at_weights_loads_that_folder_and_its_fingerprint_follows_the_files(tiny_reward, tmp_path):
+    from rglcd.rewards import split_spec, weights_fingerprint
+
+    tiny_reward.save_pretrained(tmp_path / "r")
+    spec = f"emoji@{tmp_path / 'r'}"
+    assert split_spec(spec) == ("emoji", str(tmp_path / "r")) and split_spec("emoji") == ("emoji", None)
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(get_reward(spec)(images, ["a", "b"]), tiny_reward(images, ["a", "b"]), atol=1e-5)
+        mix = get_reward(f"{spec}=2")
+        assert torch.allclose(mix(images, ["a", "b"]), 2 * tiny_reward(images, ["a", "b"]), atol=1e-5)
+    before = weights_fingerprint(spec)
+    assert before.startswith(spec + "|") and weights_fingerprint("emoji") == "emoji"
+    torch.manual_seed(1)
+    EmojiReward(image_size=64, embed_dim=8).save_pretrained(tmp_path / "r")
+    assert weights_fingerprint(spec) != before
+    with pytest.raises(ModelLoadError, match="not found"):
+        get_reward(f"emoji@{tmp_path / 'missing'}")
+    with pytest.raises(ModelLoadError, match="give one"):
+        get_reward(spec, weights=str(tmp_path / "other"))
+
+
+def test_reward_heads_train_on_a_caption_set_and_measure_the_phrased_share(tmp_path):
+    from rglcd.data.emoji import cache_dir, captions, heldout_half, load_renders, phrased_prompts
+    from rglcd.training.reward import RewardConfig, phrased_share, train_reward
+
+    cfg = RewardConfig(export_dir=str(tmp_path / "wide"), caption_set="wide", views=2, max_steps=3, batch_size=8,
+                       limit_concepts=12)
+    metrics = train_reward(cfg)
+    assert (tmp_path / "wide" / "heads.safetensors").is_file() and (tmp_path / "wide" / "metrics.json").is_file()
+    assert metrics["caption_set"] == "wide" and metrics["steps"] == 3
+    cached = sorted(p.name for p in cache_dir().glob("reward-features-*-wide48.pt"))
+    assert cached == ["reward-features-heldout-128-2-12-wide48.pt", "reward-features-train-128-2-12-wide48.pt"]
+    # the share restated: validation-half concepts only, the true render against phrasing vs name
+    reward = get_reward(f"emoji@{tmp_path / 'wide'}")
+    concepts, images = load_renders("heldout")
+    val = set(heldout_half("val"))
+    keep = [i for i, c in enumerate(concepts[:12]) if c.name in val]
+    assert keep, "the first 12 held-out concepts hold validation ones"
+    x = images[keep].float() / 255
+    names = [concepts[i].name for i in keep]
+    with torch.no_grad():
+        expected = (reward(x, phrased_prompts(names, "val")).mean() / reward(x, names).mean()).item()
+        img = reward.image_features(x)
+        txt = reward.text_features(names)
+    assert phrased_share(reward, img, txt, names) == pytest.approx(expected, rel=1e-4)
+    assert metrics["val_real_phrased_share"] == pytest.approx(expected, rel=1e-3)
+    assert len(captions("cat", "wide")) == 48
+    with pytest.raises(ValueError, match="unknown --caption-set"):
+        train_reward(RewardConfig(export_dir=None, caption_set="nope"))

@@ -59,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int_list, default=d.seeds, help="comma-separated seeds (default 0,1)")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--reference", default=None, help="folder of real images for the Frechet distance")
-    p.add_argument("--rewards", type=name_list, default=d.rewards, help="more registry rewards to report")
+    p.add_argument("--rewards", type=name_list, default=d.rewards,
+                   help="more rewards to report: registry names, or name@weights (that reward on other weights, a "
+                        "folder, file or hub id: emoji@runs/emoji-64/reward)")
     p.add_argument("--pf-group", type=int, default=d.pf_group, help="prompt following within groups of N (0: all)")
     p.add_argument("--bootstrap", type=int, default=d.bootstrap, help="bootstrap resamples for the FD interval")
     p.add_argument("--latency-batch", type=int, default=d.latency_batch, help="images per timed call")

@@ -26,6 +26,7 @@ from rglcd.evaluate.score import (FD_EFFNET, SCORES_VERSION, efficientnet_lite0_
 from rglcd.images import save_grid
 from rglcd.metrics import FrechetReference, bootstrap_ci, normal_ci
 from rglcd.models import ModelLoadError, load_family
+from rglcd.rewards import weights_fingerprint
 from rglcd.sampling import InputError, Request, check_request
 
 FOLDER_PREP = "resize_and_crop"  # how reference folders are sized (in their cache key: crop-then-resize before)
@@ -213,7 +214,8 @@ class Evaluation:
         """Per-image metrics of (run, seed); run None scores the prompt set's paired real images."""
         gen_path = (self.generation_path(run, seed) if run else
                     self.out / "cache" / f"reference-{self.prompts_key}-{self.family.resolution}.pt")
-        key = digest(family_reward_names(self.family, self.cfg.rewards), FD_EFFNET, self.cfg.pf_group,
+        key = digest([weights_fingerprint(n) for n in family_reward_names(self.family, self.cfg.rewards)], FD_EFFNET,
+                     self.cfg.pf_group,
                      self.cfg.device, SCORES_VERSION,
                      *([self.score_texts] if self.score_texts != self.prompt_set.prompts else []))
         path = gen_path.with_name(f"{gen_path.stem}-scores-{key}.pt")
@@ -383,28 +385,31 @@ def write_seed_spread(ev: Evaluation, path: Path, command: str) -> None:
 
 def write_free_vs_names(ev: Evaluation, path: Path, command: str) -> None:
     """free-vs-names.md: each run's free-text share of its bare-names reward, paired per concept, and each seed
-    group's (`rglcd.evaluate.freetext`), on the family's first reward; generates the names images it lacks."""
+    group's (`rglcd.evaluate.freetext`), one table per reward (the family's, then `--rewards`); generates the names
+    images it lacks."""
     twin = ev.names_twin
     assert twin is not None
-    metric = f"reward_{family_reward_names(ev.family, ev.cfg.rewards)[0]}"
     jobs = [(run, seed) for run in ev.runs for seed in ev.cfg.seeds]
     names = {run: [] for run in ev.runs}
     for run, seed in tqdm(jobs, desc="bare names"):
         names[run].append(twin.scored(run, seed))
     label = {run: f"{run.model} {run.steps}" for run in ev.runs}
-    shares = {label[run]: freetext.share_of_names(per_prompt_mean(ev.per_run[run], metric),
-                                                  per_prompt_mean(names[run], metric)) for run in ev.runs}
     ps = ev.prompt_set
     real = ps.reference is not None and ev.cfg.score_text == "prompt"
-    if real:  # one true image per concept, scored against its phrased prompt and against its name
-        shares["real"] = freetext.share_of_names(ev.scored(None, ev.cfg.seeds[0])[metric],
-                                                 twin.scored(None, ev.cfg.seeds[0])[metric])
     groups = {}
     for name, members in ev.groups.items():
         for steps in sorted({r.steps for r in ev.runs}):
             found = [label[r] for m in members for r in ev.runs if r.model == m and r.steps == steps]
             if len(found) == len(members):
                 groups[f"{name} {steps}"] = found
+    tables = []
+    for metric in (f"reward_{n}" for n in family_reward_names(ev.family, ev.cfg.rewards)):
+        shares = {label[run]: freetext.share_of_names(per_prompt_mean(ev.per_run[run], metric),
+                                                      per_prompt_mean(names[run], metric)) for run in ev.runs}
+        if real:  # one true image per concept, scored against its phrased prompt and against its name
+            shares["real"] = freetext.share_of_names(ev.scored(None, ev.cfg.seeds[0])[metric],
+                                                     twin.scored(None, ev.cfg.seeds[0])[metric])
+        tables.append(freetext.markdown(shares, groups, metric))
     head = (f"# Free text against bare names: {ev.family.name} on `{ps.name}`\n\n- Command: `{command}`\n"
             f"- {len(ps.prompts)} concepts x evaluation seeds {', '.join(map(str, ev.cfg.seeds))}, each generated "
             f"from its phrased prompt (free text) and from its bare name (names), same seeds; the rewards score each "
@@ -417,4 +422,4 @@ def write_free_vs_names(ev: Evaluation, path: Path, command: str) -> None:
             + ("- real: the paired real image of each concept, the same image under both texts: the share the reward "
                "itself keeps of a true image when only the text is phrased: a generator whose image under every "
                "phrasing were the true image would keep this much, not 100%.\n" if real else "") + "\n")
-    path.write_text(head + freetext.markdown(shares, groups, metric))
+    path.write_text(head + "\n".join(tables))

@@ -94,11 +94,36 @@ def parse_mix(spec: str) -> dict[str, float]:
     return out
 
 
+def split_spec(spec: str) -> tuple[str, str | None]:
+    """'emoji@runs/x/reward' -> ('emoji', 'runs/x/reward'): a registry name with other weights (a folder, file or hub
+    id) than its default; a bare name -> (name, None)."""
+    name, at, weights = spec.partition("@")
+    return name.strip(), (weights.strip() or None) if at else None
+
+
+def weights_fingerprint(spec: str) -> str:
+    """A key that changes when a spec's explicit local weights change (name, size and mtime of their files), so that
+    scores cached under 'emoji@folder' are recomputed after the folder is retrained; the spec itself otherwise."""
+    _, weights = split_spec(spec)
+    path = Path(weights).expanduser() if weights else None
+    if path is None or not path.exists():
+        return spec
+    files = sorted(f for f in ([path] if path.is_file() else path.rglob("*")) if f.is_file())
+    return spec + "|" + "|".join(f"{f.relative_to(path) if f != path else f.name}:{f.stat().st_size}:"
+                                 f"{f.stat().st_mtime_ns}" for f in files)
+
+
 def get_reward(name: str, weights: str | None = None) -> nn.Module:
-    """A frozen reward model by registry name, or a weighted mix ('a=1,b=0.5'); eval mode, no parameter grads."""
+    """A frozen reward model by registry name, 'name@weights' (that reward's loader on other weights: a folder, file
+    or hub id), or a weighted mix of either ('a=1,b@folder=0.5'); eval mode, no parameter grads."""
     if "," in name or "=" in name:
         mix = parse_mix(name)
         return RewardMix({k: get_reward(k) for k in mix}, mix)
+    if "@" in name:
+        name, at_weights = split_spec(name)
+        if weights is not None and weights != at_weights:
+            raise ModelLoadError(f"reward '{name}@{at_weights}' also given weights={weights}: give one")
+        weights = at_weights
     if name not in LOADERS:
         raise ModelLoadError(f"unknown reward '{name}'; known: {', '.join(sorted(LOADERS))}")
     weights = weights or DEFAULT_WEIGHTS.get(name)
