@@ -83,8 +83,9 @@ class SpeedSettings:
 class RewardSettings:
     """The reward term (rg-lcd; mlcm with a --reward): loss = distillation loss - beta x reward."""
 
-    reward: str | None = setting(None, "a reward registry name or mix ('hpsv2.1=1,imagereward-clipped=0.1') or "
-                                       "'family'; rg-lcd: none means the family's reward")
+    reward: str | None = setting(None, "a reward registry name, name@weights (emoji@runs/x/reward), a mix "
+                                       "('hpsv2.1=1,imagereward-clipped=0.1') or 'family'; rg-lcd: none means the "
+                                       "family's reward")
     reward_scale: float = setting(1.0, "beta: the reward's weight, on the reward's training scale (rglcd.rewards)")
     reward_states: str = setting("data", "where the reward scores the student's prediction: data (the batch's "
                                          "noised data latents, the paper) | sampler (states its own sampler visits)")

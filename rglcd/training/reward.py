@@ -152,8 +152,11 @@ def train_reward(cfg: RewardConfig) -> dict[str, float | str]:
         top1, top5 = retrieval_accuracy(zi, zt)
         zi_blur = F.normalize(model.image_proj(h_img[1]), dim=-1) if n_views > 1 else zi
         top1_blur, _ = retrieval_accuracy(zi_blur, zt)
+        val = [i for i, n in enumerate(h_names) if n in set(heldout_half("val"))]
+        val_top1, val_top5 = retrieval_accuracy(zi[val], zt[val]) if val else (float("nan"),) * 2
     val_share = phrased_share(model, h_img[0], h_txt[:, 0], h_names)
-    metrics = {"caption_set": cfg.caption_set, "val_real_phrased_share": val_share, "heldout_concepts": len(h_names), "heldout_top1": top1, "heldout_top5": top5,
+    metrics = {"caption_set": cfg.caption_set, "val_real_phrased_share": val_share, "val_top1": val_top1,
+               "val_top5": val_top5, "heldout_concepts": len(h_names), "heldout_top1": top1, "heldout_top5": top5,
                "heldout_top1_blurred": top1_blur, "chance": 1 / len(h_names), "final_loss": loss.item(),
                "steps": cfg.max_steps}
     if cfg.export_dir:
