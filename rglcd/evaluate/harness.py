@@ -214,9 +214,8 @@ class Evaluation:
         """Per-image metrics of (run, seed); run None scores the prompt set's paired real images."""
         gen_path = (self.generation_path(run, seed) if run else
                     self.out / "cache" / f"reference-{self.prompts_key}-{self.family.resolution}.pt")
-        key = digest([weights_fingerprint(n) for n in family_reward_names(self.family, self.cfg.rewards)], FD_EFFNET,
-                     self.cfg.pf_group,
-                     self.cfg.device, SCORES_VERSION,
+        rewards = [weights_fingerprint(n) for n in family_reward_names(self.family, self.cfg.rewards)]
+        key = digest(rewards, FD_EFFNET, self.cfg.pf_group, self.cfg.device, SCORES_VERSION,
                      *([self.score_texts] if self.score_texts != self.prompt_set.prompts else []))
         path = gen_path.with_name(f"{gen_path.stem}-scores-{key}.pt")
 

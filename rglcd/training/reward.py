@@ -101,12 +101,13 @@ def phrased_share(model: EmojiReward, image_features: torch.Tensor, name_feature
     evaluation-only phrasing of it (`phrased_prompts`): mean cos(image, phrased) / mean cos(image, name), over the
     validation-half concepts among `names`; image features (N,1280) and name text features (N,384) of `names`.
     A reward that reads the phrasing as the name keeps 1; nan when no validation concept is among `names`."""
-    val = set(heldout_half("val"))
-    idx = [i for i, n in enumerate(names) if n in val]
+    half = heldout_half("val")
+    prompt = dict(zip(half, phrased_prompts(half, "val")))  # each concept's phrasing, as the evaluator phrases it
+    idx = [i for i, n in enumerate(names) if n in prompt]
     if not idx:
         return float("nan")
     zi = F.normalize(model.image_proj(image_features[idx]), dim=-1)
-    phrased = model.text_features(phrased_prompts([names[i] for i in idx], "val"))
+    phrased = model.text_features([prompt[names[i]] for i in idx])
     z_free = F.normalize(model.text_proj(phrased), dim=-1)
     z_name = F.normalize(model.text_proj(name_features[idx]), dim=-1)
     return ((zi * z_free).sum(-1).mean() / (zi * z_name).sum(-1).mean()).item()
