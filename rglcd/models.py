@@ -17,6 +17,8 @@ Members are UNet2DConditionModel folders (`save_pretrained`), or a base UNet plu
 public checkpoint says `"train": "<command>"` instead of `unet`. A family file may start from a preset with
 `"extends": "sd21"` and replace members, e.g. point `lcm` at the folder the trainer exported. Everything that is not
 found locally is loaded with `from_pretrained(hub_id)`; offline, that fails with a `ModelLoadError` naming the id.
+An optional `"text_conditioning": "sentence"` makes every member cross-attend to one sentence embedding of the
+prompt instead of its token states (`SentenceTextEncoder`); the default is "tokens".
 """
 
 from __future__ import annotations
@@ -48,6 +50,41 @@ def encode_prompts(tokenizer: Any, text_encoder: torch.nn.Module, prompts: list[
     mask = ids.attention_mask.to(device) if getattr(text_encoder.config, "use_attention_mask", False) else None
     with torch.no_grad():
         return text_encoder(ids.input_ids.to(device), attention_mask=mask)[0]
+
+
+TEXT_CONDITIONINGS = ("tokens", "sentence")
+
+
+class SentenceTextEncoder(torch.nn.Module):
+    """A text encoder whose states are one sentence embedding: the mask-weighted mean of its last states over the
+    prompt's tokens (padding left out), as sentence-transformers pools all-MiniLM-L6-v2 (before normalising).
+
+    `forward(input_ids (B,L))` returns `((B,1,D),)`, so diffusers' pipelines and `encode_prompts` use it unchanged.
+    The mask is rebuilt from `pad_token_id` (the pipelines pass none for an encoder that does not ask for one).
+    """
+
+    def __init__(self, encoder: torch.nn.Module, pad_token_id: int) -> None:
+        super().__init__()
+        self.encoder, self.pad_token_id = encoder, pad_token_id
+
+    @property
+    def config(self) -> Any:
+        return self.encoder.config
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.encoder.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.encoder.device
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **_: Any
+                ) -> tuple[torch.Tensor]:
+        mask = (input_ids != self.pad_token_id).long() if attention_mask is None else attention_mask
+        states = self.encoder(input_ids, attention_mask=mask)[0]
+        weights = mask.unsqueeze(-1).to(states.dtype)
+        return ((states * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True).clamp(min=1),)
 
 
 @torch.no_grad()
@@ -126,9 +163,25 @@ class Family:
     def text_encoder(self) -> Any:
         from transformers import AutoModel
 
-        return from_pretrained(AutoModel, self.source("text_encoder"), f"{self.name} text encoder",
-                               **self._dtype("transformers")).eval(
-        ).requires_grad_(False)
+        encoder = from_pretrained(AutoModel, self.source("text_encoder"), f"{self.name} text encoder",
+                                  **self._dtype("transformers")).eval().requires_grad_(False)
+        if self.text_conditioning == "sentence":
+            return SentenceTextEncoder(encoder, self.tokenizer.pad_token_id).eval()
+        return encoder
+
+    @property
+    def text_conditioning(self) -> str:
+        """What the UNet cross-attends to: "tokens" (the text encoder's last states, (B,L,D), as in SD) or
+        "sentence" (one sentence embedding, (B,1,D): `SentenceTextEncoder`); the family file's
+        `"text_conditioning"`, tokens when absent."""
+        mode = str(self.spec.get("text_conditioning", "tokens"))
+        if mode not in TEXT_CONDITIONINGS:
+            raise ModelLoadError(f"family {self.name}: unknown text_conditioning {mode!r}; use "
+                                 f"{' or '.join(TEXT_CONDITIONINGS)}")
+        if mode != "tokens" and self.is_sdxl:
+            raise ModelLoadError(f"family {self.name}: text_conditioning {mode!r} is for one-encoder families, "
+                                 "not SDXL")
+        return mode
 
     @cached_property
     def tokenizer(self) -> Any:

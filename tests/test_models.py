@@ -112,3 +112,41 @@ def test_every_shipped_emoji64_member_samples_and_students_are_stored_in_fp16():
         image = pipe(["red apple"], num_inference_steps=steps, guidance_scale=1.0, output_type="pt",
                      generator=torch.Generator().manual_seed(0)).images
         assert image.shape == (1, 3, 64, 64) and torch.isfinite(image).all(), name
+
+
+def test_sentence_conditioning_is_the_encoders_own_mean_pooling(family_with_teacher):
+    """`"text_conditioning": "sentence"`: one state a prompt, all-MiniLM-L6-v2's sentence embedding before its
+    Normalize module, restated from its own 1_Pooling/config.json (mean over the tokenizer's attention mask, each
+    prompt tokenised alone, unpadded); the pipelines and the training tensors take it unchanged."""
+    from rglcd.data.emoji import emoji_training_tensors
+    from rglcd.evaluate.cache import member_fingerprint
+    from rglcd.loading import minilm_path
+
+    pooling = json.loads((minilm_path() / "1_Pooling" / "config.json").read_text())
+    assert pooling["pooling_mode_mean_tokens"] and not pooling["pooling_mode_cls_token"]
+    spec = json.loads((family_with_teacher / "family.json").read_text())
+    tokens_family = load_family(str(family_with_teacher))
+    (family_with_teacher / "family.json").write_text(json.dumps({**spec, "text_conditioning": "sentence"}))
+    family = load_family(str(family_with_teacher))
+    prompts = ["red apple", "a colourful cat face sticker", ""]
+    states = family.encode(prompts)
+    assert states.shape == (3, 1, 384)
+    encoder = tokens_family.text_encoder
+    for prompt, state in zip(prompts, states):
+        ids = tokens_family.tokenizer(prompt, return_tensors="pt")
+        with torch.no_grad():
+            last = encoder(**ids)[0]
+        expected = (last * ids.attention_mask[..., None]).sum(1) / ids.attention_mask.sum()
+        assert torch.allclose(state, expected, atol=1e-5)
+    assert not torch.allclose(states[0], states[1], atol=1e-2)
+    pipe = family.pipeline("teacher")
+    assert pipe.encode_prompt("red apple", "cpu", 1, False)[0].shape == (1, 1, 384)
+    images = generate(family, "teacher", Request("red apple", steps=2, guidance_scale=3.0))
+    assert images.shape == (1, 3, 64, 64)
+    data = emoji_training_tensors(family, limit=2)
+    assert data["context"].shape[:3] == (2, 12, 1) and data["empty"].shape == (1, 384)
+    assert emoji_training_tensors(tokens_family, limit=2)["context"].shape[2] == 32  # its own cache file
+    assert member_fingerprint(family, "teacher") != member_fingerprint(tokens_family, "teacher")
+    (family_with_teacher / "family.json").write_text(json.dumps({**spec, "text_conditioning": "pooled"}))
+    with pytest.raises(ModelLoadError, match="unknown text_conditioning 'pooled'; use tokens or sentence"):
+        load_family(str(family_with_teacher)).encode(["red apple"])

@@ -314,8 +314,8 @@ def training_concepts(include_flags: bool = False, limit: int | None = None) -> 
 def emoji_training_tensors(family, include_flags: bool = False, limit: int | None = None,
                            caption_set: str = "templates") -> dict[str, torch.Tensor]:
     """Cached tensors for teacher and student training on `family` (its VAE and text encoder):
-    latents (N,4,h,w) scaled, caption token states (N,T,L,D) fp16 (T phrasings of `caption_set`), empty-caption
-    states (L,D) fp16, and the caption strings (N*T, concept-major) for rewards that read text.
+    latents (N,4,h,w) scaled, caption token states (N,T,L,D) fp16 (T phrasings of `caption_set`; L is 1 for a
+    family with sentence conditioning), empty-caption states (L,D) fp16, and the caption strings (N*T, concept-major) for rewards that read text.
     """
     templates = caption_templates(caption_set)
     concepts, images = training_concepts(include_flags, limit)
@@ -324,8 +324,9 @@ def emoji_training_tensors(family, include_flags: bool = False, limit: int | Non
     key = "|".join(templates) + ("|" + "|".join(DISTRACTOR_FORMS) + str(DISTRACTOR_VOCABULARY)
                                  if caption_set == "words" else "")
     phrasings = hashlib.sha1(key.encode()).hexdigest()[:8]
-    path = cache_dir() / (f"train-tensors-v3-{family.name}-{len(concepts)}-{int(include_flags)}-{digest}-"
-                          f"{phrasings}.pt")
+    conditioning = "" if family.text_conditioning == "tokens" else f"-{family.text_conditioning}"
+    path = cache_dir() / (f"train-tensors-v3-{family.name}{conditioning}-{len(concepts)}-{int(include_flags)}-"
+                          f"{digest}-{phrasings}.pt")
     if path.is_file():
         return load_training_tensors(path)
     words = text_encoder_distractors() if caption_set == "words" else None

@@ -28,7 +28,7 @@ def file_identity(path: Path) -> str:
 
 def member_fingerprint(family: Any, model: str) -> str:
     """The member's family entry plus the identity of its local config and weight files (a re-export changes it;
-    model cards and metrics files do not)."""
+    model cards and metrics files do not), and the family's text conditioning when it is not the default."""
     entry = family.member(model)
     files = []
     for key in ("unet", "lora"):
@@ -38,7 +38,9 @@ def member_fingerprint(family: Any, model: str) -> str:
                 folder = Path(src.location, src.subfolder or "")
                 files += [(p.name, file_identity(p)) for p in sorted(folder.glob("*"))
                           if p.suffix in WEIGHT_SUFFIXES or p.name == "config.json"]
-    return json.dumps([entry, files], sort_keys=True, default=str)
+    conditioning = family.spec.get("text_conditioning", "tokens")
+    return json.dumps([entry, files] + ([conditioning] if conditioning != "tokens" else []), sort_keys=True,
+                      default=str)
 
 
 def digest(*parts: Any) -> str:
