@@ -315,7 +315,8 @@ def emoji_training_tensors(family, include_flags: bool = False, limit: int | Non
                            caption_set: str = "templates") -> dict[str, torch.Tensor]:
     """Cached tensors for teacher and student training on `family` (its VAE and text encoder):
     latents (N,4,h,w) scaled, caption token states (N,T,L,D) fp16 (T phrasings of `caption_set`; L is 1 for a
-    family with sentence conditioning), empty-caption states (L,D) fp16, and the caption strings (N*T, concept-major) for rewards that read text.
+    family with sentence conditioning), empty-caption states (L,D) fp16, and the caption strings (N*T,
+    concept-major) for rewards that read text.
     """
     templates = caption_templates(caption_set)
     concepts, images = training_concepts(include_flags, limit)

@@ -38,9 +38,8 @@ def member_fingerprint(family: Any, model: str) -> str:
                 folder = Path(src.location, src.subfolder or "")
                 files += [(p.name, file_identity(p)) for p in sorted(folder.glob("*"))
                           if p.suffix in WEIGHT_SUFFIXES or p.name == "config.json"]
-    conditioning = family.spec.get("text_conditioning", "tokens")
-    return json.dumps([entry, files] + ([conditioning] if conditioning != "tokens" else []), sort_keys=True,
-                      default=str)
+    conditioning = [] if family.text_conditioning == "tokens" else [family.text_conditioning]
+    return json.dumps([entry, files] + conditioning, sort_keys=True, default=str)
 
 
 def digest(*parts: Any) -> str:
