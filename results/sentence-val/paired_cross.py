@@ -10,6 +10,9 @@ import glob
 
 import torch
 
+from rglcd.evaluate.seeds import per_prompt_mean
+from rglcd.metrics import normal_ci
+
 REWARDS = ["reward_emoji", "reward_emoji@runs/emoji-64-p12/judge-wide", "reward_emoji@runs/emoji-64-p12/judge-wide-s1"]
 NEW, BASE = "results/sentence-val/heldout-val-free", "results/judge-wide-val/heldout-val-free"
 PAIRS = [("teacher-sent", "teacher-wide", 50), ("teacher-sent2", "teacher-wide", 50),
@@ -28,7 +31,7 @@ def load(folder: str, model: str, steps: int) -> dict[str, dict[str, torch.Tenso
     for d in both:
         d.sort(key=lambda x: -x["reward_emoji"].mean().item())
     kinds = {"names": [d[0] for d in both], "free": [d[1] for d in both], "free-by-name": [d[0] for d in by_name]}
-    return {k: {r: torch.stack([d[r] for d in v]).mean(0) for r in REWARDS} for k, v in kinds.items()}
+    return {k: {r: per_prompt_mean(v, r) for r in REWARDS} for k, v in kinds.items()}
 
 
 print("| new - base | images | " + " | ".join(r.removeprefix("reward_") for r in REWARDS) + " |")
@@ -38,6 +41,6 @@ for new, base, steps in PAIRS:
         continue
     a, b = load(NEW, new, steps), load(BASE, base, steps)
     for kind in a:
-        cells = [f"{a[kind][r].mean():.1f} vs {b[kind][r].mean():.1f}: {(a[kind][r] - b[kind][r]).mean():+.1f} ± "
-                 f"{1.96 * (a[kind][r] - b[kind][r]).std() / len(a[kind][r]) ** 0.5:.1f}" for r in REWARDS]
+        cells = [f"{a[kind][r].mean():.1f} vs {b[kind][r].mean():.1f}: "
+                 "{:+.1f} ± {:.1f}".format(*normal_ci(a[kind][r] - b[kind][r])) for r in REWARDS]
         print(f"| {new} - {base} ({steps} steps) | {kind} | " + " | ".join(cells) + " |")
