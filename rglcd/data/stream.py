@@ -281,9 +281,10 @@ class BufferedSamples:
 class ShardStream(BufferedSamples):
     """This rank's samples of a webdataset shard pattern (module docstring: modes, split, resume).
 
-    State (`state_dict`, plain values): samples consumed, and per rank the epoch and the shards any consumed sample
-    came from (epoch mode). Under torch.distributed with `world` ranks `state_dict` gathers every rank's entry (a
-    collective: call it on every rank, as accelerate's `save_state` does), since only rank 0 writes it."""
+    State (`state_dict`, plain values): samples consumed, and in epoch mode per rank the epoch and the shards any
+    consumed sample came from. Under torch.distributed with `world` ranks an epoch-mode `state_dict` gathers every
+    rank's entry (a collective: call it on every rank, as accelerate's `save_state` does), since only rank 0 writes
+    it; a resampled one is a count, the same on every rank, and gathers nothing."""
 
     def __init__(self, pattern: str, resolution: int, rank: int = 0, world: int = 1,
                  options: StreamOptions = StreamOptions()) -> None:
@@ -324,6 +325,8 @@ class ShardStream(BufferedSamples):
         self.done.add(shard)
 
     def state_dict(self) -> dict[str, Any]:
+        if self.options.mode == "resampled":  # the count alone seeds the resumed draw, and it is every rank's
+            return {"mode": self.options.mode, "consumed": self.consumed, "ranks": {}}
         mine = {"epoch": self.epoch, "done": sorted(self.done)}
         return {"mode": self.options.mode, "consumed": self.consumed, "ranks": gather_by_rank(self.rank, self.world,
                                                                                                mine)}
