@@ -32,15 +32,12 @@ def jpeg_bytes(w, h, colour):
 def write_shards(root, shards=4, per_shard=5):
     """`shards` tar shards of `per_shard` samples each, alternately JPEG and PNG; the caption names the sample."""
     for s in range(shards):
-        write_shard(root / f"{s:05d}.tar", [
-            (f"s{s}-{i}", {"jpg" if i % 2 else "png": (jpeg_bytes if i % 2 else png_bytes)(12 + i, 10, (40 * s, 0, 9 * i)),
-                           "txt": f"s{s}-{i}".encode()})
-            for i in range(per_shard)])
+        samples = []
+        for i in range(per_shard):
+            ext, encode = ("jpg", jpeg_bytes) if i % 2 else ("png", png_bytes)
+            samples.append((f"s{s}-{i}", {ext: encode(12 + i, 10, (40 * s, 0, 9 * i)), "txt": f"s{s}-{i}".encode()}))
+        write_shard(root / f"{s:05d}.tar", samples)
     return str(root / f"{{00000..{shards - 1:05d}}}.tar")
-
-
-def epoch(rank=0, world=1, workers=0, buffer=0, seed=0):
-    return StreamOptions("epoch", buffer, workers, seed), rank, world
 
 
 def one_epoch(pattern, rank, world, workers, buffer=4):
