@@ -108,6 +108,10 @@ def test_shard_stream_resumes_at_its_position_and_bad_sources_are_clear(tiny_sd2
     assert resampled[1].batch(3, g)[2] == resampled[2].batch(3, g)[2]
     z, ctx, _ = resampled[1].batch(2, g)
     assert z.shape == (2, 4, 4, 4) and ctx.shape[:2] == (2, 16)
+    from rglcd.data.batches import EncodedBatches
+
+    cached = EncodedBatches(tiny_shards, family, 32, cache=True, cache_root=tmp_path / "cache", rank=1, world=2)
+    assert sorted(cached.captions) == [f"a box {i}" for i in range(6)] and cached.cached["latents"].shape[0] == 6
     with pytest.raises(DataError, match="no shard matches"):
         training_batches(str(tmp_path / "{0..3}.tar"), family, 32).batch(1, g)
     with pytest.raises(DataError, match="unknown data source"):
