@@ -112,6 +112,14 @@ def test_shard_stream_resumes_at_its_position_and_bad_sources_are_clear(tiny_sd2
 
     cached = EncodedBatches(tiny_shards, family, 32, cache=True, cache_root=tmp_path / "cache", rank=1, world=2)
     assert sorted(cached.captions) == [f"a box {i}" for i in range(6)] and cached.cached["latents"].shape[0] == 6
+    from types import SimpleNamespace
+
+    from rglcd.training.distill import distill_data
+
+    cfg = parse_config(DistillConfig, argv=["--data", tiny_shards, "--data-mode", "epoch", "--shuffle-buffer", "0",
+                                            "--dataloader-num-workers", "0", "--seed", "3", "--resolution", "32"])
+    wired = distill_data(cfg, family, SimpleNamespace(process_index=1, num_processes=2)).source
+    assert wired.options == StreamOptions("epoch", 0, 0, 3) and (wired.rank, wired.world) == (1, 2)
     with pytest.raises(DataError, match="no shard matches"):
         training_batches(str(tmp_path / "{0..3}.tar"), family, 32).batch(1, g)
     with pytest.raises(DataError, match="unknown data source"):
