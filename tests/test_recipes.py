@@ -86,18 +86,40 @@ def test_sd_recipe_runs_a_few_steps_from_the_real_ids(recipe, real_hub, tiny_sha
 
 
 def test_shard_stream_resumes_at_its_position_and_bad_sources_are_clear(tiny_sd21_family, tiny_shards, tmp_path):
+    """Epoch mode without a shuffle buffer streams each shard's samples once an epoch and resumes after the shards
+    already started; the default (resampled) stream resumes as a fresh draw seeded by the position, the same each
+    time."""
     from rglcd.data.batches import training_batches
+    from rglcd.data.stream import StreamOptions
 
     family = load_family(str(tiny_sd21_family))
-    a = training_batches(tiny_shards, family, 32)
+    epoch = StreamOptions("epoch", 0, 0)
+    a = training_batches(tiny_shards, family, 32, stream=epoch)
     g = torch.Generator().manual_seed(0)
-    first = [a.batch(5, g)[2] for _ in range(2)]
-    assert first[0] == [f"a box {i}" for i in range(5)] and first[1] == ["a box 5"] + [f"a box {i}" for i in range(4)]
-    b = training_batches(tiny_shards, family, 32)
-    b.load_state_dict(a.state_dict())
-    assert b.batch(3, g)[2] == a.batch(3, g)[2]
-    z, ctx, _ = b.batch(2, g)
+    first = [a.batch(4, g)[2] for _ in range(3)]
+    assert sorted(sum(first, [])) == sorted(f"a box {i}" for i in range(6) for _ in range(2))
+    b = training_batches(tiny_shards, family, 32, stream=epoch)
+    b.load_state_dict(a.state_dict())  # both shards started: the next epoch
+    assert sorted(b.batch(6, g)[2] + b.batch(6, g)[2]) == sorted(sum(first, []))
+    resampled = [training_batches(tiny_shards, family, 32) for _ in range(3)]
+    resampled[0].batch(5, g)
+    for r in resampled[1:]:
+        r.load_state_dict(resampled[0].state_dict())
+    assert resampled[1].batch(3, g)[2] == resampled[2].batch(3, g)[2]
+    z, ctx, _ = resampled[1].batch(2, g)
     assert z.shape == (2, 4, 4, 4) and ctx.shape[:2] == (2, 16)
+    from rglcd.data.batches import EncodedBatches
+
+    cached = EncodedBatches(tiny_shards, family, 32, cache=True, cache_root=tmp_path / "cache", rank=1, world=2)
+    assert sorted(cached.captions) == [f"a box {i}" for i in range(6)] and cached.cached["latents"].shape[0] == 6
+    from types import SimpleNamespace
+
+    from rglcd.training.distill import distill_data
+
+    cfg = parse_config(DistillConfig, argv=["--data", tiny_shards, "--data-mode", "epoch", "--shuffle-buffer", "0",
+                                            "--dataloader-num-workers", "0", "--seed", "3", "--resolution", "32"])
+    wired = distill_data(cfg, family, SimpleNamespace(process_index=1, num_processes=2)).source
+    assert wired.options == StreamOptions("epoch", 0, 0, 3) and (wired.rank, wired.world) == (1, 2)
     with pytest.raises(DataError, match="no shard matches"):
         training_batches(str(tmp_path / "{0..3}.tar"), family, 32).batch(1, g)
     with pytest.raises(DataError, match="unknown data source"):

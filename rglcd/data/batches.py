@@ -6,14 +6,14 @@
   images and captions are encoded online with the family's VAE and text encoder, or once into a cache of latents
   and text states (`cache=True`, for data sets that fit on disk).
 
-Every source draws its randomness from the step's generator and keeps its position in `state_dict()` (saved in
-each checkpoint), so a resumed run sees the batches the uninterrupted run would have seen.
+The emoji sources and latent caches draw their randomness from the step's generator, so a resumed run sees the
+batches the uninterrupted run would have seen; streamed sources keep their position in `state_dict()` (saved in each
+checkpoint) and resume as `rglcd.data.stream` says, without decoding a consumed sample again.
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,8 @@ import torch
 
 from rglcd.data.emoji import (CAPTION_SETS, drop_captions, emoji_training_tensors, first_phrasings,
                               load_training_tensors, sample_anchored_batch, sample_caption_batch)
-from rglcd.data.shards import DataError, HFDatasetTable, ImageFolderTable, iter_shard_samples
+from rglcd.data.shards import DataError, HFDatasetTable, ImageFolderTable
+from rglcd.data.stream import ShardStream, StreamOptions, TableStream, open_stream
 from rglcd.files import atomic_path
 from rglcd.loading import cache_dir
 from rglcd.models import encode_latents
@@ -74,25 +75,27 @@ class EmojiBatches:
 
 class EncodedBatches:
     """Images + captions of a shard pattern, image folder or HF data set, encoded with the family's VAE and text
-    encoder.
+    encoder in the training process, batched.
 
-    Shards stream in order (rank r of P takes samples r, r+P, ...), cycling; the number consumed is the state, and a
-    resume skips that many samples. An image folder or HF data set (random access) is sampled at random. With
-    `cache`, everything is encoded once into a file under `cache_root` and then sampled at random like the emoji set.
+    The samples stream from DataLoader workers that decode, resize and crop them (`rglcd.data.stream`: shards split
+    by rank and worker, epoch or resampled mode, a shuffle buffer; folders and hf: sets by a `DistributedSampler`);
+    the stream's position is the state, and a resume decodes none of the consumed samples again. With `cache`, this
+    rank's share is encoded once into a file under `cache_root` and then sampled at random like the emoji set.
     """
 
     def __init__(self, spec: str, family: Any, resolution: int, cache: bool = False,
-                 cache_root: Path | None = None, rank: int = 0, world: int = 1, encode_batch: int = 32) -> None:
+                 cache_root: Path | None = None, rank: int = 0, world: int = 1, encode_batch: int = 32,
+                 stream: StreamOptions = StreamOptions()) -> None:
         self.spec, self.family, self.resolution = spec, family, resolution
-        self.rank, self.world, self.encode_batch = rank, world, encode_batch
+        self.rank, self.world, self.encode_batch, self.stream_options = rank, world, encode_batch, stream
         self.table: ImageFolderTable | HFDatasetTable | None = (
             HFDatasetTable(spec, resolution) if spec.startswith("hf:")
             else ImageFolderTable(spec, resolution) if Path(spec).is_dir() else None)
         self.empty = family.encode([""])[0].float().cpu()
-        self.consumed = 0
         self.sample_posterior = False  # draw each batch's latents from the VAE posterior (the step's generator)
-        self._stream: Iterator[tuple[torch.Tensor, str]] | None = None
         self.cached: dict[str, Any] | None = self._load_or_build_cache(cache_root) if cache else None
+        self.source: ShardStream | TableStream | None = (
+            None if cache else open_stream(spec, self.table, resolution, rank, world, stream))
         if self.cached is not None:  # the caption table teacher trajectories draw prompts from
             self.captions, self.caption_states = self.cached["captions"], self.cached["context"]
         probe = self._encode([torch.zeros(3, resolution, resolution)], [""])[0]
@@ -106,12 +109,11 @@ class EncodedBatches:
         return z, ctx
 
     def _samples(self) -> Iterator[tuple[torch.Tensor, str]]:
-        """This rank's (image in [-1,1], caption) samples, in order, once."""
-        if self.table is not None:
-            it = (self.table[i] for i in range(len(self.table)))
-        else:
-            it = iter_shard_samples(self.spec, self.resolution)
-        return itertools.islice(it, self.rank, None, self.world)
+        """This rank's (image in [-1,1], caption) samples, once, in order (epoch 0, no shuffle)."""
+        once = StreamOptions("epoch", 0, self.stream_options.num_workers, self.stream_options.seed)
+        source = (TableStream(self.table, repr(self.spec), self.rank, self.world, once, shuffle=False)
+                  if self.table is not None else ShardStream(self.spec, self.resolution, self.rank, self.world, once))
+        return source.one_pass(self.encode_batch)
 
     def _load_or_build_cache(self, cache_root: Path | None) -> dict[str, Any]:
         key = hashlib.sha1(f"{Path(self.spec).resolve()}|{self.resolution}|{self.family.name}|{self.rank}/"
@@ -137,47 +139,34 @@ class EncodedBatches:
             torch.save(data, tmp)
         return data
 
-    def _next(self) -> tuple[torch.Tensor, str]:
-        if self._stream is None:  # (re)start: skip what earlier steps consumed
-            self._stream = self._cycle()
-            for _ in range(self.consumed):
-                next(self._stream)
-        self.consumed += 1
-        return next(self._stream)
-
-    def _cycle(self) -> Iterator[tuple[torch.Tensor, str]]:
-        while True:
-            yield from self._samples()
-
     def batch(self, batch_size: int, generator: torch.Generator, cfg_dropout: float = 0.0) -> Batch:
         if self.cached is not None:
             idx = torch.randint(len(self.cached["captions"]), (batch_size,), generator=generator)
             z, ctx = self.cached["latents"][idx].float(), self.cached["context"][idx].float()
             texts = [self.cached["captions"][i] for i in idx.tolist()]
         else:
-            if self.table is not None:
-                idx = torch.randint(len(self.table), (batch_size,), generator=generator).tolist()
-                samples = [self.table[i] for i in idx]
-            else:
-                samples = [self._next() for _ in range(batch_size)]
+            samples = self.source.take(batch_size)
             texts = [t for _, t in samples]
             z, ctx = self._encode([im for im, _ in samples], texts, generator if self.sample_posterior else None)
         ctx, texts = drop_captions(ctx, texts, self.empty, cfg_dropout, generator)
         return z, ctx, texts
 
     def state_dict(self) -> dict:
-        return {"consumed": self.consumed}
+        return self.source.state_dict() if self.source is not None else {}
 
     def load_state_dict(self, state: dict) -> None:
-        self.consumed, self._stream = int(state["consumed"]), None
+        if self.source is not None and state:
+            self.source.load_state_dict(state)
 
 
 def training_batches(spec: str, family: Any, resolution: int | None = None, cache: bool = False,
                      include_flags: bool = False, limit: int | None = None, rank: int = 0, world: int = 1,
-                     phrasings: int | None = None, caption_set: str = "templates") -> EmojiBatches | EncodedBatches:
+                     phrasings: int | None = None, caption_set: str = "templates",
+                     stream: StreamOptions = StreamOptions()) -> EmojiBatches | EncodedBatches:
     """The batch source named by `spec`: 'emoji', a shard pattern (*.tar, braces), an image folder or 'hf:...'.
     `phrasings` (emoji and tensors: data only): draw from the first this many caption phrasings; `caption_set`
-    (emoji data only): 'templates', 'wide' or 'words' (`rglcd.data.emoji.CAPTION_SETS`)."""
+    (emoji data only): 'templates', 'wide' or 'words' (`rglcd.data.emoji.CAPTION_SETS`); `stream` (shard, folder
+    and hf: data): mode, shuffle buffer, workers and seed of the stream (`rglcd.data.stream.StreamOptions`)."""
     if phrasings is not None and not (spec == "emoji" or spec.startswith("tensors:")):
         raise DataError("--phrasings applies to the emoji data (emoji or tensors:) only")
     if caption_set != "templates" and spec != "emoji":
@@ -192,7 +181,8 @@ def training_batches(spec: str, family: Any, resolution: int | None = None, cach
         except FileNotFoundError as err:
             raise DataError(str(err)) from err
     if spec.startswith("hf:") or Path(spec).is_dir() or ".tar" in spec:
-        return EncodedBatches(spec, family, resolution or family.resolution, cache, rank=rank, world=world)
+        return EncodedBatches(spec, family, resolution or family.resolution, cache, rank=rank, world=world,
+                              stream=stream)
     raise DataError(f"unknown data source {spec!r}: use 'emoji', tensors:<training-tensor file>, a webdataset shard pattern (e.g. "
                     f"'shards/{{00000..00009}}.tar'), a folder of captioned images or "
                     f"hf:<data set folder or hub id>[@split]")

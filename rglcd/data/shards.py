@@ -1,25 +1,22 @@
-"""Image-caption data for real-scale training: webdataset tar shards (CC12M / LAION layout) and image folders.
+"""Image-caption data for real-scale training: what a source is made of, and random access to tables.
 
-Shards: `dir/{00000..00099}.tar` (brace ranges) or globs; each sample is the tar members sharing a key, an image
-(`jpg`, `jpeg`, `png`, `webp`) and a caption (`txt`, or `json` with a "caption"/"text" field).
+Shards: `dir/{00000..00099}.tar` (brace ranges) or globs, listed here and streamed by `rglcd.data.stream` on the
+webdataset library; each sample is the tar members sharing a key, an image (`jpg`, `jpeg`, `png`, `webp`) and a
+caption (`txt`, or `json` with a "caption"/"text"/"prompt" field).
 Image folders: images with a same-named `.txt` beside them, or a `metadata.jsonl` with `file_name` and `text`
-(the Hugging Face `imagefolder` layout). Samples too small are filtered; an empty result is an error that says why.
-Images come out as float (3, R, R) in [-1, 1] after a shorter-side resize and centre crop, written in torch.
+(the Hugging Face `imagefolder` layout); Hugging Face `datasets` sets (`hf:`). An empty result is an error that says
+why. Images come out as float (3, R, R) in [-1, 1] after a shorter-side resize and centre crop, written in torch.
 """
 
 from __future__ import annotations
 
 import glob
-import io
 import json
-import re
-import tarfile
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from braceexpand import braceexpand
 
 from rglcd.pixels import resize_and_center_crop, to_model_range
 
@@ -31,69 +28,30 @@ class DataError(ValueError):
     """The data source is unusable (nothing matches, nothing passes the filters); the message says which."""
 
 
-@dataclass(frozen=True)
-class SampleFilter:
-    """Keep samples whose image is at least `min_size` on its shorter side and whose caption is non-empty."""
-
-    min_size: int = 0
-
-
-def expand_braces(pattern: str) -> list[str]:
-    """'a/{000..002}.tar' -> ['a/000.tar', 'a/001.tar', 'a/002.tar'] (zero padding kept); several ranges nest."""
-    m = re.search(r"\{(\d+)\.\.(\d+)\}", pattern)
-    if not m:
-        return [pattern]
-    lo, hi = m.group(1), m.group(2)
-    width = len(lo) if lo.startswith("0") else 0
-    out = []
-    for i in range(int(lo), int(hi) + 1):
-        out += expand_braces(pattern[: m.start()] + str(i).zfill(width) + pattern[m.end():])
-    return out
-
-
 def list_shards(pattern: str) -> list[str]:
-    """Shard files matching a brace/glob pattern, sorted; DataError when none exists."""
-    found = sorted({p for part in expand_braces(pattern) for p in glob.glob(part)})
+    """Shard files matching a brace (`{00000..00099}`, zero padding kept) and/or glob pattern, sorted; DataError when
+    none exists."""
+    found = sorted({p for part in braceexpand(pattern) for p in glob.glob(part)})
     if not found:
         raise DataError(f"no shard matches {pattern!r}")
     return found
 
 
 def caption_of(record: dict[str, bytes]) -> str | None:
-    """The caption of a webdataset record: `txt`, else a caption-like field of `json`."""
+    """The caption of a webdataset record: `txt`, else a caption-like field of `json` (None: neither, or bad json)."""
     if "txt" in record:
         return record["txt"].decode("utf-8", "replace").strip()
     if "json" in record:
-        meta = json.loads(record["json"])
+        try:
+            meta = json.loads(record["json"])
+        except ValueError:
+            return None
+        if not isinstance(meta, dict):
+            return None
         for key in CAPTION_KEYS:
             if isinstance(meta.get(key), str):
                 return meta[key].strip()
     return None
-
-
-def iter_tar_records(path: str) -> Iterator[dict[str, bytes]]:
-    """Records of one tar shard: {'__key__': key, ext: bytes, ...}, members grouped by key in archive order."""
-    with tarfile.open(path) as tar:
-        current: dict[str, bytes] = {}
-        for member in tar:
-            if not member.isfile():
-                continue
-            name = member.name
-            key, _, ext = name.rpartition(".")
-            if current and current["__key__"] != key:
-                yield current
-                current = {}
-            current["__key__"] = key
-            current[ext.lower()] = tar.extractfile(member).read()
-        if current:
-            yield current
-
-
-def decode_image(data: bytes) -> np.ndarray:
-    """uint8 (H, W, 3) RGB from encoded image bytes."""
-    from PIL import Image
-
-    return np.array(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
 def resize_center_crop(image: np.ndarray, resolution: int) -> torch.Tensor:
@@ -101,27 +59,6 @@ def resize_center_crop(image: np.ndarray, resolution: int) -> torch.Tensor:
     (A copy: decoded datasets may hand over read-only arrays, which torch.from_numpy warns about.)"""
     x = to_model_range(torch.from_numpy(np.array(image)).permute(2, 0, 1).unsqueeze(0))
     return resize_and_center_crop(x, resolution, "bilinear")[0].clamp(-1, 1)
-
-
-def iter_shard_samples(pattern: str, resolution: int, keep: SampleFilter = SampleFilter()
-                       ) -> Iterator[tuple[torch.Tensor, str]]:
-    """(image (3,R,R) in [-1,1], caption) from every shard in order; DataError if nothing passes the filter."""
-    yielded = seen = 0
-    for path in list_shards(pattern):
-        for rec in iter_tar_records(path):
-            seen += 1
-            ext = next((e for e in IMAGE_EXTS if e in rec), None)
-            caption = caption_of(rec)
-            if ext is None or not caption:
-                continue
-            image = decode_image(rec[ext])
-            if min(image.shape[:2]) < keep.min_size:
-                continue
-            yielded += 1
-            yield resize_center_crop(image, resolution), caption
-    if yielded == 0:
-        raise DataError(f"every one of the {seen} samples in {pattern!r} was filtered out (need an image of "
-                        f"{'/'.join(IMAGE_EXTS)}, a txt/json caption, shorter side >= {keep.min_size})")
 
 
 def list_image_folder(folder: str | Path) -> list[tuple[Path, str]]:

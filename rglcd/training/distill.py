@@ -22,6 +22,7 @@ from diffusers.optimization import get_scheduler
 
 from rglcd.data.batches import EmojiBatches, EncodedBatches, training_batches
 from rglcd.data.emoji import cache_dir, eval_prompt_sets
+from rglcd.data.stream import StreamOptions
 from rglcd.data.trajectories import TrajectorySet, TrajectorySpec, teacher_trajectories, weights_digest
 from rglcd.evaluate import evaluate_prompt_following
 from rglcd.files import write_metrics
@@ -70,9 +71,10 @@ def check_settings(cfg: DistillConfig, method: Method) -> None:
 def distill_data(cfg: DistillConfig, family: Family, accelerator: Accelerator) -> Any:
     """The training batches of this process (`rglcd.data.batches.training_batches`)."""
     data = cfg.dataset
+    stream = StreamOptions(data.data_mode, data.shuffle_buffer, data.dataloader_num_workers, cfg.seed)
     batches = training_batches(data.data, family, data.resolution, data.cache_latents, data.include_flags,
                                data.limit_concepts, accelerator.process_index, accelerator.num_processes,
-                               data.phrasings, data.captions)
+                               data.phrasings, data.captions, stream)
     if data.target_captions == "name" and not isinstance(batches, EmojiBatches):
         raise ValueError("--target-captions name needs a caption table with each concept's name as phrasing 0: "
                          "use the emoji data (emoji or tensors:)")

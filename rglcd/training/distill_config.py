@@ -63,6 +63,14 @@ class DataSettings:
     cfg_dropout: float = setting(0.0, "probability of replacing a caption with the empty one")
     data_latents: str = setting("mode", "AutoencoderKL data latents: the posterior's mode | sample (a fresh draw "
                                         "each step, as diffusers' LCD script; streamed shard / folder data only)")
+    data_mode: str = setting("resampled", "shard data: resampled (each DataLoader worker draws shards with "
+                                          "replacement, seeded by seed, rank and resume position; the training "
+                                          "default) | epoch (each sample once per epoch, shards split by rank and "
+                                          "worker)")
+    shuffle_buffer: int = setting(1000, "shard data: records in each worker's shuffle buffer (0: stream order)")
+    dataloader_num_workers: int | None = setting(None, "shard / folder / hf: data: DataLoader processes per rank that "
+                                                       "decode, resize and crop (0: the training process; none: "
+                                                       "min(4, CPUs - 1))")
 
 
 @dataclass
