@@ -3,9 +3,6 @@ found before any model is sampled or trained; nothing bad is echoed back in full
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +10,7 @@ import pytest
 from rglcd.__main__ import main
 from rglcd.training.cli_args import run_trainer
 from rglcd.training.distill import DistillConfig, train_distill
+from tests.entry_points import run_entry_point
 
 ROOT = Path(__file__).resolve().parents[1]
 GEN = ["generate", "--family", "emoji-64", "--prompt", "rocket"]
@@ -133,6 +131,5 @@ def test_trainer_refuses_assets_without_replace_shipped(tmp_path: Path, capsys) 
     (["--config", "train"], "error: --config train is a folder: give a recipe file (train/configs/*.yaml)"),
 ])
 def test_trainer_entry_point_one_line_exit_2(argv: list[str], message: str) -> None:
-    proc = subprocess.run([sys.executable, str(ROOT / "train" / "distill.py"), *argv], capture_output=True,
-                          text=True, timeout=300, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [message]
+    code, _, err = run_entry_point(ROOT / "train" / "distill.py", argv, cwd=ROOT)
+    assert code == 2 and err.strip().splitlines() == [message]

@@ -11,6 +11,7 @@ from PIL import Image
 
 from rglcd.__main__ import main
 from rglcd.models import PRESETS
+from tests.entry_points import run_entry_point
 
 GEN = ["generate", "--family", "emoji-64", "--model", "teacher", "--prompt", "red apple", "--seed", "0"]
 
@@ -68,11 +69,10 @@ def test_unknown_family_model_and_missing_image(tmp_path, capsys):
 
 
 def test_module_entry_point_prints_one_line_error():
-    proc = subprocess.run([sys.executable, "-m", "rglcd", "generate", "--family", "nope", "--prompt", "x",
-                           "--out", "x.png"], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
+    code, _, err = run_entry_point("rglcd", ["generate", "--family", "nope", "--prompt", "x", "--out", "x.png"])
+    assert code == 2
     presets = ", ".join(PRESETS)
-    assert proc.stderr.strip().splitlines() == [f"error: unknown model family 'nope': not a preset "
+    assert err.strip().splitlines() == [f"error: unknown model family 'nope': not a preset "
                                                 f"({presets}) nor a family.json"]
     assert "emoji-64" in presets and "sdxl" in presets
 
@@ -83,13 +83,12 @@ def test_module_entry_point_prints_one_line_error():
 ])
 def test_train_entry_point_prints_one_line_error(extra, message, tmp_path):
     root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, str(root / "train" / "distill.py"), "--config",
-                           str(root / "train" / "configs" / "emoji-64-lcd.yaml"), "--output-dir", str(tmp_path / "run"),
-                           *extra], capture_output=True, text=True, timeout=300, cwd=root,
-                          env={**os.environ, "PYTHONPATH": str(root)})
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1].startswith(message)
+    code, _, err = run_entry_point(root / "train" / "distill.py", [
+        "--config", str(root / "train" / "configs" / "emoji-64-lcd.yaml"), "--output-dir", str(tmp_path / "run"),
+        *extra], cwd=root)
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(message)
 
 
 def test_report_to_none_from_the_command_line_means_no_tracker(tmp_path):

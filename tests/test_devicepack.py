@@ -11,6 +11,7 @@ import torch
 from rglcd import devicepack
 from rglcd.loading import minilm_path
 from rglcd.models import encode_prompts, load_family
+from tests.entry_points import run_entry_point
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,8 +60,8 @@ def test_pack_run_unpack_rehearsal_on_cpu(tmp_path, monkeypatch):
 
 
 def test_unpack_refuses_assets_and_missing_parts(tmp_path):
-    cmd = [sys.executable, "train/emoji_gpu.py", "unpack", str(tmp_path), "--dest"]
-    out = subprocess.run(cmd + ["assets/models/emoji-64-new"], cwd=ROOT, capture_output=True, text=True)
-    assert out.returncode == 2 and "never under assets/" in out.stderr
-    out = subprocess.run(cmd + [str(tmp_path / "fam")], cwd=ROOT, capture_output=True, text=True)
-    assert out.returncode == 2 and "no members.tar.gz.part*" in out.stderr
+    args = ["unpack", str(tmp_path), "--dest"]
+    code, _, err = run_entry_point(ROOT / "train" / "emoji_gpu.py", args + ["assets/models/emoji-64-new"], cwd=ROOT)
+    assert code == 2 and "never under assets/" in err
+    code, _, err = run_entry_point(ROOT / "train" / "emoji_gpu.py", args + [str(tmp_path / "fam")], cwd=ROOT)
+    assert code == 2 and "no members.tar.gz.part*" in err

@@ -6,8 +6,6 @@ import csv
 import json
 import math
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ from rglcd.data.prompts import PromptSetError, load_prompt_set
 from rglcd.evaluate import harness, prompt_following
 from rglcd.images import image_grid
 from rglcd.models import Family, load_family, register_member
+from tests.entry_points import run_entry_point
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -230,9 +229,13 @@ def test_emoji_prompt_sets_and_their_paired_renders(monkeypatch):
 def test_full_size_benchmarks_run_on_tiny_shapes(script, extra, tmp_path):
     """The GPU benchmarks' code path (random SD2.1-layout models) on tiny shapes on the CPU."""
     out = tmp_path / "result.json"
-    proc = subprocess.run([sys.executable, str(BENCH / script), "--full-size", "tiny", "--threads", "1", "--out", str(out),
-                           *extra], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    threads = torch.get_num_threads()
+    try:
+        code, _, err = run_entry_point(BENCH / script, ["--full-size", "tiny", "--threads", "1", "--out", str(out),
+                                                        *extra])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0, err[-2000:]
     result = json.loads(out.read_text())
     assert result["what"] == "tiny" and result["command"].startswith("python ")
     if script == "sampling_latency.py":

@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +15,7 @@ import rglcd.training.export as export_module
 from rglcd.models import load_family
 from rglcd.training.distill import DistillConfig, train_distill
 from rglcd.training.export import export_plan
+from tests.entry_points import run_entry_point
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,12 +66,11 @@ def test_assets_only_with_replace_shipped(shipped_family: Path) -> None:
 
 
 def test_distill_entry_point_refuses_assets_before_any_work(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, str(ROOT / "train" / "distill.py"), "--export-dir",
-                           str(ROOT / "assets" / "models" / "emoji-64" / "lcm"), "--output-dir", str(tmp_path / "o")],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
+    code, _, err = run_entry_point(ROOT / "train" / "distill.py", [
+        "--export-dir", str(ROOT / "assets" / "models" / "emoji-64" / "lcm"), "--output-dir", str(tmp_path / "o")],
+        cwd=tmp_path)
+    assert code == 2
+    assert err.strip().splitlines() == [
         f"error: {ROOT / 'assets/models/emoji-64/lcm'} is inside assets/ (the shipped models): pass --replace-shipped "
         "to overwrite a shipped model, or leave --export-dir out to export under runs/"]
     assert not (tmp_path / "o").exists() and not (tmp_path / "runs").exists()
@@ -82,11 +79,10 @@ def test_distill_entry_point_refuses_assets_before_any_work(tmp_path: Path) -> N
 def test_distill_with_defaults_leaves_assets_byte_identical(tmp_path: Path) -> None:
     """`python train/distill.py --max-steps 2` on the shipped emoji-64 (a small batch, few concepts, no evaluation)."""
     before = tree_digest(ROOT / "assets")
-    proc = subprocess.run([sys.executable, str(ROOT / "train" / "distill.py"), "--max-steps", "2", "--batch-size", "2",
-                           "--limit-concepts", "8", "--eval-every", "0", "--report-to", "none", "--threads", "1"],
-                          capture_output=True, text=True, timeout=600, cwd=tmp_path,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    code, _, err = run_entry_point(ROOT / "train" / "distill.py", [
+        "--max-steps", "2", "--batch-size", "2", "--limit-concepts", "8", "--eval-every", "0", "--report-to", "none",
+        "--threads", "1"], cwd=tmp_path)
+    assert code == 0, err[-2000:]
     assert tree_digest(ROOT / "assets") == before
     family = load_family(str(tmp_path / "runs" / "emoji-64"))
     assert family.member("lcm") == {"unet": "lcm", "kind": "lcm"}
