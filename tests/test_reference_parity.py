@@ -4,7 +4,9 @@ models and the same inputs as ours:
   proxy RM's update and the student's proxy term);
 - MLCM's segment target: G-U-N/Phased-Consistency-Model `code/text_to_image_sd15/train_pcm_lora_sd15.py`;
 - the TLCM sampler: OPPO-Mente-Lab/TLCM `inference.py`.
-Line numbers are those of the references' default branches as fetched for issue 17.
+Line numbers are those of the references' default branches as fetched for issue 17; the RG-LCD ones re-checked
+for issue 33 at Ji4chenLi/rg-lcd cd17456d, HPSv2's transform at tgxs002/HPSv2 866735ec. The reward restatements
+take nothing from `rglcd.rewards` but the models' weights: preprocessing, tokenisation and scores are written here.
 """
 
 import copy
@@ -14,14 +16,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, BertTokenizer
 
 from rglcd.objectives import DistillBatch, LCDLoss, MLCMLoss, ProxyPreference, RewardGuidance, RGLCDLoss
 from rglcd.rewards import RewardMix, training_score
-from rglcd.rewards.clip import ClipReward, _features, clip_preprocess
+from rglcd.rewards.clip import ClipReward
 from rglcd.rewards.proxy import LatentProxyReward, preference_loss
 from rglcd.scheduling_mlcm import MLCMScheduler
 from tests.test_clip_rewards import tiny_clip
+from tests.test_rewards_blip import TINY_VISION, blip_score, imagereward_files, load_tiny  # noqa: F401 (a fixture)
 from tests.test_objectives import fake_net, reference_outputs
 
 SCHED = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
@@ -36,6 +39,16 @@ def tiny_vae() -> AutoencoderKL:
                          scaling_factor=0.5).eval()
 
 
+def reward_vae() -> AutoencoderKL:
+    """tiny_vae with its output conv scaled by 1/4: decoded images (x / 2 + 0.5) within about [0.3, 0.7], where the
+    reference's bicubic resize stays inside [0,1] (`reference_pixels`); so the clamp of line 1335 never acts here."""
+    vae = tiny_vae()
+    with torch.no_grad():
+        vae.decoder.conv_out.weight.mul_(0.25)
+        vae.decoder.conv_out.bias.mul_(0.25)
+    return vae
+
+
 @pytest.fixture(scope="module")
 def clip_rewards(tiny_sd21_repo) -> dict[str, ClipReward]:
     tok = AutoTokenizer.from_pretrained(tiny_sd21_repo / "tokenizer")
@@ -45,13 +58,48 @@ def clip_rewards(tiny_sd21_repo) -> dict[str, ClipReward]:
     return {"hps": ClipReward(tiny_clip(), tok, "hps"), "pickscore": ClipReward(pick, tok, "pickscore")}
 
 
+# torchvision Normalize's OpenAI CLIP mean and std: reward_fn.py 14-17 (PickScore, ImageReward), HPSv2's
+# constants.py OPENAI_DATASET_MEAN/STD (HPSv2.1, via transform.py 86-90 and 102).
+REF_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+REF_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+
+
+def reference_pixels(images: torch.Tensor, size: int) -> torch.Tensor:
+    """The reference's reward preprocessing, square images in [0,1] (B,3,s,s), s <= size -> (B,3,size,size).
+
+    HPSv2.1: `preprocess_val.transforms[2:]` (reward_fn.py 216-217) with `light_augmentation=True` (line 202) is
+    ResizeMaxSize(size) bicubic, then zero padding to square (HPSv2 transform.py 26-49, factory.py 368-375), then
+    Normalize; PickScore: Resize(size, BICUBIC) then Normalize (reward_fn.py 13, 157-158); ImageReward: Resize,
+    CenterCrop, Normalize (248-252). On a square image all three are one bicubic resize to size x size (torchvision
+    on a float tensor: align_corners False, no antialias) and Normalize, with no clamp. The images are upscaled and
+    kept where bicubic does not leave [0,1], so our documented differences (antialiased downscale, clamp after the
+    resize: docs/references.md) are inactive and the two must agree at float tolerance.
+    """
+    assert images.shape[-1] == images.shape[-2] <= size
+    resized = F.interpolate(images, size=(size, size), mode="bicubic", align_corners=False)
+    assert resized.min() >= 0 and resized.max() <= 1
+    return (resized - REF_MEAN) / REF_STD
+
+
+def pooled(out) -> torch.Tensor:
+    """get_*_features' projection: a tensor in transformers 4, the output's pooler_output in 5."""
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
 def reference_cos(reward: ClipReward, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-    """reward_fn.py get_hpsv2_fn score_fn, lines 216-231 with return_logits False (the same for pickscore, lines
-    157-179): the plain cosine of the normalised features. Preprocessing is ours (README: where we differ)."""
-    pixels = clip_preprocess(images, reward.image_size)
-    image_features = F.normalize(_features(reward.model.get_image_features(pixel_values=pixels)), dim=-1)
-    text_features = reward.embed_texts(prompts)
-    return (image_features * text_features).sum(-1)
+    """cos(image, text) (B,) of a CLIP reward as the reference's score_fn with return_logits False: PickScore
+    reward_fn.py 157-176, the text through the processor's tokenizer (padding to the longest, truncation, attention
+    mask) and get_text_features; HPSv2.1 216-228 (open_clip encode_image/encode_text(normalize=True), the text
+    pooled at its end token as CLIPModel pools it). Each embedding divided by its norm."""
+    model = reward.model
+    image_embs = pooled(model.get_image_features(pixel_values=reference_pixels(images, model.config.vision_config
+                                                                                .image_size)))
+    image_embs = image_embs / torch.norm(image_embs, dim=-1, keepdim=True)
+    tokens = reward.tokenizer(prompts, padding=True, truncation=True,
+                              max_length=model.config.text_config.max_position_embeddings, return_tensors="pt")
+    text_embs = pooled(model.get_text_features(**tokens))
+    text_embs = text_embs / torch.norm(text_embs, dim=-1, keepdim=True)
+    return (text_embs * image_embs).sum(-1)
 
 
 def lcd_batch(n: int, seed: int = 0):
@@ -62,9 +110,9 @@ def lcd_batch(n: int, seed: int = 0):
 
 @pytest.mark.parametrize("beta", [1.0, 0.25])
 def test_rg_lcd_step_with_the_expert_reward_matches_reference(clip_rewards, beta):
-    """train_lcm_distill_sd_wds.py lines 1318-1347 (`--direct_optim_expert_reward`, reward hpsv2) and
-    common_utils.py `huber_loss` (lines 687-689): loss = huber mean - reward_scale x mean(cos)."""
-    hps, vae = clip_rewards["hps"], tiny_vae()
+    """train_lcm_distill_sd_wds.py lines 1320-1347 (`--direct_optim_expert_reward`, reward hpsv2) with its
+    `huber_loss` (lines 687-689): loss = huber mean - reward_scale x mean(cos), the cos restated from reward_fn.py."""
+    hps, vae = clip_rewards["hps"], reward_vae()
     latents, noise, ctx, uctx, g = lcd_batch(6)
     loss_fn = LCDLoss(AC, w_min=5.0, w_max=15.0)
     draw = loss_fn.draw(6, g)
@@ -89,32 +137,68 @@ def test_rg_lcd_step_with_the_expert_reward_matches_reference(clip_rewards, beta
     assert torch.allclose(ours, ref, rtol=1e-5, atol=1e-6)
 
 
-def test_reward_mix_weighs_training_scores_as_the_reference(clip_rewards):
-    """reward_fn.py get_weighted_hpsv2_img_reward_fn, lines 324-331: weights[0] x score_0 + weights[1] x score_1
-    on the training scores (cos for hpsv2.1 and pickscore, though shown as 100 x cos and exp(logit_scale) x cos)."""
-    images = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(5))
-    mix = RewardMix({"hpsv2.1": clip_rewards["hps"], "pickscore": clip_rewards["pickscore"]},
-                    {"hpsv2.1": 1.0, "pickscore": 0.1})
-    ref = 1.0 * reference_cos(clip_rewards["hps"], images, PROMPTS) + 0.1 * reference_cos(
-        clip_rewards["pickscore"], images, PROMPTS)
-    assert torch.allclose(training_score(mix, images, PROMPTS), ref, atol=1e-6)
-    display = clip_rewards["pickscore"](images, PROMPTS)  # the display scale stays exp(logit_scale) x cos
-    assert torch.allclose(display, torch.tensor(3.9).exp() * reference_cos(clip_rewards["pickscore"], images, PROMPTS),
-                          atol=1e-5)
+def test_pickscore_trains_on_the_reference_cos_and_shows_the_logit_scale(clip_rewards):
+    """reward_fn.py get_pick_score_fn, lines 153-179: the training reward is the plain cos (return_logits False);
+    the display score stays exp(logit_scale) x cos (line 178's logits)."""
+    pick = clip_rewards["pickscore"]
+    images = 0.25 + 0.5 * torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    ref = reference_cos(pick, images, PROMPTS)
+    assert ref.abs().min() > 1e-3
+    assert torch.allclose(training_score(pick, images, PROMPTS), ref, atol=1e-6)
+    assert torch.allclose(pick(images, PROMPTS), torch.tensor(3.9).exp() * ref, atol=1e-5)
+
+
+def reference_clipped_imagereward(layout: dict, tokenizer_dir, images: torch.Tensor, prompts: list[str]
+                                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """reward_fn.py get_img_reward_fn, lines 248-273: (r, -relu(-r + 2)), both (B,). Resize + CenterCrop +
+    Normalize, BLIP's tokenizer (bert-base-uncased + [DEC] bos + [ENC], BLIP's init_tokenizer) padded to 35 tokens,
+    r = ImageReward's score_gard ((MLP([CLS] state) - mean) / std; `blip_score` restates it on the checkpoint's keys).
+    """
+    tokenizer = BertTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer.add_special_tokens({"bos_token": "[DEC]"})
+    tokenizer.add_special_tokens({"additional_special_tokens": ["[ENC]"]})
+    tokens = tokenizer(prompts, padding="max_length", truncation=True, max_length=35, return_tensors="pt")
+    r = blip_score(layout, reference_pixels(images, TINY_VISION["image_size"]), tokens.input_ids,
+                   tokens.attention_mask)
+    return r, -F.relu(-r + 2)
+
+
+def test_hps_plus_clipped_imagereward_mix_is_the_references(clip_rewards, imagereward_files):
+    """reward_fn.py get_weighted_hpsv2_img_reward_fn, lines 324-331, weights [1, 0.1]: 1 x HPSv2.1's cos +
+    0.1 x ImageReward clipped at 2 (line 273); ours `hpsv2.1=1,imagereward-clipped=0.1`. The ImageReward head's
+    last bias is shifted so that about half the images score above 2 and the clip shows."""
+    root, _, layout = imagereward_files
+    images = 0.25 + 0.5 * torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        r, _ = reference_clipped_imagereward(layout, root / "tokenizer", images, PROMPTS)
+    shift = (2.0 - r.median()) * 1.0333394966054072  # raises r by 2 - median(r)
+    layout = {**layout, "mlp.layers.7.bias": layout["mlp.layers.7.bias"] + shift}
+    imagereward = load_tiny(root, clip_at=2.0)
+    with torch.no_grad():
+        imagereward.head.layers[7].bias.add_(shift)
+        mix = RewardMix({"hpsv2.1": clip_rewards["hps"], "imagereward-clipped": imagereward},
+                        {"hpsv2.1": 1.0, "imagereward-clipped": 0.1})
+        ours = training_score(mix, images, PROMPTS)
+        r, clipped = reference_clipped_imagereward(layout, root / "tokenizer", images, PROMPTS)
+        ref = 1.0 * reference_cos(clip_rewards["hps"], images, PROMPTS) + 0.1 * clipped
+    assert (r > 2).any() and (r < 2).any() and (clipped < 0).any()
+    assert torch.allclose(ours, ref, atol=1e-5)
 
 
 def reference_latent_cos(rm: LatentProxyReward, latents: torch.Tensor, text_states: torch.Tensor) -> torch.Tensor:
-    """latent_score_fn (lines 848-860) without logits: the cosine of the latent RM's normalised features."""
-    image_features = F.normalize(rm.image_tower(latents.float()), dim=-1)
-    text_features = F.normalize(rm.text_tower(text_states.float().mean(1)), dim=-1)
-    return (image_features * text_features).sum(-1)
+    """latent_score_fn, train_lcm_distill_sd_wds.py 848-860, return_logits False: (B,) the cosine of the latent RM's
+    image and text features (open_clip's forward normalises both). The towers are ours (docs/references.md, proxy
+    network): the image tower on the latents, the text tower on the text encoder's states averaged over tokens."""
+    image = rm.image_tower(latents)
+    text = rm.text_tower(text_states.sum(1) / text_states.shape[1])
+    return F.cosine_similarity(image, text, dim=-1)
 
 
 def test_proxy_update_and_student_proxy_term_match_reference(clip_rewards):
     """The student's proxy term, lines 1329 and 1338-1346, and one latent RM update (distillation loss), lines
     1359-1457, with reward hpsv2 (expert logits = cos x the HPS model's exp(logit_scale), lines 1401-1405 and
     reward_fn.py 228-230)."""
-    hps, vae = clip_rewards["hps"], tiny_vae()
+    hps, vae = clip_rewards["hps"], reward_vae()
     sf = vae.config.scaling_factor
     torch.manual_seed(2)
     proxy = LatentProxyReward(4, 16, width=8, embed_dim=8)
@@ -149,13 +233,14 @@ def test_proxy_update_and_student_proxy_term_match_reference(clip_rewards):
     gt_latents = z0[indices] / sf  # 1369-1370
     text = [PROMPTS[i] for i in indices.tolist()]
     text_states = ctx[indices]
-    concat_latents = torch.cat([pred_latents, target_latents, gt_latents], dim=0)  # 1374-1376
-    concat_text, concat_states = text + text + text, torch.cat([text_states] * 3)  # 1377
+    concat_latents = torch.cat([pred_latents, target_latents, gt_latents], dim=0)  # 1373-1375
+    concat_text, concat_states = text + text + text, torch.cat([text_states] * 3)  # 1376
     with torch.no_grad():
-        decoded_imgs = (vae.decode(concat_latents, return_dict=False)[0] / 2 + 0.5).clamp(0, 1)  # 1380-1390
+        decoded_imgs = (vae.decode(concat_latents, return_dict=False)[0] / 2 + 0.5).clamp(0, 1)  # 1379-1391
         expert_rewards = reference_cos(hps, decoded_imgs, concat_text) * hps.model.logit_scale.exp()  # 1402-1404
         expert_rewards = torch.stack(torch.chunk(expert_rewards, 3))  # 1405
     pred_logits = reference_latent_cos(ref_rm, concat_latents.detach(), concat_states) * ref_rm.logit_scale.exp()
+    # 1411-1416 and 859: open_clip's forward returns logit_scale.exp()
     latent_logits = torch.stack(torch.chunk(pred_logits, 3))  # 1411-1417
     rm_loss = 0.0
     for i in range(2):  # 1421-1443
@@ -165,7 +250,7 @@ def test_proxy_update_and_student_proxy_term_match_reference(clip_rewards):
             expert_prob = F.softmax(expert_logits, dim=1)
             rm_loss += F.kl_div(F.log_softmax(logits, dim=1), expert_prob, reduction="batchmean")
     ref_opt.zero_grad()
-    (rm_loss * 1.0).backward()  # 1455 (rm_loss_scale 1)
+    (rm_loss * 1.0).backward()  # 1457 (rm_loss_scale 1)
     ref_opt.step()
 
     assert torch.allclose(expert, expert_rewards.T, rtol=1e-5, atol=1e-5)
@@ -177,7 +262,7 @@ def test_proxy_update_and_student_proxy_term_match_reference(clip_rewards):
 def test_the_first_proxy_is_kept_as_batch_softmax(clip_rewards):
     """`--proxy-variant batch-softmax`: the logit on scaled latents for the student; the whole batch, one
     three-way KL against the expert's training scores for the proxy (no reference: what the first runs used)."""
-    hps, vae = clip_rewards["hps"], tiny_vae()
+    hps, vae = clip_rewards["hps"], reward_vae()
     torch.manual_seed(2)
     proxy = LatentProxyReward(4, 16, width=8, embed_dim=8)
     g = torch.Generator().manual_seed(3)
