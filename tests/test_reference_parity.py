@@ -240,8 +240,8 @@ def test_proxy_update_and_student_proxy_term_match_reference(clip_rewards):
         expert_rewards = reference_cos(hps, decoded_imgs, concat_text) * hps.model.logit_scale.exp()  # 1402-1404
         expert_rewards = torch.stack(torch.chunk(expert_rewards, 3))  # 1405
     pred_logits = reference_latent_cos(ref_rm, concat_latents.detach(), concat_states) * ref_rm.logit_scale.exp()
-    # 1411-1416 and 859: open_clip's forward returns logit_scale.exp()
-    latent_logits = torch.stack(torch.chunk(pred_logits, 3))  # 1411-1417
+    # 1411-1416: return_logits, cos x output["logit_scale"] (859), which open_clip's forward returns exp'd
+    latent_logits = torch.stack(torch.chunk(pred_logits, 3))  # 1417
     rm_loss = 0.0
     for i in range(2):  # 1421-1443
         for j in range(i + 1, 3):
