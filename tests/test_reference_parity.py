@@ -10,6 +10,7 @@ take nothing from `rglcd.rewards` but the models' weights: preprocessing, tokeni
 """
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,8 +25,8 @@ from rglcd.rewards.clip import ClipReward
 from rglcd.rewards.proxy import LatentProxyReward, preference_loss
 from rglcd.scheduling_mlcm import MLCMScheduler
 from tests.test_clip_rewards import tiny_clip
-from tests.test_rewards_blip import TINY_VISION, blip_score, imagereward_files, load_tiny  # noqa: F401 (a fixture)
 from tests.test_objectives import fake_net, reference_outputs
+from tests.test_rewards_blip import TINY_VISION, blip_score, imagereward_files, load_tiny  # noqa: F401 (a fixture)
 
 SCHED = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 AC = SCHED.alphas_cumprod
@@ -71,9 +72,9 @@ def reference_pixels(images: torch.Tensor, size: int) -> torch.Tensor:
     ResizeMaxSize(size) bicubic, then zero padding to square (HPSv2 transform.py 26-49, factory.py 368-375), then
     Normalize; PickScore: Resize(size, BICUBIC) then Normalize (reward_fn.py 13, 157-158); ImageReward: Resize,
     CenterCrop, Normalize (248-252). On a square image all three are one bicubic resize to size x size (torchvision
-    on a float tensor: align_corners False, no antialias) and Normalize, with no clamp. The images are upscaled and
-    kept where bicubic does not leave [0,1], so our documented differences (antialiased downscale, clamp after the
-    resize: docs/references.md) are inactive and the two must agree at float tolerance.
+    on a float tensor: align_corners False; no antialias, its tensor default before 0.17) and Normalize, no clamp.
+    The images are upscaled and kept where bicubic does not leave [0,1], so our documented differences (antialiased
+    downscale, clamp after the resize: docs/references.md) are inactive and the two must agree at float tolerance.
     """
     assert images.shape[-1] == images.shape[-2] <= size
     resized = F.interpolate(images, size=(size, size), mode="bicubic", align_corners=False)
@@ -148,7 +149,7 @@ def test_pickscore_trains_on_the_reference_cos_and_shows_the_logit_scale(clip_re
     assert torch.allclose(pick(images, PROMPTS), torch.tensor(3.9).exp() * ref, atol=1e-5)
 
 
-def reference_clipped_imagereward(layout: dict, tokenizer_dir, images: torch.Tensor, prompts: list[str]
+def reference_clipped_imagereward(layout: dict, tokenizer_dir: Path, images: torch.Tensor, prompts: list[str]
                                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """reward_fn.py get_img_reward_fn, lines 248-273: (r, -relu(-r + 2)), both (B,). Resize + CenterCrop +
     Normalize, BLIP's tokenizer (bert-base-uncased + [DEC] bos + [ENC], BLIP's init_tokenizer) padded to 35 tokens,
@@ -163,7 +164,7 @@ def reference_clipped_imagereward(layout: dict, tokenizer_dir, images: torch.Ten
     return r, -F.relu(-r + 2)
 
 
-def test_hps_plus_clipped_imagereward_mix_is_the_references(clip_rewards, imagereward_files):
+def test_hps_plus_clipped_imagereward_mix_is_the_references(clip_rewards, imagereward_files):  # noqa: F811
     """reward_fn.py get_weighted_hpsv2_img_reward_fn, lines 324-331, weights [1, 0.1]: 1 x HPSv2.1's cos +
     0.1 x ImageReward clipped at 2 (line 273); ours `hpsv2.1=1,imagereward-clipped=0.1`. The ImageReward head's
     last bias is shifted so that about half the images score above 2 and the clip shows."""
