@@ -107,19 +107,19 @@ def family(tiny_emoji_family: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 @pytest.fixture(scope="module")
 def runs(family: Path) -> Path:
-    """Every case trained by 2 processes at its batch (one launch) and by 1 process at twice it (in this process)."""
+    """Every case trained by 1 process at twice its batch (in this process, first: it fills the data cache the
+    launched processes then read) and by 2 processes at its batch (one launch)."""
     out = family.parent / "runs"
-    args = [str(ROOT / "tests" / "distributed_distill.py"), str(out / "two"), str(out / "writes")]
-    for case, (_, batch) in CASES.items():
-        args += ["--", *case_args(family, out / "two", case, batch)]
-    launch = torchrun(args, out / "logs")
-    finish(launch, "the 2-process runs")
     threads = torch.get_num_threads()
     try:
         for case, (_, batch) in CASES.items():
             assert run_trainer(train_distill, DistillConfig, argv=case_args(family, out / "one", case, 2 * batch)) == 0
     finally:
         torch.set_num_threads(threads)
+    args = [str(ROOT / "tests" / "distributed_distill.py"), str(out / "two"), str(out / "writes")]
+    for case, (_, batch) in CASES.items():
+        args += ["--", *case_args(family, out / "two", case, batch)]
+    finish(torchrun(args, out / "logs"), "the 2-process runs")
     return out
 
 
