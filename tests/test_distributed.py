@@ -221,3 +221,33 @@ def test_distributed_export_plan_leaves_the_runs_family_file_to_the_main_process
     _, registry = export_plan("auto", shipped, "lcm", runs=tmp_path, write=False)
     assert registry == tmp_path / "emoji-64" / "family.json" and not registry.exists()
     assert export_plan("auto", shipped, "lcm", runs=tmp_path)[1].is_file()
+
+
+def test_distributed_accelerate_configs_load_as_written():
+    """The shipped accelerate configs, read by accelerate itself. On this CPU machine none runs as written (GPUs;
+    DeepSpeed is not installed; accelerate joins CPU processes as MULTI_CPU/DDP even under fsdp.yaml), so their
+    fields are checked against what the trainers assume (docs/training.md, "Multi-process training")."""
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DistributedType
+
+    folder = ROOT / "train" / "configs" / "accelerate"
+    assert sorted(p.name for p in folder.glob("*.yaml")) == ["8gpu-bf16.yaml", "deepspeed-zero2.yaml", "fsdp.yaml"]
+    configs = {p.stem: load_config_from_file(str(p)) for p in folder.glob("*.yaml")}
+    for config in configs.values():
+        assert (config.num_processes, config.num_machines, config.mixed_precision, config.use_cpu) == (8, 1, "bf16",
+                                                                                                       False)
+    assert configs["8gpu-bf16"].distributed_type == DistributedType.MULTI_GPU
+    fsdp = configs["fsdp"]
+    assert fsdp.distributed_type == DistributedType.FSDP
+    # use_orig_params: LoRA mixes frozen and trained parameters in one wrapped module
+    assert fsdp.fsdp_config == {"fsdp_auto_wrap_policy": "SIZE_BASED_WRAP", "fsdp_min_num_params": 1_000_000,
+                                "fsdp_sharding_strategy": "FULL_SHARD", "fsdp_state_dict_type": "SHARDED_STATE_DICT",
+                                "fsdp_use_orig_params": True, "fsdp_offload_params": False,
+                                "fsdp_sync_module_states": True}
+    deepspeed = configs["deepspeed-zero2"]
+    defaults = DistillConfig().optim
+    assert deepspeed.distributed_type == DistributedType.DEEPSPEED
+    assert deepspeed.deepspeed_config["zero_stage"] == 2
+    # DeepSpeed's own clipping and accumulation replace the trainer's: they must say the same
+    assert deepspeed.deepspeed_config["gradient_clipping"] == defaults.max_grad_norm
+    assert deepspeed.deepspeed_config["gradient_accumulation_steps"] == defaults.gradient_accumulation_steps
