@@ -271,7 +271,8 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
     accelerator.init_trackers("distill", config={k: str(v) for k, v in flat_values(cfg).items()})
     set_seed(cfg.seed)  # initialisations (LoRA, proxy RM) repeat across fresh runs
     device, rank = accelerator.device, accelerator.process_index
-    batches = distill_data(cfg, family, accelerator)
+    with accelerator.main_process_first():  # it fills the data caches (renders, encodings) the others then read
+        batches = distill_data(cfg, family, accelerator)
     teacher = family.unet(cfg.teacher)
     loss = method.build_loss(loss_arguments(cfg.lcd, family, device), cfg)
     guidance = reward_guidance(cfg, family, device) if method.uses_reward(cfg.rg.reward is not None) else None

@@ -301,7 +301,8 @@ def train_ict(cfg: ICTConfig, accelerator: Accelerator | None = None) -> dict[st
                                    write=accelerator.is_main_process)
     accelerator.init_trackers("ict", config={k: str(v) for k, v in flat_values(cfg).items()})
     set_seed(cfg.seed)  # the same initialisation on every process and every fresh run
-    batches = ict_data(cfg, family, accelerator)
+    with accelerator.main_process_first():  # it fills the data caches (renders, encodings) the others then read
+        batches = ict_data(cfg, family, accelerator)
     unet = ict_unet(cfg, family, batches)
     parts = ict_parts(cfg, objective, unet, accelerator)
     counter = StepCounter()

@@ -175,7 +175,8 @@ def train_teacher(cfg: TeacherConfig, accelerator: Accelerator | None = None) ->
     export, registry = export_plan(cfg.export_dir, family, cfg.member, cfg.replace_shipped,
                                    write=accelerator.is_main_process)
     accelerator.init_trackers("teacher", config={k: str(v) for k, v in flat_values(cfg).items()})
-    data = teacher_data(cfg, family, accelerator.device)
+    with accelerator.main_process_first():  # it fills the data caches (renders, encodings) the others then read
+        data = teacher_data(cfg, family, accelerator.device)
     latents, context = data["latents"], data["context"]
     torch.manual_seed(cfg.seed)
     unet = (UNet2DConditionModel.from_pretrained(cfg.init_unet) if cfg.init_unet
