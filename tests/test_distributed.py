@@ -35,7 +35,7 @@ from rglcd.training.distill import DistillConfig, train_distill
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
 LAUNCH_TIMEOUT_S = 240
-COMMON = ["--max-steps", "3", "--learning-rate", "1e-3", "--warmup-steps", "0", "--export-dtype", "fp32", "--seed", "0",
+COMMON = ["--max-steps", "3", "--learning-rate", "1e-3", "--warmup-steps", "4",  # the last step's lr: 3/4 of it "--export-dtype", "fp32", "--seed", "0",
           "--checkpoint-every", "1", "--limit-concepts", "16", "--threads", "1", "--resume", "none"]
 CASES = {  # case: (flags, per-process batch)
     "lcd": (["--eval-every", "3", "--eval-steps", "2", "--report-to", "tensorboard"], 8),
@@ -175,6 +175,7 @@ def test_distributed_two_processes_end_where_one_process_at_twice_the_batch_ends
     assert trained <= found.keys(), found
     assert max(found.values()) < TOLERANCE, found
     one, two = (json.loads((runs / n / case / "export" / "metrics.json").read_text()) for n in ("one", "two"))
+    assert two["lr"] == pytest.approx(one["lr"]) == 0.75e-3  # the warm-up counts optimiser steps, not processes x steps
     for key in ("loss", "reward", "proxy_loss", "proxy_agreement", "expert_reward"):
         if key in one:
             assert two[key] == pytest.approx(one[key], rel=1e-3, abs=1e-6), key
@@ -199,8 +200,8 @@ def test_distributed_kill_9_then_resume_latest_ends_as_the_uninterrupted_run(fam
     batch, out = CASES["lcd"][1], tmp_path / "cut"
     args = [str(ROOT / "train" / "distill.py"), *case_args(family, tmp_path, "lcd", batch), "--member", "lcd-resumed",
             "--output-dir", str(out), "--export-dir", str(tmp_path / "export")]  # the last of a flag wins
-    # constant learning rate and draws seeded per step: the schedule does not depend on --max-steps, so a longer
-    # run is the same run; it is killed after checkpoint-2, before checkpoint-4
+    # a constant learning rate after the warm-up and draws seeded per step: nothing depends on --max-steps, so a
+    # longer run is the same run; it is killed after checkpoint-2, before checkpoint-4
     victim = torchrun([*args, "--max-steps", "100", "--checkpoint-every", "2", "--eval-every", "0"], tmp_path / "l1")
     deadline = time.time() + LAUNCH_TIMEOUT_S
     while not (out / "checkpoint-2").is_dir() and time.time() < deadline and victim.poll() is None:

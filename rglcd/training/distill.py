@@ -281,7 +281,9 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
     student.to(device)  # before the optimiser, which picks its kernel by the parameters' device
     trainable = [p for p in student.parameters() if p.requires_grad]
     optimizer = make_optimizer(trainable, opt.learning_rate, opt.weight_decay)
-    lr_scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=opt.warmup_steps)
+    # accelerate steps a prepared schedule once per process each optimiser step (as if the batch grew with them)
+    lr_scheduler = get_scheduler("constant_with_warmup", optimizer,
+                                 num_warmup_steps=opt.warmup_steps * accelerator.num_processes)
     student, optimizer, lr_scheduler = accelerator.prepare(student, optimizer, lr_scheduler)
     proxy = proxy_update(cfg, guidance, batches, accelerator) if cfg.proxy.proxy_rm else None
     counter = StepCounter()

@@ -116,8 +116,9 @@ def teacher_data(cfg: TeacherConfig, family: Family, device: torch.device) -> di
 @dataclass
 class TrainStep:
     """`run_training`'s step: a caption batch, noise and timesteps of the global batch from the step's generator
-    (the same on every process, each keeping its rows, `rglcd.training.global_batch`; a resumed run draws the same), the min-SNR weighted epsilon loss, the optimiser and LR steps, the EMA update. Returns 0-d
-    tensors (no host sync) and the learning rate."""
+    (the same on every process, each keeping its rows, `rglcd.training.global_batch`; a resumed run draws the
+    same), the min-SNR weighted epsilon loss, the optimiser and LR steps, the EMA update. Returns 0-d tensors (no
+    host sync; means over processes) and the learning rate."""
 
     accelerator: Accelerator
     unet: torch.nn.Module
@@ -148,7 +149,8 @@ class TrainStep:
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.ema.update(self.accelerator.unwrap_model(self.unet).parameters())
-        return {"loss": loss.detach(), "mse": mse.mean().detach(), "lr": self.lr_scheduler.get_last_lr()[0]}
+        means = self.accelerator.reduce({"loss": loss.detach(), "mse": mse.mean().detach()}, "mean")  # all processes
+        return means | {"lr": self.lr_scheduler.get_last_lr()[0]}
 
 
 @dataclass
@@ -183,8 +185,9 @@ def train_teacher(cfg: TeacherConfig, accelerator: Accelerator | None = None) ->
             else build_unet(cfg, latents.shape[-1], context.shape[-1]))
     ema = EMA(unet.parameters(), cfg.ema_decay, warmup="power").to(accelerator.device)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.learning_rate, weight_decay=0.01)
-    lr_scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=cfg.warmup_steps,
-                                 num_training_steps=cfg.max_steps)
+    # accelerate steps a prepared schedule once per process each optimiser step (as if the batch grew with them)
+    lr_scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=cfg.warmup_steps * accelerator.num_processes,
+                                 num_training_steps=cfg.max_steps * accelerator.num_processes)
     prepared, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
     counter = StepCounter()
     accelerator.register_for_checkpointing(counter)
