@@ -35,8 +35,8 @@ from rglcd.training.distill import DistillConfig, train_distill
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
 LAUNCH_TIMEOUT_S = 240
-COMMON = ["--max-steps", "3", "--learning-rate", "1e-3", "--warmup-steps", "4",  # the last step's lr: 3/4 of it "--export-dtype", "fp32", "--seed", "0",
-          "--checkpoint-every", "1", "--limit-concepts", "16", "--threads", "1", "--resume", "none"]
+COMMON = ["--max-steps", "3", "--learning-rate", "1e-3", "--warmup-steps", "4", "--export-dtype", "fp32", "--seed", "0",
+          "--checkpoint-every", "1", "--limit-concepts", "16", "--threads", "1", "--resume", "none"]  # last lr: 3/4
 CASES = {  # case: (flags, per-process batch)
     "lcd": (["--eval-every", "3", "--eval-steps", "2", "--report-to", "tensorboard"], 8),
     "lcd-lora": (["--lora-rank", "4", "--eval-every", "0", "--report-to", "none"], 2),
