@@ -7,8 +7,9 @@ Three runs of the trainer (`train/distill.py`'s code path, `rglcd.training.disti
 other, each timing its own optimiser steps (`TrainStep`: the global batch's draw and this process's share, the
 student's forward and backward, the gradient all-reduce, the optimiser and EMA steps): 1 process at the global batch
 on 1 thread and on 2 threads, and 2 processes (1 thread each) at half of it. The 2-process step time is rank 0's
-(the all-reduce makes the ranks wait for each other). On a 2-core CPU two processes cannot beat one process on two
-threads: the bench says by how much they lose (their all-reduce, the per-process overhead). No validation, no
+(the all-reduce makes the ranks wait for each other). On a 2-core CPU the 2-process run and the 2-thread run use
+the same cores: the ratio says what splitting the batch across processes costs or saves against splitting each
+operation across threads (the all-reduce and the per-process overhead against the threads' own). No validation, no
 checkpoint until the last step. Writes bench/results/multiprocess-step-<family>-cpu.json.
 """
 
