@@ -9,8 +9,8 @@ to ~4e-5 relative (one process on 1 and on 2 threads: ~8e-5; a per-rank draw, th
 that Adam turns the rounding of a gradient that is nearly zero (a cancellation: |g| ~ 1e-7 where most are ~1e-2)
 into a step of the full learning rate, of either sign: the weights after 3 steps differ by up to 3e-4 of the
 one-process run's movement from step 1 to step 3 with these flags, and by 4% (LoRA, one sign flipped at step 1) in
-a run without the warm-up. The test teacher's GroupNorms have 4 channels per group: with
-one channel per group the biases before them have an exactly zero gradient, all rounding.
+a run without the warm-up. The test teacher's GroupNorms have 4 channels per group: with one channel per group the
+biases before them have an exactly zero gradient, all rounding.
 """
 
 from __future__ import annotations
