@@ -31,9 +31,11 @@ class DistillBatch:
     """One (micro-)batch of a distillation step: data latents (B,C,h,w) and noise (B,C,h,w), or `states`
     (z_{t_{n+k}}, z_{t_n}) from teacher trajectories (then latents and noise are None); text states (B,L,D) and
     unconditional states (B,L,D); the loss's `draw`; the prompts; the generator the batch was drawn from (an
-    objective that needs more randomness, as RG-LCD's sampler states, goes on drawing from it); and `target_context`
+    objective that needs more randomness, as RG-LCD's sampler states, goes on drawing from it); `target_context`
     (B,L,D), the text states the teacher and the target see when they are not the student's (`--target-captions
-    name`: each concept's bare name while the student sees a phrasing of it)."""
+    name`: each concept's bare name while the student sees a phrasing of it); and `share` (rank, processes): the
+    batch is rows [rank*B, (rank+1)*B) of a global batch every process drew alike from `generator`
+    (`rglcd.training.global_batch`), so randomness drawn later for the batch is drawn for the global batch too."""
 
     latents: torch.Tensor | None
     noise: torch.Tensor | None
@@ -44,6 +46,7 @@ class DistillBatch:
     texts: list[str] = field(default_factory=list)
     generator: torch.Generator | None = None
     target_context: torch.Tensor | None = None
+    share: tuple[int, int] = (0, 1)  # (rank, processes): rows rank*B.. of the global batch `generator` drew
 
 
 @dataclass
@@ -209,12 +212,23 @@ class ProxyPreference:
         return proxy.cosine(z, context) if self.variant == "reference" else proxy(z, context)
 
     def __call__(self, proxy: torch.nn.Module, candidates: list[torch.Tensor], context: torch.Tensor,
-                 prompts: list[str], generator: torch.Generator
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(loss (), proxy logits (b,K), expert scores (b,K)) of K candidates (each (B,C,h,w), scaled latents,
-        no grad) for B prompts; the expert scores their decodes under no grad."""
-        if self.variant == "reference":
-            keep = torch.randperm(len(prompts), generator=generator)[:self.batch].tolist()
+                 prompts: list[str], generator: torch.Generator, share: tuple[int, int] = (0, 1)
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+        """(loss (), proxy logits (b,K), expert scores (b,K), weight) of K candidates (each (B,C,h,w), scaled
+        latents, no grad) for B prompts; the expert scores their decodes under no grad.
+
+        `share` (rank, processes): the B prompts are this process's rows of a global batch (`DistillBatch.share`).
+        The loss is this process's share of the global batch's mean: averaged across processes (DDP's gradient
+        all-reduce) it is the one-process loss of the global batch; `values (b,).sum() * weight` is the same share
+        of any per-prompt value's mean."""
+        rank, world = share
+        scale, count = 1, len(prompts)
+        if self.variant == "reference":  # `batch` prompts of the global batch, drawn alike on every process
+            n = len(prompts)
+            keep = torch.randperm(n * world, generator=generator)[:self.batch].tolist()
+            mine = [i - rank * n for i in keep if rank * n <= i < (rank + 1) * n]
+            # a process holding none of them still runs the proxy (weight 0): DDP's all-reduce needs every process
+            scale, count, keep = (world if mine else 0), len(keep), mine or [0]
             candidates, context = [c[keep] for c in candidates], context[keep]
             prompts = [prompts[i] for i in keep]
         b, k = len(prompts), len(candidates)
@@ -227,7 +241,8 @@ class ProxyPreference:
         scores = proxy(self.latents(flat), context.repeat_interleave(k, 0)).view(b, k)
         expert = expert.view(b, k).float()
         kind = f"pairwise-{self.loss}" if self.variant == "reference" else self.loss
-        return preference_loss(scores, expert, kind, self.temperature).mean(), scores, expert
+        loss = preference_loss(scores, expert, kind, self.temperature)
+        return (loss.sum() * scale) / count, scores, expert, scale / count
 
 
 @torch.no_grad()
@@ -264,14 +279,19 @@ class OnPolicyStates:
     w_embedding_dim: int = 256
     prediction_type: str = "epsilon"
 
-    def __call__(self, student: Net, context: torch.Tensor, w: torch.Tensor, generator: torch.Generator
-                 ) -> torch.Tensor:
-        """x0 (B,C,h,w) for text states `context` (B,L,D) at guidance `w` (B,), LCM convention."""
-        dev = context.device
+    def __call__(self, student: Net, context: torch.Tensor, w: torch.Tensor, generator: torch.Generator,
+                 share: tuple[int, int] = (0, 1)) -> torch.Tensor:
+        """x0 (B,C,h,w) for text states `context` (B,L,D) at guidance `w` (B,), LCM convention; `share` (rank,
+        processes): the batch's rows of the global batch (`DistillBatch.share`)."""
+        dev, (rank, world), b = context.device, share, len(context)
         stop = int(torch.randint(0, self.steps, (), generator=generator))
-        noise = torch.randn((len(context), *self.latent_shape), generator=generator).to(dev)
+        noise = torch.randn((b * world, *self.latent_shape), generator=generator)[rank * b:(rank + 1) * b].to(dev)
+        # the sampler's re-noising draws at its own batch's size: several processes each take their own generator,
+        # so that they differ (matching the one-process global batch there would need the sampler's noise drawn here)
+        renoise = generator if world == 1 else torch.Generator().manual_seed(
+            int(torch.randint(2 ** 62, (), generator=generator)) + rank)
         w_emb = guidance_scale_embedding(w.to(dev), self.w_embedding_dim).to(context.dtype)
-        z, t = sampler_state(student, self.scheduler, noise, context, w_emb, self.steps, stop, generator)
+        z, t = sampler_state(student, self.scheduler, noise, context, w_emb, self.steps, stop, renoise)
         return consistency_output(student(z, t, context, w_emb), z, t, self.alphas_cumprod.to(dev),
                                   self.prediction_type)
 
@@ -315,7 +335,7 @@ class RGLCDLoss:
         (B,), the reward term before scaling."""
         loss, aux = self.distill.batch_loss(student, teacher, target, batch)
         x0 = aux["student_x0"] if self.states is None else self.states(student, batch.context, batch.draw["w"],
-                                                                      batch.generator)
+                                                                      batch.generator, batch.share)
         rewards = self.reward(x0, batch)
         return loss - self.beta * rewards, aux | {"reward": rewards}
 

@@ -222,7 +222,7 @@ def test_proxy_update_and_student_proxy_term_match_reference(clip_rewards):
     assert torch.allclose(ours_term, reward_loss, atol=1e-6) and torch.allclose(x0.grad, x0_ref.grad, atol=1e-6)
 
     opt, ref_opt = (torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=0.0) for m in (proxy, ref_rm))
-    loss, scores, expert = objective(proxy, [student_x0, target, z0], ctx, PROMPTS,
+    loss, scores, expert, _ = objective(proxy, [student_x0, target, z0], ctx, PROMPTS,
                                      torch.Generator().manual_seed(4))
     opt.zero_grad()
     loss.backward()
@@ -271,7 +271,7 @@ def test_the_first_proxy_is_kept_as_batch_softmax(clip_rewards):
     ctx = torch.randn(6, 5, 16, generator=g)
     objective = ProxyPreference(RewardGuidance(hps, vae), "batch-softmax", "kl", temperature=0.5)
     assert torch.allclose(objective.student_reward(proxy, cands[0], ctx), proxy(cands[0], ctx))
-    loss, scores, expert = objective(proxy, cands, ctx, PROMPTS, torch.Generator())
+    loss, scores, expert, _ = objective(proxy, cands, ctx, PROMPTS, torch.Generator())
     flat = torch.stack(cands, 1).flatten(0, 1)
     with torch.no_grad():
         images = (vae.decode(flat / vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)

@@ -34,6 +34,7 @@ from rglcd.rewards.proxy import LatentProxyReward
 from rglcd.training.checkpoints import StepCounter, step_generator
 from rglcd.training.distill_config import DistillConfig, LCDSettings
 from rglcd.training.export import export_plan
+from rglcd.training.global_batch import data_generator, local_samples, share_of, share_rows
 from rglcd.training.loop import run_training
 from rglcd.training.settings import flat_values
 from rglcd.training.step import (ConsistencyUNet, DistillStep, ProxyUpdate, distill_step, half_precision_teacher,
@@ -150,9 +151,11 @@ def reward_objective(cfg: DistillConfig, method: Method, loss: Any, guidance: Re
 
 @dataclass
 class BatchDraw:
-    """Draws one micro-batch of `batch_size` from a generator: the objective's draw, then data latents and noise
-    (or teacher trajectory states); `name_targets` (`--target-captions name`): the teacher and target see each
-    concept's bare name, the student a drawn phrasing (of the trajectory's concept: the trajectories are of names)."""
+    """Draws this process's share of one global micro-batch of `batch_size` x `world` from the step's generator
+    (`rglcd.training.global_batch`): the objective's draw, then data latents and noise (or teacher trajectory
+    states), rows [rank*B, (rank+1)*B) of each; a stream split across processes gives this process's own samples
+    instead, drawn with `own`. `name_targets` (`--target-captions name`): the teacher and target see each concept's
+    bare name, the student a drawn phrasing (of the trajectory's concept: the trajectories are of names)."""
 
     objective: Any
     batches: Any
@@ -161,46 +164,58 @@ class BatchDraw:
     device: torch.device
     trajectories: TrajectorySet | None = None
     name_targets: bool = False
+    rank: int = 0
+    world: int = 1
 
-    def __call__(self, g: torch.Generator) -> DistillBatch:
-        draw = self.objective.draw(self.batch_size, g)
+    def __call__(self, g: torch.Generator, own: torch.Generator | None = None) -> DistillBatch:
+        n = self.batch_size * self.world
+        draw = self.objective.draw(n, g)
         z0 = noise = states = target_ctx = None
         if self.trajectories is None:
-            if self.name_targets:
-                z0, ctx, texts, target_ctx = self.batches.named_batch(self.batch_size, g, self.cfg_dropout)
+            if local_samples(self.batches):
+                z0, ctx, texts = self.batches.batch(self.batch_size, own or g, self.cfg_dropout)
+            elif self.name_targets:
+                z0, ctx, texts, target_ctx = self.batches.named_batch(n, g, self.cfg_dropout)
             else:
-                z0, ctx, texts = self.batches.batch(self.batch_size, g, self.cfg_dropout)
-            noise = torch.randn(z0.shape, generator=g)
-            z0, noise = z0.to(self.device), noise.to(self.device)
+                z0, ctx, texts = self.batches.batch(n, g, self.cfg_dropout)
+            noise = torch.randn((n, *z0.shape[1:]), generator=g)
         else:
-            z_start, z_end, prompt, draw["w"] = self.trajectories.batch(self.batch_size, draw["index"], g)
+            z_start, z_end, prompt, draw["w"] = self.trajectories.batch(n, draw["index"], g)
             if self.name_targets:
                 target_ctx, prompt = self.batches.name_states[prompt].float(), self.batches.phrase(prompt, g)
             ctx = self.batches.caption_states[prompt].float()
             texts = [self.batches.captions[i] for i in prompt.tolist()]
-            states = (z_start.to(self.device), z_end.to(self.device))
+            states = tuple(self.mine(z).to(self.device) for z in (z_start, z_end))
+        z0, noise, ctx, target_ctx = (None if x is None else self.mine(x).to(self.device)
+                                      for x in (z0, noise, ctx, target_ctx))
         uncond = self.batches.empty.float().expand_as(ctx).to(self.device)
-        return DistillBatch(z0, noise, ctx.to(self.device), uncond, draw, states, texts, g,
-                            None if target_ctx is None else target_ctx.to(self.device))
+        return DistillBatch(z0, noise, ctx, uncond, share_of(draw, self.rank, self.world, n), states,
+                            self.mine(texts), g, target_ctx, (self.rank, self.world))
+
+    def mine(self, rows: Any) -> Any:
+        return share_rows(rows, self.rank, self.world, self.batch_size * self.world)
 
 
 @dataclass
 class TrainStep:
     """`run_training`'s step: the method's per-step settings, the micro-batches of optimiser step `step` (each from
-    its own generator, so a resumed run draws the same), `distill_step`, and the scalars to log."""
+    its own generator, the same on every process, so a resumed run draws the same), `distill_step`, and the scalars
+    to log."""
 
     parts: DistillStep
     draw: BatchDraw
     method: Method
     loss: Any  # the distillation loss (inside the RG-LCD objective when there is a reward)
     cfg: DistillConfig
-    rank: int
 
     def __call__(self, step: int) -> dict[str, torch.Tensor | float]:
         settings = self.method.step_settings(self.loss, self.cfg, step)
-        accumulation = self.cfg.optim.gradient_accumulation_steps
-        batches = [self.draw(step_generator(self.cfg.seed, step * accumulation + i, self.rank))
-                   for i in range(accumulation)]
+        accumulation, seed, rank, world = (self.cfg.optim.gradient_accumulation_steps, self.cfg.seed,
+                                           self.draw.rank, self.draw.world)
+        batches = []
+        for index in range(step * accumulation, (step + 1) * accumulation):
+            g = step_generator(seed, index)
+            batches.append(self.draw(g, data_generator(g, seed, index, rank, world)))
         out = distill_step(self.parts, batches)
         return {**out, "lr": self.parts.lr_scheduler.get_last_lr()[0], **settings}
 
@@ -250,14 +265,16 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
     opt, lora = cfg.optim, cfg.lora.lora_rank > 0
     member = cfg.member or (method.lora_member() if lora else method.member)
     family = load_family(cfg.family)
-    export, registry = export_plan(cfg.export_dir, family, member, cfg.replace_shipped)
     accelerator = accelerator or make_accelerator(cfg.report_to, cfg.output_dir,
                                                   mixed_precision=cfg.speed.mixed_precision,
                                                   gradient_accumulation_steps=opt.gradient_accumulation_steps)
+    export, registry = export_plan(cfg.export_dir, family, member, cfg.replace_shipped,
+                                   write=accelerator.is_main_process)
     accelerator.init_trackers("distill", config={k: str(v) for k, v in flat_values(cfg).items()})
     set_seed(cfg.seed)  # initialisations (LoRA, proxy RM) repeat across fresh runs
     device, rank = accelerator.device, accelerator.process_index
-    batches = distill_data(cfg, family, accelerator)
+    with accelerator.main_process_first():  # it fills the data caches (renders, encodings) the others then read
+        batches = distill_data(cfg, family, accelerator)
     teacher = family.unet(cfg.teacher)
     loss = method.build_loss(loss_arguments(cfg.lcd, family, device), cfg)
     guidance = reward_guidance(cfg, family, device) if method.uses_reward(cfg.rg.reward is not None) else None
@@ -266,7 +283,9 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
     student.to(device)  # before the optimiser, which picks its kernel by the parameters' device
     trainable = [p for p in student.parameters() if p.requires_grad]
     optimizer = make_optimizer(trainable, opt.learning_rate, opt.weight_decay)
-    lr_scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=opt.warmup_steps)
+    # accelerate steps a prepared schedule once per process each optimiser step (as if the batch grew with them)
+    lr_scheduler = get_scheduler("constant_with_warmup", optimizer,
+                                 num_warmup_steps=opt.warmup_steps * accelerator.num_processes)
     student, optimizer, lr_scheduler = accelerator.prepare(student, optimizer, lr_scheduler)
     proxy = proxy_update(cfg, guidance, batches, accelerator) if cfg.proxy.proxy_rm else None
     counter = StepCounter()
@@ -291,10 +310,10 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
                         student_net if lora else ConsistencyUNet(target, family.unet_inputs), optimizer,
                         lr_scheduler, trainable, target, opt.ema_decay, opt.max_grad_norm, proxy)
     draw = BatchDraw(objective, batches, opt.batch_size, cfg.dataset.cfg_dropout, device, trajectory_set,
-                     cfg.dataset.target_captions == "name")
+                     cfg.dataset.target_captions == "name", rank, accelerator.num_processes)
     validation = Validation(family, member, method, online if lora else target, cfg, accelerator)
     metrics = run_training(accelerator, counter, cfg.output_dir, opt.max_steps,
-                           TrainStep(parts, draw, method, loss, cfg, rank),
+                           TrainStep(parts, draw, method, loss, cfg),
                            validation if cfg.eval_every > 0 else None, cfg.resume, cfg.checkpoint_every,
                            max(cfg.eval_every, 1), log_every=cfg.log_every, stop_at=cfg.stop_at)
     if accelerator.is_main_process and export is not None and counter.step >= opt.max_steps:

@@ -38,20 +38,19 @@ def refuse_shipped(path: str | Path, replace_shipped: bool) -> None:
                          "shipped model, or leave --export-dir out to export under runs/")
 
 
-def registry_file(family: Family, replace_shipped: bool = False, runs: Path = RUNS) -> Path:
+def registry_file(family: Family, replace_shipped: bool = False, runs: Path = RUNS, write: bool = True) -> Path:
     """The family file a trained member is registered in: the family's own file unless it is shipped (then
-    `runs/<name>/family.json`, written from the shipped one if absent) or with `replace_shipped`; a preset with no
-    file gets `runs/<name>/family.json` from its spec. Only the runs copy is written here."""
+    `runs/<name>/family.json`, written from the shipped one if absent and `write`) or with `replace_shipped`; a
+    preset with no file gets `runs/<name>/family.json` from its spec. Only the runs copy is written here."""
     if family.root is not None and (replace_shipped or not is_shipped(family.root)):
         return family.root / "family.json"
     path = runs / family.name / "family.json"
-    return path if path.is_file() else copy_family(family, path.parent)
+    return path if path.is_file() or not write else copy_family(family, path.parent)
 
 
 def copy_family(family: Family, folder: Path) -> Path:
     """Write `folder/family.json`: the family's spec with every local path rewritten to name the same files from
     `folder` (`rglcd.models.relocated_spec`). Returns the file."""
-    # every process of a multi-process run may write it: atomically
     return write_json(folder / "family.json", relocated_spec(family, folder))
 
 
@@ -78,10 +77,11 @@ if __name__ == "__main__":
 
 
 def export_plan(export_dir: str | None, family: Family | None, member: str, replace_shipped: bool = False,
-                runs: Path = RUNS) -> tuple[Path | None, Path | None]:
+                runs: Path = RUNS, write: bool = True) -> tuple[Path | None, Path | None]:
     """(export folder or None for no export, family file to register in or None): `export_dir` "auto" is
     `<registry file's folder>/<member>`. ValueError before any work when either lies in `assets/` without
-    `replace_shipped`; the runs copy of a shipped family file is created here."""
+    `replace_shipped`; the runs copy of a shipped family file is created here when `write` (in a multi-process run,
+    by the main process alone)."""
     if export_dir is None:
         return None, None
     if family is None:
@@ -91,6 +91,6 @@ def export_plan(export_dir: str | None, family: Family | None, member: str, repl
         return Path(export_dir), None
     if export_dir != AUTO:
         refuse_shipped(export_dir, replace_shipped)
-    registry = registry_file(family, replace_shipped, runs)
+    registry = registry_file(family, replace_shipped, runs, write)
     export = registry.parent / member if export_dir == AUTO else Path(export_dir)
     return export, registry

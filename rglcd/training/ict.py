@@ -40,6 +40,7 @@ from rglcd.scheduling_cm import CMScheduler
 from rglcd.training.checkpoints import StepCounter, step_generator
 from rglcd.training.ema import EMA
 from rglcd.training.export import AUTO, RUNS, export_plan
+from rglcd.training.global_batch import data_generator, local_samples, share_of, share_rows
 from rglcd.training.loop import run_training
 from rglcd.training.settings import flat_values, setting
 from rglcd.training.teacher import TeacherConfig, build_unet
@@ -191,8 +192,10 @@ def ict_parts(cfg: ICTConfig, objective: ICTLoss, unet: torch.nn.Module, acceler
 
 @dataclass
 class BatchDraw:
-    """One batch from a generator: clean samples (B,C,H,W) on the device and the UNet's conditioning keywords
-    (pixel data, `family` None: class labels; latent data: the family's, from caption states with dropout)."""
+    """This process's rows of one global batch of `batch_size` x `world` from a generator
+    (`rglcd.training.global_batch`; a stream split across processes: its own samples, drawn with `own`): clean
+    samples (B,C,H,W) on the device and the UNet's conditioning keywords (pixel data, `family` None: class labels;
+    latent data: the family's, from caption states with dropout)."""
 
     batches: Any
     batch_size: int
@@ -200,30 +203,42 @@ class BatchDraw:
     family: Family | None = None
     unet: torch.nn.Module | None = None
     cfg_dropout: float = 0.0
+    rank: int = 0
+    world: int = 1
 
-    def __call__(self, g: torch.Generator) -> tuple[torch.Tensor, dict[str, Any]]:
+    def __call__(self, g: torch.Generator, own: torch.Generator | None = None
+                 ) -> tuple[torch.Tensor, dict[str, Any]]:
+        n = self.batch_size * self.world
         if self.family is None:
-            x0, labels = self.batches.batch(self.batch_size, g)
-            return x0.to(self.device), {"class_labels": labels.to(self.device)}
-        z0, ctx, _ = self.batches.batch(self.batch_size, g, self.cfg_dropout)
-        return z0.to(self.device), self.family.unet_inputs(self.unet, ctx.to(self.device))
+            x0, labels = self.batches.batch(n, g)
+            return self.mine(x0).to(self.device), {"class_labels": self.mine(labels).to(self.device)}
+        if local_samples(self.batches):
+            z0, ctx, _ = self.batches.batch(self.batch_size, own or g, self.cfg_dropout)
+        else:
+            z0, ctx, _ = self.batches.batch(n, g, self.cfg_dropout)
+        return self.mine(z0).to(self.device), self.family.unet_inputs(self.unet, self.mine(ctx).to(self.device))
+
+    def mine(self, rows: torch.Tensor) -> torch.Tensor:
+        return share_rows(rows, self.rank, self.world, self.batch_size * self.world)
 
 
 @dataclass
 class TrainStep:
-    """`run_training`'s step: the objective's draw (N from the global step: the same on every process), a batch and
-    noise, all from the step's generator (so a resumed run draws the same), then `ict_step`."""
+    """`run_training`'s step: the objective's draw (N from the global step), a batch and noise, all of the global
+    batch from the step's generator (the same on every process, so a resumed run draws the same; each process keeps
+    its rows), then `ict_step`."""
 
     parts: ICTStep
     draw: BatchDraw
     seed: int
-    rank: int
 
     def __call__(self, step: int) -> dict[str, torch.Tensor | float]:
-        g = step_generator(self.seed, step, self.rank)
-        draw = self.parts.objective.draw(self.draw.batch_size, step, g)
-        x0, cond = self.draw(g)
-        noise = torch.randn(x0.shape, generator=g).to(self.parts.accelerator.device)
+        rank, world, n = self.draw.rank, self.draw.world, self.draw.batch_size * self.draw.world
+        g = step_generator(self.seed, step)
+        draw = share_of(self.parts.objective.draw(n, step, g), rank, world, n)
+        draw["dropout_seed"] += rank  # dropout masks are drawn per forward, not per row: each process its own
+        x0, cond = self.draw(g, data_generator(g, self.seed, step, rank, world))
+        noise = self.draw.mine(torch.randn((n, *x0.shape[1:]), generator=g)).to(self.parts.accelerator.device)
         return ict_step(self.parts, x0, cond, noise, draw) | {"num_scales": draw["num_scales"]}
 
 
@@ -281,21 +296,24 @@ def train_ict(cfg: ICTConfig, accelerator: Accelerator | None = None) -> dict[st
     if not pixel:
         sampler_class(ICT.kind)  # fail now, not at the first evaluation or after export
     pixel_export = f"{RUNS}/{FASHION}/{cfg.member}" if pixel and cfg.export_dir == AUTO else cfg.export_dir
-    export, registry = export_plan(pixel_export, family, cfg.member, cfg.replace_shipped)
     accelerator = accelerator or make_accelerator(cfg.report_to, cfg.output_dir, mixed_precision=cfg.mixed_precision)
+    export, registry = export_plan(pixel_export, family, cfg.member, cfg.replace_shipped,
+                                   write=accelerator.is_main_process)
     accelerator.init_trackers("ict", config={k: str(v) for k, v in flat_values(cfg).items()})
     set_seed(cfg.seed)  # the same initialisation on every process and every fresh run
-    batches = ict_data(cfg, family, accelerator)
+    with accelerator.main_process_first():  # it fills the data caches (renders, encodings) the others then read
+        batches = ict_data(cfg, family, accelerator)
     unet = ict_unet(cfg, family, batches)
     parts = ict_parts(cfg, objective, unet, accelerator)
     counter = StepCounter()
     for state in (counter, parts.ema) + ((batches,) if hasattr(batches, "consumed") else ()):
         accelerator.register_for_checkpointing(state)
     sampler = CMScheduler(cfg.sigma_min, cfg.sigma_max, cfg.sigma_data, cfg.rho)
-    draw = BatchDraw(batches, cfg.batch_size, accelerator.device, family, unet, cfg.cfg_dropout)
+    draw = BatchDraw(batches, cfg.batch_size, accelerator.device, family, unet, cfg.cfg_dropout,
+                     accelerator.process_index, accelerator.num_processes)
     validation = Validation(cfg, parts, sampler, family)
     metrics = run_training(accelerator, counter, cfg.output_dir, cfg.max_steps,
-                           TrainStep(parts, draw, cfg.seed, accelerator.process_index),
+                           TrainStep(parts, draw, cfg.seed),
                            validation if cfg.eval_every > 0 else None, cfg.resume, cfg.checkpoint_every,
                            max(cfg.eval_every, 1), stop_at=cfg.stop_at)
     if accelerator.is_main_process and export is not None and counter.step >= cfg.max_steps:

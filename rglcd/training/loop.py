@@ -3,7 +3,8 @@
 A trainer supplies `train_step(step) -> {name: float or 0-d tensor}` (one optimiser step, its randomness drawn from
 `step_generator(seed, step)`; tensors are read back only at log steps, so a step needs no host-device sync) and
 optionally `evaluate(step) -> {name: float}`; the loop does the rest and can be stopped (Ctrl-C) and resumed
-(`resume="latest"`) without losing more than `checkpoint_every` steps.
+(`resume="latest"`) without losing more than `checkpoint_every` steps. With several processes, the main one alone
+shows progress and evaluates (the others wait), and the returned evaluation metrics are its alone.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def run_training(
     resume_checkpoint(accelerator, output_dir, resume)
     last: dict[str, float | torch.Tensor] = {}
     start = counter.step
-    bar = tqdm(total=max_steps, initial=start, disable=not accelerator.is_local_main_process, desc="train")
+    bar = tqdm(total=max_steps, initial=start, disable=not accelerator.is_main_process, desc="train")
     t0 = time.time()
     try:
         for step in range(start, min(max_steps, stop_at or max_steps)):
@@ -55,10 +56,12 @@ def run_training(
                 bar.set_postfix({k: f"{v:.4g}" for k, v in scalars.items() if k != "steps_per_s"})
             last.update(scalars)
             if evaluate is not None and ((step + 1) % eval_every == 0 or step + 1 == max_steps):
-                metrics = evaluate(step + 1)
-                accelerator.log(metrics, step=step + 1)
-                accelerator.print(f"step {step + 1}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-                last.update(metrics)
+                if accelerator.is_main_process:  # once, on unwrapped networks: no collective call to deadlock on
+                    metrics = evaluate(step + 1)
+                    accelerator.log(metrics, step=step + 1)
+                    accelerator.print(f"step {step + 1}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+                    last.update(metrics)
+                accelerator.wait_for_everyone()
             if (step + 1) % checkpoint_every == 0 or step + 1 in (max_steps, stop_at):
                 save_checkpoint(accelerator, output_dir, step + 1, checkpoint_limit)
     except KeyboardInterrupt:

@@ -151,8 +151,10 @@ class ConsistencyUNet(torch.nn.Module):
 class ProxyUpdate:
     """One update of RG-LCD's latent proxy RM after each micro-batch (Algorithm 4): the expert scores the
     candidates {student prediction, target prediction, data latent} of each prompt, the proxy learns its
-    preferences (`ProxyPreference`). Returns 0-d tensors: the proxy's loss, how often its favourite is the
-    expert's, and the expert's reward of the student's prediction."""
+    preferences (`ProxyPreference`). Returns 0-d tensors, this process's shares of the global batch's means (their
+    mean across processes is the global mean): the proxy's loss, how often its favourite is the expert's, and the
+    expert's reward of the student's prediction. The proxy is DDP-wrapped (`accelerator.prepare`), so its gradient
+    is averaged across processes in `backward`."""
 
     accelerator: Accelerator
     proxy: torch.nn.Module
@@ -162,13 +164,14 @@ class ProxyUpdate:
     def __call__(self, aux: dict[str, torch.Tensor], batch: DistillBatch) -> dict[str, torch.Tensor]:
         x0 = aux["student_x0"].detach()
         candidates = [x0, aux["target"].to(x0.dtype)] + ([batch.latents] if batch.latents is not None else [])
-        loss, scores, expert = self.preference(self.proxy, candidates, batch.context, batch.texts, batch.generator)
+        loss, scores, expert, weight = self.preference(self.proxy, candidates, batch.context, batch.texts,
+                                                       batch.generator, batch.share)
         self.optimizer.zero_grad(set_to_none=True)
         self.accelerator.backward(loss)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        agree = (scores.argmax(-1) == expert.argmax(-1)).float().mean()
-        return {"proxy_loss": loss.detach(), "proxy_agreement": agree, "expert_reward": expert[:, 0].mean()}
+        agree = (scores.argmax(-1) == expert.argmax(-1)).float().sum() * weight
+        return {"proxy_loss": loss.detach(), "proxy_agreement": agree, "expert_reward": expert[:, 0].sum() * weight}
 
 
 @dataclass
@@ -196,8 +199,8 @@ def distill_step(parts: DistillStep, batches: list[DistillBatch]) -> dict[str, t
     """One optimiser step over the micro-batches `batches` (accumulated under `accelerator.accumulate`), then the
     EMA update.
 
-    Returns 0-d tensors (no host sync): 'loss' (mean over micro-batches and processes), 'reward' (the reward term's
-    mean, when the objective has one) and the proxy's scalars, averaged over micro-batches.
+    Returns 0-d tensors (no host sync), each the mean over micro-batches and processes: 'loss', 'reward' (the reward
+    term, when the objective has one) and the proxy's scalars.
     """
     accelerator, n = parts.accelerator, len(batches)
     total = reward_sum = None
@@ -221,7 +224,5 @@ def distill_step(parts: DistillStep, batches: list[DistillBatch]) -> dict[str, t
                 proxy_stats[k] = proxy_stats.get(k, 0.0) + v / n
     if parts.ema_target is not None:
         ema_update(parts.ema_target, accelerator.unwrap_model(parts.student_module), parts.ema_decay)
-    out = {"loss": accelerator.reduce(total.float(), "mean")}
-    if reward_sum is not None:
-        out["reward"] = reward_sum
-    return out | proxy_stats
+    out = {"loss": total.float()} | ({} if reward_sum is None else {"reward": reward_sum}) | proxy_stats
+    return accelerator.reduce(out, "mean")

@@ -28,8 +28,10 @@ from rglcd.models import Family, load_family, register_member, save_unet
 from rglcd.training.checkpoints import StepCounter, step_generator
 from rglcd.training.ema import EMA
 from rglcd.training.export import export_plan
+from rglcd.training.global_batch import rank_rows
 from rglcd.training.loop import run_training
 from rglcd.training.settings import flat_values, setting
+from rglcd.training.tracking import make_accelerator
 
 TENSORS = "tensors:"  # data prefix of a precomputed training-tensor file
 
@@ -113,9 +115,10 @@ def teacher_data(cfg: TeacherConfig, family: Family, device: torch.device) -> di
 
 @dataclass
 class TrainStep:
-    """`run_training`'s step: a caption batch, noise and timesteps from the step's generator (so a resumed run
-    draws the same), the min-SNR weighted epsilon loss, the optimiser and LR steps, the EMA update. Returns 0-d
-    tensors (no host sync) and the learning rate."""
+    """`run_training`'s step: a caption batch, noise and timesteps of the global batch from the step's generator
+    (the same on every process, each keeping its rows, `rglcd.training.global_batch`; a resumed run draws the
+    same), the min-SNR weighted epsilon loss, the optimiser and LR steps, the EMA update. Returns 0-d tensors (no
+    host sync; means over processes) and the learning rate."""
 
     accelerator: Accelerator
     unet: torch.nn.Module
@@ -128,10 +131,13 @@ class TrainStep:
 
     def __call__(self, step: int) -> dict[str, torch.Tensor | float]:
         cfg, device = self.cfg, self.accelerator.device
-        g = step_generator(cfg.seed, step, self.accelerator.process_index)
-        z0, ctx, _ = sample_caption_batch(self.data, cfg.batch_size, g, cfg.cfg_dropout)
-        noise = torch.randn(z0.shape, generator=g).to(device)
-        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=g)
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        n, g = cfg.batch_size * world, step_generator(cfg.seed, step)
+        z0, ctx, _ = sample_caption_batch(self.data, n, g, cfg.cfg_dropout)
+        noise = torch.randn(z0.shape, generator=g)
+        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (n,), generator=g)
+        z0, ctx, noise, t = (rank_rows(x, rank, world) for x in (z0, ctx, noise, t))
+        noise = noise.to(device)
         zt = self.noise_scheduler.add_noise(z0, noise, t.to(device))
         pred = self.unet(zt, t.to(device), ctx).sample
         mse = F.mse_loss(pred.float(), noise.to(device), reduction="none").mean((1, 2, 3))
@@ -143,7 +149,8 @@ class TrainStep:
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.ema.update(self.accelerator.unwrap_model(self.unet).parameters())
-        return {"loss": loss.detach(), "mse": mse.mean().detach(), "lr": self.lr_scheduler.get_last_lr()[0]}
+        means = self.accelerator.reduce({"loss": loss.detach(), "mse": mse.mean().detach()}, "mean")  # all processes
+        return means | {"lr": self.lr_scheduler.get_last_lr()[0]}
 
 
 @dataclass
@@ -166,18 +173,21 @@ class Validation:
 def train_teacher(cfg: TeacherConfig, accelerator: Accelerator | None = None) -> dict[str, float]:
     """Train (resuming when asked), export the EMA UNet to `cfg.export_dir`, return final metrics."""
     family = load_family(cfg.family)
-    export, registry = export_plan(cfg.export_dir, family, cfg.member, cfg.replace_shipped)
-    accelerator = accelerator or Accelerator(log_with="tensorboard", project_dir=cfg.output_dir)
+    accelerator = accelerator or make_accelerator("tensorboard", cfg.output_dir)
+    export, registry = export_plan(cfg.export_dir, family, cfg.member, cfg.replace_shipped,
+                                   write=accelerator.is_main_process)
     accelerator.init_trackers("teacher", config={k: str(v) for k, v in flat_values(cfg).items()})
-    data = teacher_data(cfg, family, accelerator.device)
+    with accelerator.main_process_first():  # it fills the data caches (renders, encodings) the others then read
+        data = teacher_data(cfg, family, accelerator.device)
     latents, context = data["latents"], data["context"]
     torch.manual_seed(cfg.seed)
     unet = (UNet2DConditionModel.from_pretrained(cfg.init_unet) if cfg.init_unet
             else build_unet(cfg, latents.shape[-1], context.shape[-1]))
     ema = EMA(unet.parameters(), cfg.ema_decay, warmup="power").to(accelerator.device)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.learning_rate, weight_decay=0.01)
-    lr_scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=cfg.warmup_steps,
-                                 num_training_steps=cfg.max_steps)
+    # accelerate steps a prepared schedule once per process each optimiser step (as if the batch grew with them)
+    lr_scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=cfg.warmup_steps * accelerator.num_processes,
+                                 num_training_steps=cfg.max_steps * accelerator.num_processes)
     prepared, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
     counter = StepCounter()
     accelerator.register_for_checkpointing(counter)

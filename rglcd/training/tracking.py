@@ -6,17 +6,26 @@ wandb`, online or `WANDB_MODE=offline`), "all" (every tracker accelerate finds i
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from accelerate import Accelerator
+from accelerate.utils import get_torch_accelerator_backend
 
 REPORT_TO = ("tensorboard", "wandb", "all", "none")
 
 
 def make_accelerator(report_to: str | None, output_dir: str, **kwargs: Any) -> Accelerator:
     """An Accelerator logging to `report_to` (None: as "none", which the command line reads as None) with its project
-    folder at `output_dir`; clear errors for a bad or uninstalled tracker."""
+    folder at `output_dir`; clear errors for a bad or uninstalled tracker.
+
+    Launched as several processes (torchrun, `accelerate launch`: WORLD_SIZE > 1) on a machine without an
+    accelerator, it joins them on the CPU (gloo): accelerate does so only when asked (`cpu=True`), and otherwise
+    runs each process alone as the main one, every process training unsynchronised and writing the same files."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and get_torch_accelerator_backend()[0] is None:
+        kwargs.setdefault("cpu", True)
     report_to = report_to or "none"
     if report_to not in REPORT_TO:
         raise ValueError(f"unknown --report-to {report_to!r}: use one of {', '.join(REPORT_TO)}")
@@ -26,7 +35,11 @@ def make_accelerator(report_to: str | None, output_dir: str, **kwargs: Any) -> A
         except ImportError:
             raise ValueError("--report-to wandb needs the wandb package (pip install wandb)") from None
     log_with = None if report_to == "none" else report_to
-    return Accelerator(log_with=log_with, project_dir=output_dir, **kwargs)
+    accelerator = Accelerator(log_with=log_with, project_dir=output_dir, **kwargs)
+    if accelerator.num_processes != world:
+        raise ValueError(f"launched as {world} processes, but accelerate joined {accelerator.num_processes} "
+                         f"({accelerator.distributed_type.value}): check the launcher's device settings")
+    return accelerator
 
 
 def log_grids(accelerator: Accelerator, pngs: list[Path], step: int) -> None:
