@@ -253,3 +253,18 @@ def test_distributed_accelerate_configs_load_as_written():
     # DeepSpeed's own clipping and accumulation replace the trainer's: they must say the same
     assert deepspeed.deepspeed_config["gradient_clipping"] == defaults.max_grad_norm
     assert deepspeed.deepspeed_config["gradient_accumulation_steps"] == defaults.gradient_accumulation_steps
+
+
+@pytest.mark.parametrize("trainer", ["autoencoder", "reward", "fashion_classifier"])
+def test_distributed_launch_of_a_one_process_trainer_is_one_line_exit_2(trainer, tmp_path, monkeypatch):
+    """The embedded family's minutes-long stages train in one process; launched as 2 they stop before any work (one
+    `error:` line each, exit 2) instead of racing on one export."""
+    from tests.entry_points import run_entry_point
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code, _, err = run_entry_point(ROOT / "train" / f"{trainer}.py", ["--export-dir", str(tmp_path / "export")],
+                                   cwd=tmp_path)
+    assert code == 2 and err.strip().splitlines() == [
+        f"error: train/{trainer}.py trains in one process: run it with python, not as 2 processes (torchrun / "
+        "accelerate launch)"]
+    assert not any(tmp_path.iterdir())

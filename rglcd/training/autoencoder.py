@@ -24,6 +24,7 @@ from rglcd.training.checkpoints import StepCounter, step_generator
 from rglcd.training.export import refuse_shipped
 from rglcd.training.loop import run_training
 from rglcd.training.settings import flat_values, setting
+from rglcd.training.tracking import require_one_process
 
 
 @dataclass
@@ -130,6 +131,7 @@ def latent_std(vae: AutoencoderTiny, images: torch.Tensor, batch_size: int = 64)
 
 def train_autoencoder(cfg: AutoencoderConfig, accelerator: Accelerator | None = None) -> dict[str, float]:
     """Train (resuming from `cfg.output_dir` when asked), export to `cfg.export_dir`, return final metrics."""
+    require_one_process("train/autoencoder.py")
     if cfg.export_dir:
         refuse_shipped(cfg.export_dir, cfg.replace_shipped)
     accelerator = accelerator or Accelerator(log_with="tensorboard", project_dir=cfg.output_dir)

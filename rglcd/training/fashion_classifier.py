@@ -19,6 +19,7 @@ from rglcd.networks import FashionClassifier
 from rglcd.training.checkpoints import step_generator
 from rglcd.training.export import refuse_shipped
 from rglcd.training.settings import setting
+from rglcd.training.tracking import require_one_process
 
 
 @dataclass
@@ -40,6 +41,7 @@ class ClassifierConfig:
 
 def train_classifier(cfg: ClassifierConfig) -> dict[str, float]:
     """Train, export to `cfg.export_dir`, return {test_accuracy, loss, wall_s}."""
+    require_one_process("train/fashion_classifier.py")
     refuse_shipped(cfg.export_dir, cfg.replace_shipped)
     torch.manual_seed(cfg.seed)
     data = FashionMNISTBatches("train", cfg.data)

@@ -28,6 +28,7 @@ from diffusers import UNet2DConditionModel
 from rglcd.data.batches import training_batches
 from rglcd.data.emoji import eval_prompt_sets
 from rglcd.data.fashion_mnist import FashionMNISTBatches
+from rglcd.data.stream import StreamOptions
 from rglcd.evaluate import evaluate_prompt_following
 from rglcd.evaluate_fashion import FD_NAME, fashion_reference, fashion_scores, sample_classes
 from rglcd.files import write_metrics
@@ -130,11 +131,13 @@ def ict_loss(cfg: ICTConfig) -> ICTLoss:
 
 
 def ict_data(cfg: ICTConfig, family: Family | None, accelerator: Accelerator) -> Any:
-    """This process's training batches: Fashion-MNIST (`family` None) or the family's latents and caption states."""
+    """This process's training batches: Fashion-MNIST (`family` None) or the family's latents and caption states
+    (streamed shards and folders: the stream's default mode, buffer and workers, seeded by `--seed`)."""
     if family is None:
         return FashionMNISTBatches("train", cfg.fashion_mnist_dir)
     return training_batches(cfg.data, family, cfg.resolution, cfg.cache_latents, cfg.include_flags,
-                            cfg.limit_concepts, accelerator.process_index, accelerator.num_processes)
+                            cfg.limit_concepts, accelerator.process_index, accelerator.num_processes,
+                            stream=StreamOptions(seed=cfg.seed))
 
 
 def ict_unet(cfg: ICTConfig, family: Family | None, batches: Any) -> torch.nn.Module:

@@ -20,6 +20,7 @@ from rglcd.rewards.emoji import EmojiReward
 from rglcd.training.checkpoints import step_generator
 from rglcd.training.export import refuse_shipped
 from rglcd.training.settings import setting
+from rglcd.training.tracking import require_one_process
 
 
 @dataclass
@@ -115,6 +116,7 @@ def phrased_share(model: EmojiReward, image_features: torch.Tensor, name_feature
 
 def train_reward(cfg: RewardConfig) -> dict[str, float | str]:
     """Train the heads, export them to `cfg.export_dir`, and return held-out retrieval metrics."""
+    require_one_process("train/reward.py")
     if cfg.caption_set not in CAPTION_SETS:
         raise ValueError(f"unknown --caption-set {cfg.caption_set!r}: use {' or '.join(CAPTION_SETS)}")
     if cfg.export_dir:

@@ -16,6 +16,19 @@ from accelerate.utils import get_torch_accelerator_backend
 REPORT_TO = ("tensorboard", "wandb", "all", "none")
 
 
+def launched_processes() -> int:
+    """How many processes the launcher started (torchrun and `accelerate launch` set WORLD_SIZE; 1 without)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def require_one_process(trainer: str) -> None:
+    """ValueError (one line) when launched as several processes: `trainer` is a minutes-long stage of the embedded
+    family that trains in one process, and N copies would only race on the same export."""
+    if launched_processes() > 1:
+        raise ValueError(f"{trainer} trains in one process: run it with python, not as {launched_processes()} "
+                         "processes (torchrun / accelerate launch)")
+
+
 def make_accelerator(report_to: str | None, output_dir: str, **kwargs: Any) -> Accelerator:
     """An Accelerator logging to `report_to` (None: as "none", which the command line reads as None) with its project
     folder at `output_dir`; clear errors for a bad or uninstalled tracker.
@@ -23,7 +36,7 @@ def make_accelerator(report_to: str | None, output_dir: str, **kwargs: Any) -> A
     Launched as several processes (torchrun, `accelerate launch`: WORLD_SIZE > 1) on a machine without an
     accelerator, it joins them on the CPU (gloo): accelerate does so only when asked (`cpu=True`), and otherwise
     runs each process alone as the main one, every process training unsynchronised and writing the same files."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = launched_processes()
     if world > 1 and get_torch_accelerator_backend()[0] is None:
         kwargs.setdefault("cpu", True)
     report_to = report_to or "none"
