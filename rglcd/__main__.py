@@ -11,12 +11,13 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from rglcd.images import save_grid
+from rglcd.images import GRID_PAD, grid_tiles, looks_like_grid, on_white, save_grid
 from rglcd.inputs import (GUIDANCE, MAX_IMAGES, MAX_SEED, InputError, OneLineParser, Request, check_prompt_tokens,
                           check_request, number, output_image_path, prompt_text, step_limit)
 from rglcd.logs import quiet_libraries
 from rglcd.models import ModelLoadError, load_family
-from rglcd.sampling import generate
+from rglcd.rewards import reward_label
+from rglcd.sampling import generate, read_prompt
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,25 +50,53 @@ def run_generate(args: argparse.Namespace) -> str:
                   number(args.seed, "seed", (0, MAX_SEED), whole=True),
                   number(args.num_images, "number of images", (1, MAX_IMAGES), whole=True))
     check_request(family, args.model, req)
+    for notice in read_prompt(family.tokenizer, prompt).notices:
+        print(f"note: {notice}", file=sys.stderr)
     images = generate(family, args.model, req)
     path = save_grid(images, out, nrow=min(8, len(images)) if len(images) > 1 else 1)
     return f"wrote {path} ({len(images)} image{'s' if len(images) > 1 else ''}, {images.shape[-1]}x{images.shape[-2]})"
 
 
+def open_image(path: str) -> Image.Image:
+    """The image file at `path`, read (not yet converted); a missing, unreadable or huge file is one ModelLoadError."""
+    try:
+        img = Image.open(path)
+        img.load()
+    except (FileNotFoundError, IsADirectoryError) as err:
+        raise ModelLoadError(f"image not found: {path}") from err
+    except UnidentifiedImageError as err:
+        raise ModelLoadError(f"not an image file: {path}") from err
+    except Image.DecompressionBombError as err:
+        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)  # Pillow's decompression-bomb limit
+        raise ModelLoadError(f"image too large to score: {path} has over {limit} pixels; scale it down (the reward "
+                             "sees it at the family's resolution)") from err
+    return img
+
+
 def run_score(args: argparse.Namespace) -> str:
     prompt = prompt_text(args.prompt)
-    try:
-        img = Image.open(args.image).convert("RGB")
-    except (FileNotFoundError, IsADirectoryError) as err:
-        raise ModelLoadError(f"image not found: {args.image}") from err
-    except UnidentifiedImageError as err:
-        raise ModelLoadError(f"not an image file: {args.image}") from err
+    img = open_image(args.image)
     family = load_family(args.family)
+    tiles = grid_tiles(img)
+    if tiles is None and looks_like_grid(img.size, family.resolution):
+        tile = family.resolution
+        raise InputError(f"{args.image} ({img.width}x{img.height}) looks like a grid of {tile}x{tile} images without "
+                         f"its layout: crop each tile (at x, y = {GRID_PAD} + {tile + GRID_PAD} k) to its own file, "
+                         "or score the PNG that generate wrote")
     check_prompt_tokens(family, prompt)
+    reading = read_prompt(family.tokenizer, prompt)
+    for notice in reading.notices:
+        print(f"note: {notice}", file=sys.stderr)
     reward = family.reward()
-    x = torch.from_numpy(np.array(img)).permute(2, 0, 1).float().div(255).unsqueeze(0)
+    pixels = np.stack([np.array(on_white(t)) for t in tiles or [img]])
+    x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(255)
     with torch.no_grad():
-        return f"{reward(x, [prompt]).item():.3f}"
+        scores = reward(x, [reading.text] * len(x)).tolist()
+    label = reward_label(family.reward_name)
+    if tiles is None:
+        return f"{label}: {scores[0]:.3f}"
+    values = " ".join(f"{v:.3f}" for v in scores)
+    return f"{label}, {len(scores)} grid tiles in order: {values} (mean {sum(scores) / len(scores):.3f})"
 
 
 def main(argv: list[str] | None = None) -> int:

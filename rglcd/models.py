@@ -258,9 +258,14 @@ class Family:
 
         return dict(from_pretrained(DDPMScheduler, self.source("scheduler"), f"{self.name} scheduler").config)
 
+    @property
+    def reward_name(self) -> str:
+        """The registry name of the family's reward ("emoji" for "emoji=reward"); empty when it names none."""
+        return str(self.spec.get("reward", "")).partition("=")[0]
+
     def reward(self) -> Any:
         """The family's reward model from its `reward` entry ("name" or "name=folder-or-id")."""
-        name, _, weights = str(self.spec.get("reward", "")).partition("=")
+        name, weights = self.reward_name, str(self.spec.get("reward", "")).partition("=")[2]
         if not name:
             raise ModelLoadError(f"family {self.name} names no reward")
         if weights and self.root is not None and (self.root / weights).exists():
@@ -414,7 +419,12 @@ def load_family(name_or_path: str, dtype: torch.dtype | None = None) -> Family:
     if file is not None:
         if not file.is_file():
             raise ModelLoadError(f"family file not found: {file}")
-        spec = json.loads(file.read_text())
+        try:
+            spec = json.loads(file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ModelLoadError(f"family file {file} is not valid JSON: {err}") from err
+        if not isinstance(spec, dict):
+            raise ModelLoadError(f"family file {file} must hold a JSON object, got {type(spec).__name__}")
     assert spec is not None
     if "extends" in spec:
         spec = extend_preset(spec)

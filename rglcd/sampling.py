@@ -6,14 +6,48 @@ Teachers sample with diffusers' own StableDiffusionPipeline + DDIMScheduler (cla
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from rglcd.data.emoji import emoji_to_names
 from rglcd.inputs import InputError, Request, check_request
 from rglcd.models import Family
 
-__all__ = ["InputError", "Request", "check_request", "consistency_sample", "generate"]
+__all__ = ["InputError", "PromptReading", "Request", "check_request", "consistency_sample", "generate", "read_prompt"]
+
+
+@dataclass(frozen=True)
+class PromptReading:
+    """What a text encoder reads for a prompt: `text` (the prompt, emoji it cannot read turned into names) and
+    one-line `notices` for the user (the rewrite; most words unknown)."""
+
+    text: str
+    notices: tuple[str, ...] = ()
+
+
+def read_prompt(tokenizer: Any, prompt: str) -> PromptReading:
+    """The one rule for prompts of every front end (CLI, app, evaluator, `generate`): an emoji that `tokenizer`
+    reads as its unknown token ("🍕" is [UNK] to MiniLM) becomes its CLDR name as the emoji captions spell it
+    ("pizza"); then a notice if most words are still unknown. A tokenizer without an unknown token (CLIP's byte
+    BPE reads every character) and a prompt without emoji are left as they are."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None:
+        return PromptReading(prompt)
+
+    def unknown(text: str) -> list[bool]:
+        ids = tokenizer(text, add_special_tokens=False).input_ids
+        return [i == unk for i in ids]
+
+    text = emoji_to_names(prompt, keep=lambda chars: not any(unknown(chars)))
+    notices = [f"emoji read as their names: {prompt!r} -> {text!r}"] if text != prompt else []
+    words = text.split()
+    lost = sum(all(unknown(w)) for w in words)
+    if 2 * lost > len(words):
+        notices.append(f"{lost} of the prompt's {len(words)} words are unknown to the text encoder (read as "
+                       f"{tokenizer.unk_token}): it will not draw them; describe the image in English words")
+    return PromptReading(text, tuple(notices))
 
 
 @torch.no_grad()
@@ -22,7 +56,7 @@ def generate(family: Family, member: str, req: Request) -> torch.Tensor:
     check_request(family, member, req)
     pipe = family.pipeline(member)
     generator = torch.Generator().manual_seed(req.seed)
-    return pipe([req.prompt] * req.num_images, num_inference_steps=req.steps, guidance_scale=req.guidance_scale,
+    return pipe([read_prompt(pipe.tokenizer, req.prompt).text] * req.num_images, num_inference_steps=req.steps, guidance_scale=req.guidance_scale,
                 generator=generator, output_type="pt").images.float().cpu()
 
 

@@ -12,6 +12,7 @@ their base concept). About 10% of the concepts are held out from every training 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +71,22 @@ class EmojiConcept:
 def concept_name(cldr: str) -> str:
     """':red_apple:' -> 'red apple' (underscores to spaces, lower case, colons dropped)."""
     return cldr.strip(":").replace("_", " ").lower()
+
+
+def emoji_to_names(text: str, keep: Callable[[str], bool] = lambda chars: False) -> str:
+    """`text` with each emoji (a character sequence) replaced by its caption name as `concept_name` spells the
+    training captions ('🍕' -> 'pizza', '🐶' -> 'dog face'; a skin tone dropped, as the concepts have none),
+    spaced from its neighbours; emoji for which `keep(chars)` is true stay. Text without emoji is returned as-is."""
+    import emoji
+
+    def name(chars: str, data: dict) -> str:
+        if keep(chars):
+            return chars
+        base = "".join(c for c in chars if c not in SKIN_TONES)
+        return f" {concept_name(emoji.EMOJI_DATA.get(base, data)['en'])} "
+
+    out = emoji.replace_emoji(text, replace=name)
+    return text if out == text else " ".join(out.split())
 
 
 def list_concepts() -> list[EmojiConcept]:

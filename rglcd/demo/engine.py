@@ -30,7 +30,7 @@ from rglcd.inputs import GUIDANCE, MAX_SEED, InputError, Request, check_prompt_t
 from rglcd.methods import TEACHER_KIND, demo_members, member_titles
 from rglcd.models import Family, ModelLoadError, load_family
 from rglcd.rewards import get_reward
-from rglcd.sampling import generate
+from rglcd.sampling import PromptReading, generate, read_prompt
 
 TEACHER = TEACHER_KIND
 COLUMNS: tuple[str, ...] = (TEACHER, *demo_members())  # the teacher, then each registered method's student
@@ -204,11 +204,13 @@ class Engine:
                 self._family = family
             return self._family
 
-    def check(self, settings: Settings) -> None:
-        """Raise InputError if the prompt is longer than the family's text encoder reads (loads the family)."""
+    def check(self, settings: Settings) -> PromptReading:
+        """Raise InputError if the prompt is longer than the family's text encoder reads (loads the family); else
+        how the text encoder reads it (`rglcd.sampling.read_prompt`: emoji as names, notices)."""
         family = self.family()
         with self._compute:
             check_prompt_tokens(family, settings.prompt)
+            return read_prompt(family.tokenizer, settings.prompt)
 
     def rewards(self) -> dict[str, nn.Module | str]:
         """Reward name -> loaded reward model, or the reason it is unavailable; loaded once."""

@@ -96,7 +96,8 @@ def compare_page(engine: Engine, prompt: Any, student_steps: Any = 4, teacher_st
             yield page_outputs(columns, {}, {}, "Loading models (first use) ...", {}, pending="loading models ...")
             engine.warm_up()
             load_seconds = time.perf_counter() - t0
-        engine.check(settings)
+        reading = engine.check(settings)
+        settings = replace(settings, prompt=reading.text)  # the columns draw and score what the encoder reads
     except Exception as err:  # noqa: BLE001 (never a traceback in the page)
         message = user_message(err)
         yield page_outputs(columns, {}, {}, f"**Cannot compare:** {message}", {"error": message})
@@ -108,12 +109,13 @@ def compare_page(engine: Engine, prompt: Any, student_steps: Any = 4, teacher_st
         results[result.column] = result
         files[result.column] = result.png_files()
         done = len(results) == len(columns)
-        summary = {"family": engine.family_name, "settings": asdict(settings),
+        summary = {"family": engine.family_name, "settings": asdict(settings), "notices": list(reading.notices),
                    "results": {c: results[c].summary() for c in columns if c in results},
                    "total_seconds": round(time.perf_counter() - t0, 3), "load_seconds": round(load_seconds, 3)}
         loading = f" ({load_seconds:.2f} s of it loading the models, first use)" if load_seconds else ""
-        status = (f"Done in {summary['total_seconds']:.2f} s{loading}." if done else
-                  f"{len(results)} of {len(columns)} models done...")
+        status = "".join(f"Note: {n}. " for n in reading.notices) + (
+            f"Done in {summary['total_seconds']:.2f} s{loading}." if done else
+            f"{len(results)} of {len(columns)} models done...")
         yield page_outputs(columns, results, files, status, summary, pending="running...")
 
 
@@ -156,7 +158,7 @@ def reward_plot_page(engine: Engine, prompt: Any, student_guidance: Any = 5.0, t
         settings = parse_settings(prompt, student_guidance=student_guidance, teacher_steps=teacher_steps,
                                   teacher_guidance=teacher_guidance, seed=seed)
         settings = replace(settings, num_images=PLOT_SAMPLES)
-        engine.check(settings)
+        settings = replace(settings, prompt=engine.check(settings).text)
         rows = engine.reward_vs_steps(settings)
     except Exception as err:  # noqa: BLE001 (never a traceback in the page)
         return None, [], f"**Cannot plot:** {user_message(err)}"

@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from rglcd.sampling import read_prompt
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SEED_STRIDE = 1_000_000  # image i of seed s is drawn with torch.Generator().manual_seed(s * SEED_STRIDE + i)
 
@@ -63,6 +65,9 @@ def generate_images(pipe: Any, prompts: list[str], steps: int, guidance: float, 
     decoding included, after one untimed warm-up call), `nfe` (UNet evaluations per image), `batch_size`.
     """
     device = str(pipe.device)
+    tokenizer = getattr(pipe, "tokenizer", None)
+    if tokenizer is not None:  # emoji to names as in the CLI and the app; other prompts unchanged
+        prompts = [read_prompt(tokenizer, p).text for p in prompts]
     pipe(prompts[:1], num_inference_steps=1, guidance_scale=guidance, output_type="pt",
          generator=image_generators(seed, 0, 1))
     chunks, seconds = [], 0.0

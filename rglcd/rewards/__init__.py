@@ -53,6 +53,23 @@ LOADERS: dict[str, Callable[[str], nn.Module]] = {
 }
 """Each reward's loader: weights (a folder, file or hub id) -> the model."""
 
+DISPLAY_SCALES: dict[str, str] = {
+    "emoji": "100 x cosine",
+    "hpsv2.1": "100 x cosine",
+    "pickscore": "exp(logit_scale) x cosine",
+    "clipscore": "100 x max(cosine, 0)",
+    "imagereward": "ImageReward score",
+    "imagereward-clipped": "min(ImageReward - 2, 0)",
+    "aesthetic": "aesthetic score 1-10",
+}
+"""Each reward's display scale (module docstring), as a label for printed scores."""
+
+
+def reward_label(name: str) -> str:
+    """A score's label: 'emoji reward (100 x cosine)'; a mix ('hpsv2.1=1,imagereward=0.1') is named as given."""
+    scale = DISPLAY_SCALES.get(name)
+    return f"{name} reward ({scale})" if scale else f"{name} reward"
+
 
 class RewardMix(nn.Module):
     """Weighted sum of rewards: sum_i w_i R_i(images, prompts), (B,)."""
