@@ -79,15 +79,33 @@ def test_output_folders_are_created(tmp_path: Path, capsys) -> None:
     (["--image", "{tmp}"], "image not found"),
     (["--image", "{tmp}/none.png"], "image not found"),
     (["--image", "{tmp}/text.png"], "not an image file"),
+    (["--image", "{tmp}/bomb.png"], "image too large to score: {tmp}/bomb.png has over 178956970 pixels"),
+    (["--family", "{tmp}/family.json"], "family file {tmp}/family.json is not valid JSON: Expecting"),
+    (["--image", "{tmp}/bare-grid.png"], "{tmp}/bare-grid.png (266x68) looks like a grid of 64x64 images"),
 ])
 def test_score_rejects_with_one_line(extra: list[str], message: str, tmp_path: Path, capsys) -> None:
     from PIL import Image
 
     Image.new("RGB", (64, 64)).save(tmp_path / "black.png")
     (tmp_path / "text.png").write_text("not a png")
+    (tmp_path / "bomb.png").write_bytes(png_header(30_000, 30_000))
+    (tmp_path / "family.json").write_text('{"name": "emoji-64",')
+    Image.new("RGB", (4 * 66 + 2, 68), "white").save(tmp_path / "bare-grid.png")  # a grid re-saved without layout
     argv = ["score", "--prompt", "rocket", "--image", str(tmp_path / "black.png")] + extra
     assert main([a.format(tmp=tmp_path) for a in argv]) == 2
-    assert message in one_line(capsys.readouterr().err)
+    assert message.format(tmp=tmp_path) in one_line(capsys.readouterr().err)
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG of a `width` x `height` grey image with no pixel data: enough for Pillow to read its size."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + \
+        chunk(b"IEND", b"")
 
 
 RECIPES = {

@@ -6,7 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from rglcd.__main__ import main
@@ -30,7 +32,8 @@ def test_generate_and_score(tmp_path, capsys):
     code, stdout, err = run_main(["score", "--family", "emoji-64", "--prompt", "red apple", "--image", str(out)],
                                  capsys)
     assert code == 0, err
-    assert -100 <= float(stdout.strip()) <= 100
+    label, _, value = stdout.strip().rpartition(": ")
+    assert label == "emoji reward (100 x cosine)" and -100 <= float(value) <= 100
 
 
 def test_num_images_makes_a_grid(tmp_path, capsys):
@@ -39,6 +42,78 @@ def test_num_images_makes_a_grid(tmp_path, capsys):
     assert code == 0, err
     w, h = Image.open(out).size
     assert w > 3 * 64 and h > 64
+    code, stdout, err = run_main(["score", "--prompt", "red apple", "--image", str(out)], capsys)
+    assert code == 0, err
+    assert ", 3 grid tiles in order: " in stdout
+
+
+def score(image: Path, prompt: str, capsys) -> tuple[list[float], str]:
+    """The scores `python -m rglcd score` prints for an image (one, or one per grid tile) and its stderr."""
+    code, stdout, err = run_main(["score", "--prompt", prompt, "--image", str(image)], capsys)
+    assert code == 0, err
+    assert stdout.startswith("emoji reward (100 x cosine)"), stdout
+    values = stdout.split(": ", 1)[1].split(" (mean")[0]
+    return [float(v) for v in values.split()], err
+
+
+def renders(chars: str) -> torch.Tensor:
+    """(N,3,64,64) in [0,1]: the training renders of the emoji `chars` (glyphs on white)."""
+    from rglcd.data.emoji import render
+
+    return torch.stack([torch.from_numpy(render(c, 64).copy()).permute(2, 0, 1).float() / 255 for c in chars])
+
+
+def test_grid_is_scored_tile_by_tile(tmp_path, capsys):
+    """A grid as generate writes it (rglcd.images.save_grid) scores as its tiles do, each alone."""
+    from rglcd.images import save_grid
+    from rglcd.models import load_family
+
+    tiles = renders("🍕🍎🐶🚀")
+    save_grid(tiles, tmp_path / "grid.png", nrow=4)
+    with torch.no_grad():
+        singles = load_family("emoji-64").reward()(tiles, ["pizza"] * 4).tolist()
+    save_grid(tiles[:1], tmp_path / "pizza.png")
+    assert score(tmp_path / "pizza.png", "pizza", capsys)[0] == pytest.approx(singles[:1], abs=2e-3)
+    assert score(tmp_path / "grid.png", "pizza", capsys)[0] == pytest.approx(singles, abs=2e-3)
+    assert singles[0] > 20 and singles[0] == max(singles)
+
+
+def test_transparent_background_scores_as_on_white(tmp_path, capsys):
+    """An RGBA emoji on a transparent background (black hidden under it) scores as the same emoji on white."""
+    on_white = (renders("🍕")[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+    Image.fromarray(on_white).save(tmp_path / "white.png")
+    alpha = np.where((on_white == 255).all(-1), 0, 255).astype(np.uint8)
+    rgba = np.concatenate([np.where(alpha[..., None] == 0, 0, on_white), alpha[..., None]], -1).astype(np.uint8)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "transparent.png")
+    white = score(tmp_path / "white.png", "pizza", capsys)[0]
+    assert white[0] > 20
+    assert score(tmp_path / "transparent.png", "pizza", capsys)[0] == pytest.approx(white, abs=2e-3)
+
+
+def test_emoji_in_a_prompt_are_read_as_their_names(tmp_path, capsys, monkeypatch):
+    """'🍕' reaches the text encoder as 'pizza' (not [UNK]), with a notice; a prompt without emoji is read as
+    given; most words unknown gives a notice."""
+    import rglcd.__main__ as cli
+    from rglcd.models import load_family
+    from rglcd.sampling import PromptReading, read_prompt
+
+    seen: list[str] = []
+
+    def spied_family(name: str):
+        family = load_family(name)
+        family.text_encoder.register_forward_pre_hook(
+            lambda _, args: seen.extend(family.tokenizer.batch_decode(args[0], skip_special_tokens=True)))
+        return family
+
+    monkeypatch.setattr(cli, "load_family", spied_family)
+    code, _, err = run_main(GEN + ["--prompt", "🍕", "--steps", "1", "--out", str(tmp_path / "p.png")], capsys)
+    assert code == 0, err
+    assert "pizza" in seen and not any("[UNK]" in s for s in seen)
+    assert err.strip() == "note: emoji read as their names: '🍕' -> 'pizza'"
+    tokenizer = load_family("emoji-64").tokenizer
+    assert read_prompt(tokenizer, "a 🐶 on  grass").text == "a dog face on grass"
+    assert read_prompt(tokenizer, "red  apple") == PromptReading("red  apple", ())
+    assert "2 of the prompt's 3 words are unknown" in read_prompt(tokenizer, "ᚠᚢᚦ ᚨ cat").notices[0]
 
 
 @pytest.mark.parametrize("extra, message", [
