@@ -86,6 +86,13 @@ def test_parse_settings_accepts_numbers_as_text() -> None:
     assert s.request("teacher").steps == 25 and s.request("lcm").steps == 4
 
 
+def test_emoji_prompt_is_shown_as_the_names_the_encoder_reads(engine: Engine) -> None:
+    reading = engine.check(parse_settings("🍕 on a plate"))
+    assert reading.text == "pizza on a plate"
+    assert reading.notices == ("emoji read as their names: '🍕 on a plate' -> 'pizza on a plate'",)
+    assert engine.check(parse_settings("red apple")).notices == ()
+
+
 def test_nfe_counts_each_cfg_half(engine: Engine) -> None:
     settings = parse_settings("pizza", student_steps=3, teacher_steps=4, num_images=2)
     teacher, student = engine.run("teacher", settings), engine.run("lcm", settings)
