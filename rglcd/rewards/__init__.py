@@ -66,7 +66,7 @@ DISPLAY_SCALES: dict[str, str] = {
 
 
 def reward_label(name: str) -> str:
-    """A score's label: 'emoji reward (100 x cosine)'; a mix ('hpsv2.1=1,imagereward=0.1') is named as given."""
+    """A printed score's label: 'emoji reward (100 x cosine)'; a reward without a known scale by its name alone."""
     scale = DISPLAY_SCALES.get(name)
     return f"{name} reward ({scale})" if scale else f"{name} reward"
 
