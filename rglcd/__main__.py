@@ -81,8 +81,9 @@ def run_score(args: argparse.Namespace) -> str:
     if tiles is None and looks_like_grid(img.size, family.resolution):
         tile = family.resolution
         raise InputError(f"{args.image} ({img.width}x{img.height}) looks like a grid of {tile}x{tile} images without "
-                         f"its layout: crop each tile (at x, y = {GRID_PAD} + {tile + GRID_PAD} k) to its own file, "
-                         "or score the PNG that generate wrote")
+                         f"its layout: save each tile (row r, column c: the {tile}x{tile} box at x = {GRID_PAD} + "
+                         f"{tile + GRID_PAD}c, y = {GRID_PAD} + {tile + GRID_PAD}r) as its own file, or score the PNG "
+                         "that generate wrote")
     check_prompt_tokens(family, prompt)
     reading = read_prompt(family.tokenizer, prompt)
     for notice in reading.notices:
