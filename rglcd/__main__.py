@@ -80,10 +80,9 @@ def run_score(args: argparse.Namespace) -> str:
     tiles = grid_tiles(img)
     if tiles is None and looks_like_grid(img.size, family.resolution):
         tile = family.resolution
-        raise InputError(f"{args.image} ({img.width}x{img.height}) looks like a grid of {tile}x{tile} images without "
-                         f"its layout: save each tile (row r, column c: the {tile}x{tile} box at x = {GRID_PAD} + "
-                         f"{tile + GRID_PAD}c, y = {GRID_PAD} + {tile + GRID_PAD}r) as its own file, or score the PNG "
-                         "that generate wrote")
+        raise InputError(f"{args.image} ({img.width}x{img.height}) looks like a grid without its layout: save "
+                         f"each {tile}x{tile} tile (x = {GRID_PAD} + {tile + GRID_PAD}c, y = {GRID_PAD} + "
+                         f"{tile + GRID_PAD}r) as its own file, or score generate's PNG")
     check_prompt_tokens(family, prompt)
     reading = read_prompt(family.tokenizer, prompt)
     for notice in reading.notices:

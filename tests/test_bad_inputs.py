@@ -81,7 +81,7 @@ def test_output_folders_are_created(tmp_path: Path, capsys) -> None:
     (["--image", "{tmp}/text.png"], "not an image file"),
     (["--image", "{tmp}/bomb.png"], "image too large to score: {tmp}/bomb.png has over 178956970 pixels"),
     (["--family", "{tmp}/family.json"], "family file {tmp}/family.json is not valid JSON: Expecting"),
-    (["--image", "{tmp}/bare-grid.png"], "{tmp}/bare-grid.png (266x68) looks like a grid of 64x64 images"),
+    (["--image", "{tmp}/bare-grid.png"], "{tmp}/bare-grid.png (266x68) looks like a grid without its layout: save each 64x64 tile"),
 ])
 def test_score_rejects_with_one_line(extra: list[str], message: str, tmp_path: Path, capsys) -> None:
     from PIL import Image
