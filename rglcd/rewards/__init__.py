@@ -3,10 +3,9 @@
 Every reward is an nn.Module: `reward(images in [0,1] (B,3,H,W), prompts: list[str]) -> (B,)` scores,
 differentiable w.r.t. the images.
 
-Two scales, one convention (the only place it is stated; docs/training.md repeats it):
-- display scale, what `reward(images, prompts)` returns and what evaluations, the demo and the docs report:
-  hpsv2.1 100 x cos, pickscore exp(logit_scale) x cos, clipscore 100 x max(cos, 0), imagereward r,
-  imagereward-clipped min(r - 2, 0), aesthetic the predictor's 1..10 score, emoji 100 x cos;
+Two scales, one convention (stated here and in `DISPLAY_SCALES`; docs/training.md repeats it):
+- display scale, what `reward(images, prompts)` returns and what evaluations, the demo, the CLI and the docs
+  report: each reward's entry of `DISPLAY_SCALES` (hpsv2.1 and emoji 100 x cos, pickscore exp(logit_scale) x cos, ...);
 - training scale, what the RG-LCD objective maximises (`training_score`): the display score times the reward's
   `training_scale` (1 when it has none), chosen so that it is the RG-LCD reference's training reward
   (Ji4chenLi/rg-lcd `reward_fn.py`, `return_logits=False`): hpsv2.1, pickscore plain cos; clipscore max(cos, 0);
