@@ -144,8 +144,11 @@ def file_problem(path: Path) -> str | None:
             if len(head) < 8:
                 return f"{name} is truncated"
             header_len = struct.unpack("<Q", head)[0]
+            raw = fh.read(header_len)
+            if len(raw) < header_len:
+                return f"{name} is truncated"
             try:
-                header = json.loads(fh.read(header_len))
+                header = json.loads(raw)
                 end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
             except (ValueError, KeyError, TypeError, IndexError):
                 return f"{name} has no readable safetensors header"
@@ -173,6 +176,8 @@ def checkpoint_problem(folder: Path) -> str | None:
         path = folder / name
         if not path.is_file():
             return f"{name} is missing"
+        if path.stat().st_size < size:
+            return f"{name} is truncated: {path.stat().st_size} of its {size} bytes"
         if path.stat().st_size != size:
             return f"{name} has {path.stat().st_size} bytes, {size} were written"
     for path in files:
