@@ -194,7 +194,8 @@ def settings_differences(recorded: dict[str, Any], current: dict[str, Any]) -> t
     for name in sorted(set(recorded) | set(current)):
         old, new = recorded.get(name, "(not recorded)"), current.get(name, "(not set)")
         if old != new:
-            line = f"--{name.replace('_', '-')}: {old} -> {new}"
+            label = name if name == "processes" else f"--{name.replace('_', '-')}"  # the one record not a flag
+            line = f"{label}: {old} -> {new}"
             (free if name in MAY_CHANGE_ON_RESUME else fixed).append(line)
     return fixed, free
 

@@ -22,11 +22,13 @@ T = TypeVar("T")
 # and speed options that compute the same steps. Every other setting shapes training and must match the checkpoint's.
 # `max_steps` may grow or shrink, but where a schedule is drawn over it (the teacher's and the autoencoder's cosine
 # learning rate, the iCT curriculum, MLCM's progressive stages) the steps after the resume follow the new length.
+# `processes` (recorded beside the settings) may change too, to go on with another machine: the global batch is the
+# per-process batch times it, so it changes with them (a streamed epoch restarts on a new rank, docs/training.md).
 MAY_CHANGE_ON_RESUME: frozenset[str] = frozenset({
     "max_steps", "stop_at", "resume", "output_dir", "checkpoint_every", "log_every", "report_to",
     "eval_every", "eval_steps", "eval_guidance", "eval_images", "classifier",
     "export_dir", "export_dtype", "member", "replace_shipped",
-    "dataloader_num_workers", "compile", "gradient_checkpointing", "channels_last",
+    "dataloader_num_workers", "compile", "gradient_checkpointing", "channels_last", "processes",
 })
 
 
