@@ -129,7 +129,8 @@ def read_record(folder: Path) -> dict[str, Any] | None:
         record = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{RECORD} does not read ({type(err).__name__})") from None
-    if not isinstance(record, dict) or not isinstance(record.get("files"), dict):
+    if (not isinstance(record, dict) or not isinstance(record.get("files"), dict)
+            or not isinstance(record.get("settings"), dict | None)):
         raise ValueError(f"{RECORD} is not a checkpoint record")
     return record
 
