@@ -1,5 +1,7 @@
-"""Checkpoints resume weights-only: a registered object's state holding anything but tensors and plain values is
-refused instead of unpickled."""
+"""Checkpoints resume weights-only (a registered object's state holding anything but tensors and plain values is
+refused instead of unpickled), skip corrupt or empty newest checkpoints with a warning (one error line when none is
+intact), and refuse a resume whose settings differ in one that shapes training. The trainer-level checks (exit 2 from
+train/distill.py, nothing written, the fallback run ending as the uninterrupted one) are in tests/test_distill.py."""
 
 from __future__ import annotations
 
