@@ -2,6 +2,7 @@
 that LatentConsistencyModelPipeline samples, and is registered in the family file."""
 
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,8 @@ from rglcd.training.distill import DistillConfig, train_distill
 from rglcd.training.step import student_from_teacher
 from rglcd.training.teacher import TeacherConfig, build_unet
 from tests.entry_points import run_entry_point
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_student_starts_as_the_teacher():
@@ -34,7 +37,32 @@ def _cfg(root, out, **kw):
     return DistillConfig.of(**base)
 
 
-def test_lcd_trains_resumes_exports_and_samples(family_with_teacher, tmp_path):
+def check_resume_rules(root: Path, out: Path, loss: float, capsys: pytest.CaptureFixture) -> None:
+    """On a finished 4-step run in `out` (checkpoints 2 and 4, final `loss`): a resume with another learning rate
+    stops from the entry point (one line naming it, exit 2, nothing written); with a truncated checkpoint-4 it goes on
+    from checkpoint-2, says so, and ends with the uninterrupted run's loss (changing --eval-every and --export-dir,
+    which may change)."""
+    args = ["--family", str(root), "--output-dir", str(out), "--export-dir", "none", "--batch-size", "4",
+            "--max-steps", "4", "--warmup-steps", "1", "--checkpoint-every", "2", "--eval-every", "0",
+            "--limit-concepts", "16"]
+    before = {p: p.stat().st_mtime_ns for p in out.parent.rglob("*")}
+    code, _, err = run_entry_point(ROOT / "train" / "distill.py", [*args, "--learning-rate", "1e-3"])
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: checkpoint {out / 'checkpoint-4'} was made with other settings "
+                          "(--learning-rate: 0.0002 -> 0.001)")
+    assert "--resume none" in err and "another --output-dir" in err
+    assert {p: p.stat().st_mtime_ns for p in out.parent.rglob("*")} == before, "nothing written"
+    weights = out / "checkpoint-4" / "model.safetensors"  # the student
+    weights.write_bytes(weights.read_bytes()[:1000])
+    capsys.readouterr()
+    again = train_distill(_cfg(root, out, export_dir=None, eval_every=0))
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "checkpoint-4 (model.safetensors is truncated" in warnings[0], warnings
+    assert warnings[0].endswith(f"resuming from the newest intact one, {out / 'checkpoint-2'}")
+    assert again["loss"] == loss
+
+
+def test_lcd_trains_resumes_exports_and_samples(family_with_teacher, tmp_path, capsys):
     root = family_with_teacher
     full = train_distill(_cfg(root, tmp_path / "full", export_dir=str(tmp_path / "full-export")))
     assert 0 <= full["train_win_rate"] <= 1 and (tmp_path / "full" / "samples" / "step-4-heldout.png").is_file()
@@ -45,6 +73,7 @@ def test_lcd_trains_resumes_exports_and_samples(family_with_teacher, tmp_path):
     assert load_family(str(root)).member("lcm") == first, "an unfinished run must not export or register"
     resumed = train_distill(_cfg(root, tmp_path / "cut"))
     assert resumed["loss"] == full["loss"]
+    check_resume_rules(root, tmp_path / "full", full["loss"], capsys)
     a = load_file(str(tmp_path / "full-export" / "diffusion_pytorch_model.safetensors"))
     b = load_file(str(root / "lcm" / "diffusion_pytorch_model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -323,3 +352,4 @@ def test_name_targets_condition_teacher_and_target_on_names_on_data_and_trajecto
     with pytest.raises(ValueError, match="--target-captions name needs a caption table"):
         train_distill(_cfg(root, tmp_path / "bad", target_captions="name", data=str(tmp_path / "folder"),
                            limit_concepts=None))
+

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from rglcd.data.emoji import augment, load_renders, to_model_range
 from rglcd.files import write_metrics
-from rglcd.training.checkpoints import StepCounter, step_generator
+from rglcd.training.checkpoints import StepCounter, choose_checkpoint, run_record, step_generator
 from rglcd.training.export import refuse_shipped
 from rglcd.training.loop import run_training
 from rglcd.training.settings import flat_values, setting
@@ -135,6 +135,8 @@ def train_autoencoder(cfg: AutoencoderConfig, accelerator: Accelerator | None = 
     if cfg.export_dir:
         refuse_shipped(cfg.export_dir, cfg.replace_shipped)
     accelerator = accelerator or Accelerator(log_with="tensorboard", project_dir=cfg.output_dir)
+    record = run_record(cfg, accelerator)
+    resume = choose_checkpoint(cfg.output_dir, cfg.resume, record, accelerator.print)  # before anything is written
     accelerator.init_trackers("autoencoder", config={k: str(v) for k, v in flat_values(cfg).items()})
     _, train_images = load_renders("train")
     _, held_images = load_renders("heldout")
@@ -170,7 +172,7 @@ def train_autoencoder(cfg: AutoencoderConfig, accelerator: Accelerator | None = 
         return out
 
     metrics = run_training(accelerator, counter, cfg.output_dir, cfg.max_steps, train_step, evaluate,
-                           cfg.resume, cfg.checkpoint_every, cfg.eval_every, stop_at=cfg.stop_at)
+                           resume, cfg.checkpoint_every, cfg.eval_every, stop_at=cfg.stop_at, settings=record)
     model = accelerator.unwrap_model(vae).eval()
     if accelerator.is_main_process and cfg.export_dir and counter.step >= cfg.max_steps:
         if cfg.recenter_steps > 0:

@@ -31,7 +31,7 @@ from rglcd.models import Family, load_family, register_member, save_unet
 from rglcd.objectives import DistillBatch, OnPolicyStates, ProxyPreference, RewardGuidance, RGLCDLoss
 from rglcd.rewards import get_reward
 from rglcd.rewards.proxy import LatentProxyReward
-from rglcd.training.checkpoints import StepCounter, step_generator
+from rglcd.training.checkpoints import StepCounter, choose_checkpoint, run_record, step_generator
 from rglcd.training.distill_config import DistillConfig, LCDSettings
 from rglcd.training.export import export_plan
 from rglcd.training.global_batch import data_generator, local_samples, share_of, share_rows
@@ -268,6 +268,8 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
     accelerator = accelerator or make_accelerator(cfg.report_to, cfg.output_dir,
                                                   mixed_precision=cfg.speed.mixed_precision,
                                                   gradient_accumulation_steps=opt.gradient_accumulation_steps)
+    record = run_record(cfg, accelerator)
+    resume = choose_checkpoint(cfg.output_dir, cfg.resume, record, accelerator.print)  # before anything is written
     export, registry = export_plan(cfg.export_dir, family, member, cfg.replace_shipped,
                                    write=accelerator.is_main_process)
     accelerator.init_trackers("distill", config={k: str(v) for k, v in flat_values(cfg).items()})
@@ -314,8 +316,8 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
     validation = Validation(family, member, method, online if lora else target, cfg, accelerator)
     metrics = run_training(accelerator, counter, cfg.output_dir, opt.max_steps,
                            TrainStep(parts, draw, method, loss, cfg),
-                           validation if cfg.eval_every > 0 else None, cfg.resume, cfg.checkpoint_every,
-                           max(cfg.eval_every, 1), log_every=cfg.log_every, stop_at=cfg.stop_at)
+                           validation if cfg.eval_every > 0 else None, resume, cfg.checkpoint_every,
+                           max(cfg.eval_every, 1), log_every=cfg.log_every, stop_at=cfg.stop_at, settings=record)
     if accelerator.is_main_process and export is not None and counter.step >= opt.max_steps:
         export_student(cfg, method, member, export, registry, online, target, proxy, accelerator)
         metrics.update(steps=counter.step, **({"concepts": batches.size} if hasattr(batches, "size") else {}))

@@ -38,7 +38,7 @@ from rglcd.models import Family, load_family, register_member, save_unet
 from rglcd.networks import CMDenoiser, FashionClassifier, build_class_unet
 from rglcd.objectives import ICTLoss
 from rglcd.scheduling_cm import CMScheduler
-from rglcd.training.checkpoints import StepCounter, step_generator
+from rglcd.training.checkpoints import StepCounter, choose_checkpoint, run_record, step_generator
 from rglcd.training.ema import EMA
 from rglcd.training.export import AUTO, RUNS, export_plan
 from rglcd.training.global_batch import data_generator, local_samples, share_of, share_rows
@@ -300,6 +300,8 @@ def train_ict(cfg: ICTConfig, accelerator: Accelerator | None = None) -> dict[st
         sampler_class(ICT.kind)  # fail now, not at the first evaluation or after export
     pixel_export = f"{RUNS}/{FASHION}/{cfg.member}" if pixel and cfg.export_dir == AUTO else cfg.export_dir
     accelerator = accelerator or make_accelerator(cfg.report_to, cfg.output_dir, mixed_precision=cfg.mixed_precision)
+    record = run_record(cfg, accelerator)
+    resume = choose_checkpoint(cfg.output_dir, cfg.resume, record, accelerator.print)  # before anything is written
     export, registry = export_plan(pixel_export, family, cfg.member, cfg.replace_shipped,
                                    write=accelerator.is_main_process)
     accelerator.init_trackers("ict", config={k: str(v) for k, v in flat_values(cfg).items()})
@@ -317,8 +319,8 @@ def train_ict(cfg: ICTConfig, accelerator: Accelerator | None = None) -> dict[st
     validation = Validation(cfg, parts, sampler, family)
     metrics = run_training(accelerator, counter, cfg.output_dir, cfg.max_steps,
                            TrainStep(parts, draw, cfg.seed),
-                           validation if cfg.eval_every > 0 else None, cfg.resume, cfg.checkpoint_every,
-                           max(cfg.eval_every, 1), stop_at=cfg.stop_at)
+                           validation if cfg.eval_every > 0 else None, resume, cfg.checkpoint_every,
+                           max(cfg.eval_every, 1), stop_at=cfg.stop_at, settings=record)
     if accelerator.is_main_process and export is not None and counter.step >= cfg.max_steps:
         final = parts.ema.averaged(unet).to(accelerator.device)
         save_unet(final, export, cfg.export_dtype)

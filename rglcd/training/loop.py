@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -27,19 +28,21 @@ def run_training(
     max_steps: int,
     train_step: Callable[[int], dict[str, float | torch.Tensor]],
     evaluate: Callable[[int], dict[str, float]] | None = None,
-    resume: str | None = "latest",
+    resume: str | Path | None = "latest",
     checkpoint_every: int = 500,
     eval_every: int = 500,
     checkpoint_limit: int = 3,
     log_every: int = 10,
     stop_at: int | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     """Run `train_step` from the resumed step to `max_steps`; returns the last scalars (training and evaluation).
 
     `stop_at` ends the run early (with a checkpoint) without changing the schedule, to split one long run into
     several sessions. `counter` must already be registered with `accelerator.register_for_checkpointing`.
+    `settings` (`checkpoints.run_record`) are recorded in every checkpoint, and a resume must match them.
     """
-    resume_checkpoint(accelerator, output_dir, resume)
+    resume_checkpoint(accelerator, output_dir, resume, settings)
     last: dict[str, float | torch.Tensor] = {}
     start = counter.step
     bar = tqdm(total=max_steps, initial=start, disable=not accelerator.is_main_process, desc="train")
@@ -63,10 +66,10 @@ def run_training(
                     last.update(metrics)
                 accelerator.wait_for_everyone()
             if (step + 1) % checkpoint_every == 0 or step + 1 in (max_steps, stop_at):
-                save_checkpoint(accelerator, output_dir, step + 1, checkpoint_limit)
+                save_checkpoint(accelerator, output_dir, step + 1, checkpoint_limit, settings)
     except KeyboardInterrupt:
         accelerator.print(f"interrupted at step {counter.step}; saving a checkpoint before exiting")
-        save_checkpoint(accelerator, output_dir, counter.step, checkpoint_limit)
+        save_checkpoint(accelerator, output_dir, counter.step, checkpoint_limit, settings)
         raise
     finally:
         bar.close()

@@ -4,6 +4,10 @@
 config may hold sections: fields whose type is itself a dataclass of settings (e.g. `DistillConfig.mlcm`). Setting
 names are unique across a config and its sections, so the command line and the YAML recipes stay flat
 (`--segments 4`, `segments: 4`); `build_config` puts each value in its section.
+
+A checkpoint records a run's settings (`rglcd.training.checkpoints`); a resume must repeat them, except the ones in
+`MAY_CHANGE_ON_RESUME`, which say how long to run, where to write, what to log and evaluate, or how fast to compute
+the same steps.
 """
 
 from __future__ import annotations
@@ -13,6 +17,19 @@ import typing
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+# Settings (of any trainer) a resume may change: the run's length and stops, its outputs and logging, validation,
+# and speed options that compute the same steps. Every other setting shapes training and must match the checkpoint's.
+# `max_steps` may grow or shrink, but where a schedule is drawn over it (the teacher's and the autoencoder's cosine
+# learning rate, the iCT curriculum, MLCM's progressive stages) the steps after the resume follow the new length.
+# `processes` (recorded beside the settings) may change too, to go on with another machine: the global batch is the
+# per-process batch times it, so it changes with them (a streamed epoch restarts on a new rank, docs/training.md).
+MAY_CHANGE_ON_RESUME: frozenset[str] = frozenset({
+    "max_steps", "stop_at", "resume", "output_dir", "checkpoint_every", "log_every", "report_to",
+    "eval_every", "eval_steps", "eval_guidance", "eval_images", "classifier",
+    "export_dir", "export_dtype", "member", "replace_shipped",
+    "dataloader_num_workers", "compile", "gradient_checkpointing", "channels_last", "processes",
+})
 
 
 def setting(default: Any, help: str) -> Any:

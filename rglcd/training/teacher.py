@@ -25,7 +25,7 @@ from rglcd.data.emoji import (emoji_training_tensors, eval_prompt_sets, first_ph
 from rglcd.evaluate import evaluate_prompt_following
 from rglcd.files import write_metrics
 from rglcd.models import Family, load_family, register_member, save_unet
-from rglcd.training.checkpoints import StepCounter, step_generator
+from rglcd.training.checkpoints import StepCounter, choose_checkpoint, run_record, step_generator
 from rglcd.training.ema import EMA
 from rglcd.training.export import export_plan
 from rglcd.training.global_batch import rank_rows
@@ -174,6 +174,8 @@ def train_teacher(cfg: TeacherConfig, accelerator: Accelerator | None = None) ->
     """Train (resuming when asked), export the EMA UNet to `cfg.export_dir`, return final metrics."""
     family = load_family(cfg.family)
     accelerator = accelerator or make_accelerator("tensorboard", cfg.output_dir)
+    record = run_record(cfg, accelerator)
+    resume = choose_checkpoint(cfg.output_dir, cfg.resume, record, accelerator.print)  # before anything is written
     export, registry = export_plan(cfg.export_dir, family, cfg.member, cfg.replace_shipped,
                                    write=accelerator.is_main_process)
     accelerator.init_trackers("teacher", config={k: str(v) for k, v in flat_values(cfg).items()})
@@ -196,8 +198,8 @@ def train_teacher(cfg: TeacherConfig, accelerator: Accelerator | None = None) ->
                      lr_scheduler, ema, data, cfg)
     validation = Validation(cfg, family, ema, unet)
     metrics = run_training(accelerator, counter, cfg.output_dir, cfg.max_steps, step,
-                           validation if cfg.eval_every > 0 else None, cfg.resume, cfg.checkpoint_every,
-                           max(cfg.eval_every, 1), stop_at=cfg.stop_at)
+                           validation if cfg.eval_every > 0 else None, resume, cfg.checkpoint_every,
+                           max(cfg.eval_every, 1), stop_at=cfg.stop_at, settings=record)
     if accelerator.is_main_process and export is not None and counter.step >= cfg.max_steps:
         final = ema.averaged(unet)
         save_unet(final, export, cfg.export_dtype)
