@@ -36,7 +36,7 @@ from rglcd.training.distill_config import DistillConfig, LCDSettings
 from rglcd.training.export import export_plan
 from rglcd.training.global_batch import data_generator, local_samples, share_of, share_rows
 from rglcd.training.loop import run_training
-from rglcd.training.settings import flat_values
+from rglcd.training.settings import check_values, flat_values
 from rglcd.training.step import (ConsistencyUNet, DistillStep, ProxyUpdate, distill_step, half_precision_teacher,
                                  make_optimizer, save_lora, speed_options, student_and_target)
 from rglcd.training.tracking import log_grids, make_accelerator
@@ -49,15 +49,9 @@ def check_settings(cfg: DistillConfig, method: Method) -> None:
     if method.trainer != "distill":
         raise ValueError(f"--method {method.name} is not a distillation method: this trainer runs "
                          f"{', '.join(trainer_methods('distill'))}")
+    # each setting's type and declared range (`DistillConfig`), as the command line checks them
+    check_values(DistillConfig, flat_values(cfg), lambda key: "--" + key.replace("_", "-"))
     rg, reward = cfg.rg, method.uses_reward(cfg.rg.reward is not None)
-    if cfg.dataset.target_captions not in ("same", "name"):
-        raise ValueError(f"--target-captions must be same or name, got {cfg.dataset.target_captions!r}")
-    if cfg.dataset.data_latents not in ("mode", "sample"):
-        raise ValueError(f"--data-latents must be mode or sample, got {cfg.dataset.data_latents!r}")
-    if cfg.speed.teacher_autocast not in (None, "bf16", "fp16"):
-        raise ValueError(f"--teacher-autocast must be bf16 or fp16, got {cfg.speed.teacher_autocast!r}")
-    if rg.reward_states not in ("data", "sampler"):
-        raise ValueError(f"--reward-states must be data or sampler, got {rg.reward_states!r}")
     if rg.reward_states == "sampler" and not reward:
         raise ValueError("--reward-states sampler needs a reward: --method rg-lcd, or --method mlcm with --reward")
     if rg.reward_states == "sampler" and not 1 <= rg.reward_sampler_steps <= cfg.lcd.num_ddim_timesteps:
