@@ -106,6 +106,13 @@ def weights_only_custom_states() -> Iterator[None]:
         accelerator_module.load_custom_state = original
 
 
+def check_resume(resume: str | None) -> None:
+    """FileNotFoundError (before a run writes anything) when `resume` names a checkpoint folder that is not there
+    (None and 'latest' always pass: 'latest' with nothing saved starts afresh)."""
+    if resume and resume != "latest" and not Path(resume).is_dir():
+        raise FileNotFoundError(f"checkpoint folder not found: {resume}")
+
+
 def resume_checkpoint(accelerator: Accelerator, output_dir: str | Path, resume: str | None) -> Path | None:
     """Load `resume` ('latest' or a checkpoint folder) into the accelerator's registered state.
 
@@ -120,9 +127,8 @@ def resume_checkpoint(accelerator: Accelerator, output_dir: str | Path, resume: 
             return None
         path = found[-1]
     else:
+        check_resume(resume)
         path = Path(resume)
-        if not path.is_dir():
-            raise FileNotFoundError(f"checkpoint folder not found: {path}")
     try:
         with weights_only_custom_states():
             accelerator.load_state(str(path))

@@ -20,7 +20,7 @@ from accelerate.utils import set_seed
 from diffusers import DDPMScheduler
 from diffusers.optimization import get_scheduler
 
-from rglcd.data.batches import EmojiBatches, EncodedBatches, training_batches
+from rglcd.data.batches import EmojiBatches, EncodedBatches, check_data_source, training_batches
 from rglcd.data.emoji import cache_dir, eval_prompt_sets
 from rglcd.data.stream import StreamOptions
 from rglcd.data.trajectories import TrajectorySet, TrajectorySpec, teacher_trajectories, weights_digest
@@ -31,7 +31,7 @@ from rglcd.models import Family, load_family, register_member, save_unet
 from rglcd.objectives import DistillBatch, OnPolicyStates, ProxyPreference, RewardGuidance, RGLCDLoss
 from rglcd.rewards import get_reward
 from rglcd.rewards.proxy import LatentProxyReward
-from rglcd.training.checkpoints import StepCounter, step_generator
+from rglcd.training.checkpoints import StepCounter, check_resume, step_generator
 from rglcd.training.distill_config import DistillConfig, LCDSettings
 from rglcd.training.export import export_plan
 from rglcd.training.global_batch import data_generator, local_samples, share_of, share_rows
@@ -259,6 +259,10 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
     opt, lora = cfg.optim, cfg.lora.lora_rank > 0
     member = cfg.member or (method.lora_member() if lora else method.member)
     family = load_family(cfg.family)
+    # what a user names is checked before the accelerator writes the output folder and the tracker's files
+    teacher = family.unet(cfg.teacher)
+    check_resume(cfg.resume)
+    check_data_source(cfg.dataset.data, cfg.dataset.phrasings, cfg.dataset.captions)
     accelerator = accelerator or make_accelerator(cfg.report_to, cfg.output_dir,
                                                   mixed_precision=cfg.speed.mixed_precision,
                                                   gradient_accumulation_steps=opt.gradient_accumulation_steps)
@@ -269,7 +273,6 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
     device, rank = accelerator.device, accelerator.process_index
     with accelerator.main_process_first():  # it fills the data caches (renders, encodings) the others then read
         batches = distill_data(cfg, family, accelerator)
-    teacher = family.unet(cfg.teacher)
     loss = method.build_loss(loss_arguments(cfg.lcd, family, device), cfg)
     guidance = reward_guidance(cfg, family, device) if method.uses_reward(cfg.rg.reward is not None) else None
     student, target = student_and_target(teacher, cfg.lora.lora_rank, cfg.lora.lora_alpha, cfg.lcd.w_embedding_dim,
