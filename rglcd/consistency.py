@@ -30,6 +30,9 @@ def pseudo_huber(pred: torch.Tensor, target: torch.Tensor, c: float) -> torch.Te
     return (d2 + c * c).sqrt() - c
 
 
+LOSS_TYPES = ("huber", "l2")  # the distances consistency_distance computes (the trainers' --loss-type)
+
+
 def consistency_distance(pred: torch.Tensor, target: torch.Tensor, loss_type: str = "l2",
                          huber_c: float = 0.001) -> torch.Tensor:
     """Per-sample distance (B,): 'l2' = mean squared error, 'huber' = elementwise pseudo-Huber mean as in the LCD
@@ -39,7 +42,7 @@ def consistency_distance(pred: torch.Tensor, target: torch.Tensor, loss_type: st
         return diff.pow(2).flatten(1).mean(1)
     if loss_type == "huber":
         return ((diff.pow(2) + huber_c ** 2).sqrt() - huber_c).flatten(1).mean(1)
-    raise ValueError(f"unknown loss_type {loss_type!r}: use l2 or huber")
+    raise ValueError(f"unknown loss_type {loss_type!r}: use {' or '.join(LOSS_TYPES)}")
 
 
 CLEAN_ENDS = ("ddim", "lcm")

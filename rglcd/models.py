@@ -340,11 +340,14 @@ class Family:
         return pipe.to(next(unet.parameters()).device)
 
 
+EXPORT_DTYPES = ("fp32", "fp16")  # the exported weights file's dtype (the trainers' --export-dtype)
+
+
 def save_unet(unet: Any, folder: Path, dtype: str = "fp32") -> None:
     """`unet.save_pretrained(folder)`, with the weights file stored in half precision when `dtype` is "fp16" (half
     the size; `from_pretrained` loads it back into the model's fp32 parameters). The model itself is unchanged."""
-    if dtype not in ("fp32", "fp16"):
-        raise ValueError(f"unknown export dtype {dtype!r}: use fp32 or fp16")
+    if dtype not in EXPORT_DTYPES:
+        raise ValueError(f"unknown export dtype {dtype!r}: use {' or '.join(EXPORT_DTYPES)}")
     unet.save_pretrained(folder)
     if dtype == "fp16":
         from safetensors.torch import save_file

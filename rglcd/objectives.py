@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from rglcd.consistency import consistency_distance, consistency_output, ict_huber_c, pseudo_huber, segment_output
+from rglcd.consistency import (LOSS_TYPES, consistency_distance, consistency_output, ict_huber_c, pseudo_huber,
+                               segment_output)
 from rglcd.rewards import training_score
 from rglcd.rewards.proxy import PROXY_VARIANTS, expert_logits, preference_loss
 from rglcd.schedule import (KARRAS_RHO, SIGMA_MAX, SIGMA_MIN, ddim_skip_grid, ddim_solver_step, grid_timestep,
@@ -356,6 +357,9 @@ def shared_randomness(seed: int, device: torch.device) -> Iterator[None]:
         yield
 
 
+NOISE_SAMPLINGS = ("lognormal", "uniform")  # how ICTLoss draws a step's grid interval (iCT's | CT's)
+
+
 @dataclass
 class ICTLoss:
     """Improved consistency training (Song & Dhariwal 2023): a consistency model from data, no teacher.
@@ -382,10 +386,10 @@ class ICTLoss:
     huber_c: float | None = None  # None: 0.00054 sqrt(dim)
 
     def __post_init__(self) -> None:
-        if self.loss_type not in ("huber", "l2"):
-            raise ValueError(f"unknown loss_type {self.loss_type!r}: use huber or l2")
-        if self.noise_sampling not in ("lognormal", "uniform"):
-            raise ValueError(f"unknown noise_sampling {self.noise_sampling!r}: use lognormal or uniform")
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"unknown loss_type {self.loss_type!r}: use {' or '.join(LOSS_TYPES)}")
+        if self.noise_sampling not in NOISE_SAMPLINGS:
+            raise ValueError(f"unknown noise_sampling {self.noise_sampling!r}: use {' or '.join(NOISE_SAMPLINGS)}")
 
     def num_scales(self, step: int) -> int:
         """Grid points N at global optimiser step `step` (never a per-process counter)."""

@@ -151,3 +151,57 @@ def test_trainer_refuses_assets_without_replace_shipped(tmp_path: Path, capsys) 
 def test_trainer_entry_point_one_line_exit_2(argv: list[str], message: str) -> None:
     code, _, err = run_entry_point(ROOT / "train" / "distill.py", argv, cwd=ROOT)
     assert code == 2 and err.strip().splitlines() == [message]
+
+
+# each bad trainer value stops before the run writes anything; --stop-at 1 keeps a run short should one get through
+SAFE = ["--output-dir", "{tmp}/run", "--export-dir", "{tmp}/export", "--stop-at", "1", "--eval-every", "0",
+        "--limit-concepts", "4"]
+
+
+@pytest.mark.parametrize("recipe, argv, message", [
+    ("max_steps: 2.5\n", [], "max_steps in {tmp}/recipe.yaml must be a whole number >= 1, got 2.5"),
+    ("max_steps: [1, 2]\n", [], "max_steps in {tmp}/recipe.yaml must be a whole number >= 1, got a list [1, 2]"),
+    ("batch_size: -1\n", [], "batch_size in {tmp}/recipe.yaml must be a whole number >= 1, got -1"),
+    ("method: [lcd]\n", [], "method in {tmp}/recipe.yaml must be one of lcd, rg-lcd, mlcm, got a list ['lcd']"),
+    ("loss_type: l1\n", [], "loss_type in {tmp}/recipe.yaml must be one of huber, l2, got 'l1'"),
+    (None, ["--checkpoint-every", "0"], "--checkpoint-every must be a whole number >= 1, got 0"),
+    (None, ["--log-every", "0"], "--log-every must be a whole number >= 1, got 0"),
+    (None, ["--batch-size", "0"], "--batch-size must be a whole number >= 1, got 0"),
+    (None, ["--max-steps", "-5"], "--max-steps must be a whole number >= 1, got -5"),
+    (None, ["--ema-decay", "5"], "--ema-decay must be a number between 0 and 1, got 5.0"),
+    (None, ["--seed", "-1"], "--seed must be a whole number between 0 and 4294967295, got -1"),
+    (None, ["--progressive", "8", "0"], "--progressive must be a list of whole numbers >= 1 (or none), got (8, 0)"),
+    (None, ["--teacher", "nope"], "family emoji-64 has no model 'nope'"),
+    (None, ["--resume", "{tmp}/no-checkpoint"], "checkpoint folder not found: {tmp}/no-checkpoint"),
+    (None, ["--data", "no-such-data"], "unknown data source 'no-such-data'"),
+    (None, ["--data", "tensors:{tmp}/none.pt"], "training tensors not found: {tmp}/none.pt"),
+    (None, ["--method", "ict", "--batch-size", "0"], "--batch-size must be a whole number >= 1, got 0"),
+    (None, ["--method", "ict", "--resume", "{tmp}/no-checkpoint"], "checkpoint folder not found"),
+    (None, ["--method", "ict", "--data", "no-such-data"], "unknown data source"),
+])
+def test_trainer_values_checked_before_anything_is_written(recipe: str | None, argv: list[str], message: str,
+                                                           tmp_path: Path) -> None:
+    if recipe is not None:
+        (tmp_path / "recipe.yaml").write_text(recipe)
+        argv = ["--config", "{tmp}/recipe.yaml", *argv]
+    args = [a.format(tmp=tmp_path) for a in SAFE + argv]
+    code, _, err = run_entry_point(ROOT / "train" / "distill.py", args, cwd=ROOT)
+    assert code == 2 and message.format(tmp=tmp_path) in one_line(err)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "export").exists()
+    assert not list(tmp_path.rglob("events.out.tfevents*"))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--seeds", "-1"], "argument --seeds: expected whole numbers between 0 and 4294967295, got '-1'"),
+    (["--seeds", "0,x"], "argument --seeds: expected whole numbers between 0 and 4294967295, got 'x'"),
+    (["--steps", "0"], "argument --steps: expected whole numbers >= 1, got '0'"),
+    (["--batch-size", "0"], "argument --batch-size: expected whole numbers >= 1, got '0'"),
+    (["--bogus"], "unrecognized arguments: --bogus (see python -m rglcd.evaluate --help)"),
+])
+def test_evaluate_rejects_with_one_line(argv: list[str], message: str, tmp_path: Path, capsys) -> None:
+    from rglcd.evaluate import main as evaluate
+
+    with pytest.raises(SystemExit) as exc:
+        evaluate(argv + ["--out", str(tmp_path / "eval")])
+    assert exc.value.code == 2 and message in one_line(capsys.readouterr().err)
+    assert not (tmp_path / "eval").exists()

@@ -139,9 +139,9 @@ def test_rg_lcd_on_sampler_states_trains_and_resumes(family_with_teacher, tmp_pa
     assert train_distill(_cfg(root, tmp_path / "cut", **kw))["loss"] == full["loss"]
     with pytest.raises(ValueError, match="reward-states sampler needs a reward"):
         train_distill(_cfg(root, tmp_path / "bad", reward_states="sampler"))
-    with pytest.raises(ValueError, match="must be data or sampler"):
+    with pytest.raises(ValueError, match="reward-states must be one of data, sampler"):
         train_distill(_cfg(root, tmp_path / "bad", **(kw | {"reward_states": "trajectory"})))
-    with pytest.raises(ValueError, match="reward-sampler-steps must be in"):
+    with pytest.raises(ValueError, match="reward-sampler-steps must be"):
         train_distill(_cfg(root, tmp_path / "bad", **(kw | {"reward_sampler_steps": 0})))
 
 
@@ -344,7 +344,7 @@ def test_name_targets_condition_teacher_and_target_on_names_on_data_and_trajecto
             rows = table[concept * per_concept:(concept + 1) * per_concept]
             assert (rows == c).flatten(1).all(1).any(), "the student's caption is a phrasing of the same concept"
         assert not torch.equal(ctx, target_ctx)
-    with pytest.raises(ValueError, match="must be same or name"):
+    with pytest.raises(ValueError, match="target-captions must be one of same, name"):
         train_distill(_cfg(root, tmp_path / "bad", target_captions="names"))
     (tmp_path / "folder").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "folder" / "x.png")

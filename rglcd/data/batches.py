@@ -167,12 +167,7 @@ def training_batches(spec: str, family: Any, resolution: int | None = None, cach
     `phrasings` (emoji and tensors: data only): draw from the first this many caption phrasings; `caption_set`
     (emoji data only): 'templates', 'wide' or 'words' (`rglcd.data.emoji.CAPTION_SETS`); `stream` (shard, folder
     and hf: data): mode, shuffle buffer, workers and seed of the stream (`rglcd.data.stream.StreamOptions`)."""
-    if phrasings is not None and not (spec == "emoji" or spec.startswith("tensors:")):
-        raise DataError("--phrasings applies to the emoji data (emoji or tensors:) only")
-    if caption_set != "templates" and spec != "emoji":
-        raise DataError("--captions applies to the emoji data only (a tensors: file holds its own captions)")
-    if caption_set not in CAPTION_SETS:
-        raise DataError(f"unknown --captions {caption_set!r}: use {' or '.join(CAPTION_SETS)}")
+    check_data_source(spec, phrasings, caption_set)
     if spec == "emoji":
         return EmojiBatches(family, include_flags, limit, phrasings=phrasings, caption_set=caption_set)
     if spec.startswith("tensors:"):
@@ -180,9 +175,23 @@ def training_batches(spec: str, family: Any, resolution: int | None = None, cach
             return EmojiBatches(family, data=load_training_tensors(spec[len("tensors:"):]), phrasings=phrasings)
         except FileNotFoundError as err:
             raise DataError(str(err)) from err
-    if spec.startswith("hf:") or Path(spec).is_dir() or ".tar" in spec:
-        return EncodedBatches(spec, family, resolution or family.resolution, cache, rank=rank, world=world,
-                              stream=stream)
+    return EncodedBatches(spec, family, resolution or family.resolution, cache, rank=rank, world=world,
+                          stream=stream)
+
+
+def check_data_source(spec: str, phrasings: int | None = None, caption_set: str = "templates") -> None:
+    """DataError (one line, before a run writes anything) when `spec` names no data source `training_batches`
+    reads, a tensors: file is missing, or --phrasings / --captions do not apply to it."""
+    if phrasings is not None and not (spec == "emoji" or spec.startswith("tensors:")):
+        raise DataError("--phrasings applies to the emoji data (emoji or tensors:) only")
+    if caption_set != "templates" and spec != "emoji":
+        raise DataError("--captions applies to the emoji data only (a tensors: file holds its own captions)")
+    if caption_set not in CAPTION_SETS:
+        raise DataError(f"unknown --captions {caption_set!r}: use {' or '.join(CAPTION_SETS)}")
+    if spec.startswith("tensors:") and not Path(spec[len("tensors:"):]).is_file():
+        raise DataError(f"training tensors not found: {spec[len('tensors:'):]}")
+    if spec == "emoji" or spec.startswith(("tensors:", "hf:")) or Path(spec).is_dir() or ".tar" in spec:
+        return
     raise DataError(f"unknown data source {spec!r}: use 'emoji', tensors:<training-tensor file>, a webdataset shard pattern (e.g. "
                     f"'shards/{{00000..00009}}.tar'), a folder of captioned images or "
                     f"hf:<data set folder or hub id>[@split]")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 
 import torch
 
@@ -23,17 +24,37 @@ from rglcd.data.prompts import PromptSetError
 from rglcd.evaluate.generate import DTYPES
 from rglcd.evaluate.harness import EvalConfig, run_evaluation
 from rglcd.evaluate.report import results_table
+from rglcd.inputs import MAX_SEED, InputError, OneLineParser, shown
 from rglcd.logs import quiet_libraries
 from rglcd.models import ModelLoadError
-from rglcd.sampling import InputError
 
 
-def int_list(text: str) -> tuple[int, ...]:
-    """'1,2,4,8' -> (1, 2, 4, 8)."""
+def _whole(text: str, low: int, high: int | None) -> int:
+    """`text` as a whole number in [low, high] (high None: no upper bound), else ArgumentTypeError (one line)."""
     try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from err
+        value = int(text.strip()) if len(text) <= 40 else None
+    except ValueError:
+        value = None
+    if value is None or value < low or (high is not None and value > high):
+        span = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise argparse.ArgumentTypeError(f"expected whole numbers {span}, got {shown(text)}")
+    return value
+
+
+def whole_numbers(low: int, high: int | None = None) -> Callable[[str], tuple[int, ...]]:
+    """An argparse type: comma-separated whole numbers in [low, high], at least one ('1,2,4,8' -> (1, 2, 4, 8))."""
+    def parse(text: str) -> tuple[int, ...]:
+        values = tuple(_whole(v, low, high) for v in text.split(",") if v.strip())
+        if not values:
+            raise argparse.ArgumentTypeError("expected at least one value")
+        return values
+
+    return parse
+
+
+def whole_number(low: int) -> Callable[[str], int]:
+    """An argparse type: one whole number >= low."""
+    return lambda text: _whole(text, low, None)
 
 
 def name_list(text: str) -> tuple[str, ...]:
@@ -41,13 +62,13 @@ def name_list(text: str) -> tuple[str, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m rglcd.evaluate", description=__doc__,
+    p = OneLineParser(prog="python -m rglcd.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     d = EvalConfig()
     p.add_argument("--family", default=d.family, help="preset name, family.json or folder")
     p.add_argument("--models", type=name_list, default=d.models, help="comma-separated members (default: all)")
-    p.add_argument("--steps", type=int_list, default=d.steps, help="student step counts (default 1,2,4,8)")
-    p.add_argument("--teacher-steps", type=int_list, default=d.teacher_steps, help="teacher steps (default 25,50)")
+    p.add_argument("--steps", type=whole_numbers(1), default=d.steps, help="student step counts (default 1,2,4,8)")
+    p.add_argument("--teacher-steps", type=whole_numbers(1), default=d.teacher_steps, help="teacher steps (default 25,50)")
     p.add_argument("--guidance", type=float, default=d.guidance, help="student guidance scale (default 5)")
     p.add_argument("--teacher-guidance", type=float, default=d.teacher_guidance, help="teacher CFG scale (default 5)")
     p.add_argument("--prompts", default=d.prompts,
@@ -55,17 +76,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "eval-heldout | eval-train | hpsv2[:style] | parti[:category] | coco | file:PATH")
     p.add_argument("--verbose", action="store_true", help="show the libraries' loading bars and warnings")
     p.add_argument("--prompt-source", default=None, help="local file/folder or hub:<dataset id> for benchmarks")
-    p.add_argument("--max-prompts", type=int, default=None, help="evenly spaced subset of the prompt set")
-    p.add_argument("--seeds", type=int_list, default=d.seeds, help="comma-separated seeds (default 0,1)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--max-prompts", type=whole_number(1), default=None, help="evenly spaced subset of the prompt set")
+    p.add_argument("--seeds", type=whole_numbers(0, MAX_SEED), default=d.seeds, help="comma-separated seeds (default 0,1)")
+    p.add_argument("--batch-size", type=whole_number(1), default=d.batch_size)
     p.add_argument("--reference", default=None, help="folder of real images for the Frechet distance")
     p.add_argument("--rewards", type=name_list, default=d.rewards,
                    help="more rewards to report: registry names, or name@weights (that reward on other weights, a "
                         "folder, file or hub id: emoji@runs/emoji-64/reward)")
-    p.add_argument("--pf-group", type=int, default=d.pf_group, help="prompt following within groups of N (0: all)")
-    p.add_argument("--bootstrap", type=int, default=d.bootstrap, help="bootstrap resamples for the FD interval")
-    p.add_argument("--latency-batch", type=int, default=d.latency_batch, help="images per timed call")
-    p.add_argument("--latency-repeats", type=int, default=d.latency_repeats, help="timed calls (median)")
+    p.add_argument("--pf-group", type=whole_number(0), default=d.pf_group, help="prompt following within groups of N (0: all)")
+    p.add_argument("--bootstrap", type=whole_number(1), default=d.bootstrap, help="bootstrap resamples for the FD interval")
+    p.add_argument("--latency-batch", type=whole_number(1), default=d.latency_batch, help="images per timed call")
+    p.add_argument("--latency-repeats", type=whole_number(1), default=d.latency_repeats, help="timed calls (median)")
     p.add_argument("--baseline", default=None, help="model:steps (or model: its most steps) for paired differences "
                                                      "(default: the teacher, most steps)")
     p.add_argument("--seed-groups", nargs="+", default=(), metavar="NAME=MEMBER,MEMBER",
@@ -81,11 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "name and write free-vs-names.md, each run's free-text share of its names reward with a "
                         "paired interval")
     p.add_argument("--skip-missing", action="store_true", help="skip models the family lacks (with a warning)")
-    p.add_argument("--sample-prompts", type=int, default=d.sample_prompts, help="columns of samples.png")
+    p.add_argument("--sample-prompts", type=whole_number(1), default=d.sample_prompts, help="columns of samples.png")
     p.add_argument("--out", default=d.out)
     p.add_argument("--device", default=d.device)
     p.add_argument("--dtype", choices=sorted(DTYPES), default=d.dtype)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=whole_number(0), default=None, help="torch CPU threads")
     return p
 
 
@@ -98,9 +119,6 @@ def main(argv: list[str] | None = None) -> int:
               if k not in ("threads", "verbose")}
     command = "python -m rglcd.evaluate " + " ".join(sys.argv[1:] if argv is None else argv)
     try:
-        if min(args.batch_size, args.bootstrap, args.latency_batch, args.latency_repeats) < 1 or not args.seeds:
-            raise InputError("--batch-size, --bootstrap, --latency-batch and --latency-repeats must be >= 1 and "
-                             "--seeds non-empty")
         rows = run_evaluation(EvalConfig(**fields), command)
     except (InputError, PromptSetError, ModelLoadError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)

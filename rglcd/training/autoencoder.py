@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from rglcd.data.emoji import augment, load_renders, to_model_range
 from rglcd.files import write_metrics
+from rglcd.inputs import MAX_SEED
 from rglcd.training.checkpoints import StepCounter, choose_checkpoint, run_record, step_generator
 from rglcd.training.export import refuse_shipped
 from rglcd.training.loop import run_training
@@ -35,26 +36,27 @@ class AutoencoderConfig:
     export_dir: str | None = setting("runs/emoji-64/vae", "where the AutoencoderTiny folder is exported; none: no "
                                                           "export")
     replace_shipped: bool = setting(False, "allow exporting into assets/ (the shipped family's vae)")
-    channels: int = setting(32, "channels of every encoder and decoder level")
+    channels: int = setting(32, "channels of every encoder and decoder level", low=1)
     encoder_blocks: tuple[int, ...] = setting((1, 2, 2), "encoder blocks per level; each level after the first "
-                                                         "halves the resolution (3 levels: f=4)")
+                                                         "halves the resolution (3 levels: f=4)", low=1)
     decoder_blocks: tuple[int, ...] = setting((2, 2, 1), "decoder blocks per level; each level but the last "
-                                                         "doubles the resolution")
-    latent_channels: int = setting(4, "channels of the latents")
-    batch_size: int = setting(32, "batch size per process (augmented emoji renders)")
-    learning_rate: float = setting(2e-3, "AdamW learning rate, the peak of the cosine schedule")
-    warmup_steps: int = setting(100, "optimiser steps of linear learning-rate warm-up before the cosine decay")
-    max_steps: int = setting(4000, "optimiser steps of the run; the autoencoder is exported when it reaches them")
-    checkpoint_every: int = setting(250, "optimiser steps between checkpoints")
-    eval_every: int = setting(250, "steps between held-out reconstruction PSNR evaluations")
-    seed: int = setting(0, "seed of the initialisation and of every batch draw")
+                                                         "doubles the resolution", low=1)
+    latent_channels: int = setting(4, "channels of the latents", low=1)
+    batch_size: int = setting(32, "batch size per process (augmented emoji renders)", low=1)
+    learning_rate: float = setting(2e-3, "AdamW learning rate, the peak of the cosine schedule", low=0)
+    warmup_steps: int = setting(100, "optimiser steps of linear learning-rate warm-up before the cosine decay", low=0)
+    max_steps: int = setting(4000, "optimiser steps of the run; the autoencoder is exported when it reaches them",
+                             low=1)
+    checkpoint_every: int = setting(250, "optimiser steps between checkpoints", low=1)
+    eval_every: int = setting(250, "steps between held-out reconstruction PSNR evaluations", low=0)
+    seed: int = setting(0, "seed of the initialisation and of every batch draw", low=0, high=MAX_SEED)
     resume: str | None = setting("latest", "latest | a checkpoint folder | none (start afresh)")
-    stop_at: int | None = setting(None, "stop (after a checkpoint) at this step; run again to go on")
+    stop_at: int | None = setting(None, "stop (after a checkpoint) at this step; run again to go on", low=1)
     recenter_steps: int = setting(400, "at export: decoder fine-tune steps after centring the latents per channel "
-                                       "(0: keep the raw latents)")
-    recenter_lr: float = setting(5e-4, "AdamW learning rate of the decoder fine-tune after centring")
+                                       "(0: keep the raw latents)", low=0)
+    recenter_lr: float = setting(5e-4, "AdamW learning rate of the decoder fine-tune after centring", low=0)
     limit_concepts: int | None = setting(None, "train and evaluate on the first this many concepts of each split "
-                                               "only")
+                                               "only", low=1)
 
 
 def build_autoencoder(cfg: AutoencoderConfig) -> AutoencoderTiny:

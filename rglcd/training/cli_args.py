@@ -17,7 +17,8 @@ import torch
 from rglcd.inputs import InputError, OneLineParser, exit_usage, shown
 from rglcd.logs import quiet_libraries
 from rglcd.models import ModelLoadError
-from rglcd.training.settings import build_config, flat_names, help_text, sections, setting_types
+from rglcd.training.settings import (SettingError, build_config, check_values, flat_names, help_text, sections,
+                                    setting_types)
 
 T = TypeVar("T")
 
@@ -91,7 +92,8 @@ def load_recipe(path: str, cls: type) -> dict[str, Any]:
 
 def parse_config(cls: type[T], description: str | None = None, argv: list[str] | None = None) -> T:
     """Parse argv into `cls` (a dataclass of settings, maybe with sections); `--threads N` sets torch's CPU threads
-    (0 keeps torch's default)."""
+    (0 keeps torch's default). Every value, flag or recipe key, is checked against its setting's type and declared
+    range (`rglcd.training.settings.setting`) before the trainer runs: one `error:` line, exit 2."""
     pre = OneLineParser(add_help=False)
     pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv)
@@ -125,6 +127,14 @@ def parse_config(cls: type[T], description: str | None = None, argv: list[str] |
             ns[key] = None
         elif isinstance(value, list):
             ns[key] = None if all(v is None for v in value) else tuple(value)
+
+    def name_of(key: str) -> str:  # a recipe's value keeps its identity unless a flag replaced it
+        return f"{key} in {known.config}" if key in recipe and ns[key] is recipe[key] else "--" + key.replace("_", "-")
+
+    try:
+        check_values(cls, ns, name_of)
+    except SettingError as err:
+        exit_usage(str(err))
     return build_config(cls, ns)
 
 
@@ -138,9 +148,10 @@ def requested_method(argv: list[str] | None = None) -> str | None:
     if known.method or not known.config:
         return known.method
     try:
-        return read_recipe(known.config).get("method")
+        method = read_recipe(known.config).get("method")
     except InputError:
         return None  # parse_config reports the bad recipe
+    return method if isinstance(method, str) else None  # parse_config reports a method that is not text
 
 
 def run_trainer(train: Callable[[T], Any], cls: type[T], description: str | None = None,

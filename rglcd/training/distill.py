@@ -20,7 +20,7 @@ from accelerate.utils import set_seed
 from diffusers import DDPMScheduler
 from diffusers.optimization import get_scheduler
 
-from rglcd.data.batches import EmojiBatches, EncodedBatches, training_batches
+from rglcd.data.batches import EmojiBatches, EncodedBatches, check_data_source, training_batches
 from rglcd.data.emoji import cache_dir, eval_prompt_sets
 from rglcd.data.stream import StreamOptions
 from rglcd.data.trajectories import TrajectorySet, TrajectorySpec, teacher_trajectories, weights_digest
@@ -36,7 +36,7 @@ from rglcd.training.distill_config import DistillConfig, LCDSettings
 from rglcd.training.export import export_plan
 from rglcd.training.global_batch import data_generator, local_samples, share_of, share_rows
 from rglcd.training.loop import run_training
-from rglcd.training.settings import flat_values
+from rglcd.training.settings import check_values, flat_values
 from rglcd.training.step import (ConsistencyUNet, DistillStep, ProxyUpdate, distill_step, half_precision_teacher,
                                  make_optimizer, save_lora, speed_options, student_and_target)
 from rglcd.training.tracking import log_grids, make_accelerator
@@ -49,15 +49,9 @@ def check_settings(cfg: DistillConfig, method: Method) -> None:
     if method.trainer != "distill":
         raise ValueError(f"--method {method.name} is not a distillation method: this trainer runs "
                          f"{', '.join(trainer_methods('distill'))}")
+    # each setting's type and declared range (`DistillConfig`), as the command line checks them
+    check_values(DistillConfig, flat_values(cfg), lambda key: "--" + key.replace("_", "-"))
     rg, reward = cfg.rg, method.uses_reward(cfg.rg.reward is not None)
-    if cfg.dataset.target_captions not in ("same", "name"):
-        raise ValueError(f"--target-captions must be same or name, got {cfg.dataset.target_captions!r}")
-    if cfg.dataset.data_latents not in ("mode", "sample"):
-        raise ValueError(f"--data-latents must be mode or sample, got {cfg.dataset.data_latents!r}")
-    if cfg.speed.teacher_autocast not in (None, "bf16", "fp16"):
-        raise ValueError(f"--teacher-autocast must be bf16 or fp16, got {cfg.speed.teacher_autocast!r}")
-    if rg.reward_states not in ("data", "sampler"):
-        raise ValueError(f"--reward-states must be data or sampler, got {rg.reward_states!r}")
     if rg.reward_states == "sampler" and not reward:
         raise ValueError("--reward-states sampler needs a reward: --method rg-lcd, or --method mlcm with --reward")
     if rg.reward_states == "sampler" and not 1 <= rg.reward_sampler_steps <= cfg.lcd.num_ddim_timesteps:
@@ -265,6 +259,9 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
     opt, lora = cfg.optim, cfg.lora.lora_rank > 0
     member = cfg.member or (method.lora_member() if lora else method.member)
     family = load_family(cfg.family)
+    # what a user names is checked before the accelerator writes the output folder and the tracker's files
+    teacher = family.unet(cfg.teacher)
+    check_data_source(cfg.dataset.data, cfg.dataset.phrasings, cfg.dataset.captions)
     accelerator = accelerator or make_accelerator(cfg.report_to, cfg.output_dir,
                                                   mixed_precision=cfg.speed.mixed_precision,
                                                   gradient_accumulation_steps=opt.gradient_accumulation_steps)
@@ -277,7 +274,6 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
     device, rank = accelerator.device, accelerator.process_index
     with accelerator.main_process_first():  # it fills the data caches (renders, encodings) the others then read
         batches = distill_data(cfg, family, accelerator)
-    teacher = family.unet(cfg.teacher)
     loss = method.build_loss(loss_arguments(cfg.lcd, family, device), cfg)
     guidance = reward_guidance(cfg, family, device) if method.uses_reward(cfg.rg.reward is not None) else None
     student, target = student_and_target(teacher, cfg.lora.lora_rank, cfg.lora.lora_alpha, cfg.lcd.w_embedding_dim,

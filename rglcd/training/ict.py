@@ -25,7 +25,8 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from diffusers import UNet2DConditionModel
 
-from rglcd.data.batches import training_batches
+from rglcd.consistency import LOSS_TYPES
+from rglcd.data.batches import check_data_source, training_batches
 from rglcd.data.emoji import eval_prompt_sets
 from rglcd.data.fashion_mnist import FashionMNISTBatches
 from rglcd.data.stream import StreamOptions
@@ -34,9 +35,10 @@ from rglcd.evaluate_fashion import FD_NAME, fashion_reference, fashion_scores, s
 from rglcd.files import write_metrics
 from rglcd.images import save_grid
 from rglcd.methods import ICT, get_method, sampler_class, trainer_methods
-from rglcd.models import Family, load_family, register_member, save_unet
+from rglcd.inputs import MAX_SEED
+from rglcd.models import EXPORT_DTYPES, Family, load_family, register_member, save_unet
 from rglcd.networks import CMDenoiser, FashionClassifier, build_class_unet
-from rglcd.objectives import ICTLoss
+from rglcd.objectives import NOISE_SAMPLINGS, ICTLoss
 from rglcd.scheduling_cm import CMScheduler
 from rglcd.training.checkpoints import StepCounter, choose_checkpoint, run_record, step_generator
 from rglcd.training.ema import EMA
@@ -57,7 +59,8 @@ class ICTConfig:
 
     method: str = setting("ict", f"{' | '.join(trainer_methods('ict'))} (the registry, rglcd.methods; the "
                                  f"distillation methods {', '.join(trainer_methods('distill'))}: "
-                                 "`--method lcd --help`)")
+                                 "`--method lcd --help`)",
+                          choices=trainer_methods("ict"))
     data: str = setting("emoji", "emoji, a webdataset shard pattern or an image folder (the family's latents and "
                                  f"caption states) | {FASHION} (pixels, class-conditional)")
     family: str = setting("emoji-64", "latent data: the family whose VAE, text encoder and teacher architecture "
@@ -69,59 +72,63 @@ class ICTConfig:
                                            "runs/<family>/family.json; none: no export")
     replace_shipped: bool = setting(False, "allow exporting into assets/ (the shipped family) and registering there")
     block_out_channels: tuple[int, ...] = setting((32, 64, 128), "latent data: the UNet's channels per resolution "
-                                                                 "level (the family teacher's architecture)")
-    layers_per_block: int = setting(1, "ResNet layers per UNet block")
-    attention_head_dim: int = setting(8, "channels per attention head")
+                                                                 "level (the family teacher's architecture)", low=1)
+    layers_per_block: int = setting(1, "ResNet layers per UNet block", low=1)
+    attention_head_dim: int = setting(8, "channels per attention head", low=1)
     dropout: float = setting(0.1, "dropout probability in the UNet's ResNet blocks (the loss's two forwards share "
-                                  "the masks)")
-    batch_size: int = setting(64, "batch size per process")
-    learning_rate: float = setting(2e-4, "RAdam learning rate (constant)")
+                                  "the masks)", low=0, high=1)
+    batch_size: int = setting(64, "batch size per process", low=1)
+    learning_rate: float = setting(2e-4, "RAdam learning rate (constant)", low=0)
     max_steps: int = setting(6000, "optimiser steps of the run (K of the curriculum); the EMA network is exported "
-                                   "when it reaches them")
+                                   "when it reaches them", low=1)
     ema_decay: float = setting(0.999, "the EMA copy's decay, reached after its warm-up min(decay, (1+n)/(10+n)) "
-                                      "at step n")
+                                      "at step n", low=0, high=1)
     sigma_min: float = setting(0.002, "smallest noise level of the Karras grid (the exported sampler assumes the "
-                                      "defaults of sigma_min, sigma_max, sigma_data and rho)")
-    sigma_max: float = setting(80.0, "largest noise level of the Karras grid")
-    sigma_data: float = setting(0.5, "the data's standard deviation in the consistency scalings c_skip, c_out, c_in")
+                                      "defaults of sigma_min, sigma_max, sigma_data and rho)", low=0)
+    sigma_max: float = setting(80.0, "largest noise level of the Karras grid", low=0)
+    sigma_data: float = setting(0.5, "the data's standard deviation in the consistency scalings c_skip, c_out, c_in",
+                                low=0)
     rho: float = setting(7.0, "the Karras grid's exponent")
     p_mean: float = setting(-1.1, "lognormal noise sampling: the mean of log sigma")
-    p_std: float = setting(2.0, "lognormal noise sampling: the standard deviation of log sigma")
-    s0: int = setting(10, "curriculum: grid intervals at the start (N = s0 + 1 points)")
-    s1: int = setting(1280, "curriculum: grid intervals at the end (N doubles in equal stages from s0 to s1)")
+    p_std: float = setting(2.0, "lognormal noise sampling: the standard deviation of log sigma", low=0)
+    s0: int = setting(10, "curriculum: grid intervals at the start (N = s0 + 1 points)", low=1)
+    s1: int = setting(1280, "curriculum: grid intervals at the end (N doubles in equal stages from s0 to s1)", low=1)
     loss_type: str = setting("huber", "huber (pseudo-Huber, c = 0.00054 sqrt(d), d the sample's size) | l2 "
-                                      "(squared error mean, the original CT's)")
-    huber_c: float | None = setting(None, "the pseudo-Huber distance's c (default: 0.00054 sqrt(d))")
+                                      "(squared error mean, the original CT's)", choices=LOSS_TYPES)
+    huber_c: float | None = setting(None, "the pseudo-Huber distance's c (default: 0.00054 sqrt(d))", low=0)
     noise_sampling: str = setting("lognormal", "how a step's grid interval is drawn: lognormal (discretised, iCT) "
-                                               "| uniform (CT)")
+                                               "| uniform (CT)", choices=NOISE_SAMPLINGS)
     curriculum: bool = setting(True, "grow the grid from s0 to s1 intervals over the run; false: --fixed-scales "
                                      "points throughout")
-    fixed_scales: int = setting(1281, "grid points N of every step when --curriculum false")
+    fixed_scales: int = setting(1281, "grid points N of every step when --curriculum false", low=2)
     cfg_dropout: float = setting(0.1, "latent data: probability of replacing a caption with the empty one "
-                                      "(guidance at sampling)")
-    max_grad_norm: float = setting(0.0, "clip the gradient norm to this (0: no clipping; iCT clips nothing)")
-    mixed_precision: str | None = setting(None, "no | bf16 | fp16; none: what `accelerate launch` was given")
-    report_to: str = setting("tensorboard", " | ".join(REPORT_TO))
-    export_dtype: str = setting("fp32", "fp32 | fp16: the exported weights file (fp16 halves it; loading upcasts)")
-    checkpoint_every: int = setting(250, "optimiser steps between checkpoints")
-    eval_every: int = setting(1000, "steps between evaluations of the EMA network (grids and scores); 0: none")
-    eval_steps: tuple[int, ...] = setting((1, 2), "the sampling step counts evaluated, one grid and score set each")
+                                      "(guidance at sampling)", low=0, high=1)
+    max_grad_norm: float = setting(0.0, "clip the gradient norm to this (0: no clipping; iCT clips nothing)", low=0)
+    mixed_precision: str | None = setting(None, "no | bf16 | fp16; none: what `accelerate launch` was given",
+                                          choices=("no", "bf16", "fp16"))
+    report_to: str = setting("tensorboard", " | ".join(REPORT_TO), choices=REPORT_TO)
+    export_dtype: str = setting("fp32", "fp32 | fp16: the exported weights file (fp16 halves it; loading upcasts)",
+                                choices=EXPORT_DTYPES)
+    checkpoint_every: int = setting(250, "optimiser steps between checkpoints", low=1)
+    eval_every: int = setting(1000, "steps between evaluations of the EMA network (grids and scores); 0: none", low=0)
+    eval_steps: tuple[int, ...] = setting((1, 2), "the sampling step counts evaluated, one grid and score set each",
+                                          low=1)
     eval_guidance: float = setting(1.0, "latent data: pipeline guidance scale in evaluation (> 1: classifier-free "
-                                        "guidance, 2 UNet calls a step)")
-    eval_images: int = setting(1000, "pixel data: generated images per Frechet distance")
+                                        "guidance, 2 UNet calls a step)", low=0)
+    eval_images: int = setting(1000, "pixel data: generated images per Frechet distance", low=1)
     classifier: str | None = setting(f"assets/models/{FASHION}/classifier", "pixel data: the Fashion-MNIST "
                                      "classifier folder whose features the Frechet distance uses (none: no FD)")
-    seed: int = setting(0, "seed of the initialisation and of every batch draw")
+    seed: int = setting(0, "seed of the initialisation and of every batch draw", low=0, high=MAX_SEED)
     resume: str | None = setting("latest", "latest | a checkpoint folder | none (start afresh)")
-    stop_at: int | None = setting(None, "stop (after a checkpoint) at this step; run again to go on")
-    resolution: int | None = setting(None, "training image size for shard / folder data (default: the family's)")
+    stop_at: int | None = setting(None, "stop (after a checkpoint) at this step; run again to go on", low=1)
+    resolution: int | None = setting(None, "training image size for shard / folder data (default: the family's)", low=1)
     cache_latents: bool = setting(False, "encode shard / folder data once into a cache of latents and text states")
     include_flags: bool = setting(False, "emoji data: include the flag emoji")
-    limit_concepts: int | None = setting(None, "emoji data: train on the first this many concepts only")
+    limit_concepts: int | None = setting(None, "emoji data: train on the first this many concepts only", low=1)
     fashion_mnist_dir: str | None = setting(None, "pixel data: folder of the idx files (default: the Debian "
                                                   "package dataset-fashion-mnist's)")
     class_channels: tuple[int, ...] = setting((32, 64, 64), "pixel data: the class-conditional UNet's channels per "
-                                                            "resolution level")
+                                                            "resolution level", low=1)
 
 
 def ict_loss(cfg: ICTConfig) -> ICTLoss:
@@ -298,6 +305,7 @@ def train_ict(cfg: ICTConfig, accelerator: Accelerator | None = None) -> dict[st
     family = None if pixel else load_family(cfg.family)
     if not pixel:
         sampler_class(ICT.kind)  # fail now, not at the first evaluation or after export
+        check_data_source(cfg.data)
     pixel_export = f"{RUNS}/{FASHION}/{cfg.member}" if pixel and cfg.export_dir == AUTO else cfg.export_dir
     accelerator = accelerator or make_accelerator(cfg.report_to, cfg.output_dir, mixed_precision=cfg.mixed_precision)
     record = run_record(cfg, accelerator)

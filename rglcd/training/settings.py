@@ -1,6 +1,7 @@
 """Trainer configs as dataclasses whose fields say what they mean, grouped in sections.
 
-`setting(default, help)` is a dataclass field with its meaning in the metadata (the CLI's `--help` shows it). A
+`setting(default, help, low=, high=, choices=)` is a dataclass field with its meaning and its allowed values in the
+metadata (the CLI's `--help` shows the meaning; `check_values` checks a value's type and range before a run). A
 config may hold sections: fields whose type is itself a dataclass of settings (e.g. `DistillConfig.mlcm`). Setting
 names are unique across a config and its sections, so the command line and the YAML recipes stay flat
 (`--segments 4`, `segments: 4`); `build_config` puts each value in its section.
@@ -13,8 +14,12 @@ the same steps.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
+from collections.abc import Iterable
 from typing import Any, TypeVar
+
+from rglcd.inputs import shown
 
 T = TypeVar("T")
 
@@ -32,9 +37,17 @@ MAY_CHANGE_ON_RESUME: frozenset[str] = frozenset({
 })
 
 
-def setting(default: Any, help: str) -> Any:
-    """A config field with default `default` and its meaning `help` (one sentence, shown by `--help`)."""
-    return dataclasses.field(default=default, metadata={"help": help})
+class SettingError(ValueError):
+    """A setting's value of the wrong type or out of its declared range; the message names the setting."""
+
+
+def setting(default: Any, help: str, low: float | None = None, high: float | None = None,
+            choices: Iterable[str] | None = None) -> Any:
+    """A config field with default `default`, its meaning `help` (one sentence, shown by `--help`) and the values it
+    allows: numbers (each element of a tuple) in [low, high] (None: unbounded), text one of `choices` (a registry's
+    names where one exists)."""
+    allowed = {"low": low, "high": high, "choices": None if choices is None else tuple(choices)}
+    return dataclasses.field(default=default, metadata={"help": help, **allowed})
 
 
 def section(cls: type) -> Any:
@@ -104,3 +117,69 @@ def flat_values(cfg: Any) -> dict[str, Any]:
 def help_text(f: dataclasses.Field) -> str | None:
     """A setting's meaning, or None when it has none."""
     return f.metadata.get("help")
+
+
+def _kind(hint: Any) -> tuple[Any, bool, bool]:
+    """(scalar type, None allowed, a tuple of them) of a setting's type hint (int, float | None, tuple[int, ...])."""
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if optional:
+        hint = next(a for a in args if a is not type(None))
+    if typing.get_origin(hint) is tuple:
+        return typing.get_args(hint)[0], optional, True
+    return hint, optional, False
+
+
+def _allowed(kind: Any, meta: Any, many: bool) -> str:
+    """What a setting allows, in words: 'a whole number >= 1', 'a number between 0 and 1', 'one of huber, l2'."""
+    if kind is bool:
+        return "true or false"
+    if kind is str:
+        return f"one of {', '.join(meta['choices'])}" if meta.get("choices") else "text"
+    what = "whole number" if kind is int else "number"
+    low, high = meta.get("low"), meta.get("high")
+    lo, hi = (f"{b:g}" if isinstance(b, float) else str(b) for b in (low, high))  # 4294967295, not 4.29497e+09
+    span = (f" between {lo} and {hi}" if low is not None and high is not None else
+            f" >= {lo}" if low is not None else f" <= {hi}" if high is not None else "")
+    return f"a list of {what}s{span}" if many else f"a {what}{span}"
+
+
+def _scalar_ok(kind: Any, meta: Any, value: Any) -> bool:
+    if kind is bool or kind is str:
+        return isinstance(value, kind) and (kind is bool or not meta.get("choices") or value in meta["choices"])
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if kind is int and not isinstance(value, int):  # YAML's 2.5 (or 2.0) where steps are counted
+        return False
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    low, high = meta.get("low"), meta.get("high")
+    return (low is None or value >= low) and (high is None or value <= high)
+
+
+def check_value(f: dataclasses.Field, hint: Any, value: Any, name: str) -> None:
+    """SettingError naming `name` (a flag or a recipe key) when `value` is not of `hint`'s type or out of `f`'s
+    declared range or choices; a tuple setting checks each element."""
+    kind, optional, many = _kind(hint)
+    if value is None:
+        # the command line reads 'none' as None, so a text setting that offers 'none' gets None for it
+        if optional or "none" in (f.metadata.get("choices") or ()):
+            return
+    elif many:
+        if isinstance(value, (tuple, list)) and value and all(_scalar_ok(kind, f.metadata, v) for v in value):
+            return
+    elif _scalar_ok(kind, f.metadata, value):
+        return
+    got = f"a list {shown(list(value), 40)}" if isinstance(value, (list, tuple)) and not many else shown(value, 40)
+    raise SettingError(f"{name} must be {_allowed(kind, f.metadata, many)}"
+                       f"{' (or none)' if optional else ''}, got {got}")
+
+
+def check_values(cls: type, values: dict[str, Any], name_of: Any = None) -> None:
+    """SettingError for the first of flat {setting: value} whose type or range is wrong for config `cls`;
+    `name_of(setting)` names it in the message (default: the setting's name)."""
+    hints = setting_types(cls)
+    fields = {f.name: f for _, _, fs in sections(cls) for f in fs}
+    for key, value in values.items():
+        if key in fields:
+            check_value(fields[key], hints[key], value, name_of(key) if name_of else key)

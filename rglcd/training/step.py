@@ -27,12 +27,15 @@ LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.n
                 "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj"]
 
 
+COND_PROJ_INITS = ("zero", "random")  # the guidance projection's start (the trainer's --cond-proj-init)
+
+
 def student_from_teacher(teacher: UNet2DConditionModel, w_embedding_dim: int, cond_proj_init: str = "zero"
                          ) -> UNet2DConditionModel:
     """The teacher's UNet plus a guidance projection `time_embedding.cond_proj`: zero-initialised ("zero": at start
     it computes exactly the teacher) or left at its layer's default init ("random", as diffusers' LCD script)."""
-    if cond_proj_init not in ("zero", "random"):
-        raise ValueError(f"--cond-proj-init must be zero or random, got {cond_proj_init!r}")
+    if cond_proj_init not in COND_PROJ_INITS:
+        raise ValueError(f"--cond-proj-init must be {' or '.join(COND_PROJ_INITS)}, got {cond_proj_init!r}")
     student = UNet2DConditionModel.from_config(teacher.config, time_cond_proj_dim=w_embedding_dim)
     missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
     if unexpected or any(not k.startswith("time_embedding.cond_proj") for k in missing):

@@ -24,7 +24,8 @@ from rglcd.data.emoji import (emoji_training_tensors, eval_prompt_sets, first_ph
                               sample_caption_batch)
 from rglcd.evaluate import evaluate_prompt_following
 from rglcd.files import write_metrics
-from rglcd.models import Family, load_family, register_member, save_unet
+from rglcd.inputs import MAX_SEED
+from rglcd.models import EXPORT_DTYPES, Family, load_family, register_member, save_unet
 from rglcd.training.checkpoints import StepCounter, choose_checkpoint, run_record, step_generator
 from rglcd.training.ema import EMA
 from rglcd.training.export import export_plan
@@ -49,36 +50,39 @@ class TeacherConfig:
                                      "the family's teacher, e.g. for a fine-tune beside it)")
     replace_shipped: bool = setting(False, "allow exporting into assets/ (the shipped family) and registering there")
     block_out_channels: tuple[int, ...] = setting((32, 64, 128), "the UNet's channels per resolution level "
-                                                                 "(cross-attention at every level but the first)")
-    layers_per_block: int = setting(1, "ResNet layers per UNet block")
-    attention_head_dim: int = setting(8, "channels per attention head")
-    batch_size: int = setting(64, "batch size per process")
-    learning_rate: float = setting(1e-3, "AdamW learning rate (weight decay 0.01), the peak of the cosine schedule")
-    warmup_steps: int = setting(200, "optimiser steps of linear learning-rate warm-up before the cosine decay")
-    max_steps: int = setting(6500, "optimiser steps of the run; the EMA UNet is exported when it reaches them")
+                                                                 "(cross-attention at every level but the first)",
+                                                          low=1)
+    layers_per_block: int = setting(1, "ResNet layers per UNet block", low=1)
+    attention_head_dim: int = setting(8, "channels per attention head", low=1)
+    batch_size: int = setting(64, "batch size per process", low=1)
+    learning_rate: float = setting(1e-3, "AdamW learning rate (weight decay 0.01), the peak of the cosine schedule",
+                                   low=0)
+    warmup_steps: int = setting(200, "optimiser steps of linear learning-rate warm-up before the cosine decay", low=0)
+    max_steps: int = setting(6500, "optimiser steps of the run; the EMA UNet is exported when it reaches them", low=1)
     cfg_dropout: float = setting(0.1, "probability of replacing a caption with the empty one (classifier-free "
-                                      "guidance)")
+                                      "guidance)", low=0, high=1)
     snr_gamma: float = setting(5.0, "min-SNR weighting: each sample's loss times min(SNR, gamma) / SNR "
-                                    "(0: unweighted)")
+                                    "(0: unweighted)", low=0)
     ema_decay: float = setting(0.999, "the exported EMA's decay, reached after its warm-up "
-                                      "min(decay, 1 - (1 + n) ** (-2/3)) at step n")
-    checkpoint_every: int = setting(250, "optimiser steps between checkpoints")
+                                      "min(decay, 1 - (1 + n) ** (-2/3)) at step n", low=0, high=1)
+    checkpoint_every: int = setting(250, "optimiser steps between checkpoints", low=1)
     eval_every: int = setting(1000, "steps between evaluations of the EMA UNet (prompt following: needs the "
-                                    "family's reward and text encoder); 0: none")
-    eval_steps: int = setting(25, "the teacher's sampling steps in evaluation")
-    eval_guidance: float = setting(5.0, "pipeline guidance scale in evaluation")
-    seed: int = setting(0, "seed of the initialisation and of every batch draw")
+                                    "family's reward and text encoder); 0: none", low=0)
+    eval_steps: int = setting(25, "the teacher's sampling steps in evaluation", low=1)
+    eval_guidance: float = setting(5.0, "pipeline guidance scale in evaluation", low=0)
+    seed: int = setting(0, "seed of the initialisation and of every batch draw", low=0, high=MAX_SEED)
     resume: str | None = setting("latest", "latest | a checkpoint folder | none (start afresh)")
-    stop_at: int | None = setting(None, "stop (after a checkpoint) at this step; run again to go on")
+    stop_at: int | None = setting(None, "stop (after a checkpoint) at this step; run again to go on", low=1)
     include_flags: bool = setting(False, "emoji data: include the flag emoji")
-    limit_concepts: int | None = setting(None, "emoji data: train on the first this many concepts only")
+    limit_concepts: int | None = setting(None, "emoji data: train on the first this many concepts only", low=1)
     phrasings: int | None = setting(None, "emoji data: draw captions from the first this many training phrasings "
                                           "(4: the original templates, the first stage of the shipped teacher); "
-                                          "none: all of --captions")
+                                          "none: all of --captions", low=1)
     captions: str = setting("templates", "emoji data: the training caption set, templates (12 phrasings) | wide (48) | "
                                          "words (64 a concept: wide and 16 with an unrelated word; "
                                          "rglcd.data.emoji.CAPTION_SETS)")
-    export_dtype: str = setting("fp32", "fp32 | fp16: the exported weights file (fp16 halves it; loading upcasts)")
+    export_dtype: str = setting("fp32", "fp32 | fp16: the exported weights file (fp16 halves it; loading upcasts)",
+                                choices=EXPORT_DTYPES)
     data: str = setting("emoji", f"emoji (renders encoded with the family's VAE and text encoder) | {TENSORS}PATH "
                                  "(a precomputed training-tensor file)")
     init_unet: str | None = setting(None, "start from this UNet folder (a fine-tune) instead of random weights of "
