@@ -154,7 +154,7 @@ def test_module_entry_point_prints_one_line_error():
 
 @pytest.mark.parametrize("extra, message", [
     (["--family", "nope"], "error: unknown model family 'nope'"),
-    (["--report-to", "mlflowz"], "error: unknown --report-to 'mlflowz'"),
+    (["--report-to", "mlflowz"], "error: --report-to must be one of tensorboard, wandb, all, none, got 'mlflowz'"),
 ])
 def test_train_entry_point_prints_one_line_error(extra, message, tmp_path):
     root = Path(__file__).resolve().parents[1]

@@ -208,7 +208,7 @@ def test_proxy_rm_trains_checkpoints_resumes_and_exports(family_with_teacher, tm
                               proxy_weights=str(tmp_path / "export" / "proxy-rm"), proxy_variant="batch-softmax",
                               **kw))
     assert warm["proxy_loss"] >= 0
-    with pytest.raises(ValueError, match="unknown proxy variant"):
+    with pytest.raises(ValueError, match="--proxy-variant must be one of reference, batch-softmax"):
         train_distill(_cfg(root, tmp_path / "bad-variant", export_dir=None, proxy_variant="listwise", **kw))
     with pytest.raises(ValueError, match="proxy-rm needs a reward"):
         train_distill(_cfg(root, tmp_path / "bad", proxy_rm=True))
