@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -29,36 +28,6 @@ def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("rglcd-cache")
     os.environ["RGLCD_CACHE"] = str(path)
     return path
-
-
-@pytest.fixture(scope="session", autouse=True)
-def renders_shared_by_workers(tmp_path_factory: pytest.TempPathFactory, private_cache: Path) -> Iterator[None]:
-    """Under pytest-xdist (the test command's `-n 2`), the emoji renders (`render_all`: about 20 s of one core for
-    every concept) are made by the first worker that needs them and read by the others, from the run's shared
-    temporary folder; each worker's cache stays its own. Renders are deterministic (tests/test_data.py)."""
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
-        yield
-        return
-    import hashlib
-
-    import filelock
-
-    import rglcd.data.emoji as emoji_data
-
-    shared = tmp_path_factory.getbasetemp().parent  # .../pytest-N, the parent of every worker's folder
-    render_all = emoji_data.render_all
-
-    def shared_render_all(concepts: list, size: int = emoji_data.IMAGE_SIZE) -> torch.Tensor:
-        key = hashlib.sha1("|".join(c.name for c in concepts).encode()).hexdigest()[:16]
-        path = shared / f"emoji-renders-{size}-{key}.pt"
-        with filelock.FileLock(str(path) + ".lock"):
-            if not path.is_file():
-                torch.save(render_all(concepts, size), path)
-            return torch.load(path, weights_only=True)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(emoji_data, "render_all", shared_render_all)
-        yield
 
 
 @pytest.fixture(scope="session")
