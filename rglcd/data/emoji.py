@@ -11,10 +11,12 @@ their base concept). About 10% of the concepts are held out from every training 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -237,15 +239,23 @@ def _codepoints_from_cmap(path: str) -> set[int]:
     return points
 
 
+@functools.lru_cache(maxsize=4)
+def _font(size: int) -> Any:
+    """The OpenMoji colour font at `size` px, loaded once per size (a few ms a load, once per render before)."""
+    from PIL import ImageFont
+
+    return ImageFont.truetype(_font_path(), size)
+
+
 def render(char: str, size: int = IMAGE_SIZE, margin: float = 0.06) -> np.ndarray:
     """Render one emoji in colour on white, centred and scaled to fill `size` minus a margin.
 
     Returns uint8 (size, size, 3).
     """
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
     big = 4 * size
-    font = ImageFont.truetype(_font_path(), big)
+    font = _font(big)
     canvas = Image.new("RGBA", (2 * big, 2 * big), (255, 255, 255, 0))
     ImageDraw.Draw(canvas).text((big // 2, big // 2), char, font=font, embedded_color=True)
     box = canvas.getbbox()
