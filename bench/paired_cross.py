@@ -1,4 +1,5 @@
-"""Run from the repository root: python results/sentence-val/paired_cross.py (needs the local evaluator caches).
+"""Run from the repository root: python bench/paired_cross.py (needs the local evaluator caches; it reads them
+under results/sentence-val/ and results/judge-wide-val/, and its tables are in results/sentence-val/NOTE.md).
 
 Paired differences (per concept, mean over evaluation seeds 0, 1; 95% normal interval) between members of the
 sentence family (`results/sentence-val/`) and of the tokens family (`results/judge-wide-val/`), evaluated on the same
