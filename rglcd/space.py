@@ -5,7 +5,7 @@
 DIR receives: README.md (Space front matter: sdk gradio at the installed version, python_version, the hub models
 the family reads), app.py (the Space's entry point), requirements.txt (what the Space's hardware installs: torch in
 ZeroGPU's supported range, never this machine's CPU pin), the `rglcd` package, and assets/ (the embedded emoji-64
-family and its prompts, the CPU fallback). Push DIR to a Space repository (README.md "Publishing the Space").
+family and its prompts, the CPU fallback). Push DIR to a Space repository (docs/usage.md, "Publishing the Space").
 
 At run time the Space reads the family from the variable RGLCD_FAMILY (default: the exported one). With the `spaces`
 package importable (ZeroGPU hardware), the comparison and the reward plot run inside `@spaces.GPU(duration=...)`
