@@ -2,8 +2,6 @@
 full one does, and a pack -> run -> unpack rehearsal on the CPU whose members load and sample here."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
@@ -45,11 +43,17 @@ def test_pack_run_unpack_rehearsal_on_cpu(tmp_path, monkeypatch):
     sizes = devicepack.pack(tmp_path / "pack", plan, limit=6, wheels=False)
     assert {"inputs.pt", "minilm/model.safetensors", "minilm/vocab.txt", "family/family.json", "plan.json"} <= set(
         sizes)
-    env = {"RGLCD_MINILM_PATH": str(tmp_path / "pack" / "minilm"), "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "train/emoji_gpu.py", "run", "--dir", str(tmp_path / "pack"), "--out",
-                          str(tmp_path / "out"), "--work", str(tmp_path / "work"), "--device", "cpu"],
-                         cwd=ROOT, env={**__import__("os").environ, **env}, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-2000:]
+    threads = torch.get_num_threads()
+    with monkeypatch.context() as env:  # the run's own environment, restored before the family loads here
+        env.setenv("RGLCD_MINILM_PATH", str(tmp_path / "pack" / "minilm"))
+        env.setenv("ACCELERATE_MIXED_PRECISION", "no")  # the run sets it for its teacher
+        try:  # in this process (the students still start their own): the GPU machine's command line
+            code, _, err = run_entry_point(ROOT / "train" / "emoji_gpu.py", [
+                "run", "--dir", str(tmp_path / "pack"), "--out", str(tmp_path / "out"), "--work",
+                str(tmp_path / "work"), "--device", "cpu"], cwd=ROOT)
+        finally:
+            torch.set_num_threads(threads)
+    assert code == 0, err[-2000:]
     report = json.loads((tmp_path / "out" / "run.json").read_text())
     assert report["teacher_steps"] == 3 and report["students_rc"] == {"lcm": 0}
     assert all(p.stat().st_size <= devicepack.PART_BYTES for p in (tmp_path / "out").glob("members.tar.gz.part*"))

@@ -1,8 +1,8 @@
 """Two processes (torchrun, gloo on the CPU) train as one process at twice the batch: `--batch-size` is the
 per-process batch, the global batch is drawn once per step and sliced per rank, every trained network is averaged
 across ranks (docs/training.md, "Multi-process training"). One torchrun launch runs lcd, lcd-LoRA, rg-lcd with the
-latent proxy RM and mlcm (and records what rank 1 writes); one process runs each at twice the batch; two launches of
-train/distill.py itself are killed with SIGKILL and resumed.
+latent proxy RM and mlcm (and records what rank 1 writes), then resumes a launch of train/distill.py itself that
+was killed with SIGKILL; one process runs each case at twice the batch.
 
 Float tolerance. After step 1 both runs hold the first moment of the same gradient at the same weights: they agree
 to ~4e-5 relative (one process on 1 and on 2 threads: ~8e-5; a per-rank draw, the old behaviour: 0.3 to 1). After
@@ -106,10 +106,31 @@ def family(tiny_emoji_family: Path, tmp_path_factory: pytest.TempPathFactory) ->
     return root
 
 
+def resume_args(family: Path, out: Path) -> list[str]:
+    """train/distill.py's lcd case at its per-process batch, written under `out`/cut (run) and `out`/cut-export."""
+    return [*case_args(family, out, "lcd", CASES["lcd"][1]), "--member", "lcd-resumed", "--output-dir",
+            str(out / "cut"), "--export-dir", str(out / "cut-export"), "--eval-every", "0"]  # the last of a flag wins
+
+
+def kill_after_checkpoint_2(family: Path, out: Path) -> list[str]:
+    """Launch train/distill.py's lcd case as 2 processes for 100 steps, SIGKILL them once checkpoint-2 is written
+    (before checkpoint-4), and return the checkpoints left. A constant learning rate after the warm-up and draws
+    seeded per step: nothing depends on --max-steps, so the longer run is the same run."""
+    victim = torchrun([str(ROOT / "train" / "distill.py"), *resume_args(family, out), "--max-steps", "100",
+                       "--checkpoint-every", "2"], out / "victim-logs")
+    deadline = time.time() + LAUNCH_TIMEOUT_S
+    while not (out / "cut" / "checkpoint-2").is_dir() and time.time() < deadline and victim.poll() is None:
+        time.sleep(0.02)
+    kill_tree(victim)
+    return sorted(p.name for p in (out / "cut").glob("checkpoint-*"))
+
+
 @pytest.fixture(scope="module")
 def runs(family: Path) -> Path:
     """Every case trained by 1 process at twice its batch (in this process, first: it fills the data cache the
-    launched processes then read) and by 2 processes at its batch (one launch)."""
+    launched processes then read) and by 2 processes at its batch (one launch). Before that launch, the lcd case is
+    launched as 2 processes and killed with SIGKILL after checkpoint-2; the launch ends by resuming it with
+    `--resume latest` (what is left after the kill: killed.json)."""
     out = family.parent / "runs"
     threads = torch.get_num_threads()
     try:
@@ -117,9 +138,11 @@ def runs(family: Path) -> Path:
             assert run_trainer(train_distill, DistillConfig, argv=case_args(family, out / "one", case, 2 * batch)) == 0
     finally:
         torch.set_num_threads(threads)
+    (out / "killed.json").write_text(json.dumps(kill_after_checkpoint_2(family, out)))
     args = [str(ROOT / "tests" / "distributed_distill.py"), str(out / "two"), str(out / "writes")]
     for case, (_, batch) in CASES.items():
         args += ["--", *case_args(family, out / "two", case, batch)]
+    args += ["--", *resume_args(family, out), "--resume", "latest"]
     finish(torchrun(args, out / "logs"), "the 2-process runs")
     return out
 
@@ -197,21 +220,11 @@ def test_distributed_rank_0_alone_writes_shows_progress_and_validates(runs):
     assert "train: 100%" in main and "train:" not in other
 
 
-def test_distributed_kill_9_then_resume_latest_ends_as_the_uninterrupted_run(family, runs, tmp_path):
-    batch, out = CASES["lcd"][1], tmp_path / "cut"
-    args = [str(ROOT / "train" / "distill.py"), *case_args(family, tmp_path, "lcd", batch), "--member", "lcd-resumed",
-            "--output-dir", str(out), "--export-dir", str(tmp_path / "export")]  # the last of a flag wins
-    # a constant learning rate after the warm-up and draws seeded per step: nothing depends on --max-steps, so a
-    # longer run is the same run; it is killed after checkpoint-2, before checkpoint-4
-    victim = torchrun([*args, "--max-steps", "100", "--checkpoint-every", "2", "--eval-every", "0"], tmp_path / "l1")
-    deadline = time.time() + LAUNCH_TIMEOUT_S
-    while not (out / "checkpoint-2").is_dir() and time.time() < deadline and victim.poll() is None:
-        time.sleep(0.02)
-    kill_tree(victim)
-    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"], "killed between checkpoints"
-    finish(torchrun([*args, "--resume", "latest", "--eval-every", "0"], tmp_path / "l2"), "the resumed run")
-    assert "resumed from" in rank_log(tmp_path / "l2", 0) and (tmp_path / "export" / "metrics.json").is_file()
-    cut, full = states(out / "checkpoint-3"), states(runs / "two" / "lcd" / "run" / "checkpoint-3")
+def test_distributed_kill_9_then_resume_latest_ends_as_the_uninterrupted_run(runs):
+    assert json.loads((runs / "killed.json").read_text()) == ["checkpoint-2"], "killed between checkpoints"
+    assert "resumed from " + str(runs / "cut" / "checkpoint-2") in rank_log(runs / "logs", 0)
+    assert (runs / "cut-export" / "metrics.json").is_file()
+    cut, full = states(runs / "cut" / "checkpoint-3"), states(runs / "two" / "lcd" / "run" / "checkpoint-3")
     assert cut.keys() == full.keys() and all(torch.equal(cut[k], full[k]) for k in cut)
 
 

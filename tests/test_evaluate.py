@@ -213,9 +213,9 @@ def test_emoji_prompt_sets_and_their_paired_renders(monkeypatch):
     held = load_prompt_set("heldout")
     assert len(held.prompts) == 217 and held.prompts == sorted(held.prompts) and "red apple" in held.prompts
     assert load_prompt_set("eval-heldout").prompts[:2] == ["red apple", "cat"]
-    concepts = [emoji.EmojiConcept("x", n) for n in ("red heart", "red apple", "zebra")]
-    images = torch.arange(3).view(3, 1, 1, 1).expand(3, 3, 2, 2).to(torch.uint8)
-    monkeypatch.setattr(emoji, "load_renders", lambda split, size: (concepts, images))
+    order = ["red heart", "red apple", "zebra"]
+    monkeypatch.setattr(emoji, "renders", lambda concepts, size: torch.tensor(
+        [order.index(c.name) for c in concepts]).view(-1, 1, 1, 1).expand(-1, 3, size, size).to(torch.uint8))
     refs = load_prompt_set("eval-heldout", limit=2).reference(2)
     assert refs[:, 0, 0, 0].tolist() == [1, 0]  # evenly spaced 2 of 16: red apple, red heart
 

@@ -275,29 +275,39 @@ def render_all(concepts: list[EmojiConcept], size: int = IMAGE_SIZE) -> torch.Te
     return torch.from_numpy(np.stack([render(c.char, size) for c in concepts])).permute(0, 3, 1, 2).contiguous()
 
 
-def load_renders(split: str = "all", size: int = IMAGE_SIZE) -> tuple[list[EmojiConcept], torch.Tensor]:
-    """(concepts, uint8 renders (N,3,size,size)) for split 'all' | 'train' | 'heldout', rendered once and cached."""
+def split_list(split: str = "all") -> list[EmojiConcept]:
+    """The concepts of split 'all' | 'train' | 'heldout', sorted by name (nothing rendered)."""
     if split not in ("all", "train", "heldout"):
         raise ValueError(f"unknown split {split!r}: use all, train or heldout")
-    path = cache_dir() / f"emoji-renders-{size}.pt"
     concepts = list_concepts()
-    if path.is_file():
-        blob = torch.load(path, weights_only=True)
-        if blob["names"] != [c.name for c in concepts]:
-            blob = None
-    else:
-        blob = None
+    if split == "all":
+        return concepts
+    train, held = split_concepts(concepts)
+    return train if split == "train" else held
+
+
+def renders(concepts: list[EmojiConcept], size: int = IMAGE_SIZE) -> torch.Tensor:
+    """uint8 (N,3,size,size) renders of `concepts`, in order. Each concept is rendered once per size: the renders
+    are kept in the cache folder (`emoji-renders-<size>.pt`, grown by the concepts a call was missing)."""
+    path = cache_dir() / f"emoji-renders-{size}.pt"
+    blob = torch.load(path, weights_only=True) if path.is_file() else None
     if blob is None:
-        blob = {"names": [c.name for c in concepts], "images": render_all(concepts, size)}
+        blob = {"names": [], "images": torch.zeros(0, 3, size, size, dtype=torch.uint8)}
+    index = {name: i for i, name in enumerate(blob["names"])}
+    missing = list({c.name: c for c in concepts if c.name not in index}.values())
+    if missing:
+        blob = {"names": blob["names"] + [c.name for c in missing],
+                "images": torch.cat([blob["images"], render_all(missing, size)])}
+        index = {name: i for i, name in enumerate(blob["names"])}
         with atomic_path(path) as tmp:
             torch.save(blob, tmp)
-    images = blob["images"]
-    if split == "all":
-        return concepts, images
-    train, held = split_concepts(concepts)
-    keep = {c.name for c in (train if split == "train" else held)}
-    idx = [i for i, c in enumerate(concepts) if c.name in keep]
-    return [concepts[i] for i in idx], images[idx]
+    return blob["images"][[index[c.name] for c in concepts]]
+
+
+def load_renders(split: str = "all", size: int = IMAGE_SIZE) -> tuple[list[EmojiConcept], torch.Tensor]:
+    """(concepts, uint8 renders (N,3,size,size)) for split 'all' | 'train' | 'heldout', rendered once and cached."""
+    concepts = split_list(split)
+    return concepts, renders(concepts, size)
 
 
 def augment(images: torch.Tensor, generator: torch.Generator, max_shift: int = 4, flip: bool = True) -> torch.Tensor:
@@ -328,14 +338,17 @@ def eval_prompt_sets() -> dict[str, list[str]]:
     return {split: read_prompts(ASSETS / "prompts" / f"emoji-eval-{split}.txt") for split in ("train", "heldout")}
 
 
+def training_concept_list(include_flags: bool = False, limit: int | None = None) -> list[EmojiConcept]:
+    """The concepts a generator trains on: the train split, flags left out unless asked (detailed, hard for tiny
+    models: fewer concepts seen more often), the first `limit` of them if given."""
+    keep = [c for c in split_list("train") if include_flags or not is_flag(c.char)]
+    return keep[:limit] if limit else keep
+
+
 def training_concepts(include_flags: bool = False, limit: int | None = None) -> tuple[list[EmojiConcept], torch.Tensor]:
-    """The concepts a generator trains on and their uint8 renders: the train split, flags left out unless asked
-    (detailed, hard for tiny models: fewer concepts seen more often)."""
-    concepts, images = load_renders("train")
-    keep = [i for i, c in enumerate(concepts) if include_flags or not is_flag(c.char)]
-    if limit:
-        keep = keep[:limit]
-    return [concepts[i] for i in keep], images[keep]
+    """`training_concept_list` and their uint8 renders (N,3,64,64)."""
+    concepts = training_concept_list(include_flags, limit)
+    return concepts, renders(concepts)
 
 
 def emoji_training_tensors(family, include_flags: bool = False, limit: int | None = None,

@@ -68,12 +68,11 @@ def emoji_renders(names: list[str]) -> Callable[[int], torch.Tensor]:
     """Reference for emoji concept prompts: size -> uint8 (N,3,size,size) OpenMoji renders, in the order of names."""
 
     def reference(size: int) -> torch.Tensor:
-        concepts, images = emoji.load_renders("all", size)
-        index = {c.name: i for i, c in enumerate(concepts)}
+        index = {c.name: c for c in emoji.list_concepts()}
         missing = [n for n in names if n not in index]
         if missing:
             raise PromptSetError(f"no emoji render for {len(missing)} prompts, e.g. {missing[0]!r}")
-        return images[[index[n] for n in names]]
+        return emoji.renders([index[n] for n in names], size)
 
     return reference
 
@@ -98,8 +97,8 @@ def _emoji_set(split: str, limit: int | None) -> PromptSet:
         names = sorted(emoji.heldout_names())
         where = str(emoji.HELDOUT_FILE.relative_to(repo))
     elif split == "train":
-        names = [c.name for c in emoji.training_concepts()[0]]
-        where = "rglcd.data.emoji.training_concepts() (train split, flags left out)"
+        names = [c.name for c in emoji.training_concept_list()]
+        where = "rglcd.data.emoji.training_concept_list() (train split, flags left out)"
     else:
         path = emoji.ASSETS / "prompts" / f"emoji-{split}.txt"
         names, where = emoji.read_prompts(path), str(path.relative_to(repo))
