@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from rglcd.demo import Engine, build_app
+from rglcd.demo import Engine, build_app, serve_from_private_folder
 from rglcd.logs import quiet_libraries
 
 
@@ -32,6 +32,7 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
+    serve_from_private_folder()
     app = build_app(Engine(args.family, device=args.device), concurrency=args.concurrency)
     app.launch(server_name=args.host, server_port=args.port)
 

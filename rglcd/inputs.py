@@ -11,9 +11,11 @@ seeds 0..2**32-1; prompts non-empty text, at most `MAX_PROMPT_CHARS` characters 
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import os
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -122,18 +124,25 @@ def check_request(family: Family, member: str, req: Request, max_images: int = M
 
 
 def output_image_path(value: str) -> Path:
-    """A path an image can be written to, checked before any work: an image suffix, not a folder, its nearest
-    existing parent a writable folder (missing folders are created when writing)."""
+    """A path an image can be written to, checked before any work: an image suffix, not a folder or a special file,
+    a file can be made in its nearest existing parent folder (missing folders are created when writing)."""
     path = Path(value).expanduser()
     if path.is_dir() or value.endswith(("/", os.sep)):
         raise InputError(f"--out {shown(value, 60)} is a folder: give a file name such as outputs/banana.png")
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise InputError(f"--out {shown(value, 60)} needs an image extension ({', '.join(IMAGE_SUFFIXES)})")
+    if path.exists() and not path.is_file():
+        raise InputError(f"--out {shown(value, 60)} is not a regular file: give a new file name")
     parent = path.resolve().parent
     while not parent.exists():
         parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise InputError(f"--out {shown(value, 60)}: cannot write under {parent}")
+    try:  # a file made and dropped there: what permissions alone cannot say (/proc, /sys, read-only mounts)
+        if not parent.is_dir() or not os.access(parent, os.W_OK):
+            raise PermissionError(errno.EACCES, "not a writable folder")
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        raise InputError(f"--out {shown(value, 60)}: cannot write under {parent} ({exc.strerror})") from None
     return path
 
 

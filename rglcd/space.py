@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import torch
 
-from rglcd.demo import Engine, build_app
+from rglcd.demo import Engine, build_app, serve_from_private_folder
 from rglcd.loading import ASSETS, ModelLoadError
 from rglcd.models import load_family
 from rglcd.presets import PRESETS
@@ -61,6 +61,7 @@ def space_engine(family: str) -> Any:
 def serve(engine: Any, duration: int = GPU_SECONDS) -> Any:
     """The Space's app: the comparison page over `engine`. On ZeroGPU every model is loaded (and moved to CUDA) now,
     and the engine's GPU work (the comparison, the reward plot) runs inside `@spaces.GPU(duration=...)`."""
+    serve_from_private_folder()
     gpu = zero_gpu(duration)
     if gpu is not None:
         engine.warm_up()

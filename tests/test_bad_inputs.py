@@ -3,6 +3,7 @@ found before any model is sampled or trained; nothing bad is echoed back in full
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -60,9 +61,13 @@ def _exit_code(argv: list[str]) -> int:
     ("{tmp}/apple", "needs an image extension (.png, .jpg, .jpeg, .webp)"),
     ("{tmp}/apple.txt", "needs an image extension"),
     ("{tmp}/a-file/apple.png", "cannot write under"),
+    ("{tmp}/fifo.png", "is not a regular file: give a new file name"),
+    ("/proc/apple.png", "'/proc/apple.png': cannot write under /proc (No such file or directory)"),  # root too
+    ("/proc/self/new/apple.png", "cannot write under /proc/"),
 ])
 def test_output_path_is_checked_before_any_work(out: str, message: str, tmp_path: Path, capsys) -> None:
     (tmp_path / "a-file").write_text("")
+    os.mkfifo(tmp_path / "fifo.png")
     code = main(GEN + ["--steps", "999", "--out", out.format(tmp=tmp_path)])  # 999 steps would take a while
     assert code == 2 and message in one_line(capsys.readouterr().err)
 

@@ -1,5 +1,7 @@
 """The emoji data: deterministic concepts and renders, a held-out split that never leaks into training."""
 
+from pathlib import Path
+
 import torch
 
 import pytest
@@ -166,6 +168,41 @@ def test_wide_training_tensors_hold_every_phrasing_of_each_concept(tiny_emoji_fa
         training_batches("shards/{00000..00001}.tar", None, caption_set="wide")
     with pytest.raises(DataError, match="unknown --captions 'broad'"):
         training_batches("emoji", family, caption_set="broad")
+
+
+def test_caption_states_are_written_batch_by_batch_with_a_progress_bar_on_rank_0(tiny_emoji_family, monkeypatch,
+                                                                                  capsys):
+    from rglcd.data.emoji import encode_training_tensors
+    from rglcd.models import encode_prompts, load_family
+
+    family = load_family(str(tiny_emoji_family))
+    texts = [t.format(n) for n in ("cat", "dog", "red apple") for t in CAPTION_TEMPLATES[:5]]
+    latents = torch.zeros(3, 4, 8, 8)
+    data = encode_training_tensors(latents, texts, family.tokenizer, family.text_encoder, batch_size=4,
+                                   desc="caption cache")
+    whole = torch.cat([encode_prompts(family.tokenizer, family.text_encoder, texts[i: i + 4])
+                       for i in range(0, 15, 4)]).half()  # float32 states of every batch, then fp16
+    assert data["context"].dtype == torch.float16 and torch.equal(data["context"].flatten(0, 1), whole)
+    bar = capsys.readouterr().err
+    size = (whole.nbytes + latents.nbytes) / 1e6
+    assert f"caption cache ({size:.0f} MB)" in bar and "15/15" in bar
+    monkeypatch.setenv("RANK", "1")
+    encode_training_tensors(latents, texts, family.tokenizer, family.text_encoder, batch_size=4, desc="caption cache")
+    assert "caption cache" not in capsys.readouterr().err
+
+
+def test_caption_cache_benchmark_measures_one_build(tmp_path, monkeypatch):
+    import json
+
+    from tests.entry_points import run_entry_point
+
+    monkeypatch.setenv("RGLCD_CACHE", str(tmp_path))
+    code, out, err = run_entry_point(Path(__file__).resolve().parents[1] / "bench" / "caption_cache.py",
+                                     ["--worker", "--limit-concepts", "2"])
+    assert code == 0, err[-2000:]
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["concepts"] == 2 and result["captions"] == 96 and result["file_mb"] > 0
+    assert result["seconds"] > 0 and result["peak_rss_growth_mb"] >= 0
 
 
 def fake_training_tensors(n: int = 6, templates: int = 3) -> dict:

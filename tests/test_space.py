@@ -77,6 +77,7 @@ def test_zero_gpu_wraps_the_gpu_work_and_loads_at_import(monkeypatch):
     engine = Engine("emoji-64")
     loaded = []
     monkeypatch.setattr(engine, "warm_up", lambda: loaded.append(True))
+    monkeypatch.setattr("rglcd.space.serve_from_private_folder", lambda: None)  # not this process's SIGTERM
     serve(engine)
     assert durations == [GPU_SECONDS] and loaded == [True]
     assert engine.compare.wrapped.__name__ == "compare" and engine.reward_vs_steps.wrapped.__name__ == "reward_vs_steps"
@@ -104,8 +105,11 @@ def test_the_exported_folder_serves_compare_on_the_cpu(space):
                            capture_output=True, text=True, check=True).stdout.strip()
     assert Path(where).resolve() == (space / "rglcd" / "__init__.py").resolve()
     port = free_port()
+    temp = space.parent / "tmp"  # the app's temporary folder: its image folder, with gradio's copies inside
+    temp.mkdir()
     env.update(GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port), HF_HUB_OFFLINE="1",
-               OMP_NUM_THREADS="1", GRADIO_ANALYTICS_ENABLED="False")
+               OMP_NUM_THREADS="1", GRADIO_ANALYTICS_ENABLED="False", TMPDIR=str(temp))
+    env.pop("GRADIO_TEMP_DIR", None)
     log = space.parent / "space.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "app.py"], cwd=space, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -122,6 +126,9 @@ def test_the_exported_folder_serves_compare_on_the_cpu(space):
         summary = outputs[9]
         assert [summary["results"][c]["status"] for c in ("teacher", "lcm", "rg-lcm", "mlcm")] == ["ok"] * 4, summary
         assert all(len(g) == 1 for g in outputs[:4]) and summary["family"] == "emoji-64"
+        (folder,) = temp.glob("rglcd-app-*")
+        assert len(list(folder.glob("*.png"))) >= 4 and list((folder / "gradio").rglob("*.png")), "gradio's copies"
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        proc.terminate()  # SIGTERM: the app stops as on Ctrl-C
+        code = proc.wait(timeout=30)
+    assert code == 0 and not list(temp.iterdir()), "the image folder and gradio's copies are removed on SIGTERM"

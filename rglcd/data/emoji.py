@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -373,26 +374,35 @@ def emoji_training_tensors(family, include_flags: bool = False, limit: int | Non
     words = text_encoder_distractors() if caption_set == "words" else None
     texts = [c for con in concepts for c in captions(con.name, caption_set, words)]
     data = encode_training_tensors(encode_latents(family.vae, to_model_range(images)), texts, family.tokenizer,
-                                   family.text_encoder)
+                                   family.text_encoder, desc=f"caption cache, once: {path}")
     with atomic_path(path) as tmp:
         torch.save(data, tmp)
     return data
 
 
 def encode_training_tensors(latents: torch.Tensor, texts: list[str], tokenizer, text_encoder,
-                            batch_size: int = 256) -> dict:
+                            batch_size: int = 256, desc: str | None = None) -> dict:
     """The training-tensor dict of `emoji_training_tensors` from latents (N,C,h,w) and N*T captions (concept-major,
     T per concept), encoded on the text encoder's device: {latents, context (N,T,L,D) fp16, empty (L,D) fp16,
-    captions}."""
+    captions}. The states are written batch by batch into the fp16 result (no float32 copy of them all); `desc`
+    shows a progress bar (on rank 0 of a launch) that names what is written and its size."""
     if len(texts) % len(latents):
         raise ValueError(f"{len(texts)} captions for {len(latents)} latents: need the same count per latent")
-    states = torch.cat([encode_prompts(tokenizer, text_encoder, texts[i: i + batch_size]).cpu()
-                        for i in range(0, len(texts), batch_size)])
-    return {"latents": latents.cpu(), "context": states.view(len(latents), -1, *states.shape[1:]).half(),
+    from tqdm.auto import tqdm
+
+    states: torch.Tensor | None = None
+    bar = tqdm(total=len(texts), unit="caption", desc=desc, disable=desc is None or int(os.environ.get("RANK", 0)) > 0)
+    for i in range(0, len(texts), batch_size):
+        batch = encode_prompts(tokenizer, text_encoder, texts[i: i + batch_size]).cpu()
+        if states is None:
+            states = torch.empty((len(texts), *batch.shape[1:]), dtype=torch.float16)
+            size = states.nbytes + latents.nbytes
+            bar.set_description(f"{desc} ({size / 1e9:.2f} GB)" if size >= 1e8 else f"{desc} ({size / 1e6:.0f} MB)")
+        states[i: i + len(batch)] = batch
+        bar.update(len(batch))
+    bar.close()
+    return {"latents": latents.cpu(), "context": states.view(len(latents), -1, *states.shape[1:]),
             "empty": encode_prompts(tokenizer, text_encoder, [""])[0].cpu().half(), "captions": list(texts)}
-
-
-TRAINING_TENSOR_KEYS = ("latents", "context", "empty", "captions")
 
 
 def load_training_tensors(path: str | Path) -> dict:

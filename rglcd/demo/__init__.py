@@ -4,7 +4,7 @@ families, local servers, browser capture): `rglcd.testing`."""
 
 from rglcd.demo.engine import (COLUMNS, DISPLAY_SIZE, EXTRA_REWARDS, NUM_IMAGES, STUDENT_STEPS, TEACHER,
                                TEACHER_STEPS, TITLES, ColumnResult, Engine, Settings, family_columns, image_dir,
-                               parse_settings, shown_reward_names)
+                               parse_settings, serve_from_private_folder, shown_reward_names)
 from rglcd.demo.page import (EXAMPLE_PROMPTS, GENERIC_EXAMPLES, PLOT_SAMPLES, REWARD_NOTES, TRAINED, UNSEEN,
                              best_column, build_app, compare_page, example_prompts, page_outputs, random_seed,
                              reward_figure, reward_legend, reward_plot_page, user_message)
@@ -14,5 +14,5 @@ __all__ = [
     "REWARD_NOTES", "STUDENT_STEPS", "TEACHER", "TEACHER_STEPS", "TITLES", "TRAINED", "UNSEEN", "ColumnResult",
     "Engine", "Settings", "best_column", "build_app", "compare_page", "example_prompts", "family_columns",
     "image_dir", "page_outputs", "parse_settings", "random_seed", "reward_figure", "reward_legend",
-    "reward_plot_page", "shown_reward_names", "user_message",
+    "reward_plot_page", "serve_from_private_folder", "shown_reward_names", "user_message",
 ]

@@ -11,7 +11,9 @@ from __future__ import annotations
 import atexit
 import hashlib
 import io
+import os
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -55,6 +57,17 @@ def image_dir() -> Path:
             _IMAGE_DIR.append(Path(tempfile.mkdtemp(prefix="rglcd-app-")))
             atexit.register(shutil.rmtree, _IMAGE_DIR[0], ignore_errors=True)
         return _IMAGE_DIR[0]
+
+
+def serve_from_private_folder() -> Path:
+    """Before the app is built (main thread): gradio keeps its copies of the page's files in this process's image
+    folder too (GRADIO_TEMP_DIR, unless already set), and SIGTERM stops the app as Ctrl-C does (gradio closes its
+    server, the process exits with 0 and removes the folder). Returns the folder."""
+    folder = image_dir()
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(folder / "gradio"))
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+    return folder
 
 
 @dataclass(frozen=True)
