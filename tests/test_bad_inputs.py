@@ -180,6 +180,8 @@ SAFE = ["--output-dir", "{tmp}/run", "--export-dir", "{tmp}/export", "--stop-at"
     (None, ["--resume", "{tmp}/no-checkpoint"], "checkpoint folder not found: {tmp}/no-checkpoint"),
     (None, ["--data", "no-such-data"], "unknown data source 'no-such-data'"),
     (None, ["--data", "tensors:{tmp}/none.pt"], "training tensors not found: {tmp}/none.pt"),
+    (None, ["--data", "{tmp}/shards/{{00000..00003}}.tar"], "no shard matches '{tmp}/shards/{{00000..00003}}.tar'"),
+    (None, ["--method", "ict", "--data", "{tmp}/none-*.tar"], "no shard matches '{tmp}/none-*.tar'"),
     (None, ["--method", "ict", "--batch-size", "0"], "--batch-size must be a whole number >= 1, got 0"),
     (None, ["--method", "ict", "--resume", "{tmp}/no-checkpoint"], "checkpoint folder not found"),
     (None, ["--method", "ict", "--data", "no-such-data"], "unknown data source"),

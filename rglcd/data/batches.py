@@ -22,7 +22,7 @@ import torch
 
 from rglcd.data.emoji import (CAPTION_SETS, drop_captions, emoji_training_tensors, first_phrasings,
                               load_training_tensors, sample_anchored_batch, sample_caption_batch)
-from rglcd.data.shards import DataError, HFDatasetTable, ImageFolderTable
+from rglcd.data.shards import DataError, HFDatasetTable, ImageFolderTable, list_shards
 from rglcd.data.stream import ShardStream, StreamOptions, TableStream, open_stream
 from rglcd.files import atomic_path
 from rglcd.loading import cache_dir
@@ -190,7 +190,10 @@ def check_data_source(spec: str, phrasings: int | None = None, caption_set: str 
         raise DataError(f"unknown --captions {caption_set!r}: use {' or '.join(CAPTION_SETS)}")
     if spec.startswith("tensors:") and not Path(spec[len("tensors:"):]).is_file():
         raise DataError(f"training tensors not found: {spec[len('tensors:'):]}")
-    if spec == "emoji" or spec.startswith(("tensors:", "hf:")) or Path(spec).is_dir() or ".tar" in spec:
+    if ".tar" in spec:
+        list_shards(spec)  # a pattern that matches no file fails here
+        return
+    if spec == "emoji" or spec.startswith(("tensors:", "hf:")) or Path(spec).is_dir():
         return
     raise DataError(f"unknown data source {spec!r}: use 'emoji', tensors:<training-tensor file>, a webdataset shard pattern (e.g. "
                     f"'shards/{{00000..00009}}.tar'), a folder of captioned images or "
