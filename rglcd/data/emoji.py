@@ -405,6 +405,9 @@ def encode_training_tensors(latents: torch.Tensor, texts: list[str], tokenizer, 
             "empty": encode_prompts(tokenizer, text_encoder, [""])[0].cpu().half(), "captions": list(texts)}
 
 
+TRAINING_TENSOR_KEYS = ("latents", "context", "empty", "captions")
+
+
 def load_training_tensors(path: str | Path) -> dict:
     """A training-tensor file written by `emoji_training_tensors` or `rglcd.devicepack` (data `tensors:PATH`)."""
     path = Path(path)
