@@ -10,6 +10,7 @@ kill -9) still start one.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import os
 import runpy
@@ -30,13 +31,15 @@ def run_entry_point(target: str | Path, args: list[str], cwd: str | Path | None 
             os.chdir(cwd)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
-                if module:  # runpy warns when the module's `__main__` is already imported (a test imported it)
-                    imported = sys.modules.pop(f"{target}.__main__", None)
+                if module:  # runpy warns when the module it runs (a package's `__main__`) is already imported
+                    spec = importlib.util.find_spec(str(target))
+                    ran = f"{target}.__main__" if spec and spec.submodule_search_locations is not None else str(target)
+                    imported = sys.modules.pop(ran, None)
                     try:
                         runpy.run_module(str(target), run_name="__main__", alter_sys=True)
                     finally:
                         if imported is not None:
-                            sys.modules[f"{target}.__main__"] = imported
+                            sys.modules[ran] = imported
                 else:  # as python does, the script's folder first on the path (bench/ imports its neighbours)
                     sys.path.insert(0, str(Path(target).resolve().parent))
                     runpy.run_path(str(target), run_name="__main__")
