@@ -19,11 +19,12 @@ from typing import Any
 
 from diffusers import LCMScheduler
 
-from rglcd.objectives import ICTLoss, LCDLoss, MLCMLoss, RGLCDLoss
+from rglcd.objectives import ICTLoss, LCDLoss, MLCMLoss, RGLCDLoss, TCDLoss
 from rglcd.scheduling_cm import CMScheduler
 from rglcd.scheduling_mlcm import MLCMScheduler
+from rglcd.scheduling_tcd import TCDGammaScheduler
 
-SAMPLERS: dict[str, type] = {"lcm": LCMScheduler, "mlcm": MLCMScheduler, "cm": CMScheduler}
+SAMPLERS: dict[str, type] = {"lcm": LCMScheduler, "mlcm": MLCMScheduler, "cm": CMScheduler, "tcd": TCDGammaScheduler}
 """The diffusers scheduler class of each student kind. A family's teacher (kind "teacher") samples with DDIM + CFG
 instead."""
 TEACHER_KIND = "teacher"
@@ -98,6 +99,10 @@ def _lcd_loss(common: Mapping[str, Any], cfg: Any) -> LCDLoss:
     return LCDLoss(**common)
 
 
+def _tcd_loss(common: Mapping[str, Any], cfg: Any) -> TCDLoss:
+    return TCDLoss(**common)
+
+
 def _mlcm_options(cfg: Any) -> dict[str, Any]:
     return {"edge_rounding": cfg.mlcm.mlcm_edges, "clean_end": cfg.mlcm.mlcm_clean_end}
 
@@ -119,10 +124,13 @@ RG_LCD = Method("rg-lcd", "LCD minus beta x a differentiable reward of the stude
 MLCM = Method("mlcm", "multistep (segment) consistency distillation; a --reward adds the preference term", "mlcm",
               MLCMLoss, "mlcm", "MLCM", reward="optional", trajectories=True, build_loss=_mlcm_loss,
               sampler_options=_mlcm_options, step_settings=_mlcm_step, recipe="train/configs/emoji-64-mlcm.yaml")
+TCD = Method("tcd", "trajectory consistency distillation (TCD): student and target map to z_s, s drawn from 0 to t_n",
+             "tcd", TCDLoss, "tcd", "TCD", trajectories=True, in_demo=False, build_loss=_tcd_loss,
+             recipe="train/configs/emoji-64-tcd.yaml")
 ICT = Method("ict", "improved consistency training from data, no teacher (iCT)", "cm", ICTLoss, "ict", "iCT",
              trainer="ict", needs_teacher=False, in_demo=False, recipe="train/configs/emoji-64-ict.yaml")
 
-METHODS: dict[str, Method] = {m.name: m for m in (LCD, RG_LCD, MLCM, ICT)}
+METHODS: dict[str, Method] = {m.name: m for m in (LCD, RG_LCD, MLCM, TCD, ICT)}
 
 
 def get_method(name: str | None) -> Method:

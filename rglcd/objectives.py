@@ -160,6 +160,36 @@ class MLCMLoss(LCDLoss):
 
 
 @dataclass
+class TCDLoss(LCDLoss):
+    """Trajectory consistency distillation (TCD; Zheng et al. 2024, arXiv 2402.19159, Sec. 4.1): the LCD step with
+    the trajectory consistency function f(z_t, t, s), which maps z_t to z_s on the PF-ODE for any s <= t.
+
+    Per sample, s is drawn uniformly among the skipping-step grid's points from 0 to t_n (m ~ U{0, ..., n},
+    s = max(grid[m] - k, 0)); the student maps z_{t_{n+k}} to z_s and the target maps the
+    teacher's z_{t_n} to the same s. f is the paper's first-order semi-linear form (exponential integrator):
+    x_s = (sigma_s / sigma_t) x_t - alpha_s (e^{-h} - 1) x0_hat, h = lambda_s - lambda_t, lambda = log(alpha /
+    sigma), which is the DDIM jump alpha_s x0_hat + sigma_s eps_hat with the network's own estimates
+    (`segment_output`). s = 0 is the clean end: `clean_end` "lcm" gives LCD's boundary scalings there (the LCD
+    target exactly), "ddim" a jump to alphas_cumprod[0]. s = t_n makes the target z_{t_n} itself.
+    """
+
+    clean_end: str = "lcm"  # lcm | ddim
+
+    def draw(self, batch: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """LCD's draw, then each sample's s (B,) timesteps: uniform over the grid points from 0 to its t_n."""
+        out = super().draw(batch, generator)
+        m = (torch.rand(batch, generator=generator) * (out["index"] + 1)).floor().long()
+        out["s"] = (self.grid[m] - self.k).clamp_min(0)
+        return out
+
+    def output(self, model_output: torch.Tensor, sample: torch.Tensor, timesteps: torch.Tensor,
+               draw: dict[str, torch.Tensor]) -> torch.Tensor:
+        """f(z_t, t, s) (B,C,h,w): z_t mapped to the draw's s."""
+        return segment_output(model_output, sample, timesteps, draw["s"].to(sample.device), self.alphas_cumprod,
+                              self.prediction_type, self.clean_end)
+
+
+@dataclass
 class RewardGuidance:
     """The expert reward of RG-LCD's term: R(decode(x0), prompt), differentiable through the frozen VAE.
 

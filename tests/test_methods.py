@@ -21,23 +21,23 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_registry_declares_each_method():
-    assert list(METHODS) == ["lcd", "rg-lcd", "mlcm", "ict"]
+    assert list(METHODS) == ["lcd", "rg-lcd", "mlcm", "tcd", "ict"]
     assert {m.kind for m in METHODS.values()} <= set(SAMPLERS)
     assert sampler_class("lcm") is LCMScheduler and sampler_class("mlcm") is MLCMScheduler
-    assert sampler_class("cm") is CMScheduler
-    assert trainer_methods("distill") == ("lcd", "rg-lcd", "mlcm") and trainer_methods("ict") == ("ict",)
+    assert sampler_class("cm") is CMScheduler and sampler_class("tcd").__name__ == "TCDGammaScheduler"
+    assert trainer_methods("distill") == ("lcd", "rg-lcd", "mlcm", "tcd") and trainer_methods("ict") == ("ict",)
     assert demo_members() == ("lcm", "rg-lcm", "mlcm")
     assert member_titles()["lcm-lora"] == "LCM-LoRA" and member_titles()["rg-lcm"] == "RG-LCM"
     assert [get_method(n).uses_reward(False) for n in ("lcd", "rg-lcd", "mlcm")] == [False, True, False]
     assert get_method("mlcm").uses_reward(True) and not get_method("lcd").uses_reward(True)
     assert all(m.recipe is None or (ROOT / m.recipe).is_file() for m in METHODS.values())
     assert set(TRAINERS) == {m.trainer for m in METHODS.values()}
-    with pytest.raises(ValueError, match="unknown method 'tcd'; this version implements: lcd, rg-lcd, mlcm, ict"):
-        get_method("tcd")
+    with pytest.raises(ValueError, match="unknown method 'pcm'; this version implements: lcd, rg-lcd, mlcm, tcd, ict"):
+        get_method("pcm")
     with pytest.raises(ValueError, match="unknown student kind"):
         sampler_class("teacher")
     with pytest.raises(SystemExit):
-        trainer_for("tcd")
+        trainer_for("pcm")
 
 
 def test_no_method_name_compares_outside_the_registry():
