@@ -6,8 +6,8 @@ its student, and the trainer that runs it. LoRA is a flag of the distillation me
 Everything that differs by method is read from here: the trainer's objective and per-step settings, the CLI's
 `--method` choices, the family kinds `Family.pipeline` samples, and the demo's columns.
 
-Adding a method (say TCD): write its objective in `rglcd.objectives` (tested alone against its reference, as
-`LCDLoss` is), its sampler as a diffusers scheduler if it needs a new one (add the kind to `SAMPLERS`), then one
+Adding a method (docs/training.md, "Adding a method", from what TCD took): its objective in `rglcd.objectives`
+(tested alone against its paper or reference), its sampler kind in `SAMPLERS` if it needs a new one, then one
 `Method(...)` below with a `build_loss` that makes the objective from a `DistillConfig`.
 """
 
