@@ -46,18 +46,27 @@ RUNTIME_REQUIREMENTS = (
 GPU_SECONDS = 120  # @spaces.GPU duration of one comparison (four models, a few steps each, on an SDXL-size family)
 
 
-def zero_gpu(duration: int = GPU_SECONDS) -> Callable[[Callable], Callable] | None:
-    """`spaces.GPU(duration=duration)` when the `spaces` package imports (ZeroGPU), else None."""
+def import_spaces() -> Any | None:
+    """The `spaces` package (ZeroGPU's), imported now, or None where it is not installed. On ZeroGPU its import
+    patches torch's CUDA calls, so it must come before anything asks torch whether CUDA is available."""
     try:
         import spaces
     except ImportError:
         return None
-    return spaces.GPU(duration=duration)
+    return spaces
+
+
+def zero_gpu(duration: int = GPU_SECONDS) -> Callable[[Callable], Callable] | None:
+    """`spaces.GPU(duration=duration)` when the `spaces` package imports (ZeroGPU), else None."""
+    spaces = import_spaces()
+    return None if spaces is None else spaces.GPU(duration=duration)
 
 
 def space_engine(family: str) -> Any:
     """The Space's engine: the family's weights in fp16 where CUDA is (ZeroGPU or a dedicated card: four SDXL UNets
-    take about 21 GB instead of 41 GB), as stored on the CPU."""
+    take about 21 GB instead of 41 GB), as stored on the CPU. `spaces` is imported first, so that the device and
+    dtype are chosen by the torch ZeroGPU patched."""
+    import_spaces()
     return Engine(family, dtype=torch.float16 if torch.cuda.is_available() else None)
 
 
@@ -103,6 +112,11 @@ def front_matter(family: str, title: str) -> str:
 
 
 APP = '''"""The rglcd comparison Space: teacher vs. few-step students. Family: the variable RGLCD_FAMILY (default {family})."""
+
+try:  # ZeroGPU: `spaces` patches torch when imported, so it comes before rglcd (and torch) are imported
+    import spaces  # noqa: F401
+except ImportError:  # other hardware: no ZeroGPU
+    pass
 
 import os
 

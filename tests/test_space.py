@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import ast
+import importlib.abc
+import importlib.machinery
 import os
 import re
+import runpy
 import subprocess
 import sys
 import time
@@ -89,6 +92,61 @@ def test_zero_gpu_wraps_the_gpu_work_and_loads_at_import(monkeypatch):
     serve(engine)
     assert durations == [GPU_SECONDS] and loaded == [True]
     assert engine.compare.wrapped.__name__ == "compare" and engine.reward_vs_steps.wrapped.__name__ == "reward_vs_steps"
+
+
+def test_the_app_imports_spaces_before_rglcd(space):
+    body = ast.parse((space / "app.py").read_text()).body
+    statements = [node for node in body if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))]
+    first = statements[0]
+    assert isinstance(first, ast.Try) and [a.name for node in first.body for a in node.names] == ["spaces"]
+    assert [h.type.id for h in first.handlers] == ["ImportError"]
+    imported = [node.module for node in statements if isinstance(node, ast.ImportFrom)]
+    assert imported == ["rglcd.space"]
+
+
+class FakeSpaces(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """An importable `spaces` whose import is an event (ZeroGPU patches torch at that moment)."""
+
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> importlib.machinery.ModuleSpec | None:
+        return importlib.machinery.ModuleSpec(name, self) if name == "spaces" else None
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> None:
+        return None
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        self.events.append("import spaces")
+        module.GPU = lambda duration: (lambda fn: fn)
+
+
+def test_on_zero_gpu_spaces_is_imported_before_the_engine_picks_its_device(space, monkeypatch):
+    import torch
+
+    from rglcd.demo import Engine
+    from rglcd.space import space_engine
+
+    events: list[str] = []
+    monkeypatch.setitem(sys.modules, "spaces", None)  # so that the test's end removes the fake module again
+    monkeypatch.delitem(sys.modules, "spaces")
+    monkeypatch.setattr(sys, "meta_path", [FakeSpaces(events), *sys.meta_path])
+
+    def cuda_is_available() -> bool:
+        events.append("cuda?")
+        return "import spaces" in events  # ZeroGPU's patched torch: CUDA once spaces is imported
+
+    monkeypatch.setattr(torch.cuda, "is_available", cuda_is_available)
+    monkeypatch.setattr(Engine, "warm_up", lambda self: events.append(f"warm up on {self.device.type}"))
+    monkeypatch.setattr("rglcd.space.serve_from_private_folder", lambda: None)
+    monkeypatch.setattr("rglcd.space.build_app", lambda engine: events.append("app") or engine)
+    engine = runpy.run_path(str(space / "app.py"), run_name="space_app")["app"]
+    assert events[0] == "import spaces" and events.count("import spaces") == 1
+    assert events[-2:] == ["warm up on cuda", "app"] and set(events[1:-2]) == {"cuda?"}
+    assert engine.device.type == "cuda" and engine.dtype == torch.float16
+    events.clear()
+    del sys.modules["spaces"]
+    assert space_engine("emoji-64").device.type == "cuda" and events[0] == "import spaces", "and so does space_engine"
 
 
 def test_the_space_engine_is_fp16_on_cuda_only(monkeypatch):
