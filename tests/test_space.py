@@ -75,6 +75,21 @@ def test_a_real_family_card_lists_its_hub_models(tmp_path, capsys):
     assert "not empty" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("family", ["sd21", "sd21-base", "sdxl"])
+def test_a_real_family_card_lists_the_reward_models_the_app_shows(family, tmp_path):
+    from rglcd.demo import shown_reward_names
+    from rglcd.models import load_family
+
+    models = front_matter(export(tmp_path / family, family))["models"]
+    assert {"xswu/HPSv2", "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", "openai/clip-vit-large-patch14"} <= set(models)
+    assert "THUDM/ImageReward" not in models and len(models) == len(set(models))  # ImageReward.pt: a local file
+    from rglcd.space import LOCAL_REWARDS, REWARD_HUB_FILES
+
+    rewards = shown_reward_names(load_family(family))
+    assert rewards == ["hpsv2.1", "imagereward", "clipscore"]
+    assert set(rewards) <= set(REWARD_HUB_FILES) | set(LOCAL_REWARDS), "every reward shown: from the hub or local"
+
+
 def test_zero_gpu_wraps_the_gpu_work_and_loads_at_import(monkeypatch):
     from rglcd.demo import Engine
 
