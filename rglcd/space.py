@@ -3,9 +3,11 @@
     python -m rglcd.space export DIR [--family sd21] [--title ...]
 
 DIR receives: README.md (Space front matter: sdk gradio at the installed version, python_version, the hub models
-the family and the rewards shown under its images read), app.py (the Space's entry point), requirements.txt (what
-the Space's hardware installs: torch in ZeroGPU's supported range, never this machine's CPU pin), the `rglcd`
-package, and assets/ (the embedded emoji-64 family and its prompts, the CPU fallback). Push DIR to a Space repository (docs/usage.md, "Publishing the Space").
+the family and the rewards shown under its images read, and `preload_from_hub` with the files of theirs that load,
+fetched when the Space is built instead of at each cold start), app.py (the Space's entry point), requirements.txt
+(what the Space's hardware installs: torch in ZeroGPU's supported range, never this machine's CPU pin), the `rglcd`
+package, and assets/ (the embedded emoji-64 family and its prompts, the CPU fallback). Push DIR to a Space
+repository (docs/usage.md, "Publishing the Space").
 
 At run time the Space reads the family from the variable RGLCD_FAMILY (default: the exported one). With the `spaces`
 package importable (ZeroGPU hardware), the comparison and the reward plot run inside `@spaces.GPU(duration=...)`
@@ -109,6 +111,53 @@ def hub_models(spec: dict[str, Any]) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+def hub_files(spec: dict[str, Any]) -> dict[tuple[str, str | None], tuple[str, ...] | None]:
+    """(repo, revision) -> the files a family spec reads from the hub, as the loaders name them: a model's config.json
+    and safetensors weights (the `variant`'s file when the entry names one, e.g. lcm-sdxl's fp16), SD's tokenizer and
+    scheduler files, a LoRA's `weight_name` and `config_name`; paths inside the entry's subfolder. A repo read some
+    other way maps to None: all its files."""
+    found: dict[tuple[str, str | None], tuple[str, ...] | None] = {}
+    named: dict[tuple[str, str | None], tuple[str, ...]] = {}
+
+    def add(entry: Any, files: tuple[str, ...]) -> None:
+        if isinstance(entry, dict) and "repo" in entry:
+            key, sub = (entry["repo"], entry.get("revision")), entry.get("subfolder")
+            named[key] = tuple(dict.fromkeys(named.get(key, ()) + tuple(f"{sub}/{f}" if sub else f for f in files)))
+
+    def weights(entry: Any, name: str) -> tuple[str, ...]:
+        variant = entry.get("variant") if isinstance(entry, dict) else None
+        return "config.json", f"{name}.{variant}.safetensors" if variant else f"{name}.safetensors"
+
+    for key in ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"):
+        entry = spec.get(key)
+        if key == "scheduler":
+            add(entry, ("scheduler_config.json",))
+        elif key.startswith("tokenizer"):
+            add(entry, CLIP_TOKENIZER)
+        else:
+            add(entry, weights(entry, "diffusion_pytorch_model" if key == "vae" else "model"))
+    for member in spec.get("members", {}).values():
+        if isinstance(member, dict):
+            add(member.get("unet"), weights(member.get("unet"), "diffusion_pytorch_model"))
+            lora = member.get("lora")
+            if isinstance(lora, dict):
+                config = lora.get("config_name")
+                default = "adapter_model.safetensors" if config else "pytorch_lora_weights.safetensors"
+                add(lora, tuple(filter(None, (lora.get("weight_name") or default, config))))
+    found.update(named)
+    for repo in hub_models(spec):
+        if not any(key[0] == repo for key in found):
+            found[(repo, None)] = None
+    return found
+
+
+def preload_entries(files: dict[tuple[str, str | None], tuple[str, ...] | None]) -> list[str]:
+    """`preload_from_hub` items: "repo", "repo file1,file2" or "repo file1,file2 commit" (huggingface/hub-docs,
+    docs/hub/spaces-config-reference.md)."""
+    return [" ".join(filter(None, (repo, ",".join(names), revision))) if names else repo
+            for (repo, revision), names in files.items()]
+
+
 def reward_hub_files(family: Family) -> dict[str, tuple[str, ...]]:
     """Hub repo -> files, for the rewards the app shows under the family's images (`shown_reward_names`) that come
     from the hub; the family's own reward only when it names no weights of its own."""
@@ -135,6 +184,12 @@ def front_matter(family: str, title: str) -> str:
     models = list(dict.fromkeys(hub_models(spec) + list(reward_hub_files(loaded))))
     if models:
         lines += ["models:"] + [f"  - {m}" for m in models]
+    preload = hub_files(spec)
+    for repo, files in reward_hub_files(loaded).items():
+        known = preload.get((repo, None), ())
+        preload[(repo, None)] = None if known is None else tuple(dict.fromkeys(known + files))
+    if preload:
+        lines += ["preload_from_hub:"] + [f"  - {item}" for item in preload_entries(preload)]
     return "\n".join(lines + ["---", ""])
 
 

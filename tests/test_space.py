@@ -9,6 +9,7 @@ import importlib.machinery
 import os
 import re
 import runpy
+import shutil
 import subprocess
 import sys
 import time
@@ -88,6 +89,57 @@ def test_a_real_family_card_lists_the_reward_models_the_app_shows(family, tmp_pa
     rewards = shown_reward_names(load_family(family))
     assert rewards == ["hpsv2.1", "imagereward", "clipscore"]
     assert set(rewards) <= set(REWARD_HUB_FILES) | set(LOCAL_REWARDS), "every reward shown: from the hub or local"
+
+
+def preloads(card: dict) -> dict[str, tuple[list[str], str | None]]:
+    """The card's `preload_from_hub` items ("repo file1,file2 commit"): repo -> (files, commit)."""
+    found = {}
+    for item in card["preload_from_hub"]:
+        repo, files, revision = (item.split(" ") + ["", ""])[:3]
+        found[repo] = (files.split(",") if files else [], revision or None)
+    return found
+
+
+def snapshot(cache: Path, repo: str, revision: str | None) -> Path:
+    root = cache / f"models--{repo.replace('/', '--')}"
+    return root / "snapshots" / (revision or (root / "refs" / "main").read_text())
+
+
+@pytest.mark.parametrize("family", ["sd21", "sd21-base", "sdxl"])
+def test_the_card_preloads_the_files_the_family_reads(family, rehearsal_cache, tmp_path, monkeypatch):
+    """Against the rehearsal hub cache (tests/hub_layouts.py: the real repositories' layouts, tiny weights): every
+    preloaded file is there, and a hub cache holding only the preloaded files loads the family, each published
+    member (LoRAs included) and its reward offline."""
+    import huggingface_hub.constants
+
+    from rglcd.models import load_family
+
+    card = front_matter(export(tmp_path / "space", family))
+    items = preloads(card)
+    assert list(items) == card["models"] and all(files for files, _ in items.values()), "no repository read whole"
+    if family == "sdxl":
+        assert items["latent-consistency/lcm-sdxl"][0] == ["config.json", "diffusion_pytorch_model.fp16.safetensors"]
+        assert not any(".fp16." in f for f in items["stabilityai/stable-diffusion-xl-base-1.0"][0])
+        assert items["OPPOer/TLCM"][1] == "2512d8cbf4f2c1f44089c0168e0cc77b6613811d"
+    hub = tmp_path / "hub"
+    for repo, (files, revision) in items.items():
+        if repo == "openai/clip-vit-large-patch14":  # CLIPScore's model: not in the rehearsal cache
+            continue
+        source = snapshot(rehearsal_cache, repo, revision)
+        for name in files:
+            assert (source / name).is_file(), f"{repo} has no {name}"
+            target = hub / source.relative_to(rehearsal_cache) / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source / name, target)
+        refs = source.parents[1] / "refs"
+        if refs.is_dir():
+            shutil.copytree(refs, hub / refs.relative_to(rehearsal_cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    loaded = load_family(family)
+    published = [m for m in loaded.members if "train" not in loaded.member(m)]
+    assert published and all(loaded.pipeline(m) is not None for m in published)
+    assert type(loaded.reward()).__name__ == "ClipReward"  # HPSv2.1: its checkpoint, ViT-H-14's config and tokenizer
 
 
 def test_zero_gpu_wraps_the_gpu_work_and_loads_at_import(monkeypatch):
