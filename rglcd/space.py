@@ -35,7 +35,9 @@ from rglcd.rewards.clip import HPS_FILE, HPS_REPO, VIT_H_14
 
 PACKAGE = Path(__file__).resolve().parent
 PYTHON_VERSION = "3.12"  # ZeroGPU runs Python 3.10 or 3.12
-# ZeroGPU supports torch 2.8-2.11; this machine's CPU pin (requirements.txt, torch==2.13.0) must not travel.
+# ZeroGPU's supported torch versions: 2.8.0, 2.9.1, 2.10.0, 2.11.0 (huggingface/hub-docs docs/hub/spaces-zerogpu.md,
+# "Supported Versions", as of commit e7d53f5, May 2026; no later version is listed there). This machine's CPU pin
+# (requirements.txt, torch==2.13.0) must not travel.
 TORCH_REQUIREMENT = "torch>=2.8,<2.12"
 # Every third-party package the app's modules import (tests/test_space.py scans them, lazy imports included).
 RUNTIME_REQUIREMENTS = (
