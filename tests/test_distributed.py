@@ -1,7 +1,7 @@
 """Two processes (torchrun, gloo on the CPU) train as one process at twice the batch: `--batch-size` is the
 per-process batch, the global batch is drawn once per step and sliced per rank, every trained network is averaged
 across ranks (docs/training.md, "Multi-process training"). One torchrun launch runs lcd, lcd-LoRA, rg-lcd with the
-latent proxy RM and mlcm (and records what rank 1 writes), then resumes a launch of train/distill.py itself that
+latent proxy RM, mlcm and tcd (and records what rank 1 writes), then resumes a launch of train/distill.py itself that
 was killed with SIGKILL; one process runs each case at twice the batch.
 
 Float tolerance. After step 1 both runs hold the first moment of the same gradient at the same weights: they agree
@@ -45,6 +45,7 @@ CASES = {  # case: (flags, per-process batch)
     "rg-lcd-proxy": (["--method", "rg-lcd", "--reward-scale", "0.5", "--proxy-rm", "--proxy-lr", "1e-3",
                       "--proxy-batch", "3", "--eval-every", "0", "--report-to", "none"], 2),
     "mlcm": (["--method", "mlcm", "--segments", "2", "--eval-every", "0", "--report-to", "none"], 2),
+    "tcd": (["--method", "tcd", "--eval-every", "0", "--report-to", "none"], 2),  # its s is drawn per global batch
 }
 GRADIENT_TOLERANCE = 1e-3  # relative; measured: 2 processes ~4e-5, 1 process on 1 and 2 threads ~8e-5
 TOLERANCE = 0.15  # of the one-process run's movement from step 1 to 3; measured <= 3e-4, 0.042 (LoRA) without warm-up
