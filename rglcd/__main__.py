@@ -12,8 +12,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from rglcd.images import GRID_PAD, grid_tiles, looks_like_grid, on_white, save_grid
-from rglcd.inputs import (GUIDANCE, MAX_IMAGES, MAX_SEED, InputError, OneLineParser, Request, check_prompt_tokens,
-                          check_request, number, output_image_path, prompt_text, step_limit)
+from rglcd.inputs import (GUIDANCE, MAX_IMAGES, MAX_SEED, InputError, OneLineParser, check_prompt_tokens,
+                          member_request, output_image_path, prompt_text, sampling_notes)
 from rglcd.logs import quiet_libraries
 from rglcd.models import ModelLoadError, load_family
 from rglcd.rewards import reward_label
@@ -29,8 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--verbose", action="store_true", help="show the libraries' loading bars and warnings")
     gen = sub.add_parser("generate", parents=[common], help="sample images from a family member")
     gen.add_argument("--model", default="teacher", help="member of the family (teacher, lcm, rg-lcm, mlcm)")
-    gen.add_argument("--steps", default="25", help="1-50 for students, up to 999 for the emoji-64 teacher")
-    gen.add_argument("--guidance-scale", default="5.0", help=f"{GUIDANCE[0]:g}-{GUIDANCE[1]:g} (1: no guidance)")
+    gen.add_argument("--steps", default=None, help="1-50 for students, up to 999 for the emoji-64 teacher (default: "
+                                                   "the member's own, else 25 for a teacher, 4 for a student)")
+    gen.add_argument("--guidance-scale", default=None, help=f"{GUIDANCE[0]:g}-{GUIDANCE[1]:g} (1: no guidance; "
+                                                            "default: the member's own, else 5)")
+    gen.add_argument("--eta", default=None, help="0-1, for the kinds that take one (TCD's gamma; default: the "
+                                                 "member's own)")
     gen.add_argument("--seed", default="0", help=f"0-{MAX_SEED}")
     gen.add_argument("--num-images", default="1", help=f"1-{MAX_IMAGES}; several are written as one grid")
     gen.add_argument("--out", required=True, help="image path (.png, .jpg, .webp); missing folders are created")
@@ -43,15 +47,16 @@ def run_generate(args: argparse.Namespace) -> str:
     out = output_image_path(args.out)
     prompt = prompt_text(args.prompt)
     family = load_family(args.family)
-    kind = str(family.member(args.model).get("kind", args.model))
-    req = Request(prompt,
-                  number(args.steps, f"steps ({kind})", (1, step_limit(kind, family.scheduler_config)), whole=True),
-                  number(args.guidance_scale, "guidance scale", GUIDANCE, whole=False),
-                  number(args.seed, "seed", (0, MAX_SEED), whole=True),
-                  number(args.num_images, "number of images", (1, MAX_IMAGES), whole=True))
-    check_request(family, args.model, req)
+    req = member_request(family, args.model, prompt, args.steps, args.guidance_scale, args.eta, args.seed,
+                         args.num_images)
     for notice in read_prompt(family.tokenizer, prompt).notices:
         print(f"note: {notice}", file=sys.stderr)
+    embeds = family.unet(args.model).config.time_cond_proj_dim is not None
+    for note in sampling_notes(family, args.model, req, embeds, steps_given=args.steps is not None):
+        print(f"note: {note}", file=sys.stderr)
+    licence = family.member(args.model).get("licence")
+    if licence:
+        print(f"note: {args.model} is licensed {licence}", file=sys.stderr)
     images = generate(family, args.model, req)
     path = save_grid(images, out, nrow=min(8, len(images)) if len(images) > 1 else 1)
     return f"wrote {path} ({len(images)} image{'s' if len(images) > 1 else ''}, {images.shape[-1]}x{images.shape[-2]})"

@@ -20,11 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from rglcd.methods import SAMPLERS
 from rglcd.models import Family, count_tokens
-from rglcd.scheduling_mlcm import TLCM_STEPS
+from rglcd.samplers import Sampler
+from rglcd.scheduling_mlcm import TLCM_STEPS, MLCMScheduler
 
-STUDENT_MAX_STEPS = 50  # LCMScheduler / MLCMScheduler: original_inference_steps of the skipping-step grid
 MAX_SEED = 2**32 - 1
 GUIDANCE = (1.0, 20.0)  # pipeline guidance scale (LCM students: w + 1); 1 = no guidance
 MAX_IMAGES = 64  # per CLI call (written as one grid); the app allows fewer (rglcd.demo.NUM_IMAGES)
@@ -38,13 +37,52 @@ class InputError(ValueError):
 
 @dataclass(frozen=True)
 class Request:
-    """One generation: `num_images` images of `prompt`, `steps` denoising steps, pipeline guidance scale, seed."""
+    """One generation: `num_images` images of `prompt`, `steps` denoising steps, pipeline guidance scale, seed;
+    `eta` in [0, 1] for a kind that takes one (TCD's gamma; None: the member's own)."""
 
     prompt: str
     steps: int = 25
     guidance_scale: float = 5.0
     seed: int = 0
     num_images: int = 1
+    eta: float | None = None
+
+
+DEFAULT_STEPS, DEFAULT_GUIDANCE = 25, 5.0  # the CLI's, when neither the user nor the member says
+
+
+def member_request(family: Family, member: str, prompt: str, steps: Any = None, guidance: Any = None,
+                   eta: Any = None, seed: Any = 0, num_images: Any = 1, max_images: int = MAX_IMAGES) -> Request:
+    """The checked request for `member`: each setting the user gives (raw value, None: not given), else the
+    member's own default (`rglcd.samplers.MemberDefaults`), else 25 steps at guidance 5. A fixed-timestep member's steps are its timesteps' number. InputError on a bad value."""
+    spec, own = family.sampler(member), family.defaults(member)
+    if own.timesteps is not None:
+        steps = len(own.timesteps)
+    elif steps is None:
+        steps = own.steps or DEFAULT_STEPS
+    guidance = (own.guidance or DEFAULT_GUIDANCE) if guidance is None else guidance
+    eta = None if eta is None else number(eta, "eta", (0.0, 1.0), whole=False)
+    req = Request(prompt, number(steps, f"steps ({spec.kind})", (1, member_step_limit(family, member)), whole=True),
+                  number(guidance, "guidance scale", GUIDANCE, whole=False), number(seed, "seed", (0, MAX_SEED),
+                                                                                    whole=True),
+                  number(num_images, "number of images", (1, max_images), whole=True), eta)
+    check_request(family, member, req, max_images)
+    return req
+
+
+def sampling_notes(family: Family, member: str, req: Request, embeds_guidance: bool, steps_given: bool = True
+                   ) -> tuple[str, ...]:
+    """One line per setting that does not apply as given to `member` (its UNet with a guidance embedding when
+    `embeds_guidance`): fixed timesteps ignore the step count; an embedded guidance scale g is read as w = g - 1."""
+    spec, own = family.sampler(member), family.defaults(member)
+    notes = []
+    if own.timesteps is not None:
+        ignored = " (the step setting does not apply)" if steps_given else ""
+        notes.append(f"samples at its fixed timesteps {list(own.timesteps)}{ignored}")
+    if embeds_guidance and not spec.cfg_pipeline:
+        notes.append(f"guidance {req.guidance_scale:g} is embedded in the UNet as w = {req.guidance_scale - 1:g} "
+                     "(no classifier-free guidance pass)")
+    return tuple(notes)
 
 
 def shown(value: Any, limit: int = 24) -> str:
@@ -92,14 +130,20 @@ def prompt_text(value: Any) -> str:
     return text
 
 
-def step_limit(kind: str, scheduler_config: dict[str, Any]) -> int:
-    """Most sampling steps a member of `kind` takes (students: 50, MLCM's TLCM sampler 8; teacher:
-    num_train_timesteps - steps_offset). `scheduler_config` includes the member's own sampler settings."""
-    if kind == "mlcm" and scheduler_config.get("sampler") == "tlcm":
+def step_limit(spec: Sampler, scheduler_config: dict[str, Any]) -> int:
+    """Most sampling steps a member of kind `spec` takes (students: 50, MLCM's TLCM sampler 8; teacher and the
+    trailing DDIM / Euler kinds: num_train_timesteps - steps_offset). `scheduler_config` includes the member's own
+    sampler settings."""
+    if issubclass(spec.scheduler, MLCMScheduler) and scheduler_config.get("sampler") == "tlcm":
         return max(TLCM_STEPS)
-    if kind in SAMPLERS:
-        return STUDENT_MAX_STEPS
-    return int(scheduler_config.get("num_train_timesteps", 1000)) - int(scheduler_config.get("steps_offset", 0))
+    return spec.step_limit(scheduler_config)
+
+
+def member_step_limit(family: Family, member: str) -> int:
+    """Most sampling steps `member` takes (`step_limit` under the family's config with its kind's and its own
+    scheduler settings)."""
+    spec = family.sampler(member)
+    return step_limit(spec, {**family.scheduler_config, **spec.config, **family.member(member).get("scheduler", {})})
 
 
 def check_prompt_tokens(family: Family, prompt: str) -> None:
@@ -113,13 +157,17 @@ def check_prompt_tokens(family: Family, prompt: str) -> None:
 def check_request(family: Family, member: str, req: Request, max_images: int = MAX_IMAGES) -> None:
     """InputError when `req` is out of range for this member of the family (kind-dependent steps, guidance, images,
     seed, prompt tokens). An empty prompt is allowed here (unconditional samples); front ends refuse it."""
-    entry = family.member(member)
-    kind = str(entry.get("kind", member))
-    limit = step_limit(kind, {**family.scheduler_config, **entry.get("scheduler", {})})
-    number(req.steps, f"steps ({kind})", (1, limit), whole=True)
+    spec = family.sampler(member)
+    family.defaults(member)
+    if not spec.fixed_timesteps:  # a fixed-timestep member samples at its own timesteps, whatever the steps say
+        number(req.steps, f"steps ({spec.kind})", (1, member_step_limit(family, member)), whole=True)
     number(req.guidance_scale, "guidance scale", GUIDANCE, whole=False)
     number(req.num_images, "number of images", (1, max_images), whole=True)
     number(req.seed, "seed", (0, MAX_SEED), whole=True)
+    if req.eta is not None:
+        if spec.eta_option is None:
+            raise InputError(f"eta applies to the kinds that take one, not to {member} (kind {spec.kind})")
+        number(req.eta, "eta", (0.0, 1.0), whole=False)
     check_prompt_tokens(family, req.prompt)
 
 

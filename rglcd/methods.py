@@ -1,13 +1,13 @@
 """The method registry: one `Method` per training method, and the sampler of each student kind.
 
 A method names its objective class (`rglcd.objectives`), the kind of student it makes (the sampler a family uses
-for it: `SAMPLERS`), what it needs (a teacher, a reward, teacher trajectories), the member name and demo title of
+for it: `rglcd.samplers.SAMPLERS`), what it needs (a teacher, a reward, teacher trajectories), the member name and demo title of
 its student, and the trainer that runs it. LoRA is a flag of the distillation methods (`--lora-rank`), not a method.
 Everything that differs by method is read from here: the trainer's objective and per-step settings, the CLI's
 `--method` choices, the family kinds `Family.pipeline` samples, and the demo's columns.
 
 Adding a method (docs/training.md, "Adding a method", from what TCD took): its objective in `rglcd.objectives`
-(tested alone against its paper or reference), its sampler kind in `SAMPLERS` if it needs a new one, then one
+(tested alone against its paper or reference), its sampler kind in `rglcd.samplers.SAMPLERS` if it needs a new one, then one
 `Method(...)` below with a `build_loss` that makes the objective from a `DistillConfig`.
 """
 
@@ -17,24 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from diffusers import LCMScheduler
-
 from rglcd.objectives import ICTLoss, LCDLoss, MLCMLoss, RGLCDLoss, TCDLoss
-from rglcd.scheduling_cm import CMScheduler
-from rglcd.scheduling_mlcm import MLCMScheduler
-from rglcd.scheduling_tcd import TCDGammaScheduler
-
-SAMPLERS: dict[str, type] = {"lcm": LCMScheduler, "mlcm": MLCMScheduler, "cm": CMScheduler, "tcd": TCDGammaScheduler}
-"""The diffusers scheduler class of each student kind. A family's teacher (kind "teacher") samples with DDIM + CFG
-instead."""
-TEACHER_KIND = "teacher"
-
-
-def sampler_class(kind: str) -> type:
-    """The scheduler class that samples a student of `kind`; ValueError naming the known kinds."""
-    if kind not in SAMPLERS:
-        raise ValueError(f"unknown student kind {kind!r}; known: {', '.join(SAMPLERS)}")
-    return SAMPLERS[kind]
 
 
 def _no_options(cfg: Any) -> dict[str, Any]:
@@ -60,7 +43,7 @@ class Method:
 
     name: str
     summary: str
-    kind: str  # the student's sampler: a key of SAMPLERS
+    kind: str  # the student's sampler: a key of rglcd.samplers.SAMPLERS
     loss: type
     member: str  # the exported student's default name in a family file (also its demo column)
     title: str  # the demo column's title

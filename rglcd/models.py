@@ -34,9 +34,9 @@ import torch
 
 from rglcd.files import write_json
 from rglcd.loading import MINILM, ModelLoadError, Source, from_pretrained, load_lora, resolve_source
-from rglcd.methods import SAMPLERS, TEACHER_KIND
 from rglcd.presets import PRESETS, extend_preset
 from rglcd.rewards import get_reward
+from rglcd.samplers import MemberDefaults, Sampler, member_defaults, sampler
 
 
 def encode_prompts(tokenizer: Any, text_encoder: torch.nn.Module, prompts: list[str]) -> torch.Tensor:
@@ -298,21 +298,39 @@ class Family:
             ).requires_grad_(False)
         return self._unets[name]
 
+    def sampler(self, name: str, kind: str | None = None) -> Sampler:
+        """The sampler registry entry of member `name` (or of `kind`); ModelLoadError for an unknown kind."""
+        kind = kind or str(self.member(name).get("kind", name))
+        try:
+            return sampler(kind)
+        except ValueError as err:
+            raise ModelLoadError(f"member {name} of {self.name}: {err}") from None
+
+    def defaults(self, name: str) -> MemberDefaults:
+        """The member's own sampling settings (`rglcd.samplers.member_defaults`); ModelLoadError if malformed."""
+        try:
+            return member_defaults(self.member(name), self.sampler(name),
+                                   int(self.scheduler_config.get("num_train_timesteps", 1000)))
+        except ValueError as err:
+            raise ModelLoadError(f"member {name} of {self.name}: {err}") from None
+
     def pipeline(self, name: str, unet: Any | None = None, kind: str | None = None,
-                 scheduler_options: dict[str, Any] | None = None) -> Any:
-        """A diffusers pipeline for the member: StableDiffusionPipeline + DDIMScheduler for a teacher,
-        LatentConsistencyModelPipeline + the student's scheduler (`rglcd.methods.SAMPLERS`: LCMScheduler for kind lcm,
-        MLCMScheduler for kind mlcm, CMScheduler for kind cm (iCT)) for a student with a guidance embedding, and StableDiffusionPipeline + that
-        scheduler for a LoRA student (guidance scale 1-2 there, as in diffusers' docs). SDXL families use
-        StableDiffusionXLPipeline for every kind (it embeds the guidance scale when the UNet has the projection).
+                 scheduler_options: dict[str, Any] | None = None, eta: float | None = None) -> Any:
+        """A diffusers pipeline for the member, as its kind's `rglcd.samplers.Sampler` says: its scheduler class
+        from the family's scheduler config with the kind's overrides and the member's `"scheduler"` settings; the
+        StableDiffusionPipeline for the teacher and the trailing DDIM / Euler kinds, LatentConsistencyModelPipeline
+        for a consistency kind whose UNet has a guidance embedding, and StableDiffusionPipeline for one without (a
+        LoRA student: guidance scale 1-2, as in diffusers' docs). SDXL families use StableDiffusionXLPipeline for
+        every kind (it embeds the guidance scale when the UNet has the projection).
 
         `unet` and `kind` replace the member's own weights and kind, e.g. for a model in training;
-        `scheduler_options` its entry's sampler settings (`"scheduler"`, see `register_member`).
+        `scheduler_options` its entry's sampler settings (`"scheduler"`, see `register_member`); `eta` its `eta`
+        (TCD's gamma, stored in the scheduler's config).
         """
-        kind = kind or self.member(name).get("kind", name)
+        entry = self.member(name) if name in self.members else {}
+        spec = self.sampler(name, kind)
         unet = unet if unet is not None else self.unet(name)
-        from diffusers import (DDIMScheduler, LatentConsistencyModelPipeline, StableDiffusionPipeline,
-                               StableDiffusionXLPipeline)
+        from diffusers import LatentConsistencyModelPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
         if self.is_sdxl:  # one pipeline for all kinds: it embeds the guidance scale when the UNet takes it
             parts = dict(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=unet,
@@ -322,18 +340,14 @@ class Family:
             parts = dict(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=unet,
                          safety_checker=None, feature_extractor=None, requires_safety_checker=False)
             sd_cls, guided_cls = StableDiffusionPipeline, LatentConsistencyModelPipeline
-        if kind == TEACHER_KIND:
-            pipe = sd_cls(scheduler=DDIMScheduler.from_config(self.scheduler_config), **parts)
-        elif kind in SAMPLERS:
-            options = self.member(name).get("scheduler", {}) if name in self.members else {}
-            options = options if scheduler_options is None else scheduler_options
-            scheduler = SAMPLERS[kind].from_config({**self.scheduler_config, **options})
-            # a LoRA student has no guidance embedding: the usual pipeline (guidance scale 1-2, as in diffusers' docs)
-            pipe = (guided_cls if unet.config.time_cond_proj_dim is not None else sd_cls)(scheduler=scheduler, **parts)
-        else:
-            raise ModelLoadError(f"member {name} of {self.name} has kind '{kind}'; known kinds: {TEACHER_KIND}, "
-                                 f"{', '.join(SAMPLERS)}")
-        lora = self.member(name).get("lora") if name in self.members else None
+        options = dict(entry.get("scheduler", {}) if scheduler_options is None else scheduler_options)
+        eta = entry.get("eta") if eta is None else eta
+        if eta is not None and spec.eta_option is not None:
+            options[spec.eta_option] = eta
+        scheduler = spec.scheduler.from_config({**self.scheduler_config, **spec.config, **options})
+        embeds_guidance = unet.config.time_cond_proj_dim is not None
+        pipe = (guided_cls if embeds_guidance and not spec.cfg_pipeline else sd_cls)(scheduler=scheduler, **parts)
+        lora = entry.get("lora")
         if lora is not None and unet is self._unets.get(name) and not getattr(unet, "peft_config", None):
             load_lora(pipe, resolve_source(lora, self.root), f"{self.name} {name}")
         pipe.set_progress_bar_config(disable=True)

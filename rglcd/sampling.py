@@ -6,6 +6,7 @@ Teachers sample with diffusers' own StableDiffusionPipeline + DDIMScheduler (cla
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,8 @@ from rglcd.data.emoji import emoji_to_names
 from rglcd.inputs import InputError, Request, check_request
 from rglcd.models import Family
 
-__all__ = ["InputError", "PromptReading", "Request", "check_request", "consistency_sample", "generate", "read_prompt"]
+__all__ = ["InputError", "PromptReading", "Request", "check_request", "consistency_sample", "generate", "read_prompt",
+           "sampling_extras"]
 
 
 @dataclass(frozen=True)
@@ -54,10 +56,25 @@ def read_prompt(tokenizer: Any, prompt: str) -> PromptReading:
 def generate(family: Family, member: str, req: Request) -> torch.Tensor:
     """Images (num_images, 3, H, W) in [0,1] for `req`, reproducible from `req.seed`."""
     check_request(family, member, req)
-    pipe = family.pipeline(member)
+    pipe = family.pipeline(member, eta=req.eta)
     generator = torch.Generator().manual_seed(req.seed)
-    return pipe([read_prompt(pipe.tokenizer, req.prompt).text] * req.num_images, num_inference_steps=req.steps, guidance_scale=req.guidance_scale,
-                generator=generator, output_type="pt").images.float().cpu()
+    return pipe([read_prompt(pipe.tokenizer, req.prompt).text] * req.num_images, num_inference_steps=req.steps,
+                guidance_scale=req.guidance_scale, generator=generator, output_type="pt",
+                **sampling_extras(family, member, pipe)).images.float().cpu()
+
+
+def sampling_extras(family: Family, member: str, pipe: Any) -> dict[str, Any]:
+    """What `pipe(...)` needs for `member` beside its steps and guidance: `timesteps=` for a fixed-timestep member
+    (the pipelines then ignore `num_inference_steps`), and `eta=` from the scheduler's config for a kind that takes
+    an eta where the pipeline passes one to `step` (the StableDiffusion pipelines' default, 0, would otherwise
+    override TCD's gamma)."""
+    spec, own = family.sampler(member), family.defaults(member)
+    out: dict[str, Any] = {}
+    if own.timesteps is not None:
+        out["timesteps"] = list(own.timesteps)
+    if spec.eta_option is not None and "eta" in inspect.signature(pipe.__call__).parameters:
+        out["eta"] = float(pipe.scheduler.config[spec.eta_option])
+    return out
 
 
 @torch.no_grad()

@@ -17,6 +17,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from rglcd.demo import COLUMNS, Engine, build_app, compare_page, example_prompts, parse_settings  # noqa: E402
+from rglcd.samplers import sampler  # noqa: E402
 from rglcd.sampling import InputError  # noqa: E402
 from rglcd.testing import launch_local, stand_in_family  # noqa: E402
 
@@ -83,7 +84,7 @@ def test_parse_settings_accepts_numbers_as_text() -> None:
     s = parse_settings(" red apple ", "4", 25.0, "5.5", 5, " 12 ", 2.0)
     assert (s.prompt, s.student_steps, s.teacher_steps, s.student_guidance, s.seed, s.num_images) == (
         "red apple", 4, 25, 5.5, 12, 2)
-    assert s.request("teacher").steps == 25 and s.request("lcm").steps == 4
+    assert s.request(sampler("teacher")).steps == 25 and s.request(sampler("lcm")).steps == 4
 
 
 def test_emoji_prompt_is_shown_as_the_names_the_encoder_reads(engine: Engine) -> None:

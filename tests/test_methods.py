@@ -9,8 +9,9 @@ import pytest
 import torch
 from diffusers import DDPMScheduler, LCMScheduler
 
-from rglcd.methods import METHODS, SAMPLERS, demo_members, get_method, member_titles, sampler_class, trainer_methods
+from rglcd.methods import METHODS, demo_members, get_method, member_titles, trainer_methods
 from rglcd.objectives import DistillBatch, LCDLoss, OnPolicyStates, RewardGuidance, RGLCDLoss
+from rglcd.samplers import SAMPLERS, sampler_class
 from rglcd.scheduling_cm import CMScheduler
 from rglcd.scheduling_mlcm import MLCMScheduler
 from rglcd.training.distill import train_distill
@@ -34,8 +35,8 @@ def test_registry_declares_each_method():
     assert set(TRAINERS) == {m.trainer for m in METHODS.values()}
     with pytest.raises(ValueError, match="unknown method 'pcm'; this version implements: lcd, rg-lcd, mlcm, tcd, ict"):
         get_method("pcm")
-    with pytest.raises(ValueError, match="unknown student kind"):
-        sampler_class("teacher")
+    with pytest.raises(ValueError, match="unknown member kind 'pcm'"):
+        sampler_class("pcm")
     with pytest.raises(SystemExit):
         trainer_for("pcm")
 

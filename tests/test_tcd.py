@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from rglcd.consistency import consistency_output
-from rglcd.methods import METHODS, SAMPLERS
+from rglcd.methods import METHODS
 from rglcd.models import load_family
 from rglcd.objectives import LCDLoss, TCDLoss
+from rglcd.samplers import sampler_class
 from rglcd.sampling import Request, generate
 from rglcd.schedule import scaled_linear_alphas_cumprod
 from rglcd.training.distill import DistillConfig, train_distill
@@ -69,8 +70,8 @@ def test_tcd_draw_is_lcds_then_s_uniform_from_0_to_t_n():
 def test_tcd_is_a_registered_method_with_diffusers_tcd_sampler():
     method = METHODS["tcd"]
     assert method.loss is TCDLoss and method.trainer == "distill" and method.kind == "tcd"
-    assert issubclass(SAMPLERS["tcd"], __import__("diffusers").TCDScheduler)
-    assert SAMPLERS["tcd"]().config.gamma == 0.3  # the paper's default gamma
+    assert issubclass(sampler_class("tcd"), __import__("diffusers").TCDScheduler)
+    assert sampler_class("tcd")().config.gamma == 0.3  # the paper's default gamma
 
 
 @pytest.fixture(scope="module")

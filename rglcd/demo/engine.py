@@ -28,13 +28,15 @@ from torch import nn
 
 from rglcd.evaluate.generate import count_unet_evals
 from rglcd.files import write_atomic
-from rglcd.inputs import GUIDANCE, MAX_SEED, InputError, Request, check_prompt_tokens, number, prompt_text
-from rglcd.methods import TEACHER_KIND, demo_members, member_titles
+from rglcd.inputs import (GUIDANCE, MAX_SEED, InputError, Request, check_prompt_tokens, number, prompt_text,
+                          sampling_notes)
+from rglcd.methods import demo_members, member_titles
 from rglcd.models import Family, ModelLoadError, load_family
 from rglcd.rewards import get_reward
+from rglcd.samplers import MemberDefaults, Sampler
 from rglcd.sampling import PromptReading, generate, read_prompt
 
-TEACHER = TEACHER_KIND
+TEACHER = "teacher"  # the teacher's member name in every family
 COLUMNS: tuple[str, ...] = (TEACHER, *demo_members())  # the teacher, then each registered method's student
 TITLES = {TEACHER: "Teacher (DDIM + CFG)", **member_titles()}
 STUDENT_STEPS = (1, 8)  # the app's caps (a shared server); the CLI takes what the samplers accept (rglcd.inputs)
@@ -74,7 +76,8 @@ def serve_from_private_folder() -> Path:
 class Settings:
     """One comparison: the students sample `student_steps` steps at LCM guidance `student_guidance` (pipeline scale
     w+1, embedded in the UNet), the teacher `teacher_steps` DDIM steps at classifier-free guidance `teacher_guidance`;
-    `num_images` images per model from `seed`."""
+    `num_images` images per model from `seed`. With `own_settings`, a member that gives its own steps or guidance
+    (a published model's, `rglcd.samplers.MemberDefaults`) samples with them instead."""
 
     prompt: str
     student_steps: int = 4
@@ -83,16 +86,22 @@ class Settings:
     teacher_guidance: float = 5.0
     seed: int = 0
     num_images: int = 1
+    own_settings: bool = True
 
-    def request(self, kind: str) -> Request:
-        """The sampling request for a member of this kind (teacher or any student kind)."""
-        if kind == TEACHER:
-            return Request(self.prompt, self.teacher_steps, self.teacher_guidance, self.seed, self.num_images)
-        return Request(self.prompt, self.student_steps, self.student_guidance, self.seed, self.num_images)
+    def request(self, spec: Sampler, own: MemberDefaults = MemberDefaults()) -> Request:
+        """The sampling request for a member of kind `spec` with its own settings `own`: the teacher's settings for
+        a teacher, the students' for the others; a fixed-timestep member's steps are its timesteps' number."""
+        steps, guidance = ((self.teacher_steps, self.teacher_guidance) if spec.teacher
+                           else (self.student_steps, self.student_guidance))
+        if self.own_settings:
+            steps, guidance = own.steps or steps, own.guidance or guidance
+        steps = len(own.timesteps) if own.timesteps is not None else steps
+        return Request(self.prompt, steps, guidance, self.seed, self.num_images)
 
 
 def parse_settings(prompt: Any, student_steps: Any = 4, teacher_steps: Any = 25, student_guidance: Any = 5.0,
-                   teacher_guidance: Any = 5.0, seed: Any = 0, num_images: Any = 1) -> Settings:
+                   teacher_guidance: Any = 5.0, seed: Any = 0, num_images: Any = 1, own_settings: Any = True
+                   ) -> Settings:
     """Check raw values from the page or the API (`rglcd.inputs`, with the app's tighter step and image caps);
     raise InputError with a message a user can act on."""
     return Settings(
@@ -103,7 +112,15 @@ def parse_settings(prompt: Any, student_steps: Any = 4, teacher_steps: Any = 25,
         teacher_guidance=number(teacher_guidance, "teacher guidance scale", GUIDANCE, whole=False),
         seed=number(seed, "seed", (0, MAX_SEED), whole=True),
         num_images=number(num_images, "number of images", NUM_IMAGES, whole=True),
+        own_settings=switch(own_settings, "own settings"),
     )
+
+
+def switch(value: Any, name: str) -> bool:
+    """A checkbox's value: a bool, else InputError naming `name`."""
+    if not isinstance(value, bool):
+        raise InputError(f"{name} must be true or false, got {value!r:.24}")
+    return value
 
 
 @dataclass
@@ -125,6 +142,7 @@ class ColumnResult:
     load_seconds: float = 0.0
     scores: dict[str, list[float]] = field(default_factory=dict)
     unavailable_rewards: dict[str, str] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()  # settings that do not apply as given (rglcd.inputs.sampling_notes), the licence
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready description (no images)."""
@@ -146,6 +164,7 @@ class ColumnResult:
         cfg = " x 2 (CFG)" if self.nfe > self.steps else ""
         lines.append(f"{self.seconds:.2f} s, {self.nfe:g} NFE ({self.steps} steps{cfg}), guidance "
                      f"{self.guidance_scale:g}")
+        lines += [f"_{note}_" for note in self.notes]
         return "  \n".join(lines)
 
     def png_files(self, folder: Path | None = None) -> list[str]:
@@ -248,8 +267,9 @@ class Engine:
             return self.family_name
 
     def kind(self, column: str) -> str:
-        """The member's kind ("teacher", "lcm", "mlcm", ...); ModelLoadError if the family has no such member."""
-        return str(self.family().member(column).get("kind", column))
+        """The member's kind ("teacher", "lcm", "mlcm", ...); ModelLoadError if the family has no such member or
+        the registry no such kind."""
+        return self.family().sampler(column).kind
 
     def _load_unet(self, column: str) -> tuple[nn.Module, float]:
         with self._lock:
@@ -278,8 +298,12 @@ class Engine:
             unet, load_seconds = self._load_unet(column)
         except ModelLoadError as err:
             return ColumnResult(column, "unavailable", str(err))
-        req = settings.request(kind)
+        family = self.family()
         try:
+            req = settings.request(family.sampler(column), family.defaults(column))
+            notes = sampling_notes(family, column, req, unet.config.time_cond_proj_dim is not None)
+            licence = family.member(column).get("licence")
+            notes += (f"licence: {licence}",) if licence else ()
             with self._compute:
                 with count_unet_evals(unet) as calls:
                     t0 = time.perf_counter()
@@ -293,7 +317,8 @@ class Engine:
         except Exception as err:  # noqa: BLE001 (one column failing must not take the page or the server down)
             return ColumnResult(column, "error", f"{type(err).__name__}: {err}", kind)
         return ColumnResult(column, "ok", "", kind, images, req.steps, req.guidance_scale,
-                            calls.samples / len(images), seconds, reward_seconds, load_seconds, scores, unavailable)
+                            calls.samples / len(images), seconds, reward_seconds, load_seconds, scores, unavailable,
+                            notes)
 
     def compare(self, settings: Settings) -> Iterator[ColumnResult]:
         """Run every column, yielding each result as it finishes: the students first (fast), the teacher last."""
@@ -314,8 +339,10 @@ class Engine:
                 name, values = next(iter(result.scores.items()))
                 mean = sum(values) / len(values)
                 se = (sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1) / len(values)) ** 0.5
-                rows.append({"model": TITLES.get(column, column), "steps": n, "reward": round(mean, 3),
+                rows.append({"model": TITLES.get(column, column), "steps": result.steps, "reward": round(mean, 3),
                              "se": round(se, 3), "n": len(values), "reward_name": name})
+                if result.steps != n:  # the member samples at its own steps or timesteps: one point
+                    break
         return rows
 
     def warm_up(self) -> None:

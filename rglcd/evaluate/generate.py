@@ -58,8 +58,9 @@ def _synchronize(device: str) -> None:
 
 @torch.no_grad()
 def generate_images(pipe: Any, prompts: list[str], steps: int, guidance: float, seed: int, batch_size: int = 64,
-                    desc: str = "generate") -> dict[str, Any]:
-    """Images of `prompts` from a diffusers pipeline, timed and counted.
+                    desc: str = "generate", **extras: Any) -> dict[str, Any]:
+    """Images of `prompts` from a diffusers pipeline, timed and counted; `extras` go to every pipeline call
+    (`rglcd.sampling.sampling_extras`: fixed timesteps, eta).
 
     Returns `images` uint8 (N,3,H,W), `seconds_per_image` (wall time of the pipeline calls, text encoding and VAE
     decoding included, after one untimed warm-up call), `nfe` (UNet evaluations per image), `batch_size`.
@@ -69,7 +70,7 @@ def generate_images(pipe: Any, prompts: list[str], steps: int, guidance: float, 
     if tokenizer is not None:  # emoji to names as in the CLI and the app; other prompts unchanged
         prompts = [read_prompt(tokenizer, p).text for p in prompts]
     pipe(prompts[:1], num_inference_steps=1, guidance_scale=guidance, output_type="pt",
-         generator=image_generators(seed, 0, 1))
+         generator=image_generators(seed, 0, 1), **extras)
     chunks, seconds = [], 0.0
     with count_unet_evals(pipe.unet) as counts:
         for start in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
@@ -77,7 +78,7 @@ def generate_images(pipe: Any, prompts: list[str], steps: int, guidance: float, 
             _synchronize(device)
             t0 = time.perf_counter()
             images = pipe(batch, num_inference_steps=steps, guidance_scale=guidance, output_type="pt",
-                          generator=image_generators(seed, start, len(batch))).images
+                          generator=image_generators(seed, start, len(batch)), **extras).images
             _synchronize(device)
             seconds += time.perf_counter() - t0
             chunks.append(images.float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu())

@@ -27,7 +27,9 @@ from rglcd.images import save_grid
 from rglcd.metrics import FrechetReference, bootstrap_ci, normal_ci
 from rglcd.models import ModelLoadError, load_family
 from rglcd.rewards import weights_fingerprint
-from rglcd.sampling import InputError, Request, check_request
+from rglcd.inputs import DEFAULT_GUIDANCE
+from rglcd.samplers import MemberDefaults, sampler
+from rglcd.sampling import InputError, Request, check_request, sampling_extras
 
 FOLDER_PREP = "resize_and_crop"  # how reference folders are sized (in their cache key: crop-then-resize before)
 
@@ -40,7 +42,7 @@ class EvalConfig:
     models: tuple[str, ...] = ()  # empty: every member of the family
     steps: tuple[int, ...] = (1, 2, 4, 8)
     teacher_steps: tuple[int, ...] = (25, 50)
-    guidance: float = 5.0  # students (the LCM guidance embedding is w = guidance - 1)
+    guidance: float | None = None  # students (LCM guidance embedding: w = guidance - 1); None: each member's own, else 5
     teacher_guidance: float = 5.0  # classifier-free guidance of teachers
     prompts: str = "heldout"
     prompt_source: str | None = None
@@ -106,15 +108,20 @@ def plan_runs(family: Any, cfg: EvalConfig) -> list[Run]:
                 raise ModelLoadError(message)
             print(f"warning: {message}; skipped", file=sys.stderr)
             continue
-        kind = entry.get("kind", model)
-        teacher = kind == "teacher"
-        guidance = cfg.teacher_guidance if teacher else cfg.guidance
-        for steps in cfg.teacher_steps if teacher else cfg.steps:
+        spec, own = family.sampler(model), family.defaults(model)
+        guidance = cfg.teacher_guidance if spec.teacher else student_guidance(cfg.guidance, own)
+        grid = cfg.teacher_steps if spec.teacher else cfg.steps
+        for steps in (len(own.timesteps),) if own.timesteps is not None else grid:  # fixed timesteps: one run
             check_request(family, model, Request("", steps, guidance))
-            runs.append(Run(model, kind, steps, guidance))
+            runs.append(Run(model, spec.kind, steps, guidance))
     if not runs:
         raise ModelLoadError(f"nothing to evaluate: none of {', '.join(cfg.models)} is in family {family.name}")
     return runs
+
+
+def student_guidance(given: float | None, own: MemberDefaults) -> float:
+    """A student's guidance scale: the one `given` on the command line, else the member's own, else 5."""
+    return given if given is not None else own.guidance or DEFAULT_GUIDANCE
 
 
 def per_prompt_metrics(scores: dict[str, Any]) -> list[str]:
@@ -192,7 +199,8 @@ class Evaluation:
         def compute() -> dict[str, Any]:
             pipe = self.family.pipeline(run.model).to(self.cfg.device, DTYPES[self.cfg.dtype])
             return generate_images(pipe, self.prompt_set.prompts, run.steps, run.guidance, seed, self.cfg.batch_size,
-                                   desc=f"{run.model} {run.steps} steps seed {seed}")
+                                   desc=f"{run.model} {run.steps} steps seed {seed}",
+                                   **sampling_extras(self.family, run.model, pipe))
 
         return cached(self.generation_path(run, seed), compute)
 
@@ -206,7 +214,8 @@ class Evaluation:
 
         def compute() -> dict[str, Any]:
             pipe = self.family.pipeline(run.model).to(cfg.device, DTYPES[cfg.dtype])
-            return time_pipeline(pipe, run.steps, run.guidance, len(prompts), cfg.latency_repeats, prompt=prompts)
+            return time_pipeline(pipe, run.steps, run.guidance, len(prompts), cfg.latency_repeats, prompt=prompts,
+                                 **sampling_extras(self.family, run.model, pipe))
 
         return cached(path, compute)
 
@@ -288,7 +297,7 @@ class Evaluation:
                 runs = ", ".join(f"{r.model}:{r.steps}" for r in self.runs)
                 raise InputError(f"baseline {self.cfg.baseline} is not among the evaluated runs ({runs})")
             return max(match, key=lambda r: r.steps)
-        teachers = [r for r in self.runs if r.kind == "teacher"]
+        teachers = [r for r in self.runs if sampler(r.kind).teacher]
         return max(teachers, key=lambda r: r.steps) if teachers else None
 
     def summarize(self, run: Run | None, per_seed: list[dict[str, Any]], fd_ref: FrechetReference | None,
@@ -373,7 +382,7 @@ def write_seed_spread(ev: Evaluation, path: Path, command: str) -> None:
     metric = f"reward_{family_reward_names(ev.family, ev.cfg.rewards)[0]}"
     scores = {(run.model, run.steps): per_seed for run, per_seed in ev.per_run.items()}
     kinds = {run.model: run.kind for run in ev.runs}
-    student_steps = tuple(sorted({r.steps for r in ev.runs if r.kind != "teacher"}))
+    student_steps = tuple(sorted({r.steps for r in ev.runs if not sampler(r.kind).teacher}))
     groups = seed_spread.group_rows(scores, ev.groups, metric)
     comparisons = seed_spread.compare(scores, kinds, ev.groups, ev.pairs, student_steps, metric)
     head = (f"# Training-seed spread: {ev.family.name} on `{ev.prompt_set.name}`\n\n- Command: `{command}`\n"

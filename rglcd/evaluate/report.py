@@ -113,6 +113,14 @@ def split_note(prompt_set: str) -> str:
     return f"`{prompt_set}` (not a held-out split)."
 
 
+def student_guidance_note(guidance: float | None) -> str:
+    """How the students were guided: the `--guidance` given, or each member's own (the guidance column)."""
+    if guidance is None:
+        return ("each member's own guidance scale, else 5 (the guidance column; a guidance embedding reads w = "
+                "guidance - 1)")
+    return f"{guidance:g} (LCM guidance embedding w = {guidance - 1:g})"
+
+
 def write_markdown(ev: Any, rows: list[dict[str, Any]], path: Path, reference: str | None,
                    command: str) -> None:
     """results.md of an evaluation `ev` (an `rglcd.evaluate.harness.Evaluation`, which imports this module)."""
@@ -127,7 +135,7 @@ def write_markdown(ev: Any, rows: list[dict[str, Any]], path: Path, reference: s
         f"{len(ps.prompts) * len(cfg.seeds)} images per row; image i of seed s uses seed s x {SEED_STRIDE} + i).",
         f"- Split: {split_note(ps.name)}",
         f"- Guidance: teachers {cfg.teacher_guidance:g} (classifier-free, 2 UNet evaluations per step), students "
-        f"{cfg.guidance:g} (LCM guidance embedding w = {cfg.guidance - 1:g}). NFE: UNet evaluations per image.",
+        f"{student_guidance_note(cfg.guidance)}. NFE: UNet evaluations per image.",
         f"- s / image: latency, the median of {cfg.latency_repeats} timed diffusers pipeline calls of "
         f"{cfg.latency_batch} images (text encoding and VAE decoding included, after a warm-up call), per image, "
         f"{cfg.device} {cfg.dtype}; results.csv also has the mean time per image of the generation itself "

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from rglcd.metrics import normal_ci
+from rglcd.samplers import sampler
 from rglcd.sampling import InputError
 
 
@@ -99,7 +100,7 @@ def compare(scores: dict[tuple[str, int], list[dict[str, torch.Tensor]]], kinds:
             at = {}
             for model in set(groups[a]) | set(groups[b]):
                 have = steps_of(model)
-                at[model] = max(have) if kinds[model] == "teacher" else (s if s in have else None)
+                at[model] = max(have) if sampler(kinds[model]).teacher else (s if s in have else None)
             key = (a, b, tuple(sorted(at.items(), key=str)))
             if any(v is None for v in at.values()) or key in done:  # two teacher groups: one row, not one a step
                 continue

@@ -26,11 +26,12 @@ from rglcd.data.stream import StreamOptions
 from rglcd.data.trajectories import TrajectorySet, TrajectorySpec, teacher_trajectories, weights_digest
 from rglcd.evaluate import evaluate_prompt_following
 from rglcd.files import write_metrics
-from rglcd.methods import Method, get_method, sampler_class, trainer_methods
+from rglcd.methods import Method, get_method, trainer_methods
 from rglcd.models import Family, load_family, register_member, save_unet
 from rglcd.objectives import DistillBatch, OnPolicyStates, ProxyPreference, RewardGuidance, RGLCDLoss
 from rglcd.rewards import get_reward
 from rglcd.rewards.proxy import LatentProxyReward
+from rglcd.samplers import sampler_class
 from rglcd.training.checkpoints import StepCounter, choose_checkpoint, run_record, step_generator
 from rglcd.training.distill_config import DistillConfig, LCDSettings
 from rglcd.training.export import export_plan

@@ -34,11 +34,12 @@ from rglcd.evaluate import evaluate_prompt_following
 from rglcd.evaluate_fashion import FD_NAME, fashion_reference, fashion_scores, sample_classes
 from rglcd.files import write_metrics
 from rglcd.images import save_grid
-from rglcd.methods import ICT, get_method, sampler_class, trainer_methods
+from rglcd.methods import ICT, get_method, trainer_methods
 from rglcd.inputs import MAX_SEED
 from rglcd.models import EXPORT_DTYPES, Family, load_family, register_member, save_unet
 from rglcd.networks import CMDenoiser, FashionClassifier, build_class_unet
 from rglcd.objectives import NOISE_SAMPLINGS, ICTLoss
+from rglcd.samplers import sampler_class
 from rglcd.scheduling_cm import CMScheduler
 from rglcd.training.checkpoints import StepCounter, choose_checkpoint, run_record, step_generator
 from rglcd.training.ema import EMA

@@ -1,0 +1,171 @@
+"""The sampler registry (`rglcd.samplers`): what each kind declares, that nothing else chooses by a kind's name, the
+member sampling defaults and their checks, and each published model's sampler against diffusers' own pipeline
+call with the same scheduler, on the real emoji-64 family."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import (DDIMScheduler, EulerDiscreteScheduler, LatentConsistencyModelPipeline, LCMScheduler,
+                       StableDiffusionPipeline, TCDScheduler)
+
+from rglcd.inputs import InputError, member_request, sampling_notes
+from rglcd.models import ModelLoadError, load_family, relocated_spec
+from rglcd.samplers import SAMPLERS, MemberDefaults, member_defaults, sampler
+from rglcd.sampling import generate
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPTS = ["red apple", "rocket"]
+
+
+def test_registry_declares_each_kind():
+    assert list(SAMPLERS) == ["teacher", "lcm", "mlcm", "cm", "tcd", "ddim-trailing", "euler-trailing",
+                              "lcm-timesteps"]
+    assert [k for k, s in SAMPLERS.items() if s.teacher] == ["teacher"]
+    assert sampler("teacher").scheduler is DDIMScheduler and sampler("teacher").cfg_pipeline
+    assert sampler("ddim-trailing").config == {"timestep_spacing": "trailing"} == sampler("euler-trailing").config
+    assert sampler("euler-trailing").scheduler is EulerDiscreteScheduler
+    assert issubclass(sampler("tcd").scheduler, TCDScheduler) and sampler("tcd").eta_option == "gamma"
+    assert [k for k, s in SAMPLERS.items() if s.fixed_timesteps] == ["lcm-timesteps"]
+    assert sampler("teacher").step_limit({"num_train_timesteps": 1000, "steps_offset": 1}) == 999
+    assert sampler("lcm").step_limit({"num_train_timesteps": 1000}) == 50
+    with pytest.raises(ValueError, match="unknown member kind 'pcm'; known: teacher, lcm"):
+        sampler("pcm")
+
+
+def test_no_kind_name_compares_outside_the_registry():
+    kinds = "|".join(re.escape(k) for k in SAMPLERS)
+    pattern = re.compile(rf"""(==|!=)\s*['"]({kinds})['"]|TEACHER_KIND""")
+    offenders = []
+    for path in [*ROOT.glob("rglcd/**/*.py"), *ROOT.glob("train/*.py"), ROOT / "app.py"]:
+        offenders += [f"{path.relative_to(ROOT)}:{i}" for i, line in enumerate(path.read_text().splitlines(), 1)
+                      if pattern.search(line)]
+    assert not offenders
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"steps": 0}, "steps must be a positive whole number"),
+    ({"steps": True}, "steps must be a positive whole number"),
+    ({"guidance": 0}, "guidance must be a pipeline guidance scale >= 1"),
+    ({"guidance": "high"}, "guidance must be a pipeline guidance scale >= 1"),
+    ({"eta": 0.3}, "eta is given but kind 'lcm' takes none"),
+    ({"timesteps": [999, 749]}, "timesteps are given but kind 'lcm' samples at a step count"),
+])
+def test_member_defaults_refuse_bad_entries(entry, message):
+    with pytest.raises(ValueError, match=message):
+        member_defaults(entry, sampler("lcm"))
+
+
+def test_member_defaults_of_fixed_timesteps_and_eta():
+    fixed = sampler("lcm-timesteps")
+    assert member_defaults({"timesteps": [999, 749, 499, 249]}, fixed) == MemberDefaults(
+        timesteps=(999, 749, 499, 249))
+    for bad in ([249, 499], [1000], [999, 999], [], [999.0]):
+        with pytest.raises(ValueError, match="timesteps must be strictly descending"):
+            member_defaults({"timesteps": bad}, fixed)
+    with pytest.raises(ValueError, match="must give 'timesteps'"):
+        member_defaults({}, fixed)
+    assert member_defaults({"eta": 0.5, "steps": 4, "guidance": 1}, sampler("tcd")) == MemberDefaults(4, 1.0, 0.5)
+    with pytest.raises(ValueError, match="eta must be a number between 0 and 1"):
+        member_defaults({"eta": 1.5}, sampler("tcd"))
+
+
+@pytest.fixture(scope="module")
+def zoo_family(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """emoji-64 (its real teacher and LCM) with one member of each published model's sampler: the teacher's UNet
+    where the published model has no guidance embedding (a LoRA, SDXL-Lightning's or DMD2's UNet), the LCM's where
+    it has one."""
+    folder = tmp_path_factory.mktemp("zoo")
+    spec = relocated_spec(load_family("emoji-64"), folder)
+    teacher, lcm = spec["members"]["teacher"]["unet"], spec["members"]["lcm"]["unet"]
+    spec["members"].update({
+        "ddim-trailing": {"unet": teacher, "kind": "ddim-trailing", "steps": 4, "guidance": 3.0},
+        "euler-trailing": {"unet": teacher, "kind": "euler-trailing", "steps": 4, "guidance": 3.0},
+        "fixed": {"unet": teacher, "kind": "lcm-timesteps", "timesteps": [999, 749, 499, 249]},
+        "fixed-guided": {"unet": lcm, "kind": "lcm-timesteps", "timesteps": [999, 499], "guidance": 4.0},
+        "tcd-unguided": {"unet": teacher, "kind": "tcd", "eta": 0.3, "steps": 4},
+        # PCM's demo: TCDScheduler(timestep_spacing="trailing"), which TCDScheduler does not read
+        "tcd-trailing": {"unet": lcm, "kind": "tcd", "eta": 0.5, "steps": 4,
+                         "scheduler": {"timestep_spacing": "trailing"}},
+    })
+    (folder / "family.json").write_text(json.dumps(spec))
+    return str(folder)
+
+
+def diffusers_pipeline(family, member: str, cls: type, scheduler) -> object:
+    """diffusers' own pipeline `cls` over the member's UNet and the family's parts, with `scheduler`."""
+    extra = {} if cls is LatentConsistencyModelPipeline else {"requires_safety_checker": False}
+    pipe = cls(vae=family.vae, text_encoder=family.text_encoder, tokenizer=family.tokenizer,
+               unet=family.unet(member), scheduler=scheduler, safety_checker=None, feature_extractor=None, **extra)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize("member, cls, scheduler, call", [
+    ("ddim-trailing", StableDiffusionPipeline, lambda c: DDIMScheduler.from_config(c, timestep_spacing="trailing"),
+     {"num_inference_steps": 4, "guidance_scale": 3.0}),
+    ("euler-trailing", StableDiffusionPipeline,
+     lambda c: EulerDiscreteScheduler.from_config(c, timestep_spacing="trailing"),
+     {"num_inference_steps": 4, "guidance_scale": 3.0}),
+    ("fixed", StableDiffusionPipeline, LCMScheduler.from_config,
+     {"timesteps": [999, 749, 499, 249], "guidance_scale": 5.0}),
+    ("fixed-guided", LatentConsistencyModelPipeline, LCMScheduler.from_config,
+     {"timesteps": [999, 499], "guidance_scale": 4.0}),
+    ("tcd-unguided", StableDiffusionPipeline, TCDScheduler.from_config,
+     {"num_inference_steps": 4, "guidance_scale": 5.0, "eta": 0.3}),
+    ("tcd-trailing", StableDiffusionPipeline, lambda c: TCDScheduler.from_config(c, timestep_spacing="trailing"),
+     {"num_inference_steps": 4, "guidance_scale": 5.0, "eta": 0.5}),
+])
+def test_each_published_sampler_draws_as_diffusers_own_pipeline_call(zoo_family, member, cls, scheduler, call):
+    """Our member, sampled the way every front end samples it (its own defaults through `member_request` and
+    `generate`), against diffusers' own pipeline with the published model's scheduler and call: the same images."""
+    family = load_family(zoo_family)
+    req = member_request(family, member, PROMPTS[0], seed=7, num_images=2)
+    ours = generate(family, member, req)
+    theirs = diffusers_pipeline(family, member, cls, scheduler(family.scheduler_config))(
+        [PROMPTS[0]] * 2, generator=torch.Generator().manual_seed(7), output_type="pt", **call).images
+    assert ours.shape == (2, 3, 64, 64)
+    assert torch.allclose(ours, theirs.float(), atol=1e-6), (ours - theirs).abs().max()
+
+
+def test_the_default_eta_of_a_tcd_member_is_its_own_and_a_user_eta_overrides_it(zoo_family):
+    family = load_family(zoo_family)
+    own = generate(family, "tcd-unguided", member_request(family, "tcd-unguided", "red apple", seed=1))
+    again = generate(family, "tcd-unguided", member_request(family, "tcd-unguided", "red apple", eta=0.3, seed=1))
+    other = generate(family, "tcd-unguided", member_request(family, "tcd-unguided", "red apple", eta=0.9, seed=1))
+    assert torch.equal(own, again) and not torch.equal(own, other)
+    with pytest.raises(InputError, match="eta applies to the kinds that take one, not to lcm"):
+        member_request(family, "lcm", "red apple", eta=0.3)
+
+
+def test_member_defaults_apply_unless_overridden_and_notes_say_what_does_not_apply(zoo_family):
+    family = load_family(zoo_family)
+    req = member_request(family, "ddim-trailing", "red apple")
+    assert (req.steps, req.guidance_scale) == (4, 3.0)
+    req = member_request(family, "ddim-trailing", "red apple", steps="8", guidance="2")
+    assert (req.steps, req.guidance_scale) == (8, 2.0)
+    assert (member_request(family, "lcm", "red apple").steps, member_request(family, "teacher", "x").steps) == (25, 25)
+    fixed = member_request(family, "fixed", "red apple", steps=8)
+    assert fixed.steps == 4
+    assert sampling_notes(family, "fixed", fixed, embeds_guidance=False) == (
+        "samples at its fixed timesteps [999, 749, 499, 249] (the step setting does not apply)",)
+    lcm = member_request(family, "lcm", "red apple")
+    assert sampling_notes(family, "lcm", lcm, embeds_guidance=True) == (
+        "guidance 5 is embedded in the UNet as w = 4 (no classifier-free guidance pass)",)
+    assert sampling_notes(family, "teacher", member_request(family, "teacher", "x"), embeds_guidance=False) == ()
+
+
+def test_a_bad_member_entry_is_one_clear_error(zoo_family, tmp_path):
+    spec = json.loads((Path(zoo_family) / "family.json").read_text())
+    spec["members"]["fixed"]["timesteps"] = [249, 999]
+    spec["members"]["odd"] = {"unet": spec["members"]["teacher"]["unet"], "kind": "pcm"}
+    (tmp_path / "family.json").write_text(json.dumps(spec))
+    family = load_family(str(tmp_path))
+    with pytest.raises(ModelLoadError, match="member fixed of emoji-64: timesteps must be strictly descending"):
+        member_request(family, "fixed", "red apple")
+    with pytest.raises(ModelLoadError, match="member odd of emoji-64: unknown member kind 'pcm'"):
+        family.pipeline("odd")
