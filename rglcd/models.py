@@ -13,7 +13,10 @@ by
      "scheduler": "scheduler", "reward": "emoji=reward",
      "members": {"teacher": {"unet": "teacher", "kind": "teacher"}, "lcm": {"unet": "lcm", "kind": "lcm"}}}
 
-Members are UNet2DConditionModel folders (`save_pretrained`), or a base UNet plus `lora` weights. A member with no
+Members are UNet2DConditionModel folders (`save_pretrained`), a base UNet plus `lora` weights, or one bare weights
+file loaded into the teacher's UNet config (`{"repo": "ByteDance/SDXL-Lightning", "file":
+"sdxl_lightning_4step_unet.safetensors"}`; a `.bin` through `torch.load(weights_only=True)`). A member's kind names
+its sampler (`rglcd.samplers`); it may give its own `steps`, `guidance`, `eta`, `timesteps` and a `licence`. A member with no
 public checkpoint says `"train": "<command>"` instead of `unet`. A family file may start from a preset with
 `"extends": "sd21"` and replace members, e.g. point `lcm` at the folder the trainer exported. Everything that is not
 found locally is loaded with `from_pretrained(hub_id)`; offline, that fails with a `ModelLoadError` naming the id.
@@ -33,7 +36,8 @@ from typing import Any
 import torch
 
 from rglcd.files import write_json
-from rglcd.loading import MINILM, ModelLoadError, Source, from_pretrained, load_lora, resolve_source
+from rglcd.loading import (MINILM, ModelLoadError, Source, from_pretrained, hub_error, load_lora, load_weights_file,
+                           resolve_source)
 from rglcd.presets import PRESETS, extend_preset
 from rglcd.rewards import get_reward
 from rglcd.samplers import MemberDefaults, Sampler, member_defaults, sampler
@@ -293,10 +297,38 @@ class Family:
                 raise ModelLoadError(f"{self.name} {name}: not published: train it with {entry['train']}; then "
                                      f"point a family file at the export: {json.dumps(family_file)}")
             src = resolve_source(entry["unet"], self.root)
-            self._unets[name] = from_pretrained(UNet2DConditionModel, src, f"{self.name} {name} unet",
-                                                **self._dtype("diffusers")).eval(
-            ).requires_grad_(False)
+            what = f"{self.name} {name} unet"
+            unet = (self.unet_from_file(src, what) if src.file else
+                    from_pretrained(UNet2DConditionModel, src, what, **self._dtype("diffusers")))
+            self._unets[name] = unet.eval().requires_grad_(False)
         return self._unets[name]
+
+    def unet_from_file(self, src: Source, what: str) -> Any:
+        """A bare UNet weights file (`src.file`: SDXL-Lightning's, Hyper-SD's, DMD2's diffusers-keyed state dict)
+        loaded into a UNet2DConditionModel of the teacher's config; ModelLoadError unless every tensor fits."""
+        from diffusers import UNet2DConditionModel
+
+        teacher = self.member("teacher").get("unet") if "teacher" in self.members else None
+        if teacher is None:
+            raise ModelLoadError(f"{what}: a bare weights file loads into the teacher's UNet config; {self.name} "
+                                 "has no teacher with a UNet")
+        config_src = resolve_source(teacher, self.root)
+        try:
+            config = UNet2DConditionModel.load_config(config_src.location, **config_src.hub_kwargs())
+            path = src.file_path(src.file or "")
+        except Exception as err:  # noqa: BLE001 (offline hub, missing file: one clear message)
+            raise hub_error(what, src, err) from err
+        state = load_weights_file(path)
+        unet = UNet2DConditionModel.from_config(config)
+        try:
+            missing, unexpected = unet.load_state_dict(state, strict=False)
+        except RuntimeError as err:  # a tensor of another shape
+            raise ModelLoadError(f"{what}: {src.file} does not fit the teacher's UNet config: "
+                                 f"{str(err).splitlines()[-1].strip()}") from None
+        if missing or unexpected:
+            raise ModelLoadError(f"{what}: {src.file} does not fit the teacher's UNet config: missing "
+                                 f"{list(missing)[:3]}, unexpected {list(unexpected)[:3]}")
+        return unet.to(self.dtype) if self.dtype is not None else unet
 
     def sampler(self, name: str, kind: str | None = None) -> Sampler:
         """The sampler registry entry of member `name` (or of `kind`); ModelLoadError for an unknown kind."""

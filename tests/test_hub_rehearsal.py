@@ -28,7 +28,7 @@ def lora_modules_in_file(family, name: str) -> int:
     from safetensors import safe_open
 
     src = resolve_source(family.member(name)["lora"], family.root)
-    with safe_open(str(src.file(src.weight_name)), "pt") as f:
+    with safe_open(str(src.file_path(src.weight_name)), "pt") as f:
         return sum(k.endswith((".lora_down.weight", ".lora_A.weight")) for k in f.keys())
 
 
