@@ -339,10 +339,10 @@ class Family:
             raise ModelLoadError(f"member {name} of {self.name}: {err}") from None
 
     def defaults(self, name: str) -> MemberDefaults:
-        """The member's own sampling settings (`rglcd.samplers.member_defaults`); ModelLoadError if malformed."""
+        """The member's own sampling settings (`rglcd.samplers.member_defaults`, from the family description alone:
+        no weights or configs load); ModelLoadError if malformed."""
         try:
-            return member_defaults(self.member(name), self.sampler(name),
-                                   int(self.scheduler_config.get("num_train_timesteps", 1000)))
+            return member_defaults(self.member(name), self.sampler(name))
         except ValueError as err:
             raise ModelLoadError(f"member {name} of {self.name}: {err}") from None
 

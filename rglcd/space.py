@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import torch
 
-from rglcd.demo import Engine, build_app, serve_from_private_folder, shown_reward_names
+from rglcd.demo import COLUMNS, Engine, build_app, serve_from_private_folder, shown_reward_names
 from rglcd.loading import ASSETS, ModelLoadError
 from rglcd.models import Family, load_family
 from rglcd.presets import PRESETS
@@ -140,7 +140,9 @@ def hub_files(spec: dict[str, Any]) -> dict[tuple[str, str | None], tuple[str, .
             add(entry, weights(entry, "diffusion_pytorch_model" if key == "vae" else "model"))
     for member in spec.get("members", {}).values():
         if isinstance(member, dict):
-            add(member.get("unet"), weights(member.get("unet"), "diffusion_pytorch_model"))
+            unet = member.get("unet")
+            add(unet, (unet["file"],) if isinstance(unet, dict) and "file" in unet else weights(
+                unet, "diffusion_pytorch_model"))
             lora = member.get("lora")
             if isinstance(lora, dict):
                 config = lora.get("config_name")
@@ -173,13 +175,20 @@ def reward_hub_files(family: Family) -> dict[str, tuple[str, ...]]:
     return found
 
 
+def served_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """The family spec with only the members of the app's default columns (its `"columns"`, else the demo's): what
+    the Space preloads and lists; a zoo member a user picks besides loads from the hub on first use."""
+    columns = spec.get("columns", COLUMNS)
+    return {**spec, "members": {k: v for k, v in spec.get("members", {}).items() if k in columns}}
+
+
 def front_matter(family: str, title: str) -> str:
     """The Space card's YAML front matter: sdk_version is the gradio installed here (the one the tests ran); `models`
     the hub repositories of the family and of the rewards the app shows."""
     import gradio
 
     loaded = load_family(family)
-    spec = loaded.spec
+    spec = served_spec(loaded.spec)
     lines = ["---", f"title: {title}", "emoji: 🍎", "colorFrom: yellow", "colorTo: red", "sdk: gradio",
              f"sdk_version: {gradio.__version__}", f'python_version: "{PYTHON_VERSION}"', "app_file: app.py",
              "pinned: false", "license: apache-2.0"]

@@ -2,6 +2,11 @@
 presets name, so that `HF_HUB_OFFLINE=1` loading by the real ids rehearses the real path (ids, subfolders, revisions,
 variants, file names, config keys, LoRA key names) on a CPU in seconds.
 
+What the cache holds comes from the manifests in tests/manifests/ (one per hub repository: its id, pinned revision,
+the files a member reads with their sizes, and the public source of every fact), not from the presets: a layout
+below writes tiny files of the right kind, and only the paths its manifest lists are published, so a preset naming
+a file, subfolder, id or revision the manifests do not record fails to load.
+
 Cache layout (huggingface_hub's): `models--{org}--{name}/blobs/<sha256>`, `snapshots/<commit>/<path>` (links to the
 blobs) and `refs/main` holding the commit of the main branch. A pinned 40-hex revision is read from
 `snapshots/<revision>/` directly (no ref), as a download by that revision leaves it.
@@ -20,12 +25,10 @@ from pathlib import Path
 
 import torch
 
-from rglcd.presets import RG_LCM_SD21, SD21, SD21_BASE, SDXL, TLCM_REVISION
-from rglcd.rewards.clip import HPS_FILE, HPS_REPO, VIT_H_14
+from rglcd.rewards.clip import HPS_FILE
 
-LCM_SDXL = "latent-consistency/lcm-sdxl"
-LCM_LORA_SDXL = "latent-consistency/lcm-lora-sdxl"
-TLCM = "OPPOer/TLCM"
+MANIFESTS = Path(__file__).resolve().parent / "manifests"
+SDXL_BASE = "stabilityai/stable-diffusion-xl-base-1.0"  # the base model named in TLCM's peft config
 # The LoRA targets of diffusers' LCD LoRA scripts and of TLCM's inference.py (LoraConfig(r=64, target_modules=...)).
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1",
                 "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj"]
@@ -190,12 +193,12 @@ def lcm_sdxl_layout(folder: Path) -> None:
               str(folder / "diffusion_pytorch_model.fp16.safetensors"), metadata={"format": "pt"})
 
 
-def lora_unet(rank: int = 4):
-    """The tiny SDXL UNet with a random LoRA of the LCD scripts' targets injected by peft (lora_B non-zero, so
-    the adapter changes the output)."""
+def lora_unet(rank: int = 4, sdxl: bool = True):
+    """The tiny SDXL (or SD) UNet with a random LoRA of the LCD scripts' targets injected by peft (lora_B non-zero,
+    so the adapter changes the output)."""
     from peft import LoraConfig
 
-    unet = tiny_unet(sdxl=True)
+    unet = tiny_unet(sdxl=sdxl)
     unet.add_adapter(LoraConfig(r=rank, lora_alpha=8, init_lora_weights="gaussian", target_modules=LORA_TARGETS))
     torch.manual_seed(1)
     with torch.no_grad():
@@ -205,15 +208,15 @@ def lora_unet(rank: int = 4):
     return unet
 
 
-def lcm_lora_sdxl_layout(folder: Path) -> None:
-    """latent-consistency/lcm-lora-sdxl: one file, pytorch_lora_weights.safetensors, with kohya-style keys
-    `lora_unet_<module path, dots as underscores>.lora_down.weight` / `.lora_up.weight` / `.alpha` (the keys of
-    the LCM-LoRA releases as quoted in luosiallen/latent-consistency-model issue 57; diffusers'
-    `load_lora_weights` converts them)."""
+def kohya_lora(path: Path, sdxl: bool = True) -> None:
+    """A LoRA file with kohya-style keys `lora_unet_<module path, dots as underscores>.lora_down.weight` /
+    `.lora_up.weight` / `.alpha` (the keys of the LCM-LoRA releases as quoted in luosiallen/latent-consistency-model
+    issue 57; diffusers' `load_lora_weights` converts them). The zoo's LoRAs are written the same way: their key
+    format is not recorded (tests/manifests say so)."""
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import save_file
 
-    unet = lora_unet()
+    unet = lora_unet(sdxl=sdxl)
     out = {}
     for key, value in get_peft_model_state_dict(unet).items():
         module, _, kind = key.rpartition(".lora_")
@@ -221,8 +224,32 @@ def lcm_lora_sdxl_layout(folder: Path) -> None:
         out[f"{name}.lora_{'down' if kind.startswith('A') else 'up'}.weight"] = value.contiguous()
         if kind.startswith("A"):
             out[f"{name}.alpha"] = torch.tensor(8.0)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(out, str(folder / "pytorch_lora_weights.safetensors"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(out, str(path))
+
+
+def unet_file(path: Path) -> None:
+    """A bare SDXL UNet weights file (SDXL-Lightning's, Hyper-SD's 1-step, DMD2's): the tiny SDXL UNet's state dict
+    under diffusers' keys, as their cards load it (`unet.load_state_dict(...)` into SDXL's unet config); a `.bin` is
+    DMD2's fp16 torch pickle."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(2)
+    state = {k: (v + 0.01 * torch.randn_like(v)).contiguous() for k, v in tiny_unet(sdxl=True).state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".bin":
+        torch.save({k: v.half() for k, v in state.items()}, path)
+    else:
+        save_file(state, str(path))
+
+
+def weight_files(folder: Path, files: list[dict], sdxl: bool) -> None:
+    """The files of a repository of weight files, each a LoRA or a bare UNet as its manifest entry's `kind` says."""
+    for entry in files:
+        if entry["kind"] == "lora":
+            kohya_lora(folder / entry["path"], sdxl)
+        else:
+            unet_file(folder / entry["path"])
 
 
 def tlcm_layout(folder: Path) -> None:
@@ -239,7 +266,7 @@ def tlcm_layout(folder: Path) -> None:
     save_file({f"base_model.model.{k}": v.contiguous() for k, v in get_peft_model_state_dict(unet).items()},
               str(sub / "adapter_model.safetensors"), metadata={"format": "pt"})
     config = unet.peft_config["default"].to_dict()
-    config.update(base_model_name_or_path=SDXL, peft_type="LORA", target_modules=sorted(LORA_TARGETS))
+    config.update(base_model_name_or_path=SDXL_BASE, peft_type="LORA", target_modules=sorted(LORA_TARGETS))
     (sub / "lora_model_adapter_config.json").write_text(json.dumps(config, default=str, indent=2))
 
 
@@ -264,23 +291,47 @@ def vit_h_14_layout(folder: Path) -> None:
     (folder / "tokenizer").rmdir()
 
 
+LAYOUTS = {"sd21-v": lambda f, files: sd21_layout(f, v_prediction=True),
+           "sd21-base": lambda f, files: sd21_layout(f, v_prediction=False),
+           "sdxl": lambda f, files: sdxl_layout(f), "unet-root-guided": lambda f, files: rg_lcm_layout(f),
+           "lcm-sdxl": lambda f, files: lcm_sdxl_layout(f), "tlcm": lambda f, files: tlcm_layout(f),
+           "sdxl-files": lambda f, files: weight_files(f, files, sdxl=True),
+           "sd-files": lambda f, files: weight_files(f, files, sdxl=False),
+           "hps": lambda f, files: hps_layout(f), "vit-h-14": lambda f, files: vit_h_14_layout(f)}
+
+
+def manifests() -> list[dict]:
+    """Every recorded hub repository (tests/manifests/*.json), sorted by id."""
+    return sorted((json.loads(p.read_text()) for p in MANIFESTS.glob("*.json")), key=lambda m: m["repo"])
+
+
+def manifest_files(manifest: dict) -> list[str]:
+    return [f["path"] for f in manifest["files"]]
+
+
 def write_rehearsal_cache(cache: Path, staging: Path) -> dict[str, Path]:
-    """Every repository the presets name, in `cache`; returns repo id -> snapshot folder."""
-    layouts = {SD21: lambda f: sd21_layout(f, v_prediction=True), SD21_BASE: lambda f: sd21_layout(f, False),
-               RG_LCM_SD21: rg_lcm_layout, SDXL: sdxl_layout, LCM_SDXL: lcm_sdxl_layout,
-               LCM_LORA_SDXL: lcm_lora_sdxl_layout, HPS_REPO: hps_layout, VIT_H_14: vit_h_14_layout}
+    """Every repository of the manifests in `cache`, each holding exactly its manifest's files (written by its
+    layout; a listed file the layout cannot write is an error), at its pinned revision (no ref) or at main. A
+    manifest's `main_files` are what main holds when the files live only at the pinned revision (TLCM). Returns repo
+    id -> snapshot folder."""
     snapshots = {}
-    for repo, write in layouts.items():
-        folder = staging / repo
-        folder.mkdir(parents=True)
-        write(folder)
-        snapshots[repo] = publish(cache, repo, folder)
-    # TLCM: main today (after 45e663a "Delete SDXL_LoRA") has no SDXL_LoRA/; the pinned revision has it.
-    main = staging / "tlcm-main"
-    main.mkdir()
-    (main / "README.md").write_text("TLCM\n")
-    publish(cache, TLCM, main)
-    pinned = staging / "tlcm-pinned"
-    tlcm_layout(pinned)
-    snapshots[TLCM] = publish(cache, TLCM, pinned, commit=TLCM_REVISION, ref=None)
+    for manifest in manifests():
+        repo, paths = manifest["repo"], manifest_files(manifest)
+        written = staging / repo / "written"
+        written.mkdir(parents=True)
+        LAYOUTS[manifest["layout"]](written, manifest["files"])
+        folder = staging / repo / "published"
+        for path in paths:
+            if not (written / path).is_file():
+                raise FileNotFoundError(f"layout {manifest['layout']} wrote no {path} for {repo}")
+            (folder / path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(written / path, folder / path)
+        if manifest.get("main_files"):
+            main = staging / repo / "main"
+            main.mkdir()
+            for path in manifest["main_files"]:
+                (main / path).write_text(f"{repo}\n")
+            publish(cache, repo, main)
+        revision = manifest.get("revision")
+        snapshots[repo] = publish(cache, repo, folder, commit=revision, ref=None if revision else "main")
     return snapshots

@@ -70,8 +70,10 @@ def test_every_preset_loads_by_its_real_ids(preset, real_hub):
             adapted = sum(isinstance(m, LoraLayer) for m in pipe.unet.modules())
             assert adapted == lora_modules_in_file(family, name) > 0, name
         assert (pipe.unet.config.time_cond_proj_dim is not None) == (name in ("rg-lcm", "lcm") and kind == "lcm")
-    assert published == {"sd21": ["teacher", "rg-lcm"], "sd21-base": ["teacher"],
-                         "sdxl": ["teacher", "lcm", "lcm-lora", "mlcm"]}[preset]
+    zoo = ["tcd", "pcm-2step", "pcm-4step", "pcm-8step", "hyper-sd-4step-lora", "hyper-sd-1step-unet",
+           "lightning-4step-unet", "lightning-4step-lora", "dmd2"]
+    assert published == {"sd21": ["teacher", "rg-lcm"], "sd21-base": ["teacher", "rg-lcm", "tcd"],
+                         "sdxl": ["teacher", "lcm", "lcm-lora", "mlcm", *zoo]}[preset]
 
 
 def test_the_fp16_variant_and_the_pinned_revision_are_what_loads(real_hub):
@@ -137,6 +139,9 @@ def mutated(preset: str, path: tuple, value) -> dict:
     ("sdxl", "mlcm", ("members", "mlcm", "lora", "subfolder"), "SDXL_lora", "SDXL_lora"),
     # without its peft config, diffusers' load_lora_weights finds no `unet.` keys in a peft file and only logs it
     ("sdxl", "mlcm", ("members", "mlcm", "lora", "config_name"), None, "matched no layer of the UNet"),
+    ("sdxl", "lightning-4step-unet", ("members", "lightning-4step-unet", "unet", "file"),
+     "sdxl_lightning_4step_unet.safetensor", "ByteDance/SDXL-Lightning"),
+    ("sdxl", "pcm-2step", ("members", "pcm-2step", "lora", "subfolder"), None, "wangfuyun/PCM_Weights"),
 ])
 def test_a_wrong_layout_in_a_preset_fails(preset, member, path, value, message, real_hub, monkeypatch):
     monkeypatch.setitem(PRESETS, preset, mutated(preset, path, value))
@@ -144,6 +149,26 @@ def test_a_wrong_layout_in_a_preset_fails(preset, member, path, value, message, 
     with pytest.raises(ModelLoadError, match=message):
         _ = family.vae, family.text_encoder
         family.pipeline(member)
+
+
+@pytest.mark.parametrize("preset, member, nfe", [
+    ("sdxl", "tcd", 4), ("sdxl", "pcm-2step", 2), ("sdxl", "hyper-sd-4step-lora", 4), ("sdxl", "hyper-sd-1step-unet", 1),
+    ("sdxl", "lightning-4step-unet", 4), ("sdxl", "lightning-4step-lora", 4), ("sdxl", "dmd2", 4),
+    ("sd21-base", "rg-lcm", 25), ("sd21-base", "tcd", 4),
+])
+def test_the_zoo_samples_with_its_authors_settings(preset, member, nfe, real_hub):
+    """Each published model by its real ids, through `member_request` and `generate` as the CLI samples it: its own
+    steps or fixed timesteps and guidance (no CFG pass: one UNet evaluation a step)."""
+    from rglcd.evaluate.generate import count_unet_evals
+    from rglcd.inputs import member_request
+    from rglcd.sampling import generate
+
+    family = load_family(preset)
+    req = member_request(family, member, "a red box")
+    with count_unet_evals(family.unet(member)) as calls:
+        images = generate(family, member, req)
+    assert images.shape == (1, 3, 64, 64) and torch.isfinite(images).all()
+    assert calls.samples == nfe and req.guidance_scale == (5.0 if member == "rg-lcm" else 1.0)
 
 
 def test_a_family_file_points_an_unpublished_member_at_a_trained_folder(real_hub, tmp_path):
