@@ -45,7 +45,7 @@ def main() -> None:
     for model in args.models.split(","):
         if model not in family.members:
             raise SystemExit(f"error: family {family.name} has no model {model!r}; it has {', '.join(family.members)}")
-        teacher = family.member(model).get("kind") == "teacher"
+        teacher = family.sampler(model).teacher
         steps = args.teacher_steps if teacher else args.steps
         pipe = family.pipeline(model)
         images = torch.cat([pipe(prompts[i: i + 64], num_inference_steps=steps, guidance_scale=args.guidance,

@@ -2,10 +2,12 @@
 the trainers' command lines (`rglcd.training.cli_args`). Each bad value raises `InputError` with one line naming
 the field and what is allowed (a huge value is shown shortened, never echoed in full).
 
-Ranges follow what the samplers accept: students (LCMScheduler, MLCMScheduler, CMScheduler) sample on the 50-point
-skipping-step grid (`original_inference_steps`), so 1..50 steps; the teacher's DDIM takes at most
-num_train_timesteps - steps_offset steps (999 on the SD schedule: 1000 'leading' steps index past the schedule);
-seeds 0..2**32-1; prompts non-empty text, at most `MAX_PROMPT_CHARS` characters and the family's token limit.
+Ranges follow what the samplers accept (`rglcd.samplers`): students (LCMScheduler, MLCMScheduler, CMScheduler,
+TCDScheduler) sample on the 50-point skipping-step grid (`original_inference_steps`), so 1..50 steps; the teacher's
+DDIM and the trailing DDIM / Euler kinds take at most num_train_timesteps - steps_offset steps (999 on the SD
+schedule: 1000 'leading' steps index past the schedule); a fixed-timestep member's steps are its timesteps; eta
+0..1; seeds 0..2**32-1; prompts non-empty text, at most `MAX_PROMPT_CHARS` characters and the family's token limit.
+`member_request` fills what the user leaves out from the member's own settings.
 """
 
 from __future__ import annotations

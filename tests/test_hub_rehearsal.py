@@ -216,6 +216,37 @@ def test_compare_answers_on_the_real_families(preset, expected, real_hub):
                                               and preset == "sdxl" else 2)
 
 
+def test_the_sdxl_page_adds_picked_published_models_with_their_settings_and_licence(real_hub):
+    from gradio_client import Client
+
+    from rglcd.demo import Engine, build_app, compare_page, zoo_members
+    from rglcd.testing import launch_local
+
+    engine = Engine("sdxl")
+    zoo = zoo_members(load_family("sdxl"), engine.columns)
+    assert zoo == ["tcd", "pcm-2step", "pcm-4step", "pcm-8step", "hyper-sd-4step-lora", "hyper-sd-1step-unet",
+                   "lightning-4step-unet", "lightning-4step-lora", "dmd2"]
+    (bad,) = list(compare_page(engine, "a red box", **FAST, published=["dmd3"], zoo=zoo))
+    assert bad[9] == {"error": f"unknown published model 'dmd3'; this family offers: {', '.join(zoo)}"}
+    app = build_app(engine)
+    try:
+        client = Client(launch_local(app), verbose=False)
+        out = client.predict("a red box", **FAST, published=["dmd2", "lightning-4step-unet"], own_settings=True,
+                             api_name="/compare")
+        default = client.predict("a red box", **FAST, api_name="/compare")
+    finally:
+        app.close()
+    assert len(out) == 4 + 4 + 2 + 2 * len(zoo)
+    results = out[9]["results"]
+    assert list(results) == ["teacher", "lcm", "lcm-lora", "mlcm", "lightning-4step-unet", "dmd2"]
+    assert (results["dmd2"]["status"], results["dmd2"]["steps"], results["dmd2"]["nfe"]) == ("ok", 4, 4)
+    assert results["lightning-4step-unet"]["guidance_scale"] == 1.0 and results["lcm"]["guidance_scale"] == 2.0
+    captions = dict(zip(zoo, out[10 + len(zoo):]))
+    assert "licence: CC BY-NC 4.0" in captions["dmd2"] and "fixed timesteps [999, 749, 499, 249]" in captions["dmd2"]
+    assert captions["tcd"] == "" and len(out[10 + zoo.index("dmd2")]) == 1
+    assert list(default[9]["results"]) == ["teacher", "lcm", "lcm-lora", "mlcm"], "nothing picked: the columns only"
+
+
 def test_evaluate_sd21_at_4_steps_on_a_few_prompts(real_hub, tmp_path, capsys):
     import csv
 

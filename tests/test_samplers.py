@@ -169,3 +169,37 @@ def test_a_bad_member_entry_is_one_clear_error(zoo_family, tmp_path):
         member_request(family, "fixed", "red apple")
     with pytest.raises(ModelLoadError, match="member odd of emoji-64: unknown member kind 'pcm'"):
         family.pipeline("odd")
+
+
+def test_the_apps_settings_give_way_to_a_members_own_unless_turned_off():
+    from rglcd.demo import Settings, parse_settings
+
+    own = MemberDefaults(steps=2, guidance=1.0)
+    assert (Settings("x").request(sampler("tcd"), own).steps, Settings("x").request(sampler("tcd"), own).guidance_scale
+            ) == (2, 1.0)
+    off = Settings("x", own_settings=False).request(sampler("tcd"), own)
+    assert (off.steps, off.guidance_scale) == (4, 5.0)
+    fixed = Settings("x", own_settings=False).request(sampler("lcm-timesteps"), MemberDefaults(timesteps=(999, 499)))
+    assert fixed.steps == 2, "fixed timesteps whatever the slider says"
+    teacher = Settings("x", teacher_steps=30).request(sampler("teacher"))
+    assert (teacher.steps, teacher.guidance_scale) == (30, 5.0)
+    with pytest.raises(InputError, match="own settings must be true or false"):
+        parse_settings("x", own_settings="yes")
+
+
+def test_the_cli_uses_a_members_own_settings_and_says_what_does_not_apply(zoo_family, tmp_path, capsys):
+    from PIL import Image
+
+    from rglcd.__main__ import main
+
+    base = ["generate", "--family", zoo_family, "--prompt", "red apple", "--out"]
+    assert main([*base, str(tmp_path / "a.png"), "--model", "fixed", "--steps", "8"]) == 0
+    err = capsys.readouterr().err
+    assert "note: samples at its fixed timesteps [999, 749, 499, 249] (the step setting does not apply)" in err
+    assert Image.open(tmp_path / "a.png").size == (64, 64)
+    assert main([*base, str(tmp_path / "b.png"), "--model", "lcm", "--steps", "2"]) == 0
+    assert "note: guidance 5 is embedded in the UNet as w = 4" in capsys.readouterr().err
+    assert main([*base, str(tmp_path / "c.png"), "--model", "lcm", "--eta", "0.3"]) == 2
+    assert capsys.readouterr().err == "error: eta applies to the kinds that take one, not to lcm (kind lcm)\n"
+    assert main([*base, str(tmp_path / "d.png"), "--model", "tcd-unguided", "--eta", "1.5"]) == 2
+    assert "error: eta must be a number between 0 and 1, got '1.5'" in capsys.readouterr().err

@@ -8,6 +8,7 @@ import random
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, replace
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -71,52 +72,83 @@ def best_column(results: dict[str, ColumnResult]) -> str | None:
 
 
 def page_outputs(columns: Sequence[str], results: dict[str, ColumnResult], files: dict[str, list[str]], status: str,
-                 summary: dict[str, Any], pending: str = "") -> tuple:
+                 summary: dict[str, Any], pending: str = "", zoo: Sequence[str] = (), picked: Sequence[str] = ()
+                 ) -> tuple:
     """The page's outputs in order: one list of PNG paths per column, one caption per column (the best column
-    marked once every column is done), the status line, the JSON."""
-    best = best_column(results) if len(results) == len(columns) else None
-    captions = [results[c].caption(best=c == best) if c in results else pending for c in columns]
-    return (*(files.get(c, []) for c in columns), *captions, status, summary)
+    marked once every column is done), the status line, the JSON; then, for a family with published models to pick
+    (`zoo`), their PNG lists and captions (those not `picked` empty)."""
+    running = [*columns, *picked]
+    best = best_column(results) if len(results) == len(running) else None
+
+    def caption(c: str) -> str:
+        return results[c].caption(best=c == best) if c in results else pending if c in running else ""
+
+    return (*(files.get(c, []) for c in columns), *(caption(c) for c in columns), status, summary,
+            *(files.get(c, []) for c in zoo), *(caption(c) for c in zoo))
+
+
+def zoo_members(family: Family, columns: Sequence[str]) -> list[str]:
+    """The published models a user may add beside the default `columns`: the family's members that give their own
+    sampling settings or a licence (`rglcd.presets`' zoo), in the family's order."""
+    return [m for m in family.members if m not in columns and "train" not in family.member(m)
+            and (family.defaults(m).given() or "licence" in family.member(m))]
+
+
+def picked_members(value: Any, zoo: Sequence[str]) -> tuple[str, ...]:
+    """The checked zoo members, in the zoo's order; InputError naming what is unknown."""
+    picked = [] if value is None else value
+    if not isinstance(picked, (list, tuple)) or not all(isinstance(m, str) for m in picked):
+        raise InputError(f"published models must be a list of names from: {', '.join(zoo) or 'none'}")
+    unknown = [m for m in picked if m not in zoo]
+    if unknown:
+        raise InputError(f"unknown published model {unknown[0]!r:.40}; this family offers: {', '.join(zoo) or 'none'}")
+    return tuple(m for m in zoo if m in picked)
 
 
 def compare_page(engine: Engine, prompt: Any, student_steps: Any = 4, teacher_steps: Any = 25,
                  student_guidance: Any = 5.0, teacher_guidance: Any = 5.0, seed: Any = 0,
-                 num_images: Any = 1) -> Iterator[tuple]:
+                 num_images: Any = 1, own_settings: Any = True, published: Any = None, zoo: Sequence[str] = ()
+                 ) -> Iterator[tuple]:
     """The `/compare` handler: yields the page's outputs (see `page_outputs`) before sampling (on first use while
-    the models load: "Loading models ...") and again after each column finishes. The total time counts the
-    loading. Bad input or a family that cannot load gives one message in the status and the JSON
+    the models load: "Loading models ...") and again after each column finishes; the `published` models picked
+    from `zoo` run after the default columns, each with its own settings unless `own_settings` is off. The total
+    time counts the loading. Bad input or a family that cannot load gives one message in the status and the JSON
     (`{"error": ...}`); nothing raises."""
     columns = engine.columns
     t0 = time.perf_counter()
     load_seconds = 0.0
+    picked: tuple[str, ...] = ()
     try:
+        picked = picked_members(published, zoo)
         settings = parse_settings(prompt, student_steps, teacher_steps, student_guidance, teacher_guidance, seed,
-                                  num_images)
+                                  num_images, own_settings)
         if not engine.warm:
-            yield page_outputs(columns, {}, {}, "Loading models (first use) ...", {}, pending="loading models ...")
+            yield page_outputs(columns, {}, {}, "Loading models (first use) ...", {}, pending="loading models ...",
+                               zoo=zoo, picked=picked)
             engine.warm_up()
             load_seconds = time.perf_counter() - t0
         reading = engine.check(settings)
         settings = replace(settings, prompt=reading.text)  # the columns draw and score what the encoder reads
     except Exception as err:  # noqa: BLE001 (never a traceback in the page)
         message = user_message(err)
-        yield page_outputs(columns, {}, {}, f"**Cannot compare:** {message}", {"error": message})
+        yield page_outputs(columns, {}, {}, f"**Cannot compare:** {message}", {"error": message}, zoo=zoo)
         return
+    running = [*columns, *picked]
     results: dict[str, ColumnResult] = {}
     files: dict[str, list[str]] = {}
-    yield page_outputs(columns, results, files, "Running...", {}, pending="running...")
-    for result in engine.compare(settings):
+    yield page_outputs(columns, results, files, "Running...", {}, pending="running...", zoo=zoo, picked=picked)
+    for result in chain(engine.compare(settings), (engine.run(c, settings) for c in picked)):
         results[result.column] = result
         files[result.column] = result.png_files()
-        done = len(results) == len(columns)
+        done = len(results) == len(running)
         summary = {"family": engine.family_name, "settings": asdict(settings), "notices": list(reading.notices),
-                   "results": {c: results[c].summary() for c in columns if c in results},
+                   "results": {c: results[c].summary() for c in running if c in results},
                    "total_seconds": round(time.perf_counter() - t0, 3), "load_seconds": round(load_seconds, 3)}
         loading = f" ({load_seconds:.2f} s of it loading the models, first use)" if load_seconds else ""
         status = "".join(f"Note: {n}. " for n in reading.notices) + (
             f"Done in {summary['total_seconds']:.2f} s{loading}." if done else
-            f"{len(results)} of {len(columns)} models done...")
-        yield page_outputs(columns, results, files, status, summary, pending="running...")
+            f"{len(results)} of {len(running)} models done...")
+        yield page_outputs(columns, results, files, status, summary, pending="running...", zoo=zoo, picked=picked)
 
 
 def reward_figure(rows: list[dict[str, Any]]) -> Any:
@@ -210,9 +242,10 @@ def build_app(engine: Engine, concurrency: int = 2, max_queue: int = 64) -> Any:
     name = engine.display_name()
     examples = example_prompts(name)
     try:
-        legend = reward_legend(load_family(engine.family_name))
+        described = load_family(engine.family_name)
+        legend, zoo = reward_legend(described), zoo_members(described, engine.columns)
     except ModelLoadError:
-        legend = ""
+        legend, zoo = "", []
     with CheckedBlocks(title=f"rglcd: {name}") as app:
         gr.Markdown(f"# rglcd: teacher vs. few-step students ({name})\nOne prompt through the teacher "
                     "(DDIM + classifier-free guidance) and its consistency-distilled students (LCM, RG-LCM, MLCM). "
@@ -236,6 +269,13 @@ def build_app(engine: Engine, concurrency: int = 2, max_queue: int = 64) -> Any:
             with gr.Column(min_width=160):
                 seed = CheckedTextbox(value="0", label="Seed (a whole number)", elem_id="seed")
                 dice = gr.Button("Randomize seed", size="sm")
+        if zoo:  # a family with published few-step models to add beside the default columns
+            with gr.Row():
+                published = gr.CheckboxGroup(zoo, value=[], label="Published models to add",
+                                             info="each sampled with its authors' scheduler, steps and guidance",
+                                             elem_id="published")
+                own_settings = gr.Checkbox(value=True, label="Published models use their own settings",
+                                           info="off: the student sliders apply to them too", elem_id="own-settings")
         status = gr.Markdown(label="status", elem_id="status")
         gr.Markdown(legend, elem_id="legend")
         galleries, captions = [], []
@@ -245,6 +285,14 @@ def build_app(engine: Engine, concurrency: int = 2, max_queue: int = 64) -> Any:
                     galleries.append(gr.Gallery(label=TITLES.get(column, column), columns=2, height=280,
                                                 object_fit="contain", elem_id=f"gallery-{column}"))
                     captions.append(gr.Markdown(label=f"{column} scores", elem_id=f"caption-{column}"))
+        zoo_galleries, zoo_captions, zoo_boxes = [], [], []
+        with gr.Row(equal_height=True):
+            for column in zoo:
+                with gr.Column(min_width=180, visible=False) as box:
+                    zoo_galleries.append(gr.Gallery(label=column, columns=2, height=280, object_fit="contain",
+                                                    elem_id=f"gallery-{column}"))
+                    zoo_captions.append(gr.Markdown(label=f"{column} scores", elem_id=f"caption-{column}"))
+                zoo_boxes.append(box)
         with gr.Accordion("Scores and timings (JSON)", open=False):
             summary = gr.JSON(label="results")
             plot_rows = gr.JSON(label="reward vs steps (the plot's rows)")
@@ -256,9 +304,10 @@ def build_app(engine: Engine, concurrency: int = 2, max_queue: int = 64) -> Any:
             gr.Examples(prompts, inputs=[prompt], label=label)
 
         def compare(prompt: str, student_steps: float, teacher_steps: float, student_guidance: float,
-                    teacher_guidance: float, seed: str, num_images: float) -> Iterator[tuple]:
+                    teacher_guidance: float, seed: str, num_images: float, published: list[str] | None = None,
+                    own_settings: bool = True) -> Iterator[tuple]:
             yield from compare_page(engine, prompt, student_steps, teacher_steps, student_guidance,
-                                    teacher_guidance, seed, num_images)
+                                    teacher_guidance, seed, num_images, own_settings, published, zoo)
 
         def reward_vs_steps(prompt: str, student_guidance: float, teacher_steps: float, teacher_guidance: float,
                             seed: str) -> tuple[Any, list[dict[str, Any]], str]:
@@ -266,8 +315,12 @@ def build_app(engine: Engine, concurrency: int = 2, max_queue: int = 64) -> Any:
                                                      teacher_guidance, seed)
             return gr.Plot(value=figure, visible=figure is not None), rows, message
 
-        inputs = [prompt, student_steps, teacher_steps, student_guidance, teacher_guidance, seed, num_images]
-        outputs = [*galleries, *captions, status, summary]
+        inputs = [prompt, student_steps, teacher_steps, student_guidance, teacher_guidance, seed, num_images,
+                  *([published, own_settings] if zoo else [])]
+        outputs = [*galleries, *captions, status, summary, *zoo_galleries, *zoo_captions]
+        if zoo:
+            published.change(lambda picked: [gr.Column(visible=c in (picked or [])) for c in zoo], published,
+                             zoo_boxes, api_visibility="private")
         button.click(compare, inputs, outputs, api_name="compare")
         prompt.submit(compare, inputs, outputs, api_visibility="private")
         plot_button.click(reward_vs_steps, [prompt, student_guidance, teacher_steps, teacher_guidance, seed],
