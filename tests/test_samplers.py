@@ -203,3 +203,20 @@ def test_the_cli_uses_a_members_own_settings_and_says_what_does_not_apply(zoo_fa
     assert capsys.readouterr().err == "error: eta applies to the kinds that take one, not to lcm (kind lcm)\n"
     assert main([*base, str(tmp_path / "d.png"), "--model", "tcd-unguided", "--eta", "1.5"]) == 2
     assert "error: eta must be a number between 0 and 1, got '1.5'" in capsys.readouterr().err
+
+
+def test_the_evaluator_runs_a_fixed_timestep_member_once_at_its_own_settings(zoo_family):
+    from rglcd.evaluate.generate import generate_images
+    from rglcd.evaluate.harness import EvalConfig, plan_runs
+    from rglcd.sampling import sampling_extras
+
+    family = load_family(zoo_family)
+    runs = plan_runs(family, EvalConfig(family=zoo_family, models=("lcm", "fixed", "ddim-trailing"), steps=(1, 2)))
+    assert [(r.model, r.kind, r.steps, r.guidance) for r in runs] == [
+        ("lcm", "lcm", 1, 5.0), ("lcm", "lcm", 2, 5.0), ("fixed", "lcm-timesteps", 4, 5.0),
+        ("ddim-trailing", "ddim-trailing", 1, 3.0), ("ddim-trailing", "ddim-trailing", 2, 3.0)]
+    given = plan_runs(family, EvalConfig(family=zoo_family, models=("ddim-trailing",), steps=(2,), guidance=1.5))
+    assert [r.guidance for r in given] == [1.5]
+    pipe = family.pipeline("fixed")
+    out = generate_images(pipe, PROMPTS, 1, 1.0, 0, **sampling_extras(family, "fixed", pipe))
+    assert out["images"].shape == (2, 3, 64, 64) and out["nfe"] == 4
