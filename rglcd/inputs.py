@@ -56,7 +56,8 @@ DEFAULT_STEPS, DEFAULT_GUIDANCE = 25, 5.0  # the CLI's, when neither the user no
 def member_request(family: Family, member: str, prompt: str, steps: Any = None, guidance: Any = None,
                    eta: Any = None, seed: Any = 0, num_images: Any = 1, max_images: int = MAX_IMAGES) -> Request:
     """The checked request for `member`: each setting the user gives (raw value, None: not given), else the
-    member's own default (`rglcd.samplers.MemberDefaults`), else 25 steps at guidance 5. A fixed-timestep member's steps are its timesteps' number. InputError on a bad value."""
+    member's own default (`rglcd.samplers.MemberDefaults`), else 25 steps at guidance 5. A fixed-timestep member's
+    steps are its timesteps' number. InputError on a bad value."""
     spec, own = family.sampler(member), family.defaults(member)
     if own.timesteps is not None:
         steps = len(own.timesteps)
@@ -160,7 +161,7 @@ def check_request(family: Family, member: str, req: Request, max_images: int = M
     """InputError when `req` is out of range for this member of the family (kind-dependent steps, guidance, images,
     seed, prompt tokens). An empty prompt is allowed here (unconditional samples); front ends refuse it."""
     spec = family.sampler(member)
-    family.defaults(member)
+    family.defaults(member)  # a malformed member entry fails here, before anything loads
     if not spec.fixed_timesteps:  # a fixed-timestep member samples at its own timesteps, whatever the steps say
         number(req.steps, f"steps ({spec.kind})", (1, member_step_limit(family, member)), whole=True)
     number(req.guidance_scale, "guidance scale", GUIDANCE, whole=False)

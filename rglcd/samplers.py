@@ -2,12 +2,12 @@
 sampling defaults a member entry may give (`MemberDefaults`).
 
 A kind names its diffusers scheduler class and the config overrides it needs over the family's scheduler config
-(`timestep_spacing="trailing"` for Hyper-SD's DDIM and SDXL-Lightning's Euler; TCDScheduler, like
-LCMScheduler, reads no `timestep_spacing`, so PCM's `TCDScheduler(timestep_spacing="trailing")` is kind tcd), the pipeline it runs through (the
-classifier-free-guidance StableDiffusion(XL)Pipeline, or the LCM pipeline when the UNet embeds the guidance scale),
-where an `eta` goes (TCD's gamma, a scheduler config key), whether it samples at the member's fixed `timesteps`,
-and whether it is a family's teacher (DDIM + CFG at many steps: front ends give it the teacher's settings).
-`rglcd.models.Family.pipeline` builds every pipeline from here; nothing else asks what a kind is called.
+(`timestep_spacing="trailing"` for Hyper-SD's DDIM and SDXL-Lightning's Euler; TCDScheduler, like LCMScheduler,
+reads no `timestep_spacing`, so PCM's `TCDScheduler(timestep_spacing="trailing")` is kind tcd), the pipeline it runs
+through (the classifier-free-guidance StableDiffusion(XL)Pipeline, or the LCM pipeline when the UNet embeds the
+guidance scale), where an `eta` goes (TCD's gamma, a scheduler config key), whether it samples at the member's fixed
+`timesteps`, and whether it is a family's teacher (DDIM + CFG at many steps: front ends give it the teacher's
+settings). `rglcd.models.Family.pipeline` builds every pipeline from here; nothing else asks what a kind is called.
 
 A member entry (`rglcd.models`, `rglcd.presets`) may give its authors' sampling settings: `steps`, `guidance`
 (the pipeline's guidance scale; with a guidance embedding the UNet reads w = guidance - 1), `eta` (TCD's gamma) and

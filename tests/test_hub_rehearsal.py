@@ -152,8 +152,9 @@ def test_a_wrong_layout_in_a_preset_fails(preset, member, path, value, message, 
 
 
 @pytest.mark.parametrize("preset, member, nfe", [
-    ("sdxl", "tcd", 4), ("sdxl", "pcm-2step", 2), ("sdxl", "hyper-sd-4step-lora", 4), ("sdxl", "hyper-sd-1step-unet", 1),
-    ("sdxl", "lightning-4step-unet", 4), ("sdxl", "lightning-4step-lora", 4), ("sdxl", "dmd2", 4),
+    ("sdxl", "tcd", 4), ("sdxl", "pcm-2step", 2), ("sdxl", "hyper-sd-4step-lora", 4),
+    ("sdxl", "hyper-sd-1step-unet", 1), ("sdxl", "lightning-4step-unet", 4), ("sdxl", "lightning-4step-lora", 4),
+    ("sdxl", "dmd2", 4),
     ("sd21-base", "rg-lcm", 25), ("sd21-base", "tcd", 4),
 ])
 def test_the_zoo_samples_with_its_authors_settings(preset, member, nfe, real_hub):

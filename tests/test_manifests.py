@@ -69,7 +69,8 @@ def test_the_zoo_is_in_the_presets_with_its_authors_samplers():
     assert kinds["lightning-4step-unet"] == kinds["lightning-4step-lora"] == ("euler-trailing", 4, None)
     assert kinds["dmd2"] == ("lcm-timesteps", None, [999, 749, 499, 249])
     assert sdxl["dmd2"]["licence"].startswith("CC BY-NC 4.0")
-    assert all(m.get("guidance") == 1.0 for name, m in sdxl.items() if name not in ("teacher", "lcm", "lcm-lora", "mlcm"))
+    ours = ("teacher", "lcm", "lcm-lora", "mlcm")
+    assert all(m.get("guidance") == 1.0 for name, m in sdxl.items() if name not in ours)
     assert base["rg-lcm"]["unet"] == {"repo": "jiachenli-ucsb/RG-LCM-SD-2.1-base-512-HPSv2.1"}
     assert base["tcd"]["lora"]["repo"] == "h1t/TCD-SD21-base-LoRA"
     assert PRESETS["sdxl"]["columns"] == ["teacher", "lcm", "lcm-lora", "mlcm"]

@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", type=name_list, default=d.models, help="comma-separated members (default: all)")
     p.add_argument("--steps", type=whole_numbers(1), default=d.steps, help="student step counts (default 1,2,4,8)")
     p.add_argument("--teacher-steps", type=whole_numbers(1), default=d.teacher_steps, help="teacher steps (default 25,50)")
-    p.add_argument("--guidance", type=float, default=d.guidance, help="student guidance scale (default: each member's own, else 5)")
+    p.add_argument("--guidance", type=float, default=d.guidance,
+                   help="student guidance scale (default: each member's own, else 5)")
     p.add_argument("--teacher-guidance", type=float, default=d.teacher_guidance, help="teacher CFG scale (default 5)")
     p.add_argument("--prompts", default=d.prompts,
                    help="heldout | heldout-val | heldout-test | heldout-val-free | heldout-test-free | train | "

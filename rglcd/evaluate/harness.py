@@ -42,7 +42,7 @@ class EvalConfig:
     models: tuple[str, ...] = ()  # empty: every member of the family
     steps: tuple[int, ...] = (1, 2, 4, 8)
     teacher_steps: tuple[int, ...] = (25, 50)
-    guidance: float | None = None  # students (LCM guidance embedding: w = guidance - 1); None: each member's own, else 5
+    guidance: float | None = None  # students (guidance embedding: w = guidance - 1); None: each member's own, else 5
     teacher_guidance: float = 5.0  # classifier-free guidance of teachers
     prompts: str = "heldout"
     prompt_source: str | None = None
