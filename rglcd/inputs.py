@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from rglcd.methods import SAMPLERS
+from rglcd.samplers import SAMPLERS
 from rglcd.models import Family, count_tokens
 from rglcd.scheduling_mlcm import TLCM_STEPS
 

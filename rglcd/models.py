@@ -34,7 +34,7 @@ import torch
 
 from rglcd.files import write_json
 from rglcd.loading import MINILM, ModelLoadError, Source, from_pretrained, load_lora, resolve_source
-from rglcd.methods import SAMPLERS, TEACHER_KIND
+from rglcd.samplers import SAMPLERS, TEACHER_KIND
 from rglcd.presets import PRESETS, extend_preset
 from rglcd.rewards import get_reward
 

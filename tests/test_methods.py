@@ -9,7 +9,8 @@ import pytest
 import torch
 from diffusers import DDPMScheduler, LCMScheduler
 
-from rglcd.methods import METHODS, SAMPLERS, demo_members, get_method, member_titles, sampler_class, trainer_methods
+from rglcd.methods import METHODS, Trainer, demo_members, get_method, member_titles, trainer_methods
+from rglcd.samplers import SAMPLERS, sampler_class
 from rglcd.objectives import DistillBatch, LCDLoss, OnPolicyStates, RewardGuidance, RGLCDLoss
 from rglcd.scheduling_cm import CMScheduler
 from rglcd.scheduling_mlcm import MLCMScheduler
@@ -25,7 +26,8 @@ def test_registry_declares_each_method():
     assert {m.kind for m in METHODS.values()} <= set(SAMPLERS)
     assert sampler_class("lcm") is LCMScheduler and sampler_class("mlcm") is MLCMScheduler
     assert sampler_class("cm") is CMScheduler and sampler_class("tcd").__name__ == "TCDGammaScheduler"
-    assert trainer_methods("distill") == ("lcd", "rg-lcd", "mlcm", "tcd") and trainer_methods("ict") == ("ict",)
+    assert trainer_methods(Trainer.DISTILL) == ("lcd", "rg-lcd", "mlcm", "tcd")
+    assert trainer_methods(Trainer.ICT) == ("ict",)
     assert demo_members() == ("lcm", "rg-lcm", "mlcm")
     assert member_titles()["lcm-lora"] == "LCM-LoRA" and member_titles()["rg-lcm"] == "RG-LCM"
     assert [get_method(n).uses_reward(False) for n in ("lcd", "rg-lcd", "mlcm")] == [False, True, False]

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from rglcd.consistency import consistency_output
-from rglcd.methods import METHODS, SAMPLERS
+from rglcd.methods import METHODS, Trainer
+from rglcd.samplers import SAMPLERS
 from rglcd.models import load_family
 from rglcd.objectives import LCDLoss, TCDLoss
 from rglcd.sampling import Request, generate
@@ -68,7 +69,7 @@ def test_tcd_draw_is_lcds_then_s_uniform_from_0_to_t_n():
 
 def test_tcd_is_a_registered_method_with_diffusers_tcd_sampler():
     method = METHODS["tcd"]
-    assert method.loss is TCDLoss and method.trainer == "distill" and method.kind == "tcd"
+    assert method.objective is TCDLoss and method.trainer is Trainer.DISTILL and method.kind == "tcd"
     assert issubclass(SAMPLERS["tcd"], __import__("diffusers").TCDScheduler)
     assert SAMPLERS["tcd"]().config.gamma == 0.3  # the paper's default gamma
 

@@ -29,7 +29,8 @@ from torch import nn
 from rglcd.evaluate.generate import count_unet_evals
 from rglcd.files import write_atomic
 from rglcd.inputs import GUIDANCE, MAX_SEED, InputError, Request, check_prompt_tokens, number, prompt_text
-from rglcd.methods import TEACHER_KIND, demo_members, member_titles
+from rglcd.methods import demo_members, member_titles
+from rglcd.samplers import TEACHER_KIND
 from rglcd.models import Family, ModelLoadError, load_family
 from rglcd.rewards import get_reward
 from rglcd.sampling import PromptReading, generate, read_prompt

@@ -34,11 +34,12 @@ from rglcd.evaluate import evaluate_prompt_following
 from rglcd.evaluate_fashion import FD_NAME, fashion_reference, fashion_scores, sample_classes
 from rglcd.files import write_metrics
 from rglcd.images import save_grid
-from rglcd.methods import ICT, get_method, sampler_class, trainer_methods
+from rglcd.methods import ICT, Trainer, get_method, method_help, trainer_methods
 from rglcd.inputs import MAX_SEED
+from rglcd.samplers import sampler_class
 from rglcd.models import EXPORT_DTYPES, Family, load_family, register_member, save_unet
 from rglcd.networks import CMDenoiser, FashionClassifier, build_class_unet
-from rglcd.objectives import NOISE_SAMPLINGS, ICTLoss
+from rglcd.objectives import NOISE_SAMPLINGS, ConsistencyBatch, ICTLoss
 from rglcd.scheduling_cm import CMScheduler
 from rglcd.training.checkpoints import StepCounter, choose_checkpoint, run_record, step_generator
 from rglcd.training.ema import EMA
@@ -57,10 +58,7 @@ class ICTConfig:
     """An iCT run: data and network, the consistency-training recipe, where it writes, how often it saves and
     evaluates."""
 
-    method: str = setting("ict", f"{' | '.join(trainer_methods('ict'))} (the registry, rglcd.methods; the "
-                                 f"distillation methods {', '.join(trainer_methods('distill'))}: "
-                                 "`--method lcd --help`)",
-                          choices=trainer_methods("ict"))
+    method: str = setting("ict", method_help(Trainer.ICT), choices=trainer_methods(Trainer.ICT))
     data: str = setting("emoji", "emoji, a webdataset shard pattern or an image folder (the family's latents and "
                                  f"caption states) | {FASHION} (pixels, class-conditional)")
     family: str = setting("emoji-64", "latent data: the family whose VAE, text encoder and teacher architecture "
@@ -133,7 +131,7 @@ class ICTConfig:
 
 def ict_loss(cfg: ICTConfig) -> ICTLoss:
     """The iCT objective of `cfg` (curriculum over `max_steps`, or `fixed_scales` points)."""
-    return ICTLoss(cfg.max_steps, cfg.sigma_min, cfg.sigma_max, cfg.rho, cfg.p_mean, cfg.p_std, cfg.s0, cfg.s1,
+    return get_method(cfg.method).objective(cfg.max_steps, cfg.sigma_min, cfg.sigma_max, cfg.rho, cfg.p_mean, cfg.p_std, cfg.s0, cfg.s1,
                    cfg.loss_type, cfg.noise_sampling, None if cfg.curriculum else cfg.fixed_scales, cfg.huber_c)
 
 
@@ -173,14 +171,12 @@ class ICTStep:
     max_grad_norm: float = 0.0
 
 
-def ict_step(parts: ICTStep, x0: torch.Tensor, cond: dict[str, Any], noise: torch.Tensor, draw: dict[str, Any]
-             ) -> dict[str, torch.Tensor]:
-    """One optimiser step on clean samples `x0` (B,C,H,W) with the UNet's conditioning keywords `cond`, the noise
-    (B,C,H,W) and the objective's `draw` of this step; then the EMA update. Returns {'loss': 0-d tensor, the mean
-    over the batch and processes} (no host sync)."""
+def ict_step(parts: ICTStep, batch: ConsistencyBatch) -> dict[str, torch.Tensor]:
+    """One optimiser step on a batch (clean samples, noise, the objective's draw, the UNet's conditioning), then the
+    EMA update. Returns {'loss': 0-d tensor, the mean over the batch and processes} (no host sync)."""
     accelerator = parts.accelerator
     with accelerator.autocast():
-        loss = parts.objective(parts.net, x0, noise, draw, **cond).mean()
+        loss = parts.objective.batch_loss(parts.net, None, parts.net, batch)[0].mean()
     accelerator.backward(loss)
     if parts.max_grad_norm > 0:
         accelerator.clip_grad_norm_(parts.unet.parameters(), parts.max_grad_norm)
@@ -245,11 +241,11 @@ class TrainStep:
     def __call__(self, step: int) -> dict[str, torch.Tensor | float]:
         rank, world, n = self.draw.rank, self.draw.world, self.draw.batch_size * self.draw.world
         g = step_generator(self.seed, step)
-        draw = share_of(self.parts.objective.draw(n, step, g), rank, world, n)
+        draw = share_of(self.parts.objective.draw(n, g, step), rank, world, n)
         draw["dropout_seed"] += rank  # dropout masks are drawn per forward, not per row: each process its own
         x0, cond = self.draw(g, data_generator(g, self.seed, step, rank, world))
         noise = self.draw.mine(torch.randn((n, *x0.shape[1:]), generator=g)).to(self.parts.accelerator.device)
-        return ict_step(self.parts, x0, cond, noise, draw) | {"num_scales": draw["num_scales"]}
+        return ict_step(self.parts, ConsistencyBatch(x0, noise, draw, cond)) | {"num_scales": draw["num_scales"]}
 
 
 @dataclass
@@ -298,8 +294,8 @@ class Validation:
 
 def train_ict(cfg: ICTConfig, accelerator: Accelerator | None = None) -> dict[str, float]:
     """Train (resuming when asked), export the EMA network and register it (latent data); return final metrics."""
-    if get_method(cfg.method).trainer != "ict":
-        raise ValueError(f"train_ict runs {', '.join(trainer_methods('ict'))}, got --method {cfg.method}")
+    if get_method(cfg.method).trainer is not Trainer.ICT:
+        raise ValueError(f"train_ict runs {', '.join(trainer_methods(Trainer.ICT))}, got --method {cfg.method}")
     objective = ict_loss(cfg)  # bad loss settings fail before any work
     pixel = cfg.data == FASHION
     family = None if pixel else load_family(cfg.family)
