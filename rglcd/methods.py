@@ -222,7 +222,8 @@ def trainer_methods(trainer: Trainer) -> tuple[str, ...]:
 
 def method_help(trainer: Trainer) -> str:
     """`--method`'s help for `trainer`'s config: each of its methods with its summary, then where the others are."""
-    mine = "; ".join(f"{m.name}: {m.summary}" for m in METHODS.values() if m.trainer is trainer)
+    mine = "; ".join(f"{m.name}: {m.summary}" + (f" (recipe: {m.recipe})" if m.recipe else "")
+                     for m in METHODS.values() if m.trainer is trainer)
     others = [m.name for m in METHODS.values() if m.trainer is not trainer]
     return f"{mine} (the registry, rglcd.methods; {', '.join(others)}: `--method {others[0]} --help`)"
 

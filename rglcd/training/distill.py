@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
 from diffusers import DDPMScheduler
 from diffusers.optimization import get_scheduler
@@ -32,13 +32,13 @@ from rglcd.objectives import DistillBatch, RewardGuidance
 from rglcd.rewards import get_reward
 from rglcd.training.checkpoints import StepCounter, choose_checkpoint, run_record, step_generator
 from rglcd.training.distill_config import DistillConfig, LCDSettings
-from rglcd.training.export import export_plan
+from rglcd.training.export import AUTO, export_plan, refuse_shipped
 from rglcd.training.global_batch import data_generator, local_samples, share_of, share_rows
 from rglcd.training.loop import run_training
 from rglcd.training.settings import check_values, flat_values
 from rglcd.training.step import (ConsistencyUNet, DistillStep, distill_step, half_precision_teacher, make_optimizer,
                                  save_lora, side_updates, speed_options, student_and_target)
-from rglcd.training.tracking import log_grids, make_accelerator
+from rglcd.training.tracking import log_grids, make_accelerator, process_state
 
 __all__ = ["DistillConfig", "train_distill"]
 
@@ -62,12 +62,12 @@ def check_settings(cfg: DistillConfig, method: Method) -> None:
         raise ValueError("--proxy-rm needs a reward: --method rg-lcd, or --method mlcm with --reward")
 
 
-def distill_data(cfg: DistillConfig, family: Family, accelerator: Accelerator) -> Any:
+def distill_data(cfg: DistillConfig, family: Family, state: PartialState) -> Any:
     """The training batches of this process (`rglcd.data.batches.training_batches`)."""
     data = cfg.dataset
     stream = StreamOptions(data.data_mode, data.shuffle_buffer, data.dataloader_num_workers, cfg.seed)
     batches = training_batches(data.data, family, data.resolution, data.cache_latents, data.include_flags,
-                               data.limit_concepts, accelerator.process_index, accelerator.num_processes,
+                               data.limit_concepts, state.process_index, state.num_processes,
                                data.phrasings, data.captions, stream)
     if data.target_captions == "name" and not isinstance(batches, EmojiBatches):
         raise ValueError("--target-captions name needs a caption table with each concept's name as phrasing 0: "
@@ -115,6 +115,34 @@ def teacher_network(teacher: torch.nn.Module, online: torch.nn.Module, family: F
     if lora:
         return ConsistencyUNet(online, family.unet_inputs, adapters_off=True, autocast=autocast)
     return ConsistencyUNet(teacher, family.unet_inputs, autocast=autocast)
+
+
+@dataclass
+class DistillInputs:
+    """What the entry point builds and hands to the trainer: the family, the teacher's UNet (fp32, on the CPU) and
+    this process's training batches."""
+
+    family: Family
+    teacher: torch.nn.Module
+    batches: Any
+
+
+def distill_inputs(cfg: DistillConfig) -> DistillInputs:
+    """The family, teacher and data of `cfg`, after every check of what the user named that needs no work (the
+    settings, the family and member, the data source, an export into assets/): one-line errors before anything is
+    computed or written. The main process fills the data caches (renders, encodings) first; the others then read
+    them."""
+    method = get_method(cfg.method)
+    check_settings(cfg, method)
+    family = load_family(cfg.family)
+    teacher = family.unet(cfg.teacher)
+    check_data_source(cfg.dataset.data, cfg.dataset.phrasings, cfg.dataset.captions)
+    if cfg.export_dir not in (None, AUTO):
+        refuse_shipped(cfg.export_dir, cfg.replace_shipped)
+    state = process_state()
+    choose_checkpoint(cfg.output_dir, cfg.resume, run_record(cfg, state), say=lambda *a, **k: None)  # a check only
+    with state.main_process_first():
+        return DistillInputs(family, teacher, distill_data(cfg, family, state))
 
 
 @dataclass
@@ -225,16 +253,16 @@ def export_student(cfg: DistillConfig, method: Method, member: str, export: Path
                     scheduler=method.sampler_options(method.settings_of(cfg)) or None)
 
 
-def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) -> dict[str, float]:
-    """Distil (resuming when asked), export the student, register it in the family file; return final metrics."""
+def train_distill(cfg: DistillConfig, inputs: DistillInputs | None = None, accelerator: Accelerator | None = None
+                  ) -> dict[str, float]:
+    """Distil `inputs` (the entry point's; None: `distill_inputs(cfg)`), resuming when asked, export the student,
+    register it in the family file; return final metrics."""
+    # what a user names is checked before the accelerator writes the output folder and the tracker's files
+    inputs = inputs or distill_inputs(cfg)
+    family, teacher, batches = inputs.family, inputs.teacher, inputs.batches
     method = get_method(cfg.method)
-    check_settings(cfg, method)
     opt, lora = cfg.optim, cfg.lora.lora_rank > 0
     member = cfg.member or (method.lora_member() if lora else method.member)
-    family = load_family(cfg.family)
-    # what a user names is checked before the accelerator writes the output folder and the tracker's files
-    teacher = family.unet(cfg.teacher)
-    check_data_source(cfg.dataset.data, cfg.dataset.phrasings, cfg.dataset.captions)
     accelerator = accelerator or make_accelerator(cfg.report_to, cfg.output_dir,
                                                   mixed_precision=cfg.speed.mixed_precision,
                                                   gradient_accumulation_steps=opt.gradient_accumulation_steps)
@@ -245,8 +273,6 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
     accelerator.init_trackers("distill", config={k: str(v) for k, v in flat_values(cfg).items()})
     set_seed(cfg.seed)  # initialisations (LoRA, proxy RM) repeat across fresh runs
     device, rank = accelerator.device, accelerator.process_index
-    with accelerator.main_process_first():  # it fills the data caches (renders, encodings) the others then read
-        batches = distill_data(cfg, family, accelerator)
     guidance = reward_guidance(cfg, family, device) if method.uses_reward(cfg.rg.reward is not None) else None
     student, target = student_and_target(teacher, cfg.lora.lora_rank, cfg.lora.lora_alpha, cfg.lcd.w_embedding_dim,
                                          cfg.speed.gradient_checkpointing, cfg.lcd.cond_proj_init)

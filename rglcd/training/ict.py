@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
 from diffusers import UNet2DConditionModel
 
@@ -43,12 +43,12 @@ from rglcd.objectives import NOISE_SAMPLINGS, ConsistencyBatch, ICTLoss
 from rglcd.scheduling_cm import CMScheduler
 from rglcd.training.checkpoints import StepCounter, choose_checkpoint, run_record, step_generator
 from rglcd.training.ema import EMA
-from rglcd.training.export import AUTO, RUNS, export_plan
+from rglcd.training.export import AUTO, RUNS, export_plan, refuse_shipped
 from rglcd.training.global_batch import data_generator, local_samples, share_of, share_rows
 from rglcd.training.loop import run_training
 from rglcd.training.settings import flat_values, setting
 from rglcd.training.teacher import TeacherConfig, build_unet
-from rglcd.training.tracking import REPORT_TO, log_grids, make_accelerator
+from rglcd.training.tracking import REPORT_TO, log_grids, make_accelerator, process_state
 
 FASHION = "fashion-mnist"  # the pixel, class-conditional data
 
@@ -135,7 +135,7 @@ def ict_loss(cfg: ICTConfig) -> ICTLoss:
                    cfg.loss_type, cfg.noise_sampling, None if cfg.curriculum else cfg.fixed_scales, cfg.huber_c)
 
 
-def ict_data(cfg: ICTConfig, family: Family | None, accelerator: Accelerator) -> Any:
+def ict_data(cfg: ICTConfig, family: Family | None, accelerator: Accelerator | PartialState) -> Any:
     """This process's training batches: Fashion-MNIST (`family` None) or the family's latents and caption states
     (streamed shards and folders: the stream's default mode, buffer and workers, seeded by `--seed`)."""
     if family is None:
@@ -292,16 +292,41 @@ class Validation:
         return out
 
 
-def train_ict(cfg: ICTConfig, accelerator: Accelerator | None = None) -> dict[str, float]:
-    """Train (resuming when asked), export the EMA network and register it (latent data); return final metrics."""
+@dataclass
+class ICTInputs:
+    """What the entry point builds and hands to the trainer: the family (None: pixel data) and this process's
+    training batches."""
+
+    family: Family | None
+    batches: Any
+
+
+def ict_inputs(cfg: ICTConfig) -> ICTInputs:
+    """The family and data of `cfg`, after the checks of what the user named that need no work (one-line errors);
+    the main process fills the data caches first, the others then read them."""
     if get_method(cfg.method).trainer is not Trainer.ICT:
         raise ValueError(f"train_ict runs {', '.join(trainer_methods(Trainer.ICT))}, got --method {cfg.method}")
-    objective = ict_loss(cfg)  # bad loss settings fail before any work
+    ict_loss(cfg)  # bad loss settings fail before any work
     pixel = cfg.data == FASHION
     family = None if pixel else load_family(cfg.family)
     if not pixel:
         sampler_class(ICT.kind)  # fail now, not at the first evaluation or after export
         check_data_source(cfg.data)
+    if cfg.export_dir not in (None, AUTO):
+        refuse_shipped(cfg.export_dir, cfg.replace_shipped)
+    state = process_state()
+    choose_checkpoint(cfg.output_dir, cfg.resume, run_record(cfg, state), say=lambda *a, **k: None)  # a check only
+    with state.main_process_first():
+        return ICTInputs(family, ict_data(cfg, family, state))
+
+
+def train_ict(cfg: ICTConfig, inputs: ICTInputs | None = None, accelerator: Accelerator | None = None
+              ) -> dict[str, float]:
+    """Train on `inputs` (the entry point's; None: `ict_inputs(cfg)`), resuming when asked, export the EMA network
+    and register it (latent data); return final metrics."""
+    inputs = inputs or ict_inputs(cfg)
+    family, batches, pixel = inputs.family, inputs.batches, inputs.family is None
+    objective = ict_loss(cfg)
     pixel_export = f"{RUNS}/{FASHION}/{cfg.member}" if pixel and cfg.export_dir == AUTO else cfg.export_dir
     accelerator = accelerator or make_accelerator(cfg.report_to, cfg.output_dir, mixed_precision=cfg.mixed_precision)
     record = run_record(cfg, accelerator)
@@ -310,8 +335,6 @@ def train_ict(cfg: ICTConfig, accelerator: Accelerator | None = None) -> dict[st
                                    write=accelerator.is_main_process)
     accelerator.init_trackers("ict", config={k: str(v) for k, v in flat_values(cfg).items()})
     set_seed(cfg.seed)  # the same initialisation on every process and every fresh run
-    with accelerator.main_process_first():  # it fills the data caches (renders, encodings) the others then read
-        batches = ict_data(cfg, family, accelerator)
     unet = ict_unet(cfg, family, batches)
     parts = ict_parts(cfg, objective, unet, accelerator)
     counter = StepCounter()
