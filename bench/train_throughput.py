@@ -117,7 +117,7 @@ def ict_worker(family: str, batch_size: int, warmup: int, steps: int, device: st
     unet = ict.ict_unet(cfg, loaded, batches)
     parts = ict.ict_parts(cfg, ict.ict_loss(cfg), unet, accelerator)
     draw = ict.BatchDraw(batches, batch_size, accelerator.device, loaded, unet, cfg.cfg_dropout)
-    step = ict.TrainStep(parts, draw, cfg.seed, accelerator.process_index)
+    step = ict.TrainStep(parts, draw, cfg.seed)
     return {"supported": True, "batch_size": batch_size, **time_steps(step, warmup, steps, device)}
 
 

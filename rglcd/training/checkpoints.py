@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from safetensors import SafetensorError
 
 from rglcd.training.settings import MAY_CHANGE_ON_RESUME, flat_values
