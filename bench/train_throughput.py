@@ -34,13 +34,13 @@ import train_vs_reference as tvr
 from report import write_report
 
 from rglcd.methods import METHODS as REGISTRY
-from rglcd.methods import get_method
-from rglcd.objectives import RewardGuidance, RGLCDLoss
+from rglcd.methods import ObjectiveParts, Trainer, get_method
+from rglcd.objectives import RewardGuidance
 from rglcd.training.distill_config import DistillConfig
 
 LORA = "lcd-lora"  # the LCD method with --lora-rank (LoRA is a flag, not a method)
 METHODS = ("lcd", LORA, *(m for m in REGISTRY if m != "lcd"))
-DISTILL_METHODS = tuple(m for m in METHODS if m == LORA or get_method(m).trainer == "distill")
+DISTILL_METHODS = tuple(m for m in METHODS if m == LORA or get_method(m).trainer is Trainer.DISTILL)
 PROMPT = "red apple"
 
 
@@ -73,13 +73,12 @@ def our_step(setup: tvr.Setup, method: str, accelerator: Any, reward: Callable[[
     (MLCM: 4 segments); a method with a reward scores with `reward() -> (reward model, VAE)` at beta 0.001."""
     lora = method == LORA
     registered = get_method("lcd" if lora else method)
-    cfg = DistillConfig.of(method=registered.name, segments=4)
+    cfg = DistillConfig.of(method=registered.name, segments=4, reward_scale=1e-3)
     base = setup.loss()
     common = {f: getattr(base, f) for f in ("alphas_cumprod", "num_ddim_timesteps", "w_min", "w_max",
                                             "w_embedding_dim", "loss_type", "huber_c", "prediction_type")}
-    objective = registered.build_loss(common, cfg)
-    if registered.uses_reward(False):
-        objective = RGLCDLoss(objective, RewardGuidance(*reward()), 1e-3)
+    expert = RewardGuidance(*reward()) if registered.uses_reward(False) else None
+    objective = registered.build(registered.settings_of(cfg), ObjectiveParts(common, cfg.optim.max_steps, expert))
     with torch.device(accelerator.device):
         return tvr.OurStep(setup, tvr.LORA_RANK if lora else 0, accelerator, objective=objective, **options)
 
@@ -118,7 +117,7 @@ def ict_worker(family: str, batch_size: int, warmup: int, steps: int, device: st
     unet = ict.ict_unet(cfg, loaded, batches)
     parts = ict.ict_parts(cfg, ict.ict_loss(cfg), unet, accelerator)
     draw = ict.BatchDraw(batches, batch_size, accelerator.device, loaded, unet, cfg.cfg_dropout)
-    step = ict.TrainStep(parts, draw, cfg.seed, accelerator.process_index)
+    step = ict.TrainStep(parts, draw, cfg.seed)
     return {"supported": True, "batch_size": batch_size, **time_steps(step, warmup, steps, device)}
 
 

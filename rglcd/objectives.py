@@ -1,6 +1,11 @@
 """Training objectives as small classes (EDM's `training/loss.py` style): hyper-parameters in the constructor,
 `__call__` shows how the noise level is drawn, the sample noised, the networks called and the loss formed.
 
+Every objective follows one protocol (`Objective`): `draw(batch, generator, step)` draws the randomness of a batch's
+states, `batch_loss(student, teacher, target, batch)` computes the per-sample loss and what the step reads after it
+(`aux`), `at_step(step)` updates the settings that change during training, and `side_networks()` declares the
+networks it trains beside the student (RG-LCD's latent proxy RM), each with its own loss.
+
 Networks are plain callables `net(z_t (B,C,h,w), t (B,) int, context (B,L,D), w_embedding (B,E) or None) -> output`
 so the same loss serves a full-model student (EMA target) and a LoRA student (teacher = adapters off). `ICTLoss`
 takes a consistency function in sigma parameterisation, `net(x_sigma (B,C,H,W), sigma (B,), **cond) -> f (B,C,H,W)`
@@ -28,6 +33,33 @@ Net = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None"]
 
 
 @dataclass
+class SideNetwork:
+    """A network an objective trains beside the student (RG-LCD's latent proxy RM; PCM's discriminator would be
+    the next): `module`, its AdamW learning rate, and `loss(module, aux, batch) -> (loss (), {name: 0-d tensor})`,
+    run after each micro-batch on the student's `aux` (the trainer backpropagates the loss into `module`, which it
+    may have wrapped for data parallelism, and steps its optimiser)."""
+
+    module: torch.nn.Module
+    learning_rate: float
+    loss: Callable[[torch.nn.Module, dict[str, torch.Tensor], Any], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+    folder: str  # exported beside the student under this name (`module.save_pretrained`)
+
+
+class Objective:
+    """The objective protocol, with the defaults of an objective that has no changing settings and no side
+    networks. Subclasses define `draw(batch, generator, step) -> {name: (B,) tensor or scalar}` and
+    `batch_loss(student, teacher, target, batch) -> (loss (B,), aux)`."""
+
+    def at_step(self, step: int) -> dict[str, float]:
+        """Update the settings that change during training before optimiser step `step`; return what to log."""
+        return {}
+
+    def side_networks(self) -> dict[str, SideNetwork]:
+        """The networks this objective trains beside the student, by name."""
+        return {}
+
+
+@dataclass
 class DistillBatch:
     """One (micro-)batch of a distillation step: data latents (B,C,h,w) and noise (B,C,h,w), or `states`
     (z_{t_{n+k}}, z_{t_n}) from teacher trajectories (then latents and noise are None); text states (B,L,D) and
@@ -51,7 +83,7 @@ class DistillBatch:
 
 
 @dataclass
-class LCDLoss:
+class LCDLoss(Objective):
     """Latent consistency distillation (LCM paper, Alg. 1; diffusers' train_lcd_distill scripts).
 
     Draw a grid index n and w ~ U[w_min, w_max]; noise z_0 to t_{n+k}; one teacher DDIM step with CFG (scale 1+w)
@@ -60,8 +92,8 @@ class LCDLoss:
 
     alphas_cumprod: torch.Tensor
     num_ddim_timesteps: int = 50
-    w_min: float = 5.0
-    w_max: float = 15.0
+    w_min: float = 2.0
+    w_max: float = 8.0
     w_embedding_dim: int = 256
     loss_type: str = "huber"
     huber_c: float = 0.001
@@ -72,8 +104,8 @@ class LCDLoss:
         self.grid = ddim_skip_grid(t, self.num_ddim_timesteps)
         self.k = t // self.num_ddim_timesteps
 
-    def draw(self, batch: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """The randomness of one step: grid indices, start/end timesteps, guidance w (LCM convention)."""
+    def draw(self, batch: int, generator: torch.Generator, step: int = 0) -> dict[str, torch.Tensor]:
+        """The randomness of one step: grid indices, start/end timesteps, guidance w (LCM convention), each (B,)."""
         index = torch.randint(0, self.num_ddim_timesteps, (batch,), generator=generator)
         start = self.grid[index]
         w = self.w_min + (self.w_max - self.w_min) * torch.rand(batch, generator=generator)
@@ -143,12 +175,22 @@ class MLCMLoss(LCDLoss):
     which is z_{t_n} itself when t_n is the edge. Edges lie on grid points, so a step never crosses one. With the
     defaults (`edge_rounding` "floor", `clean_end` "ddim") this is phased consistency distillation's target; with
     "round" and "lcm" it is this package's first MLCM (one segment is then LCD exactly). `num_segments` may change
-    during training (the progressive schedule, e.g. 8 -> 4 -> 2).
+    during training (`progressive`, e.g. 8 -> 4 -> 2: `at_step`).
     """
 
     num_segments: int = 8
     edge_rounding: str = "floor"  # floor (PCM) | round
     clean_end: str = "ddim"  # ddim (PCM: DDIM jump to alphas_cumprod[0]) | lcm (LCD boundary scalings)
+    progressive: tuple[int, ...] | None = None  # segments per stage, equal stages over total_steps (None: fixed)
+    total_steps: int = 1
+
+    def at_step(self, step: int) -> dict[str, float]:
+        """The progressive schedule: `progressive` split into equal stages over `total_steps`, the stage of optimiser
+        step `step` sets `num_segments`."""
+        if self.progressive:
+            stages = list(self.progressive)
+            self.num_segments = int(stages[min(step * len(stages) // max(self.total_steps, 1), len(stages) - 1)])
+        return {"segments": self.num_segments}
 
     def output(self, model_output: torch.Tensor, sample: torch.Tensor, timesteps: torch.Tensor,
                draw: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -175,9 +217,9 @@ class TCDLoss(LCDLoss):
 
     clean_end: str = "lcm"  # lcm | ddim
 
-    def draw(self, batch: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def draw(self, batch: int, generator: torch.Generator, step: int = 0) -> dict[str, torch.Tensor]:
         """LCD's draw, then each sample's s (B,) timesteps: uniform over the grid points from 0 to its t_n."""
-        out = super().draw(batch, generator)
+        out = super().draw(batch, generator, step)
         m = (torch.rand(batch, generator=generator) * (out["index"] + 1)).floor().long()
         out["s"] = (self.grid[m] - self.k).clamp_min(0)
         return out
@@ -328,7 +370,7 @@ class OnPolicyStates:
 
 
 @dataclass
-class RGLCDLoss:
+class RGLCDLoss(Objective):
     """Reward-guided distillation (RG-LCD, Li et al. 2024, eq. 9): a distillation loss minus `beta` x a
     differentiable reward of the student's clean estimate.
 
@@ -336,7 +378,8 @@ class RGLCDLoss:
     (`guidance`: decode with the VAE, score on the training scale) or, when `proxy` is given, the latent proxy RM's
     (`preference.student_reward`, RG-LCD Algorithm 4). It scores the student's one-step prediction from the
     distillation batch's noised data latents (the paper), or with `states` (`OnPolicyStates`) a state of the
-    student's own few-step sampler.
+    student's own few-step sampler. The proxy is a side network (`side_networks`), trained at `proxy_lr` after
+    each micro-batch by `proxy_loss`.
     """
 
     distill: LCDLoss
@@ -345,14 +388,36 @@ class RGLCDLoss:
     states: OnPolicyStates | None = None
     proxy: torch.nn.Module | None = None
     preference: ProxyPreference | None = None
+    proxy_lr: float = 1e-4
 
     def __post_init__(self) -> None:
         if (self.proxy is None) != (self.preference is None):
             raise ValueError("a proxy reward needs both the proxy model and its ProxyPreference")
 
-    def draw(self, batch: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def draw(self, batch: int, generator: torch.Generator, step: int = 0) -> dict[str, torch.Tensor]:
         """The distillation loss's randomness (the reward's own is drawn from the batch's generator after it)."""
-        return self.distill.draw(batch, generator)
+        return self.distill.draw(batch, generator, step)
+
+    def at_step(self, step: int) -> dict[str, float]:
+        return self.distill.at_step(step)
+
+    def side_networks(self) -> dict[str, SideNetwork]:
+        """The latent proxy RM, when the reward is the proxy's."""
+        return {} if self.proxy is None else {"proxy": SideNetwork(self.proxy, self.proxy_lr, self.proxy_loss, "proxy-rm")}
+
+    def proxy_loss(self, proxy: torch.nn.Module, aux: dict[str, torch.Tensor], batch: DistillBatch
+                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One update's loss of the latent proxy RM (`proxy`: the model or its data-parallel wrapper; RG-LCD
+        Algorithm 4): the expert scores the candidates {student prediction, target prediction, data latent} of each
+        prompt and the proxy learns its preferences (`ProxyPreference`). Returns the loss () and 0-d tensors, this
+        process's shares of the global batch's means: how often the proxy's favourite is the expert's, and the
+        expert's reward of the student's prediction."""
+        x0 = aux["student_x0"].detach()
+        candidates = [x0, aux["target"].to(x0.dtype)] + ([batch.latents] if batch.latents is not None else [])
+        loss, scores, expert, weight = self.preference(proxy, candidates, batch.context, batch.texts,
+                                                       batch.generator, batch.share)
+        agree = (scores.argmax(-1) == expert.argmax(-1)).float().sum() * weight
+        return loss, {"proxy_agreement": agree, "expert_reward": expert[:, 0].sum() * weight}
 
     def reward(self, x0: torch.Tensor, batch: DistillBatch) -> torch.Tensor:
         """Rewards (B,) of clean latents `x0` (B,C,h,w) for the batch's prompts: the expert's or the proxy's."""
@@ -391,7 +456,18 @@ NOISE_SAMPLINGS = ("lognormal", "uniform")  # how ICTLoss draws a step's grid in
 
 
 @dataclass
-class ICTLoss:
+class ConsistencyBatch:
+    """One batch of consistency training: clean samples (B,C,H,W), noise (B,C,H,W), the loss's `draw`, and the
+    network's conditioning keywords `cond` (text states or class labels)."""
+
+    latents: torch.Tensor
+    noise: torch.Tensor
+    draw: dict[str, Any]
+    cond: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ICTLoss(Objective):
     """Improved consistency training (Song & Dhariwal 2023): a consistency model from data, no teacher.
 
     At optimiser step k the Karras grid has N(k) points (the doubling curriculum `ict_num_scales`, or `fixed_scales`);
@@ -425,7 +501,7 @@ class ICTLoss:
         """Grid points N at global optimiser step `step` (never a per-process counter)."""
         return self.fixed_scales or ict_num_scales(step, self.total_steps, self.s0, self.s1)
 
-    def draw(self, batch: int, step: int, generator: torch.Generator) -> dict[str, torch.Tensor | int]:
+    def draw(self, batch: int, generator: torch.Generator, step: int = 0) -> dict[str, torch.Tensor | int]:
         """The randomness of one step: interval indices (B,), their sigmas (B,) float32 and weights
         1 / (sigma_{i+1} - sigma_i) (B,), the grid size N and a dropout seed."""
         n = self.num_scales(step)
@@ -454,3 +530,11 @@ class ICTLoss:
         else:
             distance = consistency_distance(pred, target, "l2")
         return draw["weight"].to(distance) * distance
+
+    def batch_loss(self, student: Callable[..., torch.Tensor], teacher: None, target: Callable[..., torch.Tensor],
+                   batch: ConsistencyBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """`self(...)` on a `ConsistencyBatch`: no teacher, and the target is the student itself under
+        stop-gradient (`target` must be `student`). No aux."""
+        if target is not student:
+            raise ValueError("iCT's target is the student under stop-gradient: pass the student as the target")
+        return self(student, batch.latents, batch.noise, batch.draw, **batch.cond), {}

@@ -54,8 +54,8 @@ def main(argv: list[str]) -> int:
     # until all have run
     destroy, PartialState.destroy_process_group = PartialState.destroy_process_group, lambda self, group=None: None
     for args in runs:
-        train, config = trainer_for(requested_method(args))
-        status = run_trainer(train, config, argv=args)
+        trainer = trainer_for(requested_method(args))
+        status = run_trainer(trainer.train, trainer.config, argv=args, inputs=trainer.inputs)
         if status:
             return status
     destroy(PartialState())

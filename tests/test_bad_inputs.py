@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from rglcd.__main__ import main
+from rglcd.methods import Trainer, trainer_methods
 from rglcd.training.cli_args import run_trainer
 from rglcd.training.distill import DistillConfig, train_distill
 from tests.entry_points import run_entry_point
@@ -167,7 +168,7 @@ SAFE = ["--output-dir", "{tmp}/run", "--export-dir", "{tmp}/export", "--stop-at"
     ("max_steps: 2.5\n", [], "max_steps in {tmp}/recipe.yaml must be a whole number >= 1, got 2.5"),
     ("max_steps: [1, 2]\n", [], "max_steps in {tmp}/recipe.yaml must be a whole number >= 1, got a list [1, 2]"),
     ("batch_size: -1\n", [], "batch_size in {tmp}/recipe.yaml must be a whole number >= 1, got -1"),
-    ("method: [lcd]\n", [], "method in {tmp}/recipe.yaml must be one of lcd, rg-lcd, mlcm, tcd, got a list ['lcd']"),
+    ("method: [lcd]\n", [], "method in {tmp}/recipe.yaml must be one of " + ", ".join(trainer_methods(Trainer.DISTILL)) + ", got a list ['lcd']"),
     ("loss_type: l1\n", [], "loss_type in {tmp}/recipe.yaml must be one of huber, l2, got 'l1'"),
     (None, ["--checkpoint-every", "0"], "--checkpoint-every must be a whole number >= 1, got 0"),
     (None, ["--log-every", "0"], "--log-every must be a whole number >= 1, got 0"),

@@ -58,7 +58,7 @@ def _trainer_configs() -> set[type]:
 
     from rglcd.training.trainers import TRAINERS
 
-    found = {cls for _, cls in TRAINERS.values()}
+    found = {entry.config for entry in TRAINERS.values()}
     for script in sorted((CONFIGS.parent).glob("*.py")):
         spec = importlib.util.spec_from_file_location(f"train_{script.stem}", script)
         module = importlib.util.module_from_spec(spec)

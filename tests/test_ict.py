@@ -72,8 +72,8 @@ def test_curriculum_of_a_short_run_and_fixed_n():
     fixed = ICTLoss(6000, fixed_scales=161)
     assert {fixed.num_scales(k) for k in (0, 3000, 5999)} == {161}
     loss = ICTLoss(6000)
-    assert loss.draw(2, 5999, torch.Generator())["num_scales"] == 1281
-    assert loss.draw(2, 0, torch.Generator())["num_scales"] == 11  # a function of the step, not of past calls
+    assert loss.draw(2, torch.Generator(), 5999)["num_scales"] == 1281
+    assert loss.draw(2, torch.Generator(), 0)["num_scales"] == 11  # a function of the step, not of past calls
 
 
 def test_lognormal_probabilities_sum_to_one_and_favour_the_right_range():
@@ -89,9 +89,9 @@ def test_lognormal_probabilities_sum_to_one_and_favour_the_right_range():
     i = 500
     expected = (cdf(s[i + 1].item()) - cdf(s[i].item())) / (cdf(80.0) - cdf(0.002))
     assert p[i].item() == pytest.approx(expected, rel=1e-9)
-    uniform = ICTLoss(100, noise_sampling="uniform", fixed_scales=11).draw(4000, 0, torch.Generator().manual_seed(0))
+    uniform = ICTLoss(100, noise_sampling="uniform", fixed_scales=11).draw(4000, torch.Generator().manual_seed(0))
     assert set(uniform["index"].tolist()) == set(range(10))
-    lognormal = ICTLoss(100, fixed_scales=11).draw(4000, 0, torch.Generator().manual_seed(0))
+    lognormal = ICTLoss(100, fixed_scales=11).draw(4000, torch.Generator().manual_seed(0))
     assert lognormal["index"].bincount(minlength=10)[-1] < 100 < lognormal["index"].bincount(minlength=10)[4]
 
 
@@ -99,7 +99,7 @@ def test_ict_loss_restated_and_its_dropout_is_shared():
     f = CMDenoiser(tiny_class_unet(dropout=0.5)).train()
     x0, noise, labels = torch.randn(4, 1, 8, 8), torch.randn(4, 1, 8, 8), torch.tensor([1, 2, 3, 4])
     loss_fn = ICTLoss(100)
-    draw = loss_fn.draw(4, 60, torch.Generator().manual_seed(0))
+    draw = loss_fn.draw(4, torch.Generator().manual_seed(0), 60)
     lo, hi = draw["sigma_lo"].view(-1, 1, 1, 1), draw["sigma_hi"].view(-1, 1, 1, 1)
     rng = torch.get_rng_state()
     loss = loss_fn(f, x0, noise, draw, class_labels=labels)

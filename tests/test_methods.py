@@ -9,7 +9,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler, LCMScheduler
 
-from rglcd.methods import METHODS, demo_members, get_method, member_titles, trainer_methods
+from rglcd.methods import METHODS, Trainer, demo_members, get_method, member_titles, trainer_methods
 from rglcd.objectives import DistillBatch, LCDLoss, OnPolicyStates, RewardGuidance, RGLCDLoss
 from rglcd.samplers import SAMPLERS, sampler_class
 from rglcd.scheduling_cm import CMScheduler
@@ -22,23 +22,59 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_registry_declares_each_method():
-    assert list(METHODS) == ["lcd", "rg-lcd", "mlcm", "tcd", "ict"]
-    assert {m.kind for m in METHODS.values()} <= set(SAMPLERS)
-    assert sampler_class("lcm") is LCMScheduler and sampler_class("mlcm") is MLCMScheduler
-    assert sampler_class("cm") is CMScheduler and sampler_class("tcd").__name__ == "TCDGammaScheduler"
-    assert trainer_methods("distill") == ("lcd", "rg-lcd", "mlcm", "tcd") and trainer_methods("ict") == ("ict",)
-    assert demo_members() == ("lcm", "rg-lcm", "mlcm")
-    assert member_titles()["lcm-lora"] == "LCM-LoRA" and member_titles()["rg-lcm"] == "RG-LCM"
+    """What every method declares holds for every method (nothing here lists them by hand)."""
+    import dataclasses
+
+    import yaml
+
+    from rglcd.methods import Method, method_help, method_sections
+    from rglcd.training.settings import sections
+
+    members = [m.member for m in METHODS.values()]
+    assert len(set(members)) == len(members) and len(set(m.title for m in METHODS.values())) == len(members)
+    for m in METHODS.values():
+        assert m.kind in SAMPLERS and m.trainer in TRAINERS and m.summary and m.reward in ("none", "optional",
+                                                                                              "required")
+        assert yaml.safe_load((ROOT / m.recipe).read_text())["method"] == m.name
+        assert f"{m.name}: {m.summary}" in method_help(m.trainer) and m.name in trainer_methods(m.trainer)
+        config = {name: cls for name, cls, _ in sections(TRAINERS[m.trainer].config)[1:]}
+        assert all(config.get(name) is cls for name, cls in m.sections), m.name  # its sections are in its config
+        if m.reward != "none":
+            assert {"rg", "proxy"} <= {name for name, _ in m.sections}, "a reward term reads the rg and proxy sections"
+        assert m.member in demo_members() or not m.in_demo
+        if m.trainer is Trainer.DISTILL:
+            assert member_titles()[m.lora_member()] == m.lora_title()
+    assert set(method_sections(Trainer.DISTILL)) == {n for m in METHODS.values() if m.trainer is Trainer.DISTILL
+                                                     for n, _ in m.sections}
+    source = "\n".join(p.read_text() for p in [*ROOT.glob("rglcd/**/*.py"), *ROOT.glob("train/*.py")])
+    for f in dataclasses.fields(Method):  # no unread fields: each is read somewhere (self.x or m.x)
+        assert re.search(rf"\.{f.name}\b(?!\s*=[^=])", source), f"Method.{f.name} is never read"
     assert [get_method(n).uses_reward(False) for n in ("lcd", "rg-lcd", "mlcm")] == [False, True, False]
     assert get_method("mlcm").uses_reward(True) and not get_method("lcd").uses_reward(True)
-    assert all(m.recipe is None or (ROOT / m.recipe).is_file() for m in METHODS.values())
-    assert set(TRAINERS) == {m.trainer for m in METHODS.values()}
-    with pytest.raises(ValueError, match="unknown method 'pcm'; this version implements: lcd, rg-lcd, mlcm, tcd, ict"):
+    assert sampler_class("lcm") is LCMScheduler and sampler_class("mlcm") is MLCMScheduler
+    assert sampler_class("cm") is CMScheduler and sampler_class("tcd").__name__ == "TCDGammaScheduler"
+    with pytest.raises(ValueError, match=f"unknown method 'pcm'; this version implements: {', '.join(METHODS)}"):
         get_method("pcm")
     with pytest.raises(ValueError, match="unknown member kind 'pcm'"):
         sampler_class("pcm")
     with pytest.raises(SystemExit):
         trainer_for("pcm")
+
+
+def test_objectives_follow_one_protocol():
+    """Every method's objective class draws (batch, generator, step), computes `batch_loss(student, teacher, target,
+    batch)`, and has `at_step` and `side_networks`; the trainer's config and the objective share their defaults."""
+    from rglcd.objectives import LCDLoss, Objective
+    from rglcd.training.distill_config import LCDSettings
+
+    for m in METHODS.values():
+        cls = m.objective
+        assert issubclass(cls, Objective), m.name
+        assert list(inspect.signature(cls.draw).parameters) == ["self", "batch", "generator", "step"], m.name
+        assert list(inspect.signature(cls.batch_loss).parameters) == ["self", "student", "teacher", "target",
+                                                                      "batch"], m.name
+    for f in ("w_min", "w_max", "w_embedding_dim", "num_ddim_timesteps", "loss_type", "huber_c"):
+        assert getattr(LCDSettings(), f) == getattr(LCDLoss, f), f
 
 
 def test_no_method_name_compares_outside_the_registry():

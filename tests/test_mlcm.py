@@ -152,7 +152,7 @@ def test_mlcm_trains_on_trajectories_resumes_and_exports(family_with_teacher, tm
     from rglcd.data.emoji import cache_dir
     from rglcd.models import load_family
     from rglcd.sampling import Request, generate
-    from rglcd.methods import segments_at
+    from rglcd.methods import MLCM, ObjectiveParts
     from rglcd.training.distill import DistillConfig, train_distill
 
     root = family_with_teacher
@@ -167,7 +167,8 @@ def test_mlcm_trains_on_trajectories_resumes_and_exports(family_with_teacher, tm
                     trajectory_batch=4)
         return DistillConfig.of(**(base | kw))
 
-    assert [segments_at(cfg("x").mlcm, 6, s) for s in range(6)] == [4, 4, 2, 2, 1, 1]
+    loss = MLCM.build(MLCM.settings_of(cfg("x")), ObjectiveParts({"alphas_cumprod": SCHED.alphas_cumprod}, 6))
+    assert [loss.at_step(s)["segments"] for s in range(6)] == [4, 4, 2, 2, 1, 1]
     full = train_distill(cfg("full", export_dir=str(tmp_path / "full-export")))
     assert len(written) == 2  # 6 trajectories in batches of 4
     assert len(list((cache_dir() / "trajectories").glob("*/*/shard-*.pt"))) == 1

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rglcd.consistency import consistency_output
-from rglcd.methods import METHODS
+from rglcd.methods import METHODS, Trainer
 from rglcd.models import load_family
 from rglcd.objectives import LCDLoss, TCDLoss
 from rglcd.samplers import sampler_class
@@ -69,7 +69,7 @@ def test_tcd_draw_is_lcds_then_s_uniform_from_0_to_t_n():
 
 def test_tcd_is_a_registered_method_with_diffusers_tcd_sampler():
     method = METHODS["tcd"]
-    assert method.loss is TCDLoss and method.trainer == "distill" and method.kind == "tcd"
+    assert method.objective is TCDLoss and method.trainer is Trainer.DISTILL and method.kind == "tcd"
     assert issubclass(sampler_class("tcd"), __import__("diffusers").TCDScheduler)
     assert sampler_class("tcd")().config.gamma == 0.3  # the paper's default gamma
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from safetensors import SafetensorError
 
 from rglcd.training.settings import MAY_CHANGE_ON_RESUME, flat_values
@@ -70,7 +70,7 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def run_record(cfg: Any, accelerator: Accelerator) -> dict[str, Any]:
+def run_record(cfg: Any, accelerator: Accelerator | PartialState) -> dict[str, Any]:
     """What a checkpoint records of its run: every setting of `cfg` (a settings dataclass) as JSON values, and the
     process count (the global batch is the per-process batch times it)."""
     return json.loads(json.dumps({**flat_values(cfg), "processes": accelerator.num_processes}))

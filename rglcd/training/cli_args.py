@@ -154,15 +154,17 @@ def requested_method(argv: list[str] | None = None) -> str | None:
     return method if isinstance(method, str) else None  # parse_config reports a method that is not text
 
 
-def run_trainer(train: Callable[[T], Any], cls: type[T], description: str | None = None,
-                argv: list[str] | None = None, print_result: bool = False) -> int:
-    """An entry point's body: parse argv into `cls`, run `train` on it, return the exit status. A ValueError,
+def run_trainer(train: Callable[..., Any], cls: type[T], description: str | None = None,
+                argv: list[str] | None = None, print_result: bool = False,
+                inputs: Callable[[T], Any] | None = None) -> int:
+    """An entry point's body: parse argv into `cls`, build what `inputs(cfg)` builds (a trainer's family and data,
+    `rglcd.training.trainers`), run `train(cfg, inputs)` (or `train(cfg)`), return the exit status. A ValueError,
     ModelLoadError or OSError (how the trainers report bad input: an unknown family or tracker, a missing file, data
     that matches nothing; also a full disk mid-run, after the last checkpoint) prints one `error:` line and returns 2;
     RGLCD_DEBUG=1 re-raises it with its traceback."""
     cfg = parse_config(cls, description, argv)
     try:
-        result = train(cfg)
+        result = train(cfg) if inputs is None else train(cfg, inputs(cfg))
     except (ValueError, ModelLoadError, OSError) as err:
         if os.environ.get("RGLCD_DEBUG"):
             raise

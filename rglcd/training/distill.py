@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
 from diffusers import DDPMScheduler
 from diffusers.optimization import get_scheduler
@@ -26,30 +26,28 @@ from rglcd.data.stream import StreamOptions
 from rglcd.data.trajectories import TrajectorySet, TrajectorySpec, teacher_trajectories, weights_digest
 from rglcd.evaluate import evaluate_prompt_following
 from rglcd.files import write_metrics
-from rglcd.methods import Method, get_method, trainer_methods
+from rglcd.methods import Method, ObjectiveParts, Trainer, get_method, trainer_methods
 from rglcd.models import Family, load_family, register_member, save_unet
-from rglcd.objectives import DistillBatch, OnPolicyStates, ProxyPreference, RewardGuidance, RGLCDLoss
+from rglcd.objectives import DistillBatch, RewardGuidance
 from rglcd.rewards import get_reward
-from rglcd.rewards.proxy import LatentProxyReward
-from rglcd.samplers import sampler_class
 from rglcd.training.checkpoints import StepCounter, choose_checkpoint, run_record, step_generator
 from rglcd.training.distill_config import DistillConfig, LCDSettings
-from rglcd.training.export import export_plan
+from rglcd.training.export import AUTO, export_plan, refuse_shipped
 from rglcd.training.global_batch import data_generator, local_samples, share_of, share_rows
 from rglcd.training.loop import run_training
 from rglcd.training.settings import check_values, flat_values
-from rglcd.training.step import (ConsistencyUNet, DistillStep, ProxyUpdate, distill_step, half_precision_teacher,
-                                 make_optimizer, save_lora, speed_options, student_and_target)
-from rglcd.training.tracking import log_grids, make_accelerator
+from rglcd.training.step import (ConsistencyUNet, DistillStep, distill_step, half_precision_teacher, make_optimizer,
+                                 save_lora, side_updates, speed_options, student_and_target)
+from rglcd.training.tracking import log_grids, make_accelerator, process_state
 
 __all__ = ["DistillConfig", "train_distill"]
 
 
 def check_settings(cfg: DistillConfig, method: Method) -> None:
     """ValueError (one line, before any work) for settings that contradict each other or the method."""
-    if method.trainer != "distill":
+    if method.trainer is not Trainer.DISTILL:
         raise ValueError(f"--method {method.name} is not a distillation method: this trainer runs "
-                         f"{', '.join(trainer_methods('distill'))}")
+                         f"{', '.join(trainer_methods(Trainer.DISTILL))}")
     # each setting's type and declared range (`DistillConfig`), as the command line checks them
     check_values(DistillConfig, flat_values(cfg), lambda key: "--" + key.replace("_", "-"))
     rg, reward = cfg.rg, method.uses_reward(cfg.rg.reward is not None)
@@ -58,18 +56,18 @@ def check_settings(cfg: DistillConfig, method: Method) -> None:
     if rg.reward_states == "sampler" and not 1 <= rg.reward_sampler_steps <= cfg.lcd.num_ddim_timesteps:
         raise ValueError(f"--reward-sampler-steps must be in [1, {cfg.lcd.num_ddim_timesteps}], "
                          f"got {rg.reward_sampler_steps}")
-    if cfg.mlcm.trajectory_data > 0 and not method.trajectories:
+    if cfg.dataset.trajectory_data > 0 and not method.trajectories:
         raise ValueError(f"--trajectory-data: --method {method.name} does not train on teacher trajectories")
     if cfg.proxy.proxy_rm and not reward:
         raise ValueError("--proxy-rm needs a reward: --method rg-lcd, or --method mlcm with --reward")
 
 
-def distill_data(cfg: DistillConfig, family: Family, accelerator: Accelerator) -> Any:
+def distill_data(cfg: DistillConfig, family: Family, state: PartialState) -> Any:
     """The training batches of this process (`rglcd.data.batches.training_batches`)."""
     data = cfg.dataset
     stream = StreamOptions(data.data_mode, data.shuffle_buffer, data.dataloader_num_workers, cfg.seed)
     batches = training_batches(data.data, family, data.resolution, data.cache_latents, data.include_flags,
-                               data.limit_concepts, accelerator.process_index, accelerator.num_processes,
+                               data.limit_concepts, state.process_index, state.num_processes,
                                data.phrasings, data.captions, stream)
     if data.target_captions == "name" and not isinstance(batches, EmojiBatches):
         raise ValueError("--target-captions name needs a caption table with each concept's name as phrasing 0: "
@@ -97,18 +95,6 @@ def reward_guidance(cfg: DistillConfig, family: Family, device: torch.device) ->
     return RewardGuidance(model.to(device), family.vae.to(device))
 
 
-def proxy_update(cfg: DistillConfig, guidance: RewardGuidance, batches: Any, accelerator: Accelerator
-                 ) -> ProxyUpdate:
-    """The latent proxy RM (new, or `--proxy-weights`), its optimiser prepared, and its update."""
-    p = cfg.proxy
-    proxy = LatentProxyReward.from_pretrained(p.proxy_weights) if p.proxy_weights else LatentProxyReward(
-        batches.latent_shape[0], batches.empty.shape[-1])
-    optimizer = torch.optim.AdamW(proxy.parameters(), lr=p.proxy_lr, weight_decay=0.0)
-    proxy, optimizer = accelerator.prepare(proxy, optimizer)
-    preference = ProxyPreference(guidance, p.proxy_variant, p.proxy_loss, p.proxy_temperature, p.proxy_batch)
-    return ProxyUpdate(accelerator, proxy, optimizer, preference)
-
-
 def trajectories(cfg: DistillConfig, family: Family, batches: Any, teacher: torch.nn.Module,
                  teacher_net: ConsistencyUNet, loss: Any, accelerator: Accelerator) -> TrajectorySet:
     """`--trajectory-data` cached teacher trajectories (written once per teacher and settings, then reused): of the
@@ -116,11 +102,11 @@ def trajectories(cfg: DistillConfig, family: Family, batches: Any, teacher: torc
     if not hasattr(batches, "captions"):
         raise ValueError("--trajectory-data draws prompts from a caption table: use the emoji data or --cache-latents")
     table = batches.name_states if cfg.dataset.target_captions == "name" else batches.caption_states
-    spec = TrajectorySpec(weights_digest(teacher), cfg.mlcm.trajectory_data, cfg.lcd.num_ddim_timesteps,
+    spec = TrajectorySpec(weights_digest(teacher), cfg.dataset.trajectory_data, cfg.lcd.num_ddim_timesteps,
                           cfg.lcd.w_min, cfg.lcd.w_max, cfg.seed, len(table))
     return teacher_trajectories(cache_dir() / "trajectories" / family.name, spec, teacher_net, table,
                                 batches.empty, batches.latent_shape, loss.grid, loss.teacher_step,
-                                cfg.mlcm.trajectory_batch, accelerator)
+                                cfg.dataset.trajectory_batch, accelerator)
 
 
 def teacher_network(teacher: torch.nn.Module, online: torch.nn.Module, family: Family, lora: bool,
@@ -131,17 +117,32 @@ def teacher_network(teacher: torch.nn.Module, online: torch.nn.Module, family: F
     return ConsistencyUNet(teacher, family.unet_inputs, autocast=autocast)
 
 
-def reward_objective(cfg: DistillConfig, method: Method, loss: Any, guidance: RewardGuidance,
-                     proxy: ProxyUpdate | None, family: Family, batches: Any) -> RGLCDLoss:
-    """`loss` minus beta x the expert's or the proxy's reward, scored on data or on the student's sampler states."""
-    states = None
-    if cfg.rg.reward_states == "sampler":
-        sampler = sampler_class(method.kind).from_config({**family.scheduler_config, **method.sampler_options(cfg)})
-        states = OnPolicyStates(sampler, cfg.rg.reward_sampler_steps, batches.latent_shape, loss.alphas_cumprod,
-                                loss.w_embedding_dim, loss.prediction_type)
-    if proxy is None:
-        return RGLCDLoss(loss, guidance, cfg.rg.reward_scale, states)
-    return RGLCDLoss(loss, guidance, cfg.rg.reward_scale, states, proxy.proxy, proxy.preference)
+@dataclass
+class DistillInputs:
+    """What the entry point builds and hands to the trainer: the family, the teacher's UNet (fp32, on the CPU) and
+    this process's training batches."""
+
+    family: Family
+    teacher: torch.nn.Module
+    batches: Any
+
+
+def distill_inputs(cfg: DistillConfig) -> DistillInputs:
+    """The family, teacher and data of `cfg`, after every check of what the user named that needs no work (the
+    settings, the family and member, the data source, an export into assets/): one-line errors before anything is
+    computed or written. The main process fills the data caches (renders, encodings) first; the others then read
+    them."""
+    method = get_method(cfg.method)
+    check_settings(cfg, method)
+    family = load_family(cfg.family)
+    teacher = family.unet(cfg.teacher)
+    check_data_source(cfg.dataset.data, cfg.dataset.phrasings, cfg.dataset.captions)
+    if cfg.export_dir not in (None, AUTO):
+        refuse_shipped(cfg.export_dir, cfg.replace_shipped)
+    state = process_state()
+    choose_checkpoint(cfg.output_dir, cfg.resume, run_record(cfg, state), say=lambda *a, **k: None)  # a check only
+    with state.main_process_first():
+        return DistillInputs(family, teacher, distill_data(cfg, family, state))
 
 
 @dataclass
@@ -162,9 +163,9 @@ class BatchDraw:
     rank: int = 0
     world: int = 1
 
-    def __call__(self, g: torch.Generator, own: torch.Generator | None = None) -> DistillBatch:
+    def __call__(self, g: torch.Generator, own: torch.Generator | None = None, step: int = 0) -> DistillBatch:
         n = self.batch_size * self.world
-        draw = self.objective.draw(n, g)
+        draw = self.objective.draw(n, g, step)
         z0 = noise = states = target_ctx = None
         if self.trajectories is None:
             if local_samples(self.batches):
@@ -193,24 +194,22 @@ class BatchDraw:
 
 @dataclass
 class TrainStep:
-    """`run_training`'s step: the method's per-step settings, the micro-batches of optimiser step `step` (each from
-    its own generator, the same on every process, so a resumed run draws the same), `distill_step`, and the scalars
-    to log."""
+    """`run_training`'s step: the objective's settings at `step` (`at_step`), the micro-batches of optimiser step
+    `step` (each from its own generator, the same on every process, so a resumed run draws the same),
+    `distill_step`, and the scalars to log."""
 
     parts: DistillStep
     draw: BatchDraw
-    method: Method
-    loss: Any  # the distillation loss (inside the RG-LCD objective when there is a reward)
     cfg: DistillConfig
 
     def __call__(self, step: int) -> dict[str, torch.Tensor | float]:
-        settings = self.method.step_settings(self.loss, self.cfg, step)
+        settings = self.parts.objective.at_step(step)
         accumulation, seed, rank, world = (self.cfg.optim.gradient_accumulation_steps, self.cfg.seed,
                                            self.draw.rank, self.draw.world)
         batches = []
         for index in range(step * accumulation, (step + 1) * accumulation):
             g = step_generator(seed, index)
-            batches.append(self.draw(g, data_generator(g, seed, index, rank, world)))
+            batches.append(self.draw(g, data_generator(g, seed, index, rank, world), step))
         out = distill_step(self.parts, batches)
         return {**out, "lr": self.parts.lr_scheduler.get_last_lr()[0], **settings}
 
@@ -230,7 +229,7 @@ class Validation:
     def __call__(self, step: int) -> dict[str, float]:
         self.reward = self.reward or self.family.reward()
         grid = Path(self.cfg.output_dir) / "samples" / f"step-{step}.png"
-        options = self.method.sampler_options(self.cfg)
+        options = self.method.sampler_options(self.method.settings_of(self.cfg))
         metrics = evaluate_prompt_following(self.family, self.member, self.reward, eval_prompt_sets(),
                                             self.cfg.eval_steps, self.cfg.eval_guidance, self.cfg.seed, grid,
                                             unet=self.unet, kind=self.method.kind, scheduler_options=options or None)
@@ -239,30 +238,31 @@ class Validation:
 
 
 def export_student(cfg: DistillConfig, method: Method, member: str, export: Path, registry: Path, online: Any,
-                   target: Any, proxy: ProxyUpdate | None, accelerator: Accelerator) -> None:
-    """Write the student (LoRA safetensors or the EMA target's UNet folder, and the proxy RM) and register it."""
+                   target: Any, objective: Any) -> None:
+    """Write the student (LoRA safetensors or the EMA target's UNet folder, and the objective's side networks, as
+    the proxy RM) and register it."""
     lora = cfg.lora.lora_rank > 0
     if lora:
         save_lora(online, export)
     else:
         save_unet(target, export, cfg.export_dtype)
-    if proxy is not None:
-        accelerator.unwrap_model(proxy.proxy).save_pretrained(export / "proxy-rm")
+    for side in objective.side_networks().values():
+        side.module.save_pretrained(export / side.folder)
     register_member(registry, member, export, kind=method.kind,
                     base=load_family(str(registry)).member(cfg.teacher)["unet"] if lora else None,
-                    scheduler=method.sampler_options(cfg) or None)
+                    scheduler=method.sampler_options(method.settings_of(cfg)) or None)
 
 
-def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) -> dict[str, float]:
-    """Distil (resuming when asked), export the student, register it in the family file; return final metrics."""
+def train_distill(cfg: DistillConfig, inputs: DistillInputs | None = None, accelerator: Accelerator | None = None
+                  ) -> dict[str, float]:
+    """Distil `inputs` (the entry point's; None: `distill_inputs(cfg)`), resuming when asked, export the student,
+    register it in the family file; return final metrics."""
+    # what a user names is checked before the accelerator writes the output folder and the tracker's files
+    inputs = inputs or distill_inputs(cfg)
+    family, teacher, batches = inputs.family, inputs.teacher, inputs.batches
     method = get_method(cfg.method)
-    check_settings(cfg, method)
     opt, lora = cfg.optim, cfg.lora.lora_rank > 0
     member = cfg.member or (method.lora_member() if lora else method.member)
-    family = load_family(cfg.family)
-    # what a user names is checked before the accelerator writes the output folder and the tracker's files
-    teacher = family.unet(cfg.teacher)
-    check_data_source(cfg.dataset.data, cfg.dataset.phrasings, cfg.dataset.captions)
     accelerator = accelerator or make_accelerator(cfg.report_to, cfg.output_dir,
                                                   mixed_precision=cfg.speed.mixed_precision,
                                                   gradient_accumulation_steps=opt.gradient_accumulation_steps)
@@ -273,9 +273,6 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
     accelerator.init_trackers("distill", config={k: str(v) for k, v in flat_values(cfg).items()})
     set_seed(cfg.seed)  # initialisations (LoRA, proxy RM) repeat across fresh runs
     device, rank = accelerator.device, accelerator.process_index
-    with accelerator.main_process_first():  # it fills the data caches (renders, encodings) the others then read
-        batches = distill_data(cfg, family, accelerator)
-    loss = method.build_loss(loss_arguments(cfg.lcd, family, device), cfg)
     guidance = reward_guidance(cfg, family, device) if method.uses_reward(cfg.rg.reward is not None) else None
     student, target = student_and_target(teacher, cfg.lora.lora_rank, cfg.lora.lora_alpha, cfg.lcd.w_embedding_dim,
                                          cfg.speed.gradient_checkpointing, cfg.lcd.cond_proj_init)
@@ -286,7 +283,11 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
     lr_scheduler = get_scheduler("constant_with_warmup", optimizer,
                                  num_warmup_steps=opt.warmup_steps * accelerator.num_processes)
     student, optimizer, lr_scheduler = accelerator.prepare(student, optimizer, lr_scheduler)
-    proxy = proxy_update(cfg, guidance, batches, accelerator) if cfg.proxy.proxy_rm else None
+    # after the student: a side network's initialisation (the proxy RM's) draws from the seeded RNG after its own
+    objective = method.build(method.settings_of(cfg), ObjectiveParts(
+        loss_arguments(cfg.lcd, family, device), opt.max_steps, guidance, family.scheduler_config,
+        batches.latent_shape, batches.empty.shape[-1]))
+    sides = side_updates(objective, accelerator)
     counter = StepCounter()
     accelerator.register_for_checkpointing(counter)
     if isinstance(batches, EncodedBatches):  # a stream's position resumes with the run
@@ -296,27 +297,27 @@ def train_distill(cfg: DistillConfig, accelerator: Accelerator | None = None) ->
         target.to(device)
     teacher.to(device)
     online = accelerator.unwrap_model(student)
+    distillation = getattr(objective, "distill", objective)  # the teacher step (inside a reward term, if any)
     trajectory_set = (trajectories(cfg, family, batches, teacher, teacher_network(teacher, online, family, lora),
-                                   loss, accelerator) if cfg.mlcm.trajectory_data > 0 else None)
+                                   distillation, accelerator) if cfg.dataset.trajectory_data > 0 else None)
     if not lora:  # after the trajectories (their cache key is the fp32 teacher's digest); in place: the family's
         half_precision_teacher(teacher, accelerator.mixed_precision,  # cached teacher, which nothing else uses
                                cfg.speed.teacher_autocast)
     speed_options([student, target, None if lora else teacher], cfg.speed.channels_last, cfg.speed.compile)
     student_net = ConsistencyUNet(student, family.unet_inputs, base=online)
-    objective = loss if guidance is None else reward_objective(cfg, method, loss, guidance, proxy, family, batches)
     parts = DistillStep(accelerator, objective, student, student_net,
                         teacher_network(teacher, online, family, lora, cfg.speed.teacher_autocast),
                         student_net if lora else ConsistencyUNet(target, family.unet_inputs), optimizer,
-                        lr_scheduler, trainable, target, opt.ema_decay, opt.max_grad_norm, proxy)
+                        lr_scheduler, trainable, target, opt.ema_decay, opt.max_grad_norm, sides)
     draw = BatchDraw(objective, batches, opt.batch_size, cfg.dataset.cfg_dropout, device, trajectory_set,
                      cfg.dataset.target_captions == "name", rank, accelerator.num_processes)
     validation = Validation(family, member, method, online if lora else target, cfg, accelerator)
     metrics = run_training(accelerator, counter, cfg.output_dir, opt.max_steps,
-                           TrainStep(parts, draw, method, loss, cfg),
+                           TrainStep(parts, draw, cfg),
                            validation if cfg.eval_every > 0 else None, resume, cfg.checkpoint_every,
                            max(cfg.eval_every, 1), log_every=cfg.log_every, stop_at=cfg.stop_at, settings=record)
     if accelerator.is_main_process and export is not None and counter.step >= opt.max_steps:
-        export_student(cfg, method, member, export, registry, online, target, proxy, accelerator)
+        export_student(cfg, method, member, export, registry, online, target, objective)
         metrics.update(steps=counter.step, **({"concepts": batches.size} if hasattr(batches, "size") else {}))
         write_metrics(export, metrics)
     accelerator.end_training()

@@ -1,22 +1,24 @@
-"""The settings of `train/distill.py` (LCD, RG-LCD, MLCM): a top level for the run and one section per concern.
+"""The settings of `train/distill.py` (the distillation methods): a top level for the run, one section per concern
+the methods share, and the sections the methods own (`rglcd.methods.Method.sections`: `mlcm`, `rg`, `proxy`),
+collected from the registry into `DistillConfig`.
 
 Every setting is a flat `--flag` and a flat recipe key (`rglcd.training.settings`); in code it is read from its
-section, e.g. `cfg.mlcm.segments`, `cfg.rg.reward_scale`.
+section, e.g. `cfg.optim.max_steps`, `cfg.mlcm.segments`, `cfg.rg.reward_scale`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from rglcd.consistency import CLEAN_ENDS, LOSS_TYPES
+from rglcd.consistency import LOSS_TYPES
 from rglcd.data.emoji import CAPTION_SETS
 from rglcd.data.stream import MODES
 from rglcd.inputs import MAX_SEED
-from rglcd.methods import trainer_methods
+from rglcd.methods import Trainer, method_help, method_sections, trainer_methods
 from rglcd.models import EXPORT_DTYPES
-from rglcd.rewards.proxy import PROXY_VARIANTS
-from rglcd.schedule import EDGE_ROUNDINGS
+from rglcd.objectives import LCDLoss
 from rglcd.training.settings import build_config, section, setting
 from rglcd.training.step import COND_PROJ_INITS
 from rglcd.training.tracking import REPORT_TO
@@ -43,14 +45,14 @@ class OptimSettings:
 class LCDSettings:
     """The consistency distillation step: guidance range, DDIM grid, distance, guidance embedding."""
 
-    w_min: float = setting(2.0, "lowest guidance w drawn per sample, LCM convention (pipeline guidance scale - 1)",
+    w_min: float = setting(LCDLoss.w_min, "lowest guidance w drawn per sample, LCM convention (pipeline guidance scale - 1)",
                            low=0)
-    w_max: float = setting(8.0, "highest guidance w drawn per sample, LCM convention", low=0)
-    w_embedding_dim: int = setting(256, "size of the guidance embedding the full-model student takes", low=1)
-    num_ddim_timesteps: int = setting(50, "points of the skipping-step DDIM grid the teacher steps on (N)", low=1)
-    loss_type: str = setting("huber", "distance between student and target: huber (pseudo-Huber) | l2",
+    w_max: float = setting(LCDLoss.w_max, "highest guidance w drawn per sample, LCM convention", low=0)
+    w_embedding_dim: int = setting(LCDLoss.w_embedding_dim, "size of the guidance embedding the full-model student takes", low=1)
+    num_ddim_timesteps: int = setting(LCDLoss.num_ddim_timesteps, "points of the skipping-step DDIM grid the teacher steps on (N)", low=1)
+    loss_type: str = setting(LCDLoss.loss_type, "distance between student and target: huber (pseudo-Huber) | l2",
                              choices=LOSS_TYPES)
-    huber_c: float = setting(0.001, "the pseudo-Huber distance's c", low=0)
+    huber_c: float = setting(LCDLoss.huber_c, "the pseudo-Huber distance's c", low=0)
     cond_proj_init: str = setting("zero", "the student's guidance projection at start: zero (the student starts as "
                                           "the teacher) | random (its layer's default init, as diffusers' script)",
                                   choices=COND_PROJ_INITS)
@@ -88,6 +90,8 @@ class DataSettings:
     dataloader_num_workers: int | None = setting(None, "shard / folder / hf: data: DataLoader processes per rank that "
                                                        "decode, resize and crop (0: the training process; none: "
                                                        "min(4, CPUs - 1))", low=0)
+    trajectory_data: int = setting(0, "train on this many cached teacher trajectories (0: noised data latents)", low=0)
+    trajectory_batch: int = setting(64, "teacher batch when writing the trajectories", low=1)
 
 
 @dataclass
@@ -106,50 +110,6 @@ class SpeedSettings:
 
 
 @dataclass
-class RewardSettings:
-    """The reward term (rg-lcd; mlcm with a --reward): loss = distillation loss - beta x reward."""
-
-    reward: str | None = setting(None, "a reward registry name, name@weights (emoji@runs/x/reward), a mix "
-                                       "('hpsv2.1=1,imagereward-clipped=0.1') or 'family'; rg-lcd: none means the "
-                                       "family's reward")
-    reward_scale: float = setting(1.0, "beta: the reward's weight, on the reward's training scale (rglcd.rewards)")
-    reward_states: str = setting("data", "where the reward scores the student's prediction: data (the batch's "
-                                         "noised data latents, the paper) | sampler (states its own sampler visits)",
-                                 choices=("data", "sampler"))
-    reward_sampler_steps: int = setting(4, "sampler states: the sampler's step count (each micro-batch stops after "
-                                           "0 to steps-1 of them)", low=1)
-
-
-@dataclass
-class ProxySettings:
-    """The latent proxy reward model of RG-LCD (Algorithm 4), trained online on the expert's preferences."""
-
-    proxy_rm: bool = setting(False, "maximise a latent proxy reward model instead of the expert reward")
-    proxy_lr: float = setting(1e-4, "the proxy's AdamW learning rate", low=0)
-    proxy_loss: str = setting("kl", "the proxy's preference loss over {student, target, data latent}: kl | ce",
-                              choices=("kl", "ce"))
-    proxy_temperature: float = setting(1.0, "temperature of the expert's preference softmax", low=0)
-    proxy_weights: str | None = setting(None, "a pretrained proxy (folder of LatentProxyReward.save_pretrained)")
-    proxy_variant: str = setting("reference", "reference (RG-LCD's Algorithm 4 and code) | batch-softmax "
-                                              "(rglcd.rewards.proxy)", choices=PROXY_VARIANTS)
-    proxy_batch: int = setting(16, "reference proxy: prompts per proxy update, drawn from the batch", low=1)
-
-
-@dataclass
-class MLCMSettings:
-    """Multistep (segment) consistency: segments, progressive schedule, edges, teacher trajectories."""
-
-    segments: int = setting(8, "segments of the trajectory (one segment is LCD)", low=1)
-    progressive: tuple[int, ...] | None = setting(None, "segments per stage, equal stages, e.g. 8 4 2", low=1)
-    mlcm_edges: str = setting("floor", "segment edges rounded down as PCM (floor) | to the nearest grid point "
-                                       "(round: the shipped emoji-64 mlcm's)", choices=EDGE_ROUNDINGS)
-    mlcm_clean_end: str = setting("ddim", "lowest segment: a DDIM jump to alphas_cumprod[0] as PCM (ddim) | LCD's "
-                                          "boundary scalings (lcm)", choices=CLEAN_ENDS)
-    trajectory_data: int = setting(0, "train on this many cached teacher trajectories (0: noised data latents)", low=0)
-    trajectory_batch: int = setting(64, "teacher batch when writing the trajectories", low=1)
-
-
-@dataclass
 class LoRASettings:
     """LoRA: distil adapters on the teacher instead of the full model (LCM-LoRA)."""
 
@@ -158,12 +118,10 @@ class LoRASettings:
 
 
 @dataclass
-class DistillConfig:
+class DistillRun:
     """A distillation run: which method, family and member, where it writes, how often it saves and validates."""
 
-    method: str = setting("lcd", f"{' | '.join(trainer_methods('distill'))} (the registry, rglcd.methods; "
-                                 f"{', '.join(trainer_methods('ict'))}: `--method ict --help`)",
-                  choices=trainer_methods("distill"))
+    method: str = setting("lcd", method_help(Trainer.DISTILL), choices=trainer_methods(Trainer.DISTILL))
     family: str = setting("emoji-64", "the family to distil: a name (emoji-64, sd21, sdxl) or a family file's folder")
     teacher: str = setting("teacher", "the family member to distil")
     member: str | None = setting(None, "the name the exported student gets in the family file (default: the "
@@ -187,12 +145,15 @@ class DistillConfig:
     lcd: LCDSettings = section(LCDSettings)
     dataset: DataSettings = section(DataSettings)
     speed: SpeedSettings = section(SpeedSettings)
-    rg: RewardSettings = section(RewardSettings)
-    proxy: ProxySettings = section(ProxySettings)
-    mlcm: MLCMSettings = section(MLCMSettings)
     lora: LoRASettings = section(LoRASettings)
 
     @classmethod
-    def of(cls, **settings: Any) -> DistillConfig:
+    def of(cls, **settings: Any) -> Any:
         """A config from flat settings, as the command line and recipes give them: `DistillConfig.of(segments=4)`."""
         return build_config(cls, settings)
+
+
+DistillConfig = dataclasses.make_dataclass(
+    "DistillConfig", [(name, cls, section(cls)) for name, cls in method_sections(Trainer.DISTILL).items()],
+    bases=(DistillRun,), namespace={"__module__": __name__, "__doc__": DistillRun.__doc__ + " With the sections "
+                                    "the distillation methods own (`rglcd.methods.method_sections`)."})

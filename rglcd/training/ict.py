@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
 from diffusers import UNet2DConditionModel
 
@@ -34,21 +34,21 @@ from rglcd.evaluate import evaluate_prompt_following
 from rglcd.evaluate_fashion import FD_NAME, fashion_reference, fashion_scores, sample_classes
 from rglcd.files import write_metrics
 from rglcd.images import save_grid
-from rglcd.methods import ICT, get_method, trainer_methods
+from rglcd.methods import ICT, Trainer, get_method, method_help, trainer_methods
 from rglcd.inputs import MAX_SEED
+from rglcd.samplers import sampler_class
 from rglcd.models import EXPORT_DTYPES, Family, load_family, register_member, save_unet
 from rglcd.networks import CMDenoiser, FashionClassifier, build_class_unet
-from rglcd.objectives import NOISE_SAMPLINGS, ICTLoss
-from rglcd.samplers import sampler_class
+from rglcd.objectives import NOISE_SAMPLINGS, ConsistencyBatch, ICTLoss
 from rglcd.scheduling_cm import CMScheduler
 from rglcd.training.checkpoints import StepCounter, choose_checkpoint, run_record, step_generator
 from rglcd.training.ema import EMA
-from rglcd.training.export import AUTO, RUNS, export_plan
+from rglcd.training.export import AUTO, RUNS, export_plan, refuse_shipped
 from rglcd.training.global_batch import data_generator, local_samples, share_of, share_rows
 from rglcd.training.loop import run_training
 from rglcd.training.settings import flat_values, setting
 from rglcd.training.teacher import TeacherConfig, build_unet
-from rglcd.training.tracking import REPORT_TO, log_grids, make_accelerator
+from rglcd.training.tracking import REPORT_TO, log_grids, make_accelerator, process_state
 
 FASHION = "fashion-mnist"  # the pixel, class-conditional data
 
@@ -58,10 +58,7 @@ class ICTConfig:
     """An iCT run: data and network, the consistency-training recipe, where it writes, how often it saves and
     evaluates."""
 
-    method: str = setting("ict", f"{' | '.join(trainer_methods('ict'))} (the registry, rglcd.methods; the "
-                                 f"distillation methods {', '.join(trainer_methods('distill'))}: "
-                                 "`--method lcd --help`)",
-                          choices=trainer_methods("ict"))
+    method: str = setting("ict", method_help(Trainer.ICT), choices=trainer_methods(Trainer.ICT))
     data: str = setting("emoji", "emoji, a webdataset shard pattern or an image folder (the family's latents and "
                                  f"caption states) | {FASHION} (pixels, class-conditional)")
     family: str = setting("emoji-64", "latent data: the family whose VAE, text encoder and teacher architecture "
@@ -134,11 +131,11 @@ class ICTConfig:
 
 def ict_loss(cfg: ICTConfig) -> ICTLoss:
     """The iCT objective of `cfg` (curriculum over `max_steps`, or `fixed_scales` points)."""
-    return ICTLoss(cfg.max_steps, cfg.sigma_min, cfg.sigma_max, cfg.rho, cfg.p_mean, cfg.p_std, cfg.s0, cfg.s1,
+    return get_method(cfg.method).objective(cfg.max_steps, cfg.sigma_min, cfg.sigma_max, cfg.rho, cfg.p_mean, cfg.p_std, cfg.s0, cfg.s1,
                    cfg.loss_type, cfg.noise_sampling, None if cfg.curriculum else cfg.fixed_scales, cfg.huber_c)
 
 
-def ict_data(cfg: ICTConfig, family: Family | None, accelerator: Accelerator) -> Any:
+def ict_data(cfg: ICTConfig, family: Family | None, accelerator: Accelerator | PartialState) -> Any:
     """This process's training batches: Fashion-MNIST (`family` None) or the family's latents and caption states
     (streamed shards and folders: the stream's default mode, buffer and workers, seeded by `--seed`)."""
     if family is None:
@@ -174,14 +171,12 @@ class ICTStep:
     max_grad_norm: float = 0.0
 
 
-def ict_step(parts: ICTStep, x0: torch.Tensor, cond: dict[str, Any], noise: torch.Tensor, draw: dict[str, Any]
-             ) -> dict[str, torch.Tensor]:
-    """One optimiser step on clean samples `x0` (B,C,H,W) with the UNet's conditioning keywords `cond`, the noise
-    (B,C,H,W) and the objective's `draw` of this step; then the EMA update. Returns {'loss': 0-d tensor, the mean
-    over the batch and processes} (no host sync)."""
+def ict_step(parts: ICTStep, batch: ConsistencyBatch) -> dict[str, torch.Tensor]:
+    """One optimiser step on a batch (clean samples, noise, the objective's draw, the UNet's conditioning), then the
+    EMA update. Returns {'loss': 0-d tensor, the mean over the batch and processes} (no host sync)."""
     accelerator = parts.accelerator
     with accelerator.autocast():
-        loss = parts.objective(parts.net, x0, noise, draw, **cond).mean()
+        loss = parts.objective.batch_loss(parts.net, None, parts.net, batch)[0].mean()
     accelerator.backward(loss)
     if parts.max_grad_norm > 0:
         accelerator.clip_grad_norm_(parts.unet.parameters(), parts.max_grad_norm)
@@ -246,11 +241,11 @@ class TrainStep:
     def __call__(self, step: int) -> dict[str, torch.Tensor | float]:
         rank, world, n = self.draw.rank, self.draw.world, self.draw.batch_size * self.draw.world
         g = step_generator(self.seed, step)
-        draw = share_of(self.parts.objective.draw(n, step, g), rank, world, n)
+        draw = share_of(self.parts.objective.draw(n, g, step), rank, world, n)
         draw["dropout_seed"] += rank  # dropout masks are drawn per forward, not per row: each process its own
         x0, cond = self.draw(g, data_generator(g, self.seed, step, rank, world))
         noise = self.draw.mine(torch.randn((n, *x0.shape[1:]), generator=g)).to(self.parts.accelerator.device)
-        return ict_step(self.parts, x0, cond, noise, draw) | {"num_scales": draw["num_scales"]}
+        return ict_step(self.parts, ConsistencyBatch(x0, noise, draw, cond)) | {"num_scales": draw["num_scales"]}
 
 
 @dataclass
@@ -297,16 +292,41 @@ class Validation:
         return out
 
 
-def train_ict(cfg: ICTConfig, accelerator: Accelerator | None = None) -> dict[str, float]:
-    """Train (resuming when asked), export the EMA network and register it (latent data); return final metrics."""
-    if get_method(cfg.method).trainer != "ict":
-        raise ValueError(f"train_ict runs {', '.join(trainer_methods('ict'))}, got --method {cfg.method}")
-    objective = ict_loss(cfg)  # bad loss settings fail before any work
+@dataclass
+class ICTInputs:
+    """What the entry point builds and hands to the trainer: the family (None: pixel data) and this process's
+    training batches."""
+
+    family: Family | None
+    batches: Any
+
+
+def ict_inputs(cfg: ICTConfig) -> ICTInputs:
+    """The family and data of `cfg`, after the checks of what the user named that need no work (one-line errors);
+    the main process fills the data caches first, the others then read them."""
+    if get_method(cfg.method).trainer is not Trainer.ICT:
+        raise ValueError(f"train_ict runs {', '.join(trainer_methods(Trainer.ICT))}, got --method {cfg.method}")
+    ict_loss(cfg)  # bad loss settings fail before any work
     pixel = cfg.data == FASHION
     family = None if pixel else load_family(cfg.family)
     if not pixel:
         sampler_class(ICT.kind)  # fail now, not at the first evaluation or after export
         check_data_source(cfg.data)
+    if cfg.export_dir not in (None, AUTO):
+        refuse_shipped(cfg.export_dir, cfg.replace_shipped)
+    state = process_state()
+    choose_checkpoint(cfg.output_dir, cfg.resume, run_record(cfg, state), say=lambda *a, **k: None)  # a check only
+    with state.main_process_first():
+        return ICTInputs(family, ict_data(cfg, family, state))
+
+
+def train_ict(cfg: ICTConfig, inputs: ICTInputs | None = None, accelerator: Accelerator | None = None
+              ) -> dict[str, float]:
+    """Train on `inputs` (the entry point's; None: `ict_inputs(cfg)`), resuming when asked, export the EMA network
+    and register it (latent data); return final metrics."""
+    inputs = inputs or ict_inputs(cfg)
+    family, batches, pixel = inputs.family, inputs.batches, inputs.family is None
+    objective = ict_loss(cfg)
     pixel_export = f"{RUNS}/{FASHION}/{cfg.member}" if pixel and cfg.export_dir == AUTO else cfg.export_dir
     accelerator = accelerator or make_accelerator(cfg.report_to, cfg.output_dir, mixed_precision=cfg.mixed_precision)
     record = run_record(cfg, accelerator)
@@ -315,8 +335,6 @@ def train_ict(cfg: ICTConfig, accelerator: Accelerator | None = None) -> dict[st
                                    write=accelerator.is_main_process)
     accelerator.init_trackers("ict", config={k: str(v) for k, v in flat_values(cfg).items()})
     set_seed(cfg.seed)  # the same initialisation on every process and every fresh run
-    with accelerator.main_process_first():  # it fills the data caches (renders, encodings) the others then read
-        batches = ict_data(cfg, family, accelerator)
     unet = ict_unet(cfg, family, batches)
     parts = ict_parts(cfg, objective, unet, accelerator)
     counter = StepCounter()

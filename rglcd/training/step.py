@@ -5,14 +5,15 @@ A student is the teacher's UNet plus a guidance projection (full model, with an 
 peft LoRA adapters (the teacher is then the student with its adapters off, the target the online student under
 no_grad, as LCM-LoRA). `ConsistencyUNet` calls any of them as the objectives' `Net`; the objective (a registry
 method's: `rglcd.methods`) gives the loss of a `DistillBatch`; `distill_step` accumulates it over micro-batches,
-steps the optimiser, updates the EMA target and, for RG-LCD with a proxy reward, the proxy (`ProxyUpdate`).
+steps the optimiser, updates the EMA target and the networks the objective trains beside the student
+(`SideUpdate`: RG-LCD's latent proxy RM).
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import torch
 from accelerate import Accelerator
 from diffusers import UNet2DConditionModel
 
-from rglcd.objectives import DistillBatch, ProxyPreference
+from rglcd.objectives import DistillBatch
 from rglcd.training.ema import ema_update
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1",
@@ -151,37 +152,43 @@ class ConsistencyUNet(torch.nn.Module):
 
 
 @dataclass
-class ProxyUpdate:
-    """One update of RG-LCD's latent proxy RM after each micro-batch (Algorithm 4): the expert scores the
-    candidates {student prediction, target prediction, data latent} of each prompt, the proxy learns its
-    preferences (`ProxyPreference`). Returns 0-d tensors, this process's shares of the global batch's means (their
-    mean across processes is the global mean): the proxy's loss, how often its favourite is the expert's, and the
-    expert's reward of the student's prediction. The proxy is DDP-wrapped (`accelerator.prepare`), so its gradient
-    is averaged across processes in `backward`."""
+class SideUpdate:
+    """One update of a network the objective trains beside the student (`rglcd.objectives.SideNetwork`, e.g.
+    RG-LCD's latent proxy RM) after each micro-batch: its loss on the student's aux, backward, its optimiser's step.
+    `module` is the side network as `accelerator.prepare` returned it (DDP-wrapped across processes, so its gradient
+    is averaged in `backward`). Returns 0-d tensors, this process's shares of the global batch's means: the loss as
+    '<name>_loss' and the side network's own scalars."""
 
     accelerator: Accelerator
-    proxy: torch.nn.Module
+    name: str
+    module: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    preference: ProxyPreference
+    loss: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
     def __call__(self, aux: dict[str, torch.Tensor], batch: DistillBatch) -> dict[str, torch.Tensor]:
-        x0 = aux["student_x0"].detach()
-        candidates = [x0, aux["target"].to(x0.dtype)] + ([batch.latents] if batch.latents is not None else [])
-        loss, scores, expert, weight = self.preference(self.proxy, candidates, batch.context, batch.texts,
-                                                       batch.generator, batch.share)
+        loss, stats = self.loss(self.module, aux, batch)
         self.optimizer.zero_grad(set_to_none=True)
         self.accelerator.backward(loss)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        agree = (scores.argmax(-1) == expert.argmax(-1)).float().sum() * weight
-        return {"proxy_loss": loss.detach(), "proxy_agreement": agree, "expert_reward": expert[:, 0].sum() * weight}
+        return {f"{self.name}_loss": loss.detach(), **stats}
+
+
+def side_updates(objective: Any, accelerator: Accelerator) -> list[SideUpdate]:
+    """The updates of the objective's side networks, each with its AdamW (no weight decay), both prepared."""
+    updates = []
+    for name, side in objective.side_networks().items():
+        optimizer = torch.optim.AdamW(side.module.parameters(), lr=side.learning_rate, weight_decay=0.0)
+        module, optimizer = accelerator.prepare(side.module, optimizer)
+        updates.append(SideUpdate(accelerator, name, module, optimizer, side.loss))
+    return updates
 
 
 @dataclass
 class DistillStep:
     """What one optimiser step of a distillation method touches: the objective (`batch_loss(student, teacher,
     target, batch) -> (loss (B,), aux)`), the networks as `Net`s, the prepared student module, its optimiser and LR
-    schedule, the EMA target (None: no EMA, as LoRA), and the proxy RM's update (None: no proxy)."""
+    schedule, the EMA target (None: no EMA, as LoRA), and the updates of the objective's side networks."""
 
     accelerator: Accelerator
     objective: Any
@@ -195,7 +202,7 @@ class DistillStep:
     ema_target: torch.nn.Module | None = None
     ema_decay: float = 0.95
     max_grad_norm: float = 1.0
-    proxy_update: ProxyUpdate | None = None
+    side_updates: list[SideUpdate] = field(default_factory=list)
 
 
 def distill_step(parts: DistillStep, batches: list[DistillBatch]) -> dict[str, torch.Tensor]:
@@ -203,11 +210,11 @@ def distill_step(parts: DistillStep, batches: list[DistillBatch]) -> dict[str, t
     EMA update.
 
     Returns 0-d tensors (no host sync), each the mean over micro-batches and processes: 'loss', 'reward' (the reward
-    term, when the objective has one) and the proxy's scalars.
+    term, when the objective has one) and the side networks' scalars.
     """
     accelerator, n = parts.accelerator, len(batches)
     total = reward_sum = None
-    proxy_stats: dict[str, torch.Tensor] = {}
+    side_stats: dict[str, torch.Tensor] = {}
     for batch in batches:
         with accelerator.accumulate(parts.student_module), accelerator.autocast():
             loss, aux = parts.objective.batch_loss(parts.student, parts.teacher, parts.target, batch)
@@ -222,10 +229,10 @@ def distill_step(parts: DistillStep, batches: list[DistillBatch]) -> dict[str, t
             parts.lr_scheduler.step()
             parts.optimizer.zero_grad(set_to_none=True)
         total = loss.detach() / n if total is None else total + loss.detach() / n
-        if parts.proxy_update is not None:
-            for k, v in parts.proxy_update(aux, batch).items():
-                proxy_stats[k] = proxy_stats.get(k, 0.0) + v / n
+        for update in parts.side_updates:
+            for k, v in update(aux, batch).items():
+                side_stats[k] = side_stats.get(k, 0.0) + v / n
     if parts.ema_target is not None:
         ema_update(parts.ema_target, accelerator.unwrap_model(parts.student_module), parts.ema_decay)
-    out = {"loss": total.float()} | ({} if reward_sum is None else {"reward": reward_sum}) | proxy_stats
+    out = {"loss": total.float()} | ({} if reward_sum is None else {"reward": reward_sum}) | side_stats
     return accelerator.reduce(out, "mean")

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import get_torch_accelerator_backend
 
 REPORT_TO = ("tensorboard", "wandb", "all", "none")
@@ -27,6 +27,14 @@ def require_one_process(trainer: str) -> None:
     if launched_processes() > 1:
         raise ValueError(f"{trainer} trains in one process: run it with python, not as {launched_processes()} "
                          "processes (torchrun / accelerate launch)")
+
+
+def process_state() -> PartialState:
+    """This process's rank and the process count before an Accelerator exists (accelerate's shared state, which the
+    trainer's Accelerator then joins): several processes without an accelerator join on the CPU (gloo), as
+    `make_accelerator` asks."""
+    cpu = launched_processes() > 1 and get_torch_accelerator_backend()[0] is None
+    return PartialState(cpu=True) if cpu else PartialState()
 
 
 def make_accelerator(report_to: str | None, output_dir: str, **kwargs: Any) -> Accelerator:
