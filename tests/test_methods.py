@@ -17,6 +17,7 @@ from rglcd.scheduling_mlcm import MLCMScheduler
 from rglcd.training.distill import train_distill
 from rglcd.training.trainers import TRAINERS, trainer_for
 from tests.test_objectives import fake_net
+from tests.test_samplers import compare_offenders, string_compares
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,6 +87,7 @@ def test_no_method_name_compares_outside_the_registry():
         offenders += [f"{path.relative_to(ROOT)}:{i}" for i, line in enumerate(path.read_text().splitlines(), 1)
                       if pattern.search(line)]
     assert not offenders
+    assert not compare_offenders(string_compares(list(METHODS)), ("methods.py", "samplers.py"))
 
 
 def test_train_distill_is_wiring():

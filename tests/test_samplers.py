@@ -37,14 +37,33 @@ def test_registry_declares_each_kind():
         sampler("pcm")
 
 
-def test_no_kind_name_compares_outside_the_registry():
-    kinds = "|".join(re.escape(k) for k in SAMPLERS)
-    pattern = re.compile(rf"""(==|!=)\s*['"]({kinds})['"]|TEACHER_KIND""")
+def string_compares(names: list[str]) -> re.Pattern:
+    """A compare of a value with one of `names` as a string literal: `x == "a"`, `"a" != x`, `x in ("a", ...)`."""
+    alt = "|".join(re.escape(n) for n in names)
+    literal = rf"""['"]({alt})['"]"""
+    return re.compile(rf"""(==|!=)\s*{literal}|{literal}\s*(==|!=)|\bin\s*[(\[{{][^)\]}}]*{literal}""")
+
+
+def compare_offenders(pattern: re.Pattern, skip: tuple[str, ...] = ()) -> list[str]:
+    """file:line of every match of `pattern` in rglcd/, train/ and app.py (files named in `skip` left out)."""
     offenders = []
     for path in [*ROOT.glob("rglcd/**/*.py"), *ROOT.glob("train/*.py"), ROOT / "app.py"]:
-        offenders += [f"{path.relative_to(ROOT)}:{i}" for i, line in enumerate(path.read_text().splitlines(), 1)
-                      if pattern.search(line)]
-    assert not offenders
+        if path.name not in skip:
+            offenders += [f"{path.relative_to(ROOT)}:{i}" for i, line in enumerate(path.read_text().splitlines(), 1)
+                          if pattern.search(line)]
+    return offenders
+
+
+def test_no_kind_trainer_or_role_name_compares_outside_the_registries():
+    """Kinds (member roles: the teacher is a kind) and trainers are chosen by registry entries, never by name."""
+    from rglcd.methods import Trainer
+
+    kinds = string_compares(list(SAMPLERS))
+    assert kinds.search('if kind == "teacher":') and kinds.search("if 'mlcm' != k") and kinds.search(
+        'x in ("lcm", "tcd")') and not kinds.search('kind = "lcm"')
+    assert not compare_offenders(kinds, ("samplers.py",))
+    assert not compare_offenders(re.compile(r"TEACHER_KIND|\.trainer\s*(==|!=)"))
+    assert not compare_offenders(string_compares([t.value for t in Trainer]), ("methods.py",))
 
 
 @pytest.mark.parametrize("entry, message", [
