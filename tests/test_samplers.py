@@ -62,7 +62,7 @@ def test_no_kind_trainer_or_role_name_compares_outside_the_registries():
     assert kinds.search('if kind == "teacher":') and kinds.search("if 'mlcm' != k") and kinds.search(
         'x in ("lcm", "tcd")') and not kinds.search('kind = "lcm"')
     assert not compare_offenders(kinds, ("samplers.py",))
-    assert not compare_offenders(re.compile(r"TEACHER_KIND|\.trainer\s*(==|!=)"))
+    assert not compare_offenders(re.compile(r"TEACHER_KIND|\.trainer\s*(==|!=)|(==|!=)\s*TEACHER\b|\bTEACHER\s*(==|!=)"))
     assert not compare_offenders(string_compares([t.value for t in Trainer]), ("methods.py",))
 
 

@@ -266,6 +266,14 @@ class Engine:
         except ModelLoadError:
             return self.family_name
 
+    def is_teacher(self, column: str) -> bool:
+        """Whether the member samples as a family's teacher (its kind's registry entry says so); False for a member
+        the family lacks (its column reports the error when run)."""
+        try:
+            return self.family().sampler(column).teacher
+        except ModelLoadError:
+            return False
+
     def kind(self, column: str) -> str:
         """The member's kind ("teacher", "lcm", "mlcm", ...); ModelLoadError if the family has no such member or
         the registry no such kind."""
@@ -322,17 +330,18 @@ class Engine:
 
     def compare(self, settings: Settings) -> Iterator[ColumnResult]:
         """Run every column, yielding each result as it finishes: the students first (fast), the teacher last."""
-        for column in sorted(self.columns, key=lambda c: c == TEACHER):
+        for column in sorted(self.columns, key=self.is_teacher):
             yield self.run(column, settings)
 
     def reward_vs_steps(self, settings: Settings, steps: Sequence[int] = range(1, STUDENT_STEPS[1] + 1)
                         ) -> list[dict[str, Any]]:
-        """Rows {model, steps, reward, se, n} of the family's first available reward (mean and standard error over
+        """Rows {model, steps, reward, se, n, reward_name, teacher} of the family's first available reward (mean and standard error over
         `settings.num_images` images) for every available student at each step count, and one row for the teacher
         at its own settings; unavailable members are left out."""
         rows = []
-        for column in sorted(self.columns, key=lambda c: c == TEACHER):
-            for n in [settings.teacher_steps] if column == TEACHER else steps:
+        for column in sorted(self.columns, key=self.is_teacher):
+            teacher = self.is_teacher(column)
+            for n in [settings.teacher_steps] if teacher else steps:
                 result = self.run(column, replace(settings, student_steps=n))
                 if result.status != "ok" or not result.scores:
                     break
@@ -340,7 +349,7 @@ class Engine:
                 mean = sum(values) / len(values)
                 se = (sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1) / len(values)) ** 0.5
                 rows.append({"model": TITLES.get(column, column), "steps": result.steps, "reward": round(mean, 3),
-                             "se": round(se, 3), "n": len(values), "reward_name": name})
+                             "se": round(se, 3), "n": len(values), "reward_name": name, "teacher": teacher})
                 if result.steps != n:  # the member samples at its own steps or timesteps: one point
                     break
         return rows

@@ -12,7 +12,7 @@ from itertools import chain
 from pathlib import Path
 from typing import Any
 
-from rglcd.demo.engine import (NUM_IMAGES, STUDENT_STEPS, TEACHER, TEACHER_STEPS, TITLES, ColumnResult, Engine,
+from rglcd.demo.engine import (NUM_IMAGES, STUDENT_STEPS, TEACHER_STEPS, TITLES, ColumnResult, Engine,
                                parse_settings, shown_reward_names)
 from rglcd.inputs import GUIDANCE, MAX_SEED, InputError
 from rglcd.loading import ASSETS
@@ -161,7 +161,7 @@ def reward_figure(rows: list[dict[str, Any]]) -> Any:
 
     fig = Figure(figsize=(7, 3.4), layout="constrained")
     ax = fig.subplots()
-    students = [r for r in rows if r["model"] != TITLES[TEACHER]]
+    students = [r for r in rows if not r["teacher"]]
     steps = sorted({r["steps"] for r in students}) or [1]
     for model in dict.fromkeys(r["model"] for r in students):
         pts = [r for r in students if r["model"] == model]
@@ -170,7 +170,7 @@ def reward_figure(rows: list[dict[str, Any]]) -> Any:
         ax.fill_between(x, [a - b for a, b in zip(y, se)], [a + b for a, b in zip(y, se)], alpha=0.2,
                         color=line.get_color())
     for r in rows:
-        if r["model"] == TITLES[TEACHER]:
+        if r["teacher"]:
             ax.axhline(r["reward"], color="black", linestyle="--", label=f"Teacher ({r['steps']} steps)")
             ax.axhspan(r["reward"] - r["se"], r["reward"] + r["se"], color="black", alpha=0.08)
     ax.set_xticks(range(steps[0], steps[-1] + 1))
