@@ -178,8 +178,9 @@ def test_wrong_number_of_values_over_raw_http_gets_one_message(client, values: l
     lines = stream.decode().splitlines()
     assert lines[0] == "event: error"
     assert json.loads(lines[1].removeprefix("data: "))["error"] == (
-        f"compare takes 7 values (Prompt, Student steps, Teacher DDIM steps, Student guidance scale (w + 1), Teacher "
-        f"guidance scale (CFG), Seed (a whole number), Images per model), got {len(values)}")
+        f"compare takes 9 values (Prompt, Student steps, Teacher DDIM steps, Student guidance scale (w + 1), Teacher "
+        f"guidance scale (CFG), Seed (a whole number), Images per model, More models to add, Added models use their "
+        f"own settings), got {len(values)}")
     assert compare(client, "pizza")[8].startswith("Done"), "the server still answers"
 
 

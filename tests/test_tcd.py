@@ -127,3 +127,16 @@ def test_tcd_member_samples_as_diffusers_tcd_pipeline_call(tcd_family, gamma, st
     b = theirs(prompts, num_inference_steps=steps, guidance_scale=4.0, eta=gamma,
                generator=torch.Generator().manual_seed(7), output_type="pt").images
     assert torch.allclose(a, b, atol=1e-6), (a - b).abs().max()
+
+
+def test_the_shipped_tcd_member_samples_at_gamma_0_3_and_is_an_optional_app_column():
+    """assets/models/emoji-64/tcd (issue 33): registered as kind tcd with its validation-half gamma, not a default
+    column of the app but one a user may add."""
+    from rglcd.demo.engine import family_columns
+    from rglcd.demo.page import zoo_members
+    from rglcd.models import load_family
+
+    family = load_family("emoji-64")
+    assert family.member("tcd")["kind"] == "tcd" and family.defaults("tcd").eta == 0.3
+    columns = family_columns("emoji-64")
+    assert "tcd" not in columns and "tcd" in zoo_members(family, columns)

@@ -269,12 +269,12 @@ def build_app(engine: Engine, concurrency: int = 2, max_queue: int = 64) -> Any:
             with gr.Column(min_width=160):
                 seed = CheckedTextbox(value="0", label="Seed (a whole number)", elem_id="seed")
                 dice = gr.Button("Randomize seed", size="sm")
-        if zoo:  # a family with published few-step models to add beside the default columns
+        if zoo:  # a family with more models to add beside the default columns (published ones, emoji-64's TCD)
             with gr.Row():
-                published = gr.CheckboxGroup(zoo, value=[], label="Published models to add",
-                                             info="each sampled with its authors' scheduler, steps and guidance",
+                published = gr.CheckboxGroup(zoo, value=[], label="More models to add",
+                                             info="each sampled with its own scheduler, steps and guidance",
                                              elem_id="published")
-                own_settings = gr.Checkbox(value=True, label="Published models use their own settings",
+                own_settings = gr.Checkbox(value=True, label="Added models use their own settings",
                                            info="off: the student sliders apply to them too", elem_id="own-settings")
         status = gr.Markdown(label="status", elem_id="status")
         gr.Markdown(legend, elem_id="legend")
