@@ -6,6 +6,7 @@ Teachers sample with diffusers' own StableDiffusionPipeline + DDIMScheduler (cla
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,8 @@ from rglcd.data.emoji import emoji_to_names
 from rglcd.inputs import InputError, Request, check_request
 from rglcd.models import Family
 
-__all__ = ["InputError", "PromptReading", "Request", "check_request", "consistency_sample", "generate", "read_prompt"]
+__all__ = ["InputError", "PromptReading", "Request", "check_request", "consistency_sample", "generate", "generate_batch",
+           "read_prompt"]
 
 
 @dataclass(frozen=True)
@@ -54,10 +56,34 @@ def read_prompt(tokenizer: Any, prompt: str) -> PromptReading:
 def generate(family: Family, member: str, req: Request) -> torch.Tensor:
     """Images (num_images, 3, H, W) in [0,1] for `req`, reproducible from `req.seed`."""
     check_request(family, member, req)
-    pipe = family.pipeline(member)
-    generator = torch.Generator().manual_seed(req.seed)
-    return pipe([read_prompt(pipe.tokenizer, req.prompt).text] * req.num_images, num_inference_steps=req.steps, guidance_scale=req.guidance_scale,
-                generator=generator, output_type="pt").images.float().cpu()
+    return generate_batch(family.pipeline(member), [req])[0]
+
+
+@torch.no_grad()
+def generate_batch(pipe: Any, requests: list[Request], prompt_embeds: torch.Tensor | None = None,
+                   negative_prompt_embeds: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """Each request's images (num_images, 3, H, W) in [0,1] from one call of `pipe` for all of them (they share
+    steps and guidance scale); each equals `generate`'s for that request alone (within float noise: other batch
+    sizes take other kernels). A request draws its noise from one generator seeded with its seed, so one of several
+    images must come alone; requests of one image each batch, one generator per row.
+
+    `prompt_embeds` (R,L,D), one row per request (`rglcd.models.encode_prompts` of the prompts as `read_prompt`
+    reads them), replaces the pipeline's own text encoding, and `negative_prompt_embeds` (1,L,D), of "", the
+    unconditional one of a pipeline with classifier-free guidance."""
+    if len(requests) > 1 and any(r.num_images != 1 for r in requests):
+        raise ValueError("requests of several images each cannot share a batch: each draws from its own generator")
+    counts = [r.num_images for r in requests]
+    generators = [torch.Generator().manual_seed(r.seed) for r in requests]
+    if prompt_embeds is None:
+        text: dict[str, Any] = {"prompt": [read_prompt(pipe.tokenizer, r.prompt).text for r in requests
+                                           for _ in range(r.num_images)]}
+    else:
+        text = {"prompt_embeds": prompt_embeds.repeat_interleave(torch.tensor(counts), dim=0)}
+        if negative_prompt_embeds is not None and "negative_prompt_embeds" in inspect.signature(pipe).parameters:
+            text["negative_prompt_embeds"] = negative_prompt_embeds.expand(sum(counts), -1, -1)
+    images = pipe(**text, num_inference_steps=requests[0].steps, guidance_scale=requests[0].guidance_scale,
+                  generator=generators[0] if len(generators) == 1 else generators, output_type="pt").images
+    return list(images.float().cpu().split(counts))
 
 
 @torch.no_grad()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -17,6 +18,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from rglcd.demo import COLUMNS, Engine, build_app, compare_page, example_prompts, parse_settings  # noqa: E402
+from rglcd.demo.batching import MicroBatcher  # noqa: E402
 from rglcd.sampling import InputError  # noqa: E402
 from rglcd.testing import launch_local, stand_in_family  # noqa: E402
 
@@ -100,6 +102,56 @@ def test_nfe_counts_each_cfg_half(engine: Engine) -> None:
     assert (teacher.nfe, student.nfe, no_cfg.nfe) == (8, 3, 4)
     assert teacher.images.shape == (2, 3, 64, 64) and len(teacher.scores["emoji"]) == 2
     assert "8 NFE (4 steps x 2 (CFG))" in teacher.caption() and "3 NFE (3 steps)" in student.caption()
+
+
+def test_batched_requests_draw_and_score_what_each_does_alone(engine: Engine, monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    settings = [parse_settings(p, **{**FAST, "seed": s}) for p, s in (("banana", "0"), ("rocket", "1"),
+                                                                      ("banana", "2"))]
+    alone = [{r.column: r for r in engine.compare(s)} for s in settings]
+    monkeypatch.setattr(engine.sampler, "gather_s", 60.0)  # three open sessions: each batch waits for all three
+    before = len(engine.sampler.batch_sizes)
+    with ExitStack() as sessions, ThreadPoolExecutor(len(settings)) as pool:
+        for _ in settings:
+            sessions.enter_context(engine.sampler.session())
+        batched = list(pool.map(lambda s: {c: engine.run(c, s) for c in COLUMNS}, settings))
+    assert engine.sampler.batch_sizes[before:] == [3] * len(COLUMNS)
+    for one, together in zip(alone, batched):
+        for c in COLUMNS:
+            assert together[c].status == "ok" and together[c].nfe == one[c].nfe
+            assert (together[c].images - one[c].images).abs().max() < 1e-4, c
+            assert together[c].scores["emoji"] == pytest.approx(one[c].scores["emoji"], abs=0.01), c
+    assert (batched[0]["lcm"].images - batched[2]["lcm"].images).abs().max() > 0.1, "each request its own seed"
+
+
+def test_micro_batcher_groups_by_key_and_hands_back_each_result() -> None:
+    import threading
+    import time
+
+    started, release = threading.Event(), threading.Event()
+
+    def run_batch(key: str, items: list[int]) -> list[str]:
+        if key == "gate":  # holds the turn until every other item waits
+            started.set()
+            release.wait(60)
+        if key == "bad":
+            raise RuntimeError("broken batch")
+        return [f"{key}{i}" for i in items]
+
+    batcher = MicroBatcher(run_batch, max_batch=2)
+    jobs = [("a", 1), ("b", 2), ("a", 3), ("a", 4), ("bad", 5)]
+    with ThreadPoolExecutor(len(jobs) + 1) as pool:
+        gate = pool.submit(batcher, "gate", 0)
+        assert started.wait(60)
+        futures = [pool.submit(batcher, key, item) for key, item in jobs]
+        deadline = time.monotonic() + 60
+        while batcher.waiting() < len(jobs) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        release.set()
+        results = [f.exception() or f.result() for f in futures]
+    assert gate.result() == "gate0" and results[:4] == ["a1", "b2", "a3", "a4"]
+    assert str(results[4]) == "broken batch"
+    assert sorted(batcher.batch_sizes) == [1, 1, 1, 1, 2], "a1 and a3 together (at most two a batch), a4 after"
 
 
 def test_missing_member_kind_or_reward_is_unavailable(four_family: Path, tmp_path: Path) -> None:

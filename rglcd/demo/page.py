@@ -174,10 +174,11 @@ def random_seed() -> str:
     return str(random.randint(0, MAX_SEED))
 
 
-def build_app(engine: Engine, concurrency: int = 2, max_queue: int = 64) -> Any:
+def build_app(engine: Engine, concurrency: int = 8, max_queue: int = 64) -> Any:
     """The gradio page: controls (students' and teacher's), a reward legend, one column per model (images + rewards,
     time, NFE; the best column marked), the JSON, the reward-vs-steps plot (shown once drawn), example prompts by
-    group. Queue: at most `concurrency` comparisons at a time, `max_queue` waiting."""
+    group. Queue: at most `concurrency` comparisons at a time (the engine samples them together, column by column:
+    `Engine`'s micro-batching), `max_queue` waiting."""
     import gradio as gr
 
     class CheckedSlider(gr.Slider):

@@ -1,0 +1,85 @@
+"""Micro-batching for the app's sampler: requests that wait while it is busy and ask for the same thing (the same
+member at the same settings) run together as one batch.
+
+`MicroBatcher(run_batch)` is called from many threads with `(key, item)`; one batch runs at a time. The thread that
+gets the turn takes the waiting items of its key, calls `run_batch(key, items)` and hands each caller its result;
+the others keep waiting for theirs. Callers that will call again soon (one comparison going through its columns)
+hold a `session()`: while sessions are open, the thread with the turn first waits up to `gather_s` seconds for as
+many items of its key as there are sessions, so that requests a moment behind join the batch. One caller alone
+never waits: it is a plain lock around `run_batch(key, [item])`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Hashable, Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class MicroBatcher(Generic[T, R]):
+    """Runs `run_batch(key, items) -> results` (one result per item, in order) for batches of up to `max_batch`
+    items that share a key; an exception from `run_batch` is raised in every caller of that batch."""
+
+    def __init__(self, run_batch: Callable[[Hashable, list[T]], list[R]], max_batch: int = 8,
+                 gather_s: float = 0.1) -> None:
+        self.run_batch, self.max_batch, self.gather_s = run_batch, max_batch, gather_s
+        self._turn = threading.Lock()  # held by the thread running a batch
+        self._state = threading.Condition()  # guards _pending and _sessions
+        self._pending: list[tuple[Hashable, T, Future]] = []
+        self._sessions = 0
+        self.batch_sizes: list[int] = []  # every batch's size, for tests and benches
+
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        """Mark a caller that will call again soon, so that batches wait for it (at most `gather_s` each)."""
+        with self._state:
+            self._sessions += 1
+        try:
+            yield
+        finally:
+            with self._state:
+                self._sessions -= 1
+                self._state.notify_all()
+
+    def __call__(self, key: Hashable, item: T) -> R:
+        """`item`'s result, computed in a batch with the other waiting items of `key`."""
+        future: Future = Future()
+        with self._state:
+            self._pending.append((key, item, future))
+            self._state.notify_all()
+        while not future.done():
+            with self._turn:
+                if not future.done():
+                    self._run(key)
+        return future.result()
+
+    def waiting(self) -> int:
+        """How many items wait for a batch now."""
+        with self._state:
+            return len(self._pending)
+
+    def _waiting(self, key: Hashable) -> list[tuple[Hashable, T, Future]]:
+        return [p for p in self._pending if p[0] == key][:self.max_batch]
+
+    def _run(self, key: Hashable) -> None:
+        """Run the oldest `max_batch` waiting items of `key` as one batch, once as many as there are open sessions
+        wait (or `gather_s` has passed)."""
+        with self._state:
+            self._state.wait_for(lambda: len(self._waiting(key)) >= min(self.max_batch, self._sessions),
+                                 timeout=self.gather_s)
+            batch = self._waiting(key)
+            self._pending = [p for p in self._pending if all(p is not b for b in batch)]
+        self.batch_sizes.append(len(batch))
+        try:
+            results = self.run_batch(key, [item for _, item, _ in batch])
+        except Exception as err:  # noqa: BLE001 (each caller of the batch gets its error)
+            for _, _, future in batch:
+                future.set_exception(err)
+            return
+        for (_, _, future), result in zip(batch, results, strict=True):
+            future.set_result(result)
