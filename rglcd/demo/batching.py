@@ -1,8 +1,9 @@
 """Micro-batching for the app's sampler: requests that wait while it is busy and ask for the same thing (the same
 member at the same settings) run together as one batch.
 
-`MicroBatcher(run_batch)` is called from many threads with `(key, item)`; one batch runs at a time. The thread that
-gets the turn takes the waiting items of its key, calls `run_batch(key, items)` and hands each caller its result;
+`MicroBatcher(run_batch)` is called from many threads with `(key, item)`; one batch runs at a time in each lane
+(`lane(key)`, e.g. the model a key samples: batches of different lanes run side by side). The thread that gets its
+lane's turn takes the waiting items of its key, calls `run_batch(key, items)` and hands each caller its result;
 the others keep waiting for theirs. Callers that will call again soon (one comparison going through its columns)
 hold a `session()`: while sessions are open, the thread with the turn first waits up to `gather_s` seconds for as
 many items of its key as there are sessions, so that requests a moment behind join the batch. One caller alone
@@ -26,10 +27,10 @@ class MicroBatcher(Generic[T, R]):
     items that share a key; an exception from `run_batch` is raised in every caller of that batch."""
 
     def __init__(self, run_batch: Callable[[Hashable, list[T]], list[R]], max_batch: int = 8,
-                 gather_s: float = 0.1) -> None:
-        self.run_batch, self.max_batch, self.gather_s = run_batch, max_batch, gather_s
-        self._turn = threading.Lock()  # held by the thread running a batch
-        self._state = threading.Condition()  # guards _pending and _sessions
+                 gather_s: float = 0.1, lane: Callable[[Hashable], Hashable] = lambda key: None) -> None:
+        self.run_batch, self.max_batch, self.gather_s, self.lane = run_batch, max_batch, gather_s, lane
+        self._turns: dict[Hashable, threading.Lock] = {}  # per lane, held by the thread running its batch
+        self._state = threading.Condition()  # guards _turns, _pending and _sessions
         self._pending: list[tuple[Hashable, T, Future]] = []
         self._sessions = 0
         self.batch_sizes: list[int] = []  # every batch's size, for tests and benches
@@ -52,8 +53,9 @@ class MicroBatcher(Generic[T, R]):
         with self._state:
             self._pending.append((key, item, future))
             self._state.notify_all()
+            turn = self._turns.setdefault(self.lane(key), threading.Lock())
         while not future.done():
-            with self._turn:
+            with turn:
                 if not future.done():
                     self._run(key)
         return future.result()

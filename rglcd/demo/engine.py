@@ -18,6 +18,8 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -183,11 +185,12 @@ class Engine:
     """Loads a family lazily, once, and keeps it loaded on `device` (default: CUDA when there is one); runs and
     scores its members for the app and the bench.
 
-    Thread-safe: loading happens under one lock, sampling and scoring under another (the members share a tokenizer,
-    which is not safe to call from two threads at once, and the UNet call counter counts one run). Concurrent
-    requests for the same column at the same settings are sampled and scored as one batch of up to `max_batch`
-    (`rglcd.demo.batching`; comparisons wait up to `gather_s` for each other at each column), with the same images
-    and scores as alone (within float noise).
+    Thread-safe: loading happens under one lock, tokenizers (not safe to call from two threads at once) and rewards
+    are used under another, and each column samples one batch at a time (its pipeline's scheduler and UNet call
+    counter count one run), while different columns run side by side (a comparison's teacher beside its students).
+    Concurrent requests for the same column at the same settings are sampled and scored as one batch of up to
+    `max_batch` (`rglcd.demo.batching`; comparisons wait up to `gather_s` for each other at each column), with the
+    same images and scores as alone (within float noise).
     """
 
     def __init__(self, family: str, columns: Sequence[str] | None = None, rewards: Sequence[str] | None = None,
@@ -205,7 +208,7 @@ class Engine:
         self._pipes: dict[str, Any] = {}
         self._empty_states: torch.Tensor | None = None
         self.sampler: MicroBatcher[tuple[Request, torch.Tensor | None], ColumnResult] = MicroBatcher(
-            self._sample_batch, max_batch=max_batch, gather_s=gather_s)
+            self._sample_batch, max_batch=max_batch, gather_s=gather_s, lane=lambda key: key[0])
         self.warm = False  # set once warm_up has loaded everything
 
     def family(self) -> Family:
@@ -304,13 +307,15 @@ class Engine:
         column, requests = key[0], [req for req, _ in jobs]
         pipe, family = self._pipeline(column), self.family()
         states = None if any(s is None for _, s in jobs) else torch.cat([s for _, s in jobs])
-        with self._compute:
-            if states is not None and self._empty_states is None:
+        if states is not None and self._empty_states is None:
+            with self._compute:
                 self._empty_states = encode_prompts(family.tokenizer, family.text_encoder, [""])
-            with count_unet_evals(pipe.unet) as calls:
-                t0 = time.perf_counter()
-                images = generate_batch(pipe, requests, states, self._empty_states if states is not None else None)
-                seconds = time.perf_counter() - t0
+        # without states the pipeline tokenizes (SDXL)
+        with nullcontext() if states is not None else self._compute, count_unet_evals(pipe.unet) as calls:
+            t0 = time.perf_counter()
+            images = generate_batch(pipe, requests, states, self._empty_states if states is not None else None)
+            seconds = time.perf_counter() - t0
+        with self._compute:  # rewards may tokenize the prompts
             scores, unavailable, reward_seconds = self.score(
                 torch.cat(images), [req.prompt for req in requests for _ in range(req.num_images)])
         nfe, kind, out, start = calls.samples / sum(len(x) for x in images), self.kind(column), [], 0
@@ -347,15 +352,20 @@ class Engine:
             return ColumnResult(column, "error", f"{type(err).__name__}: {err}", kind)
 
     def compare(self, settings: Settings) -> Iterator[ColumnResult]:
-        """Run every column, yielding each result as it finishes: the students first (fast), the teacher last. The
-        prompt is encoded once for all columns; the comparison is a session of the batcher while it runs."""
+        """Run every column, yielding each result as it finishes: the students first (fast), the teacher last (it
+        samples beside them, in a thread of its own). The prompt is encoded once for all columns; the comparison is
+        a session of the batcher while it runs."""
         try:
             states = self.encode(settings.prompt)
         except ModelLoadError:
             states = None  # each column reports why
-        with self.sampler.session():
-            for column in sorted(self.columns, key=lambda c: c == TEACHER):
-                yield self.run(column, settings, states)
+        with self.sampler.session(), ThreadPoolExecutor(1) as background:
+            teacher = background.submit(self.run, TEACHER, settings, states) if TEACHER in self.columns else None
+            for column in self.columns:
+                if column != TEACHER:
+                    yield self.run(column, settings, states)
+            if teacher is not None:
+                yield teacher.result()
 
     def reward_vs_steps(self, settings: Settings, steps: Sequence[int] = range(1, STUDENT_STEPS[1] + 1)
                         ) -> list[dict[str, Any]]:
