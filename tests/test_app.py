@@ -109,12 +109,12 @@ def test_batched_requests_draw_and_score_what_each_does_alone(engine: Engine, mo
     settings = [parse_settings(p, **{**FAST, "seed": s}) for p, s in (("banana", "0"), ("rocket", "1"),
                                                                       ("banana", "2"))]
     alone = [{r.column: r for r in engine.compare(s)} for s in settings]
-    monkeypatch.setattr(engine.sampler, "gather_s", 60.0)  # three open sessions: each batch waits for all three
+    monkeypatch.setattr(engine.sampler, "gather_s", 60.0)  # each batch waits for the three sessions due
     before = len(engine.sampler.batch_sizes)
-    with ExitStack() as sessions, ThreadPoolExecutor(len(settings)) as pool:
-        for _ in settings:
-            sessions.enter_context(engine.sampler.session())
-        batched = list(pool.map(lambda s: {c: engine.run(c, s) for c in COLUMNS}, settings))
+    with ExitStack() as stack, ThreadPoolExecutor(len(settings)) as pool:
+        sessions = [stack.enter_context(engine.sampler.session(COLUMNS)) for _ in settings]
+        batched = list(pool.map(lambda s, session: {c: engine.run(c, s, session=session) for c in COLUMNS},
+                                settings, sessions))
     assert engine.sampler.batch_sizes[before:] == [3] * len(COLUMNS)
     for one, together in zip(alone, batched):
         for c in COLUMNS:

@@ -3,17 +3,18 @@ member at the same settings) run together as one batch.
 
 `MicroBatcher(run_batch)` is called from many threads with `(key, item)`; one batch runs at a time in each lane
 (`lane(key)`, e.g. the model a key samples: batches of different lanes run side by side). The thread that gets its
-lane's turn takes the waiting items of its key, calls `run_batch(key, items)` and hands each caller its result;
-the others keep waiting for theirs. Callers that will call again soon (one comparison going through its columns)
-hold a `session()`: while sessions are open, the thread with the turn first waits up to `gather_s` seconds for as
-many items of its key as there are sessions, so that requests a moment behind join the batch. One caller alone
-never waits: it is a plain lock around `run_batch(key, [item])`.
+lane's turn takes the waiting items of its key, calls `run_batch(key, items)` and hands each caller its result; the
+others keep waiting for theirs. A caller that will come to several lanes (one comparison going through its columns)
+announces them with `session(lanes)` and passes the session with each call: the thread with a lane's turn first
+waits, up to `gather_s` seconds, until no open session is still due in that lane, so that requests a moment behind
+join the batch. A caller alone never waits: it is a plain lock around `run_batch(key, [item])`.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Hashable, Iterator
+from collections import Counter
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Generic, TypeVar
@@ -27,37 +28,44 @@ class MicroBatcher(Generic[T, R]):
     items that share a key; an exception from `run_batch` is raised in every caller of that batch."""
 
     def __init__(self, run_batch: Callable[[Hashable, list[T]], list[R]], max_batch: int = 8,
-                 gather_s: float = 0.1, lane: Callable[[Hashable], Hashable] = lambda key: None) -> None:
+                 gather_s: float = 0.5, lane: Callable[[Hashable], Hashable] = lambda key: None) -> None:
         self.run_batch, self.max_batch, self.gather_s, self.lane = run_batch, max_batch, gather_s, lane
         self._turns: dict[Hashable, threading.Lock] = {}  # per lane, held by the thread running its batch
-        self._state = threading.Condition()  # guards _turns, _pending and _sessions
+        self._state = threading.Condition()  # guards _turns, _pending and _due
         self._pending: list[tuple[Hashable, T, Future]] = []
-        self._sessions = 0
+        self._due: Counter = Counter()  # lane -> open sessions that have not called in it yet
         self.batch_sizes: list[int] = []  # every batch's size, for tests and benches
 
     @contextmanager
-    def session(self) -> Iterator[None]:
-        """Mark a caller that will call again soon, so that batches wait for it (at most `gather_s` each)."""
+    def session(self, lanes: Iterable[Hashable]) -> Iterator[set]:
+        """Announce a caller that will call once in each of `lanes` soon; yields the session to pass with each call
+        (the lanes it is still due in)."""
+        due = set(lanes)
         with self._state:
-            self._sessions += 1
+            self._due.update(due)
         try:
-            yield
+            yield due
         finally:
             with self._state:
-                self._sessions -= 1
+                self._due.subtract(due)
+                due.clear()
                 self._state.notify_all()
 
-    def __call__(self, key: Hashable, item: T) -> R:
+    def __call__(self, key: Hashable, item: T, session: set | None = None) -> R:
         """`item`'s result, computed in a batch with the other waiting items of `key`."""
         future: Future = Future()
+        lane = self.lane(key)
         with self._state:
             self._pending.append((key, item, future))
+            if session is not None and lane in session:
+                session.discard(lane)
+                self._due[lane] -= 1
             self._state.notify_all()
-            turn = self._turns.setdefault(self.lane(key), threading.Lock())
+            turn = self._turns.setdefault(lane, threading.Lock())
         while not future.done():
             with turn:
                 if not future.done():
-                    self._run(key)
+                    self._run(key, lane)
         return future.result()
 
     def waiting(self) -> int:
@@ -68,11 +76,11 @@ class MicroBatcher(Generic[T, R]):
     def _waiting(self, key: Hashable) -> list[tuple[Hashable, T, Future]]:
         return [p for p in self._pending if p[0] == key][:self.max_batch]
 
-    def _run(self, key: Hashable) -> None:
-        """Run the oldest `max_batch` waiting items of `key` as one batch, once as many as there are open sessions
-        wait (or `gather_s` has passed)."""
+    def _run(self, key: Hashable, lane: Hashable) -> None:
+        """Run the oldest `max_batch` waiting items of `key` as one batch, once no open session is due in `lane`
+        (or `max_batch` wait, or `gather_s` has passed)."""
         with self._state:
-            self._state.wait_for(lambda: len(self._waiting(key)) >= min(self.max_batch, self._sessions),
+            self._state.wait_for(lambda: self._due[lane] <= 0 or len(self._waiting(key)) >= self.max_batch,
                                  timeout=self.gather_s)
             batch = self._waiting(key)
             self._pending = [p for p in self._pending if all(p is not b for b in batch)]

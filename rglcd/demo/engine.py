@@ -189,13 +189,13 @@ class Engine:
     are used under another, and each column samples one batch at a time (its pipeline's scheduler and UNet call
     counter count one run), while different columns run side by side (a comparison's teacher beside its students).
     Concurrent requests for the same column at the same settings are sampled and scored as one batch of up to
-    `max_batch` (`rglcd.demo.batching`; comparisons wait up to `gather_s` for each other at each column), with the
-    same images and scores as alone (within float noise).
+    `max_batch` (`rglcd.demo.batching`: at each column a comparison waits, up to `gather_s`, for the comparisons still
+    due there), with the same images and scores as alone (within float noise).
     """
 
     def __init__(self, family: str, columns: Sequence[str] | None = None, rewards: Sequence[str] | None = None,
                  device: str | None = None, dtype: torch.dtype | None = None, max_batch: int = 8,
-                 gather_s: float = 0.1) -> None:
+                 gather_s: float = 0.5) -> None:
         self.family_name = family
         self.columns = tuple(columns or family_columns(family))
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -326,11 +326,12 @@ class Engine:
             start += len(image)
         return out
 
-    def run(self, column: str, settings: Settings, states: torch.Tensor | None = None) -> ColumnResult:
+    def run(self, column: str, settings: Settings, states: torch.Tensor | None = None,
+            session: set | None = None) -> ColumnResult:
         """Sample and score one column, in a batch with other requests for it at the same settings; `states`: the
-        prompt's from `encode` (computed here when None). Never raises: a member missing from the family, or one
-        whose kind or weights cannot load, is "unavailable"; a request the member cannot take or a failure while
-        sampling is "error"."""
+        prompt's from `encode` (computed here when None); `session`: the comparison's `sampler.session`. Never
+        raises: a member missing from the family, or one whose kind or weights cannot load, is "unavailable"; a
+        request the member cannot take or a failure while sampling is "error"."""
         try:
             kind = self.kind(column)
             load_seconds = self._load_unet(column)[1]
@@ -343,7 +344,7 @@ class Engine:
             with self._compute:
                 check_request(self.family(), column, req)
             states = self.encode(req.prompt) if states is None else states
-            return replace(self.sampler(key, (req, states)), load_seconds=load_seconds)
+            return replace(self.sampler(key, (req, states), session), load_seconds=load_seconds)
         except ModelLoadError as err:
             return ColumnResult(column, "unavailable", str(err), kind)
         except InputError as err:
@@ -354,16 +355,17 @@ class Engine:
     def compare(self, settings: Settings) -> Iterator[ColumnResult]:
         """Run every column, yielding each result as it finishes: the students first (fast), the teacher last (it
         samples beside them, in a thread of its own). The prompt is encoded once for all columns; the comparison is
-        a session of the batcher while it runs."""
+        a session of the batcher, due in every column, while it runs."""
         try:
             states = self.encode(settings.prompt)
         except ModelLoadError:
             states = None  # each column reports why
-        with self.sampler.session(), ThreadPoolExecutor(1) as background:
-            teacher = background.submit(self.run, TEACHER, settings, states) if TEACHER in self.columns else None
+        with self.sampler.session(self.columns) as session, ThreadPoolExecutor(1) as background:
+            teacher = (background.submit(self.run, TEACHER, settings, states, session) if TEACHER in self.columns
+                       else None)
             for column in self.columns:
                 if column != TEACHER:
-                    yield self.run(column, settings, states)
+                    yield self.run(column, settings, states, session)
             if teacher is not None:
                 yield teacher.result()
 
