@@ -16,8 +16,8 @@ from rglcd.data.emoji import emoji_to_names
 from rglcd.inputs import InputError, Request, check_request
 from rglcd.models import Family
 
-__all__ = ["InputError", "PromptReading", "Request", "check_request", "consistency_sample", "generate", "generate_batch",
-           "read_prompt"]
+__all__ = ["InputError", "PromptReading", "Request", "check_request", "consistency_sample", "generate",
+           "generate_batch", "read_prompt"]
 
 
 @dataclass(frozen=True)

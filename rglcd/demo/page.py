@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from rglcd.loading import ASSETS
 from rglcd.models import Family, ModelLoadError, load_family
 
 PLOT_SAMPLES = 4  # images (noise draws from the seed) per point of the reward-vs-steps plot
+UNCHANGED = {"__type__": "update"}  # gradio's update that changes nothing (`gr.skip()`): the output is not sent again
 TRAINED = "Trained concepts"
 UNSEEN = "Unseen concepts (harder)"
 # Example prompts by group, the first of the first group being the page's default. emoji-64: concepts the family was
@@ -71,20 +72,22 @@ def best_column(results: dict[str, ColumnResult]) -> str | None:
 
 
 def page_outputs(columns: Sequence[str], results: dict[str, ColumnResult], files: dict[str, list[str]], status: str,
-                 summary: dict[str, Any], pending: str = "") -> tuple:
-    """The page's outputs in order: one list of PNG paths per column, one caption per column (the best column
-    marked once every column is done), the status line, the JSON."""
+                 summary: dict[str, Any], pending: str = "", shown: Collection[str] = ()) -> tuple:
+    """The page's outputs in order: one list of PNG paths per column (`UNCHANGED` for the `shown` columns, whose
+    gallery already holds them), one caption per column (the best column marked once every column is done), the
+    status line, the JSON."""
     best = best_column(results) if len(results) == len(columns) else None
     captions = [results[c].caption(best=c == best) if c in results else pending for c in columns]
-    return (*(files.get(c, []) for c in columns), *captions, status, summary)
+    return (*(UNCHANGED if c in shown else files.get(c, []) for c in columns), *captions, status, summary)
 
 
 def compare_page(engine: Engine, prompt: Any, student_steps: Any = 4, teacher_steps: Any = 25,
                  student_guidance: Any = 5.0, teacher_guidance: Any = 5.0, seed: Any = 0,
                  num_images: Any = 1) -> Iterator[tuple]:
     """The `/compare` handler: yields the page's outputs (see `page_outputs`) before sampling (on first use while
-    the models load: "Loading models ...") and again after each column finishes. The total time counts the
-    loading. Bad input or a family that cannot load gives one message in the status and the JSON
+    the models load: "Loading models ...") and again after each column finishes, with the galleries already shown
+    left unchanged (not sent and fetched again) until the last update, which holds every column. The total time
+    counts the loading. Bad input or a family that cannot load gives one message in the status and the JSON
     (`{"error": ...}`); nothing raises."""
     columns = engine.columns
     t0 = time.perf_counter()
@@ -116,7 +119,8 @@ def compare_page(engine: Engine, prompt: Any, student_steps: Any = 4, teacher_st
         status = "".join(f"Note: {n}. " for n in reading.notices) + (
             f"Done in {summary['total_seconds']:.2f} s{loading}." if done else
             f"{len(results)} of {len(columns)} models done...")
-        yield page_outputs(columns, results, files, status, summary, pending="running...")
+        yield page_outputs(columns, results, files, status, summary, pending="running...",
+                           shown=() if done else set(results) - {result.column})
 
 
 def reward_figure(rows: list[dict[str, Any]]) -> Any:
