@@ -19,6 +19,7 @@ import torch  # noqa: E402
 
 from rglcd.demo import COLUMNS, Engine, build_app, compare_page, example_prompts, parse_settings  # noqa: E402
 from rglcd.demo.batching import MicroBatcher  # noqa: E402
+from rglcd.demo.page import UNCHANGED  # noqa: E402
 from rglcd.sampling import InputError  # noqa: E402
 from rglcd.testing import launch_local, stand_in_family  # noqa: E402
 
@@ -287,6 +288,15 @@ def test_best_column_is_marked_once_all_are_done(engine: Engine) -> None:
     means = {c: final[9]["results"][c]["mean_scores"]["emoji"] for c in COLUMNS}
     assert marked == [max(means, key=means.get)]
     assert not any("★" in caption for o in outputs[:-1] for caption in o[4:8])
+
+
+def test_streamed_updates_send_each_gallery_once_then_all_at_the_end(engine: Engine) -> None:
+    outputs = list(compare_page(engine, "rocket", **FAST))
+    columns = [o for o in outputs if o[9].get("results")]  # the updates after each column
+    assert all(list(o[:4]) == [[]] * 4 for o in outputs if o not in columns), "earlier updates clear the galleries"
+    sent = [[g not in (UNCHANGED, []) for g in o[:4]] for o in columns]
+    assert [sum(s) for s in sent] == [1, 1, 1, 4], "one new gallery per update, every gallery in the last"
+    assert all(len(g) == 1 for g in outputs[-1][:4])
 
 
 def test_images_are_shown_crisp_and_enlarged(engine: Engine, tmp_path: Path) -> None:
