@@ -17,7 +17,8 @@ from rglcd.inputs import InputError, Request, check_request
 from rglcd.models import Family
 
 __all__ = ["InputError", "PromptReading", "Request", "check_request", "consistency_sample", "generate",
-           "generate_batch", "read_prompt"]
+           "generate_batch", "read_prompt",
+           "unconditional_embeds"]
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,8 @@ def generate_batch(pipe: Any, requests: list[Request], prompt_embeds: torch.Tens
     images must come alone; requests of one image each batch, one generator per row.
 
     `prompt_embeds` (R,L,D), one row per request (`rglcd.models.encode_prompts` of the prompts as `read_prompt`
-    reads them), replaces the pipeline's own text encoding, and `negative_prompt_embeds` (1,L,D), of "", the
-    unconditional one of a pipeline with classifier-free guidance."""
+    reads them), replaces the pipeline's own text encoding, and `negative_prompt_embeds` (1,L,D)
+    (`unconditional_embeds`) its encoding of "" for classifier-free guidance."""
     if len(requests) > 1 and any(r.num_images != 1 for r in requests):
         raise ValueError("requests of several images each cannot share a batch: each draws from its own generator")
     counts = [r.num_images for r in requests]
@@ -79,11 +80,21 @@ def generate_batch(pipe: Any, requests: list[Request], prompt_embeds: torch.Tens
                                            for _ in range(r.num_images)]}
     else:
         text = {"prompt_embeds": prompt_embeds.repeat_interleave(torch.tensor(counts), dim=0)}
-        if negative_prompt_embeds is not None and "negative_prompt_embeds" in inspect.signature(pipe).parameters:
+        if negative_prompt_embeds is not None:
             text["negative_prompt_embeds"] = negative_prompt_embeds.expand(sum(counts), -1, -1)
     images = pipe(**text, num_inference_steps=requests[0].steps, guidance_scale=requests[0].guidance_scale,
                   generator=generators[0] if len(generators) == 1 else generators, output_type="pt").images
     return list(images.float().cpu().split(counts))
+
+
+@torch.no_grad()
+def unconditional_embeds(pipe: Any, prompt_embeds: torch.Tensor) -> torch.Tensor | None:
+    """The states (1,L,D) `pipe` encodes for "" beside prompt states (B,L,D) (classifier-free guidance's
+    unconditional, by its own `encode_prompt`, so a sentence-pooling encoder reads it as the pipeline does); None for
+    a pipeline that takes no negative prompt (the LCM pipeline)."""
+    if "negative_prompt_embeds" not in inspect.signature(pipe).parameters:
+        return None
+    return pipe.encode_prompt(None, prompt_embeds.device, 1, True, prompt_embeds=prompt_embeds[:1])[1]
 
 
 @torch.no_grad()

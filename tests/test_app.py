@@ -20,7 +20,7 @@ import torch  # noqa: E402
 from rglcd.demo import COLUMNS, Engine, build_app, compare_page, example_prompts, parse_settings  # noqa: E402
 from rglcd.demo.batching import MicroBatcher  # noqa: E402
 from rglcd.demo.page import UNCHANGED  # noqa: E402
-from rglcd.sampling import InputError  # noqa: E402
+from rglcd.sampling import InputError, generate  # noqa: E402
 from rglcd.testing import launch_local, stand_in_family  # noqa: E402
 
 torch.set_num_threads(1)
@@ -123,6 +123,18 @@ def test_batched_requests_draw_and_score_what_each_does_alone(engine: Engine, mo
             assert (together[c].images - one[c].images).abs().max() < 1e-4, c
             assert together[c].scores["emoji"] == pytest.approx(one[c].scores["emoji"], abs=0.01), c
     assert (batched[0]["lcm"].images - batched[2]["lcm"].images).abs().max() > 0.1, "each request its own seed"
+
+
+@pytest.mark.parametrize("conditioning", ["tokens", "sentence"])
+def test_shared_text_encoding_draws_what_the_pipeline_draws(four_family: Path, tmp_path: Path,
+                                                            conditioning: str) -> None:
+    spec = json.loads(four_family.read_text())
+    (tmp_path / "family.json").write_text(json.dumps({**spec, "text_conditioning": conditioning}))
+    engine = Engine(str(tmp_path / "family.json"), columns=("teacher", "lcm"), rewards=("emoji",))
+    settings = parse_settings("red apple", **{**FAST, "num_images": 2})
+    for column in ("teacher", "lcm"):
+        own = generate(engine.family(), column, settings.request(engine.kind(column)))  # the pipeline encodes
+        assert (engine.run(column, settings).images - own).abs().max() < 1e-4, column
 
 
 def test_micro_batcher_groups_by_key_and_hands_back_each_result() -> None:

@@ -36,7 +36,7 @@ from rglcd.inputs import (GUIDANCE, MAX_SEED, InputError, Request, check_prompt_
 from rglcd.methods import TEACHER_KIND, demo_members, member_titles
 from rglcd.models import Family, ModelLoadError, encode_prompts, load_family
 from rglcd.rewards import get_reward
-from rglcd.sampling import PromptReading, generate_batch, read_prompt
+from rglcd.sampling import PromptReading, generate_batch, read_prompt, unconditional_embeds
 
 TEACHER = TEACHER_KIND
 COLUMNS: tuple[str, ...] = (TEACHER, *demo_members())  # the teacher, then each registered method's student
@@ -206,7 +206,7 @@ class Engine:
         self._family: Family | None = None
         self._rewards: dict[str, nn.Module | str] | None = None
         self._pipes: dict[str, Any] = {}
-        self._empty_states: torch.Tensor | None = None
+        self._empty_states: dict[str, torch.Tensor | None] = {}  # column -> its pipeline's states of ""
         self.sampler: MicroBatcher[tuple[Request, torch.Tensor | None], ColumnResult] = MicroBatcher(
             self._sample_batch, max_batch=max_batch, gather_s=gather_s, lane=lambda key: key[0])
         self.warm = False  # set once warm_up has loaded everything
@@ -305,15 +305,15 @@ class Engine:
         """Sample and score requests for one column (`key[0]`) that share steps and guidance in one pipeline call;
         `jobs`: (request, its prompt's states from `encode` or None)."""
         column, requests = key[0], [req for req, _ in jobs]
-        pipe, family = self._pipeline(column), self.family()
+        pipe = self._pipeline(column)
         states = None if any(s is None for _, s in jobs) else torch.cat([s for _, s in jobs])
-        if states is not None and self._empty_states is None:
+        if states is not None and column not in self._empty_states:
             with self._compute:
-                self._empty_states = encode_prompts(family.tokenizer, family.text_encoder, [""])
+                self._empty_states[column] = unconditional_embeds(pipe, states)
         # without states the pipeline tokenizes (SDXL)
         with nullcontext() if states is not None else self._compute, count_unet_evals(pipe.unet) as calls:
             t0 = time.perf_counter()
-            images = generate_batch(pipe, requests, states, self._empty_states if states is not None else None)
+            images = generate_batch(pipe, requests, states, self._empty_states.get(column))
             seconds = time.perf_counter() - t0
         with self._compute:  # rewards may tokenize the prompts
             scores, unavailable, reward_seconds = self.score(
