@@ -17,8 +17,7 @@ from rglcd.inputs import InputError, Request, check_request
 from rglcd.models import Family
 
 __all__ = ["InputError", "PromptReading", "Request", "check_request", "consistency_sample", "generate",
-           "generate_batch", "read_prompt",
-           "unconditional_embeds"]
+           "generate_batch", "read_prompt", "unconditional_embeds"]
 
 
 @dataclass(frozen=True)

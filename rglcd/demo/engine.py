@@ -295,7 +295,7 @@ class Engine:
             return encode_prompts(family.tokenizer, family.text_encoder, [read_prompt(family.tokenizer, prompt).text])
 
     def _pipeline(self, column: str) -> Any:
-        """The member's pipeline, built once (its scheduler's state is only touched under the compute lock)."""
+        """The member's pipeline, built once (one batch at a time uses it: the batcher's lane of the column)."""
         with self._lock:
             if column not in self._pipes:
                 self._pipes[column] = self.family().pipeline(column)
