@@ -166,6 +166,14 @@ def test_micro_batcher_groups_by_key_and_hands_back_each_result() -> None:
     assert str(results[4]) == "broken batch"
     assert sorted(batcher.batch_sizes) == [1, 1, 1, 1, 2], "a1 and a3 together (at most two a batch), a4 after"
 
+    lanes = MicroBatcher(lambda key, items: items, gather_s=60.0, lane=lambda key: key)
+    with lanes.session(["x"]) as session, ThreadPoolExecutor(1) as pool:
+        call = pool.submit(lanes, "x", 7)
+        time.sleep(0.3)
+        assert not call.done(), "a batch waits for the session still due in its lane"
+        lanes.leave(session, "x")
+        assert call.result(timeout=30) == 7
+
 
 def test_missing_member_kind_or_reward_is_unavailable(four_family: Path, tmp_path: Path) -> None:
     spec = json.loads(four_family.read_text())

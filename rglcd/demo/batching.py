@@ -57,16 +57,21 @@ class MicroBatcher(Generic[T, R]):
         lane = self.lane(key)
         with self._state:
             self._pending.append((key, item, future))
-            if session is not None and lane in session:
-                session.discard(lane)
-                self._due[lane] -= 1
-            self._state.notify_all()
             turn = self._turns.setdefault(lane, threading.Lock())
+        self.leave(session, lane)
         while not future.done():
             with turn:
                 if not future.done():
                     self._run(key, lane)
         return future.result()
+
+    def leave(self, session: set | None, lane: Hashable) -> None:
+        """The session is no longer due in `lane` (it has called there, or will not after all)."""
+        with self._state:
+            if session is not None and lane in session:
+                session.discard(lane)
+                self._due[lane] -= 1
+            self._state.notify_all()
 
     def waiting(self) -> int:
         """How many items wait for a batch now."""

@@ -333,6 +333,13 @@ class Engine:
         raises: a member missing from the family, or one whose kind or weights cannot load, is "unavailable"; a
         request the member cannot take or a failure while sampling is "error"."""
         try:
+            return self._run(column, settings, states, session)
+        finally:
+            self.sampler.leave(session, column)  # no batch of this column waits for a request that failed early
+
+    def _run(self, column: str, settings: Settings, states: torch.Tensor | None, session: set | None
+             ) -> ColumnResult:
+        try:
             kind = self.kind(column)
             load_seconds = self._load_unet(column)[1]
         except ModelLoadError as err:
