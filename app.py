@@ -22,9 +22,12 @@ def main() -> None:
     parser.add_argument("--host", default=None, help="address to listen on (gradio default: GRADIO_SERVER_NAME or "
                         "127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="port (gradio default: GRADIO_SERVER_PORT or 7860)")
-    parser.add_argument("--concurrency", type=int, default=2, help="comparisons running at the same time")
+    parser.add_argument("--concurrency", type=int, default=8,
+                        help="comparisons running at the same time (sampled together, column by column)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when there is one, else cpu)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
+    parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2),
+                        help="torch CPU threads per op (default: half the cores: the teacher and the students sample "
+                        "side by side)")
     parser.add_argument("--verbose", action="store_true", help="show the libraries' loading bars and warnings")
     args = parser.parse_args()
     quiet_libraries(args.verbose)

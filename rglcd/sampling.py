@@ -16,8 +16,8 @@ from rglcd.data.emoji import emoji_to_names
 from rglcd.inputs import InputError, Request, check_request
 from rglcd.models import Family
 
-__all__ = ["InputError", "PromptReading", "Request", "check_request", "consistency_sample", "generate", "read_prompt",
-           "sampling_extras"]
+__all__ = ["InputError", "PromptReading", "Request", "check_request", "consistency_sample", "generate",
+           "generate_batch", "read_prompt", "sampling_extras", "unconditional_embeds"]
 
 
 @dataclass(frozen=True)
@@ -57,10 +57,47 @@ def generate(family: Family, member: str, req: Request) -> torch.Tensor:
     """Images (num_images, 3, H, W) in [0,1] for `req`, reproducible from `req.seed`."""
     check_request(family, member, req)
     pipe = family.pipeline(member, eta=req.eta)
-    generator = torch.Generator().manual_seed(req.seed)
-    return pipe([read_prompt(pipe.tokenizer, req.prompt).text] * req.num_images, num_inference_steps=req.steps,
-                guidance_scale=req.guidance_scale, generator=generator, output_type="pt",
-                **sampling_extras(family, member, pipe)).images.float().cpu()
+    return generate_batch(pipe, [req], extras=sampling_extras(family, member, pipe))[0]
+
+
+@torch.no_grad()
+def generate_batch(pipe: Any, requests: list[Request], prompt_embeds: torch.Tensor | None = None,
+                   negative_prompt_embeds: torch.Tensor | None = None, extras: dict[str, Any] | None = None
+                   ) -> list[torch.Tensor]:
+    """Each request's images (num_images, 3, H, W) in [0,1] from one call of `pipe` for all of them (they share
+    steps and guidance scale); each equals `generate`'s for that request alone (within float noise: other batch
+    sizes take other kernels). A request draws its noise from one generator seeded with its seed, so one of several
+    images must come alone; requests of one image each batch, one generator per row.
+
+    `prompt_embeds` (R,L,D), one row per request (`rglcd.models.encode_prompts` of the prompts as `read_prompt`
+    reads them), replaces the pipeline's own text encoding, and `negative_prompt_embeds` (1,L,D)
+    (`unconditional_embeds`) its encoding of "" for classifier-free guidance. `extras`: the member's other pipeline
+    arguments (`sampling_extras`)."""
+    if len(requests) > 1 and any(r.num_images != 1 for r in requests):
+        raise ValueError("requests of several images each cannot share a batch: each draws from its own generator")
+    counts = [r.num_images for r in requests]
+    generators = [torch.Generator().manual_seed(r.seed) for r in requests]
+    if prompt_embeds is None:
+        text: dict[str, Any] = {"prompt": [read_prompt(pipe.tokenizer, r.prompt).text for r in requests
+                                           for _ in range(r.num_images)]}
+    else:
+        text = {"prompt_embeds": prompt_embeds.repeat_interleave(torch.tensor(counts), dim=0)}
+        if negative_prompt_embeds is not None:
+            text["negative_prompt_embeds"] = negative_prompt_embeds.expand(sum(counts), -1, -1)
+    images = pipe(**text, num_inference_steps=requests[0].steps, guidance_scale=requests[0].guidance_scale,
+                  generator=generators[0] if len(generators) == 1 else generators, output_type="pt",
+                  **(extras or {})).images
+    return list(images.float().cpu().split(counts))
+
+
+@torch.no_grad()
+def unconditional_embeds(pipe: Any, prompt_embeds: torch.Tensor) -> torch.Tensor | None:
+    """The states (1,L,D) `pipe` encodes for "" beside prompt states (B,L,D) (classifier-free guidance's
+    unconditional, by its own `encode_prompt`, so a sentence-pooling encoder reads it as the pipeline does); None for
+    a pipeline that takes no negative prompt (the LCM pipeline)."""
+    if "negative_prompt_embeds" not in inspect.signature(pipe).parameters:
+        return None
+    return pipe.encode_prompt(None, prompt_embeds.device, 1, True, prompt_embeds=prompt_embeds[:1])[1]
 
 
 def sampling_extras(family: Family, member: str, pipe: Any) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -17,8 +18,10 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from rglcd.demo import COLUMNS, Engine, build_app, compare_page, example_prompts, parse_settings  # noqa: E402
+from rglcd.demo.batching import MicroBatcher  # noqa: E402
+from rglcd.demo.page import UNCHANGED  # noqa: E402
 from rglcd.samplers import sampler  # noqa: E402
-from rglcd.sampling import InputError  # noqa: E402
+from rglcd.sampling import InputError, generate  # noqa: E402
 from rglcd.testing import launch_local, stand_in_family  # noqa: E402
 
 torch.set_num_threads(1)
@@ -101,6 +104,76 @@ def test_nfe_counts_each_cfg_half(engine: Engine) -> None:
     assert (teacher.nfe, student.nfe, no_cfg.nfe) == (8, 3, 4)
     assert teacher.images.shape == (2, 3, 64, 64) and len(teacher.scores["emoji"]) == 2
     assert "8 NFE (4 steps x 2 (CFG))" in teacher.caption() and "3 NFE (3 steps)" in student.caption()
+
+
+def test_batched_requests_draw_and_score_what_each_does_alone(engine: Engine, monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    settings = [parse_settings(p, **{**FAST, "seed": s}) for p, s in (("banana", "0"), ("rocket", "1"),
+                                                                      ("banana", "2"))]
+    alone = [{r.column: r for r in engine.compare(s)} for s in settings]
+    monkeypatch.setattr(engine.sampler, "gather_s", 60.0)  # each batch waits for the three sessions due
+    before = len(engine.sampler.batch_sizes)
+    with ExitStack() as stack, ThreadPoolExecutor(len(settings)) as pool:
+        sessions = [stack.enter_context(engine.sampler.session(COLUMNS)) for _ in settings]
+        batched = list(pool.map(lambda s, session: {c: engine.run(c, s, session=session) for c in COLUMNS},
+                                settings, sessions))
+    assert engine.sampler.batch_sizes[before:] == [3] * len(COLUMNS)
+    for one, together in zip(alone, batched):
+        for c in COLUMNS:
+            assert together[c].status == "ok" and together[c].nfe == one[c].nfe
+            assert (together[c].images - one[c].images).abs().max() < 1e-4, c
+            assert together[c].scores["emoji"] == pytest.approx(one[c].scores["emoji"], abs=0.01), c
+    assert (batched[0]["lcm"].images - batched[2]["lcm"].images).abs().max() > 0.1, "each request its own seed"
+
+
+@pytest.mark.parametrize("conditioning", ["tokens", "sentence"])
+def test_shared_text_encoding_draws_what_the_pipeline_draws(four_family: Path, tmp_path: Path,
+                                                            conditioning: str) -> None:
+    spec = json.loads(four_family.read_text())
+    (tmp_path / "family.json").write_text(json.dumps({**spec, "text_conditioning": conditioning}))
+    engine = Engine(str(tmp_path / "family.json"), columns=("teacher", "lcm"), rewards=("emoji",))
+    settings = parse_settings("red apple", **{**FAST, "num_images": 2})
+    for column in ("teacher", "lcm"):
+        own = generate(engine.family(), column, settings.request(engine.family().sampler(column)))  # the pipeline encodes
+        assert (engine.run(column, settings).images - own).abs().max() < 1e-4, column
+
+
+def test_micro_batcher_groups_by_key_and_hands_back_each_result() -> None:
+    import threading
+    import time
+
+    started, release = threading.Event(), threading.Event()
+
+    def run_batch(key: str, items: list[int]) -> list[str]:
+        if key == "gate":  # holds the turn until every other item waits
+            started.set()
+            release.wait(60)
+        if key == "bad":
+            raise RuntimeError("broken batch")
+        return [f"{key}{i}" for i in items]
+
+    batcher = MicroBatcher(run_batch, max_batch=2)
+    jobs = [("a", 1), ("b", 2), ("a", 3), ("a", 4), ("bad", 5)]
+    with ThreadPoolExecutor(len(jobs) + 1) as pool:
+        gate = pool.submit(batcher, "gate", 0)
+        assert started.wait(60)
+        futures = [pool.submit(batcher, key, item) for key, item in jobs]
+        deadline = time.monotonic() + 60
+        while batcher.waiting() < len(jobs) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        release.set()
+        results = [f.exception() or f.result() for f in futures]
+    assert gate.result() == "gate0" and results[:4] == ["a1", "b2", "a3", "a4"]
+    assert str(results[4]) == "broken batch"
+    assert sorted(batcher.batch_sizes) == [1, 1, 1, 1, 2], "a1 and a3 together (at most two a batch), a4 after"
+
+    lanes = MicroBatcher(lambda key, items: items, gather_s=60.0, lane=lambda key: key)
+    with lanes.session(["x"]) as session, ThreadPoolExecutor(1) as pool:
+        call = pool.submit(lanes, "x", 7)
+        time.sleep(0.3)
+        assert not call.done(), "a batch waits for the session still due in its lane"
+        lanes.leave(session, "x")
+        assert call.result(timeout=30) == 7
 
 
 def test_missing_member_kind_or_reward_is_unavailable(four_family: Path, tmp_path: Path) -> None:
@@ -237,6 +310,15 @@ def test_best_column_is_marked_once_all_are_done(engine: Engine) -> None:
     means = {c: final[9]["results"][c]["mean_scores"]["emoji"] for c in COLUMNS}
     assert marked == [max(means, key=means.get)]
     assert not any("★" in caption for o in outputs[:-1] for caption in o[4:8])
+
+
+def test_streamed_updates_send_each_gallery_once_then_all_at_the_end(engine: Engine) -> None:
+    outputs = list(compare_page(engine, "rocket", **FAST))
+    columns = [o for o in outputs if o[9].get("results")]  # the updates after each column
+    assert all(list(o[:4]) == [[]] * 4 for o in outputs if o not in columns), "earlier updates clear the galleries"
+    sent = [[g not in (UNCHANGED, []) for g in o[:4]] for o in columns]
+    assert [sum(s) for s in sent] == [1, 1, 1, 4], "one new gallery per update, every gallery in the last"
+    assert all(len(g) == 1 for g in outputs[-1][:4])
 
 
 def test_images_are_shown_crisp_and_enlarged(engine: Engine, tmp_path: Path) -> None:

@@ -18,6 +18,8 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,15 +28,16 @@ import torch
 from PIL import Image
 from torch import nn
 
+from rglcd.demo.batching import MicroBatcher
 from rglcd.evaluate.generate import count_unet_evals
 from rglcd.files import write_atomic
-from rglcd.inputs import (GUIDANCE, MAX_SEED, InputError, Request, check_prompt_tokens, number, prompt_text,
-                          sampling_notes)
+from rglcd.inputs import (GUIDANCE, MAX_SEED, InputError, Request, check_prompt_tokens, check_request, number,
+                          prompt_text, sampling_notes)
 from rglcd.methods import demo_members, member_titles
-from rglcd.models import Family, ModelLoadError, load_family
+from rglcd.models import Family, ModelLoadError, encode_prompts, load_family
 from rglcd.rewards import get_reward
 from rglcd.samplers import MemberDefaults, Sampler
-from rglcd.sampling import PromptReading, generate, read_prompt
+from rglcd.sampling import PromptReading, generate_batch, read_prompt, sampling_extras, unconditional_embeds
 
 TEACHER = "teacher"  # the teacher's member name in every family
 COLUMNS: tuple[str, ...] = (TEACHER, *demo_members())  # the teacher, then each registered method's student
@@ -200,13 +203,17 @@ class Engine:
     """Loads a family lazily, once, and keeps it loaded on `device` (default: CUDA when there is one); runs and
     scores its members for the app and the bench.
 
-    Thread-safe: loading happens under one lock, sampling and scoring under another (the members share a tokenizer,
-    which is not safe to call from two threads at once, and the UNet call counter counts one run), so concurrent
-    requests interleave column by column.
+    Thread-safe: loading happens under one lock, tokenizers (not safe to call from two threads at once) and rewards
+    are used under another, and each column samples one batch at a time (its pipeline's scheduler and UNet call
+    counter count one run), while different columns run side by side (a comparison's teacher beside its students).
+    Concurrent requests for the same column at the same settings are sampled and scored as one batch of up to
+    `max_batch` (`rglcd.demo.batching`: at each column a comparison waits, up to `gather_s`, for the comparisons still
+    due there), with the same images and scores as alone (within float noise).
     """
 
     def __init__(self, family: str, columns: Sequence[str] | None = None, rewards: Sequence[str] | None = None,
-                 device: str | None = None, dtype: torch.dtype | None = None) -> None:
+                 device: str | None = None, dtype: torch.dtype | None = None, max_batch: int = 8,
+                 gather_s: float = 0.5) -> None:
         self.family_name = family
         self.columns = tuple(columns or family_columns(family))
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -216,6 +223,10 @@ class Engine:
         self._compute = threading.Lock()
         self._family: Family | None = None
         self._rewards: dict[str, nn.Module | str] | None = None
+        self._pipes: dict[str, Any] = {}
+        self._empty_states: dict[str, torch.Tensor | None] = {}  # column -> its pipeline's states of ""
+        self.sampler: MicroBatcher[tuple[Request, torch.Tensor | None], ColumnResult] = MicroBatcher(
+            self._sample_batch, max_batch=max_batch, gather_s=gather_s, lane=lambda key: key[0])
         self.warm = False  # set once warm_up has loaded everything
 
     def family(self) -> Family:
@@ -286,21 +297,76 @@ class Engine:
             return unet, time.perf_counter() - t0
 
     @torch.no_grad()
-    def score(self, images: torch.Tensor, prompt: str) -> tuple[dict[str, list[float]], dict[str, str], float]:
-        """Every available reward of images in [0,1] (N,3,H,W) under `prompt`: (scores, unavailable, seconds)."""
+    def score(self, images: torch.Tensor, prompt: str | Sequence[str]
+              ) -> tuple[dict[str, list[float]], dict[str, str], float]:
+        """Every available reward of images in [0,1] (N,3,H,W) under `prompt` (one, or one per image): (scores,
+        unavailable, seconds)."""
+        prompts = [prompt] * len(images) if isinstance(prompt, str) else list(prompt)
         scores, unavailable = {}, {}
         t0 = time.perf_counter()
         for name, reward in self.rewards().items():
             if isinstance(reward, str):
                 unavailable[name] = reward
             else:
-                values = reward(images.to(self.device), [prompt] * len(images))
+                values = reward(images.to(self.device), prompts)
                 scores[name] = [round(float(v), 3) for v in values]
         return scores, unavailable, time.perf_counter() - t0
 
-    def run(self, column: str, settings: Settings) -> ColumnResult:
-        """Sample and score one column. Never raises: a member missing from the family, or one whose kind or weights
-        cannot load, is "unavailable"; a request the member cannot take or a failure while sampling is "error"."""
+    def encode(self, prompt: str) -> torch.Tensor | None:
+        """The text-encoder states (1,L,D) of `prompt` as the pipelines compute them (after `read_prompt`), computed
+        once per comparison and shared by its columns; None for SDXL families (their pipelines encode)."""
+        family = self.family()
+        if family.is_sdxl:
+            return None
+        with self._compute:
+            return encode_prompts(family.tokenizer, family.text_encoder, [read_prompt(family.tokenizer, prompt).text])
+
+    def _pipeline(self, column: str) -> Any:
+        """The member's pipeline, built once (one batch at a time uses it: the batcher's lane of the column)."""
+        with self._lock:
+            if column not in self._pipes:
+                self._pipes[column] = self.family().pipeline(column)
+            return self._pipes[column]
+
+    def _sample_batch(self, key: tuple, jobs: list[tuple[Request, torch.Tensor | None]]) -> list[ColumnResult]:
+        """Sample and score requests for one column (`key[0]`) that share steps and guidance in one pipeline call;
+        `jobs`: (request, its prompt's states from `encode` or None)."""
+        column, requests = key[0], [req for req, _ in jobs]
+        pipe = self._pipeline(column)
+        states = None if any(s is None for _, s in jobs) else torch.cat([s for _, s in jobs])
+        if states is not None and column not in self._empty_states:
+            with self._compute:
+                self._empty_states[column] = unconditional_embeds(pipe, states)
+        # without states the pipeline tokenizes (SDXL)
+        with nullcontext() if states is not None else self._compute, count_unet_evals(pipe.unet) as calls:
+            t0 = time.perf_counter()
+            images = generate_batch(pipe, requests, states, self._empty_states.get(column),
+                                    sampling_extras(self.family(), column, pipe))
+            seconds = time.perf_counter() - t0
+        with self._compute:  # rewards may tokenize the prompts
+            scores, unavailable, reward_seconds = self.score(
+                torch.cat(images), [req.prompt for req in requests for _ in range(req.num_images)])
+        nfe, kind, out, start = calls.samples / sum(len(x) for x in images), self.kind(column), [], 0
+        for req, image in zip(requests, images):
+            own = {name: values[start:start + len(image)] for name, values in scores.items()}
+            out.append(ColumnResult(column, "ok", "", kind, image, req.steps, req.guidance_scale, nfe, seconds,
+                                    reward_seconds, 0.0, own, unavailable))
+            start += len(image)
+        return out
+
+    def run(self, column: str, settings: Settings, states: torch.Tensor | None = None,
+            session: set | None = None) -> ColumnResult:
+        """Sample and score one column, in a batch with other requests for it at the same settings; `states`: the
+        prompt's from `encode` (computed here when None); `session`: the comparison's `sampler.session`. Never
+        raises: a member missing from the family, or one whose kind or weights cannot load, is "unavailable"; a
+        request the member cannot take or a failure while sampling is "error"."""
+        try:
+            return self._run(column, settings, states, session)
+        finally:
+            self.sampler.leave(session, column)  # no batch of this column waits for a request that failed early
+
+    def _run(self, column: str, settings: Settings, states: torch.Tensor | None, session: set | None
+             ) -> ColumnResult:
         try:
             kind = self.kind(column)
             unet, load_seconds = self._load_unet(column)
@@ -312,26 +378,35 @@ class Engine:
             notes = sampling_notes(family, column, req, unet.config.time_cond_proj_dim is not None)
             licence = family.member(column).get("licence")
             notes += (f"licence: {licence}",) if licence else ()
+            # a request of several images draws them from one generator: it cannot share a batch (a fresh key)
+            key = (column, req.steps, req.guidance_scale) if req.num_images == 1 else (column, object())
             with self._compute:
-                with count_unet_evals(unet) as calls:
-                    t0 = time.perf_counter()
-                    images = generate(self.family(), column, req)
-                    seconds = time.perf_counter() - t0
-                scores, unavailable, reward_seconds = self.score(images, settings.prompt)
+                check_request(family, column, req)
+            states = self.encode(req.prompt) if states is None else states
+            return replace(self.sampler(key, (req, states), session), load_seconds=load_seconds, notes=notes)
         except ModelLoadError as err:
             return ColumnResult(column, "unavailable", str(err), kind)
         except InputError as err:
             return ColumnResult(column, "error", str(err), kind)
         except Exception as err:  # noqa: BLE001 (one column failing must not take the page or the server down)
             return ColumnResult(column, "error", f"{type(err).__name__}: {err}", kind)
-        return ColumnResult(column, "ok", "", kind, images, req.steps, req.guidance_scale,
-                            calls.samples / len(images), seconds, reward_seconds, load_seconds, scores, unavailable,
-                            notes)
 
     def compare(self, settings: Settings) -> Iterator[ColumnResult]:
-        """Run every column, yielding each result as it finishes: the students first (fast), the teacher last."""
-        for column in sorted(self.columns, key=self.is_teacher):
-            yield self.run(column, settings)
+        """Run every column, yielding each result as it finishes: the students first (fast), the teacher last (it
+        samples beside them, in a thread of its own). The prompt is encoded once for all columns; the comparison is
+        a session of the batcher, due in every column, while it runs."""
+        try:
+            states = self.encode(settings.prompt)
+        except ModelLoadError:
+            states = None  # each column reports why
+        teachers = [c for c in self.columns if self.is_teacher(c)]
+        with self.sampler.session(self.columns) as session, ThreadPoolExecutor(1) as background:
+            behind = [background.submit(self.run, c, settings, states, session) for c in teachers]
+            for column in self.columns:
+                if column not in teachers:
+                    yield self.run(column, settings, states, session)
+            for future in behind:
+                yield future.result()
 
     def reward_vs_steps(self, settings: Settings, steps: Sequence[int] = range(1, STUDENT_STEPS[1] + 1)
                         ) -> list[dict[str, Any]]:
@@ -355,13 +430,14 @@ class Engine:
         return rows
 
     def warm_up(self) -> None:
-        """Load the family, its rewards and every available member now (the page does on first use, the bench
-        before measuring). ModelLoadError when the family itself cannot load."""
+        """Load the family, its rewards and every available member with its pipeline now (the page does on first
+        use, the bench before measuring). ModelLoadError when the family itself cannot load."""
         self.rewards()
         for column in self.columns:
             try:
                 self.kind(column)
                 self._load_unet(column)
+                self._pipeline(column)
             except ModelLoadError:
                 continue
         self.warm = True

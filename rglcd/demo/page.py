@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import asdict, replace
 from itertools import chain
 from pathlib import Path
@@ -19,6 +19,7 @@ from rglcd.loading import ASSETS
 from rglcd.models import Family, ModelLoadError, load_family
 
 PLOT_SAMPLES = 4  # images (noise draws from the seed) per point of the reward-vs-steps plot
+UNCHANGED = {"__type__": "update"}  # gradio's update that changes nothing (`gr.skip()`): the output is not sent again
 TRAINED = "Trained concepts"
 UNSEEN = "Unseen concepts (harder)"
 # Example prompts by group, the first of the first group being the page's default. emoji-64: concepts the family was
@@ -72,24 +73,28 @@ def best_column(results: dict[str, ColumnResult]) -> str | None:
 
 
 def page_outputs(columns: Sequence[str], results: dict[str, ColumnResult], files: dict[str, list[str]], status: str,
-                 summary: dict[str, Any], pending: str = "", zoo: Sequence[str] = (), picked: Sequence[str] = ()
-                 ) -> tuple:
-    """The page's outputs in order: one list of PNG paths per column, one caption per column (the best column
-    marked once every column is done), the status line, the JSON; then, for a family with published models to pick
-    (`zoo`), their PNG lists and captions (those not `picked` empty)."""
+                 summary: dict[str, Any], pending: str = "", zoo: Sequence[str] = (), picked: Sequence[str] = (),
+                 shown: Collection[str] = ()) -> tuple:
+    """The page's outputs in order: one list of PNG paths per column (`UNCHANGED` for the `shown` columns, whose
+    gallery already holds them), one caption per column (the best column marked once every column is done), the
+    status line, the JSON; then, for a family with more models to pick (`zoo`), their PNG lists and captions (those
+    not `picked` empty)."""
     running = [*columns, *picked]
     best = best_column(results) if len(results) == len(running) else None
 
     def caption(c: str) -> str:
         return results[c].caption(best=c == best) if c in results else pending if c in running else ""
 
-    return (*(files.get(c, []) for c in columns), *(caption(c) for c in columns), status, summary,
-            *(files.get(c, []) for c in zoo), *(caption(c) for c in zoo))
+    def gallery(c: str) -> Any:
+        return UNCHANGED if c in shown else files.get(c, [])
+
+    return (*(gallery(c) for c in columns), *(caption(c) for c in columns), status, summary,
+            *(gallery(c) for c in zoo), *(caption(c) for c in zoo))
 
 
 def zoo_members(family: Family, columns: Sequence[str]) -> list[str]:
-    """The published models a user may add beside the default `columns`: the family's members that give their own
-    sampling settings or a licence (`rglcd.presets`' zoo), in the family's order."""
+    """The models a user may add beside the default `columns`: the family's members that give their own sampling
+    settings or a licence (`rglcd.presets`' zoo of published models; emoji-64's TCD), in the family's order."""
     return [m for m in family.members if m not in columns and "train" not in family.member(m)
             and (family.defaults(m).given() or "licence" in family.member(m))]
 
@@ -110,9 +115,11 @@ def compare_page(engine: Engine, prompt: Any, student_steps: Any = 4, teacher_st
                  num_images: Any = 1, own_settings: Any = True, published: Any = None, zoo: Sequence[str] = ()
                  ) -> Iterator[tuple]:
     """The `/compare` handler: yields the page's outputs (see `page_outputs`) before sampling (on first use while
-    the models load: "Loading models ...") and again after each column finishes; the `published` models picked
-    from `zoo` run after the default columns, each with its own settings unless `own_settings` is off. The total
-    time counts the loading. Bad input or a family that cannot load gives one message in the status and the JSON
+    the models load: "Loading models ...") and again after each column finishes, with the galleries already shown
+    left unchanged (not sent and fetched again) until the last update, which holds every column; the `published`
+    models picked from `zoo` run after the default columns, each with its own settings unless `own_settings` is off.
+    The total time counts the loading. Bad input or a family that cannot load gives one message in the status and
+    the JSON
     (`{"error": ...}`); nothing raises."""
     columns = engine.columns
     t0 = time.perf_counter()
@@ -148,7 +155,8 @@ def compare_page(engine: Engine, prompt: Any, student_steps: Any = 4, teacher_st
         status = "".join(f"Note: {n}. " for n in reading.notices) + (
             f"Done in {summary['total_seconds']:.2f} s{loading}." if done else
             f"{len(results)} of {len(running)} models done...")
-        yield page_outputs(columns, results, files, status, summary, pending="running...", zoo=zoo, picked=picked)
+        yield page_outputs(columns, results, files, status, summary, pending="running...", zoo=zoo, picked=picked,
+                           shown=() if done else set(results) - {result.column})
 
 
 def reward_figure(rows: list[dict[str, Any]]) -> Any:
@@ -206,10 +214,11 @@ def random_seed() -> str:
     return str(random.randint(0, MAX_SEED))
 
 
-def build_app(engine: Engine, concurrency: int = 2, max_queue: int = 64) -> Any:
+def build_app(engine: Engine, concurrency: int = 8, max_queue: int = 64) -> Any:
     """The gradio page: controls (students' and teacher's), a reward legend, one column per model (images + rewards,
     time, NFE; the best column marked), the JSON, the reward-vs-steps plot (shown once drawn), example prompts by
-    group. Queue: at most `concurrency` comparisons at a time, `max_queue` waiting."""
+    group. Queue: at most `concurrency` comparisons at a time (the engine samples them together, column by column:
+    `Engine`'s micro-batching), `max_queue` waiting."""
     import gradio as gr
 
     class CheckedSlider(gr.Slider):
