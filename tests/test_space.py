@@ -263,6 +263,9 @@ def test_the_exported_folder_serves_compare_on_the_cpu(space):
         assert all(len(g) == 1 for g in outputs[:4]) and summary["family"] == "emoji-64"
         (folder,) = temp.glob("rglcd-app-*")
         assert len(list(folder.glob("*.png"))) >= 4 and list((folder / "gradio").rglob("*.png")), "gradio's copies"
+        figure, rows, status = client.predict("red apple", 5.0, 3, 5.0, "0", api_name="/reward_vs_steps")
+        assert figure is not None and status.startswith("Reward ("), status  # the Space draws its plot (matplotlib)
+        assert {r["teacher"] for r in rows} == {True, False}
     finally:
         proc.terminate()  # SIGTERM: the app stops as on Ctrl-C
         code = proc.wait(timeout=30)
