@@ -51,10 +51,11 @@ def tcd_member(base: str, repo: str) -> dict[str, Any]:
 
 def pcm_member(steps: int) -> dict[str, Any]:
     """PCM's small-CFG SDXL LoRA for `steps` steps (its demo: TCDScheduler(timestep_spacing="trailing"), which
-    TCDScheduler does not read, guidance 0)."""
+    TCDScheduler does not read, guidance 0, and no eta, so StableDiffusionXLPipeline's default eta 0.0 reaches
+    TCDScheduler.step: deterministic)."""
     return lora_member(SDXL, "tcd", {"repo": PCM, "subfolder": "sdxl",
                                      "weight_name": f"pcm_sdxl_smallcfg_{steps}step_converted.safetensors"},
-                       steps=steps, guidance=NO_GUIDANCE, scheduler={"timestep_spacing": "trailing"})
+                       steps=steps, guidance=NO_GUIDANCE, eta=0.0, scheduler={"timestep_spacing": "trailing"})
 
 
 SDXL_ZOO: dict[str, dict[str, Any]] = {

@@ -64,6 +64,7 @@ def test_the_zoo_is_in_the_presets_with_its_authors_samplers():
     kinds = {name: (m["kind"], m.get("steps"), m.get("timesteps")) for name, m in sdxl.items()}
     assert kinds["tcd"] == ("tcd", 4, None) and sdxl["tcd"]["eta"] == 0.3
     assert [kinds[f"pcm-{n}step"] for n in (2, 4, 8)] == [("tcd", 2, None), ("tcd", 4, None), ("tcd", 8, None)]
+    assert all(sdxl[f"pcm-{n}step"]["eta"] == 0.0 for n in (2, 4, 8))  # the demo's pipeline default reaches step
     assert kinds["hyper-sd-4step-lora"] == ("ddim-trailing", 4, None)
     assert kinds["hyper-sd-1step-unet"] == ("lcm-timesteps", None, [800])
     assert kinds["lightning-4step-unet"] == kinds["lightning-4step-lora"] == ("euler-trailing", 4, None)
