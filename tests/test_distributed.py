@@ -1,7 +1,7 @@
 """Two processes (torchrun, gloo on the CPU) train as one process at twice the batch: `--batch-size` is the
 per-process batch, the global batch is drawn once per step and sliced per rank, every trained network is averaged
 across ranks (docs/training.md, "Multi-process training"). One torchrun launch runs lcd, lcd-LoRA, rg-lcd with the
-latent proxy RM, mlcm and tcd (and records what rank 1 writes), then resumes a launch of train/distill.py itself that
+latent proxy RM, mlcm, tcd and iCT (and records what rank 1 writes), then resumes a launch of train/distill.py itself that
 was killed with SIGKILL; one process runs each case at twice the batch.
 
 Float tolerance. After step 1 both runs hold the first moment of the same gradient at the same weights: they agree
@@ -30,8 +30,9 @@ import torch
 from safetensors.torch import load_file
 
 from rglcd.testing import free_port
-from rglcd.training.cli_args import run_trainer
-from rglcd.training.distill import DistillConfig, train_distill
+from rglcd.training.cli_args import requested_method, run_trainer
+from rglcd.training.distill import DistillConfig
+from rglcd.training.trainers import trainer_for
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
@@ -46,7 +47,11 @@ CASES = {  # case: (flags, per-process batch)
                       "--proxy-batch", "3", "--eval-every", "0", "--report-to", "none"], 2),
     "mlcm": (["--method", "mlcm", "--segments", "2", "--eval-every", "0", "--report-to", "none"], 2),
     "tcd": (["--method", "tcd", "--eval-every", "0", "--report-to", "none"], 2),  # its s is drawn per global batch
+    # iCT's trainer (its own config: no warm-up); dropout 0, since each rank draws its own dropout masks
+    "ict": (["--method", "ict", "--dropout", "0", "--block-out-channels", "32", "32", "--attention-head-dim", "4",
+             "--eval-every", "0", "--report-to", "none"], 2),
 }
+COMMONS = {"ict": [a for a in COMMON if a not in ("--warmup-steps", "4")]}  # a case's flags beside COMMON's
 GRADIENT_TOLERANCE = 1e-3  # relative; measured: 2 processes ~4e-5, 1 process on 1 and 2 threads ~8e-5
 TOLERANCE = 0.15  # of the one-process run's movement from step 1 to 3; measured <= 3e-4, 0.042 (LoRA) without warm-up
 
@@ -88,7 +93,7 @@ def rank_log(logs: Path, rank: int) -> str:
 
 
 def case_args(family: Path, out: Path, case: str, batch: int) -> list[str]:
-    return [*COMMON, *CASES[case][0], "--family", str(family), "--batch-size", str(batch),
+    return [*COMMONS.get(case, COMMON), *CASES[case][0], "--family", str(family), "--batch-size", str(batch),
             "--member", case, "--output-dir", str(out / case / "run"), "--export-dir", str(out / case / "export")]
 
 
@@ -136,7 +141,9 @@ def runs(family: Path) -> Path:
     threads = torch.get_num_threads()
     try:
         for case, (_, batch) in CASES.items():
-            assert run_trainer(train_distill, DistillConfig, argv=case_args(family, out / "one", case, 2 * batch)) == 0
+            args = case_args(family, out / "one", case, 2 * batch)
+            trainer = trainer_for(requested_method(args))
+            assert run_trainer(trainer.train, trainer.config, argv=args, inputs=trainer.inputs) == 0
     finally:
         torch.set_num_threads(threads)
     (out / "killed.json").write_text(json.dumps(kill_after_checkpoint_2(family, out)))
@@ -195,13 +202,15 @@ def test_distributed_two_processes_end_where_one_process_at_twice_the_batch_ends
     assert gaps.keys() == ({"optimizer.bin", "optimizer_1.bin"} if "proxy" in case else {"optimizer.bin"})
     assert max(gaps.values()) < GRADIENT_TOLERANCE, gaps
     found = drift(one, two)
-    trained = {"model.safetensors"} | ({"custom_checkpoint_1.pkl"} if case != "lcd-lora" else set()) | (
+    ema_target = {"custom_checkpoint_1.pkl"} if case not in ("lcd-lora", "ict") else set()  # iCT's EMA: a list
+    trained = {"model.safetensors", "optimizer.bin"} | ema_target | (
         {"model_1.safetensors", "optimizer_1.bin"} if "proxy" in case else set())
     assert trained <= found.keys(), found
     assert max(found.values()) < TOLERANCE, found
     one, two = (json.loads((runs / n / case / "export" / "metrics.json").read_text()) for n in ("one", "two"))
-    assert two["lr"] == pytest.approx(one["lr"]) == 0.75e-3  # the warm-up counts optimiser steps, not processes x steps
-    for key in ("loss", "reward", "proxy_loss", "proxy_agreement", "expert_reward"):
+    if "lr" in one:  # the distillation trainer's warm-up counts optimiser steps, not processes x steps
+        assert two["lr"] == pytest.approx(one["lr"]) == 0.75e-3
+    for key in ("loss", "reward", "proxy_loss", "proxy_agreement", "expert_reward", "num_scales"):
         if key in one:
             assert two[key] == pytest.approx(one[key], rel=1e-3, abs=1e-6), key
 

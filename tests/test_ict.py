@@ -275,3 +275,17 @@ def test_latent_ict_registers_a_member_that_samples_at_1_and_2_steps(family_with
     for steps in (1, 2):
         images = generate(family, "ict", Request("red apple", steps=steps, guidance_scale=2.0, num_images=2))
         assert images.shape == (2, 3, 64, 64)
+
+
+def test_latent_ict_unet_takes_the_dropout_it_is_given():
+    """`--dropout` reaches the latent UNet's ResNets (built from the teacher's config, whose default keys
+    `from_config` would otherwise reset)."""
+    from types import SimpleNamespace
+
+    from rglcd.training.ict import ICTConfig, ict_unet
+
+    batches = SimpleNamespace(latent_shape=(4, 8, 8), empty=torch.zeros(5, 16))
+    for p in (0.0, 0.1, 0.3):
+        unet = ict_unet(ICTConfig(dropout=p, block_out_channels=(32, 32), attention_head_dim=4), object(), batches)
+        assert unet.config.dropout == p
+        assert {m.p for m in unet.modules() if isinstance(m, torch.nn.Dropout)} >= {p}

@@ -1,6 +1,6 @@
 """The iCT and teacher trainers on tiny models and a fixed seed reproduce the figures recorded before the trainer
 refactor (tests/data/trainers-golden.json, written at commit 9272dd3 by this file with RGLCD_RECORD_GOLDEN=1, on one
-thread of an AVX512 CPU): the final loss scalars and a fingerprint of the exported (EMA) weights after two optimiser
+thread of an AVX512 CPU; `ict-latent` re-recorded at this file's 2026-12-07 change on an AVX2 CPU, when the latent UNet began to take its --dropout): the final loss scalars and a fingerprint of the exported (EMA) weights after two optimiser
 steps, within the tolerances that tests/golden.py derives from float rounding. iCT runs on latents (the tiny
 family's emoji data) and on pixels (Fashion-MNIST-shaped random idx files)."""
 

@@ -154,7 +154,9 @@ def ict_unet(cfg: ICTConfig, family: Family | None, batches: Any) -> torch.nn.Mo
     arch = TeacherConfig(block_out_channels=cfg.block_out_channels, layers_per_block=cfg.layers_per_block,
                          attention_head_dim=cfg.attention_head_dim)
     config = build_unet(arch, batches.latent_shape[-1], batches.empty.shape[-1]).config
-    return UNet2DConditionModel.from_config({**config, "dropout": cfg.dropout})
+    # a keyword: from_config drops the config's keys that were defaults when it was made (`_use_default_values`),
+    # so `{**config, "dropout": p}` would silently keep dropout 0
+    return UNet2DConditionModel.from_config(config, dropout=cfg.dropout)
 
 
 @dataclass
