@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", parents=[common], help="sample images from a family member")
     gen.add_argument("--model", default="teacher", help="member of the family (teacher, lcm, rg-lcm, mlcm)")
     gen.add_argument("--steps", default=None, help="1-50 for students, up to 999 for the emoji-64 teacher (default: "
-                                                   "the member's own, else 25 for a teacher, 4 for a student)")
+                                                   "the member's own, else 25)")
     gen.add_argument("--guidance-scale", default=None, help=f"{GUIDANCE[0]:g}-{GUIDANCE[1]:g} (1: no guidance; "
                                                             "default: the member's own, else 5)")
     gen.add_argument("--eta", default=None, help="0-1, for the kinds that take one (TCD's gamma; default: the "
